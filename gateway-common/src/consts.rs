@@ -1,0 +1,153 @@
+//! Map names, counter indexes and flag bits that both planes must agree on.
+
+/// Map names, as they appear in the object file and as files under the pin directory.
+pub mod map_names {
+    /// LPM trie of CIDRs whose traffic always passes and is never rate limited.
+    pub const ALLOWLIST: &str = "ALLOWLIST";
+    /// LPM trie of CIDRs whose traffic is dropped.
+    pub const CIDR_BLOCKLIST: &str = "CIDR_BLOCKLIST";
+    /// Hash of exact source addresses blocked until an expiry time.
+    pub const BLOCKLIST: &str = "BLOCKLIST";
+    /// LRU hash of per-source token buckets.
+    pub const RATE_LIMIT: &str = "RATE_LIMIT";
+    /// Single-entry array holding [`crate::maps::XdpConfig`].
+    pub const CONFIG: &str = "CONFIG";
+    /// Per-CPU array of [`crate::maps::Counter`], indexed by [`crate::consts::Reason`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Ring buffer of [`crate::maps::RateEvent`].
+    pub const EVENTS: &str = "EVENTS";
+
+    /// Every map, in the order `gateway xdp status` shows them.
+    pub const ALL: [&str; 7] = [
+        ALLOWLIST,
+        CIDR_BLOCKLIST,
+        BLOCKLIST,
+        RATE_LIMIT,
+        CONFIG,
+        COUNTERS,
+        EVENTS,
+    ];
+}
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "gateway_xdp";
+
+/// Default map capacities; userspace may override them at load time.
+pub mod capacity {
+    /// Per-source token buckets (LRU: the least recently seen sources are evicted).
+    pub const RATE_LIMIT: u32 = 1 << 20;
+    /// Exact-address blocks.
+    pub const BLOCKLIST: u32 = 131_072;
+    /// CIDR entries in each of the allowlist and the CIDR blocklist.
+    pub const CIDR: u32 = 65_536;
+    /// Ring buffer size in bytes (a power of two, a multiple of the page size).
+    pub const EVENTS_BYTES: u32 = 1 << 18;
+}
+
+/// Why the XDP program let a packet through or dropped it; the index into `COUNTERS`.
+///
+/// Every packet increments exactly one *verdict* counter (`Pass*` or `Drop*`). A rule
+/// class in monitor mode increments its `Monitor*` counter instead of dropping and lets
+/// the packet continue through the remaining checks, so monitor counters are extra.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Passed every check.
+    Pass = 0,
+    /// Source is in the allowlist: passed without further checks.
+    PassAllowlist = 1,
+    /// Not IPv4 or IPv6 (ARP, LLDP, more than two VLAN tags, ...): handed to the stack.
+    PassNonIp = 2,
+    /// Truncated or inconsistent Ethernet, VLAN, IP or TCP header: dropped, because
+    /// the stack would discard it anyway and it must not cost more than a drop.
+    DropMalformed = 3,
+    /// Source matched the static CIDR blocklist.
+    DropCidr = 4,
+    /// Source is in the dynamic blocklist and its entry has not expired.
+    DropBlocked = 5,
+    /// Source ran out of packet tokens.
+    DropRateLimit = 6,
+    /// Source ran out of TCP SYN tokens.
+    DropSynRateLimit = 7,
+    /// Would have been [`Reason::DropCidr`], but that class is in monitor mode.
+    MonitorCidr = 8,
+    /// Would have been [`Reason::DropBlocked`], but that class is in monitor mode.
+    MonitorBlocked = 9,
+    /// Would have been [`Reason::DropRateLimit`], but that class is in monitor mode.
+    MonitorRateLimit = 10,
+    /// Would have been [`Reason::DropSynRateLimit`], but that class is in monitor mode.
+    MonitorSynRateLimit = 11,
+}
+
+impl Reason {
+    /// Number of counter slots.
+    pub const COUNT: u32 = 12;
+
+    /// Every reason in index order.
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::Pass,
+        Reason::PassAllowlist,
+        Reason::PassNonIp,
+        Reason::DropMalformed,
+        Reason::DropCidr,
+        Reason::DropBlocked,
+        Reason::DropRateLimit,
+        Reason::DropSynRateLimit,
+        Reason::MonitorCidr,
+        Reason::MonitorBlocked,
+        Reason::MonitorRateLimit,
+        Reason::MonitorSynRateLimit,
+    ];
+
+    /// Stable snake_case name used in CLI output, JSON and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Pass => "pass",
+            Reason::PassAllowlist => "pass_allowlist",
+            Reason::PassNonIp => "pass_non_ip",
+            Reason::DropMalformed => "drop_malformed",
+            Reason::DropCidr => "drop_cidr",
+            Reason::DropBlocked => "drop_blocked",
+            Reason::DropRateLimit => "drop_rate_limit",
+            Reason::DropSynRateLimit => "drop_syn_rate_limit",
+            Reason::MonitorCidr => "monitor_cidr",
+            Reason::MonitorBlocked => "monitor_blocked",
+            Reason::MonitorRateLimit => "monitor_rate_limit",
+            Reason::MonitorSynRateLimit => "monitor_syn_rate_limit",
+        }
+    }
+}
+
+/// Bits of [`crate::maps::XdpConfig::monitor`]: a set bit means "count, don't drop".
+pub mod monitor {
+    /// The static CIDR blocklist.
+    pub const CIDR: u32 = 1 << 0;
+    /// The dynamic (exact-address) blocklist.
+    pub const BLOCKLIST: u32 = 1 << 1;
+    /// Both per-source rate limits (packets and SYN).
+    pub const RATE_LIMIT: u32 = 1 << 2;
+}
+
+/// Kinds of [`crate::maps::RateEvent`].
+pub mod event_kind {
+    /// The source ran out of packet tokens.
+    pub const RATE_LIMIT: u32 = 1;
+    /// The source ran out of TCP SYN tokens.
+    pub const SYN_RATE_LIMIT: u32 = 2;
+}
+
+/// Reason codes carried by blocklist entries, so the kernel map alone says why.
+pub mod block_reason {
+    /// Added by an operator (CLI or config).
+    pub const MANUAL: u32 = 1;
+    /// Added by the daemon's abuse detection.
+    pub const ABUSE: u32 = 2;
+    /// Restored from the state file at start.
+    pub const RESTORED: u32 = 3;
+}
+
+/// `expires_at_ns` value meaning "never expires".
+pub const NO_EXPIRY: u64 = 0;
+
+/// Minimum spacing of ring-buffer events for one source, in nanoseconds.
+pub const EVENT_INTERVAL_NS: u64 = 1_000_000_000;

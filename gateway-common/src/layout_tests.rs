@@ -1,0 +1,70 @@
+//! Pins the size and field offsets of every shared struct: the kernel program and the
+//! daemon are built separately, so a silent layout change would corrupt the maps.
+
+use core::mem::{offset_of, size_of};
+
+use crate::maps::{BlockEntry, CidrRule, Counter, RateBucket, RateEvent, XdpConfig};
+
+#[test]
+fn cidr_rule() {
+    assert_eq!(size_of::<CidrRule>(), 16);
+    assert_eq!(offset_of!(CidrRule, expires_at_ns), 0);
+    assert_eq!(offset_of!(CidrRule, reason), 8);
+    assert_eq!(offset_of!(CidrRule, reserved), 12);
+}
+
+#[test]
+fn block_entry() {
+    assert_eq!(size_of::<BlockEntry>(), 32);
+    assert_eq!(offset_of!(BlockEntry, expires_at_ns), 0);
+    assert_eq!(offset_of!(BlockEntry, hits), 8);
+    assert_eq!(offset_of!(BlockEntry, bytes), 16);
+    assert_eq!(offset_of!(BlockEntry, reason), 24);
+    assert_eq!(offset_of!(BlockEntry, reserved), 28);
+}
+
+#[test]
+fn rate_bucket() {
+    assert_eq!(size_of::<RateBucket>(), 40);
+    assert_eq!(offset_of!(RateBucket, tat_ns), 0);
+    assert_eq!(offset_of!(RateBucket, syn_tat_ns), 8);
+    assert_eq!(offset_of!(RateBucket, passed), 16);
+    assert_eq!(offset_of!(RateBucket, dropped), 24);
+    assert_eq!(offset_of!(RateBucket, last_event_ns), 32);
+}
+
+#[test]
+fn xdp_config() {
+    assert_eq!(size_of::<XdpConfig>(), 56);
+    assert_eq!(offset_of!(XdpConfig, rate_interval_ns), 0);
+    assert_eq!(offset_of!(XdpConfig, rate_burst_ns), 8);
+    assert_eq!(offset_of!(XdpConfig, syn_interval_ns), 16);
+    assert_eq!(offset_of!(XdpConfig, syn_burst_ns), 24);
+    assert_eq!(offset_of!(XdpConfig, ipv6_rate_mask), 32);
+    assert_eq!(offset_of!(XdpConfig, monitor), 48);
+    assert_eq!(offset_of!(XdpConfig, reserved), 52);
+}
+
+#[test]
+fn counter() {
+    assert_eq!(size_of::<Counter>(), 16);
+    assert_eq!(offset_of!(Counter, packets), 0);
+    assert_eq!(offset_of!(Counter, bytes), 8);
+}
+
+#[test]
+fn rate_event() {
+    assert_eq!(size_of::<RateEvent>(), 32);
+    assert_eq!(offset_of!(RateEvent, addr), 0);
+    assert_eq!(offset_of!(RateEvent, timestamp_ns), 16);
+    assert_eq!(offset_of!(RateEvent, kind), 24);
+    assert_eq!(offset_of!(RateEvent, reserved), 28);
+}
+
+#[test]
+fn reasons_are_dense_and_named() {
+    for (index, reason) in crate::consts::Reason::ALL.iter().enumerate() {
+        assert_eq!(*reason as usize, index);
+        assert!(!reason.name().is_empty());
+    }
+}

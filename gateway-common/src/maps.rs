@@ -1,0 +1,124 @@
+//! Keys and values of the BPF maps.
+//!
+//! Addresses are always 16 bytes: IPv6 as is, IPv4 mapped into IPv6
+//! (`::ffff:a.b.c.d`), so one trie and one hash serve both families and an IPv4 CIDR
+//! `a.b.c.d/n` is the IPv6 prefix `::ffff:a.b.c.d/(96 + n)`.
+//!
+//! Times are `CLOCK_BOOTTIME` nanoseconds (`bpf_ktime_get_boot_ns`), which keep
+//! counting across suspend.
+
+/// A source address as a map key (see the module docs for the IPv4 mapping).
+pub type Addr = [u8; 16];
+
+/// The prefix every IPv4-mapped address starts with.
+pub const IPV4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+
+/// Value of the allowlist and CIDR blocklist tries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CidrRule {
+    /// When the rule stops matching; [`crate::consts::NO_EXPIRY`] for never.
+    pub expires_at_ns: u64,
+    /// One of [`crate::consts::block_reason`].
+    pub reason: u32,
+    /// Zero; keeps the size a multiple of 8 without implicit padding.
+    pub reserved: u32,
+}
+
+/// Value of the dynamic blocklist.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockEntry {
+    /// When the block lifts; [`crate::consts::NO_EXPIRY`] for never.
+    pub expires_at_ns: u64,
+    /// Packets dropped (or, in monitor mode, that would have been) since the block.
+    pub hits: u64,
+    /// Bytes of those packets.
+    pub bytes: u64,
+    /// One of [`crate::consts::block_reason`].
+    pub reason: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// Per-source state of the rate limiter: two GCRA buckets and their outcome counters.
+///
+/// GCRA keeps one "theoretical arrival time" per bucket instead of a token count: a
+/// packet conforms when `max(tat, now) + interval - now <= burst_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateBucket {
+    /// Theoretical arrival time of the packet bucket.
+    pub tat_ns: u64,
+    /// Theoretical arrival time of the TCP SYN bucket.
+    pub syn_tat_ns: u64,
+    /// Packets that conformed.
+    pub passed: u64,
+    /// Packets over either limit (dropped, or counted in monitor mode).
+    pub dropped: u64,
+    /// Time of the last ring-buffer event for this source (0: none yet).
+    pub last_event_ns: u64,
+}
+
+/// Runtime settings written by userspace into the single `CONFIG` slot.
+///
+/// A zero interval disables that limit; the all-zero default therefore filters with
+/// the lists only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// Nanoseconds per packet token (`1e9 / pps`), 0 = no packet rate limit.
+    pub rate_interval_ns: u64,
+    /// Burst allowance: `burst * rate_interval_ns`.
+    pub rate_burst_ns: u64,
+    /// Nanoseconds per SYN token, 0 = no SYN rate limit.
+    pub syn_interval_ns: u64,
+    /// SYN burst allowance: `syn_burst * syn_interval_ns`.
+    pub syn_burst_ns: u64,
+    /// Mask applied to IPv6 sources before the rate-limit lookup (e.g. /64), so one
+    /// host cannot dodge its limit by rotating through its own prefix.
+    pub ipv6_rate_mask: Addr,
+    /// Bit set of [`crate::consts::monitor`] classes.
+    pub monitor: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+/// A per-CPU packet and byte counter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes, counted from the start of the Ethernet header.
+    pub bytes: u64,
+}
+
+/// Ring-buffer record sent when a source runs out of tokens (at most one per second
+/// per source).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateEvent {
+    /// Rate-limit key of the source (IPv6 already masked).
+    pub addr: Addr,
+    /// `CLOCK_BOOTTIME` of the drop.
+    pub timestamp_ns: u64,
+    /// One of [`crate::consts::event_kind`].
+    pub kind: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::{BlockEntry, CidrRule, Counter, RateBucket, RateEvent, XdpConfig};
+
+    // SAFETY: all of these are #[repr(C)], made only of integers and byte arrays, with
+    // no implicit padding (pinned by layout_tests), so every bit pattern is valid.
+    unsafe impl aya::Pod for CidrRule {}
+    unsafe impl aya::Pod for BlockEntry {}
+    unsafe impl aya::Pod for RateBucket {}
+    unsafe impl aya::Pod for XdpConfig {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for RateEvent {}
+}

@@ -1,0 +1,214 @@
+//! Addresses and CIDRs as the operator writes them and as the maps store them.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
+
+use gateway_common::maps::{Addr, IPV4_MAPPED_PREFIX};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// An IPv4 or IPv6 network; a bare address is a host network (/32 or /128).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr(IpNet);
+
+/// The input is not an address or a CIDR, or its host bits are set.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CidrError {
+    #[error(
+        "'{0}' is not an IP address or CIDR (expected e.g. 198.18.0.7, 198.18.0.0/24 or 2001:2::/48)"
+    )]
+    Invalid(String),
+    #[error("'{input}' has host bits set after the /{prefix} prefix: did you mean {network}?")]
+    HostBits {
+        input: String,
+        prefix: u8,
+        network: String,
+    },
+}
+
+impl Cidr {
+    /// A host network for one address.
+    pub fn host(addr: IpAddr) -> Self {
+        Self(IpNet::from(addr))
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> IpAddr {
+        self.0.addr()
+    }
+
+    /// Prefix length within its own family.
+    pub fn prefix_len(&self) -> u8 {
+        self.0.prefix_len()
+    }
+
+    /// True for a single address (/32 or /128).
+    pub fn is_host(&self) -> bool {
+        self.0.prefix_len() == self.0.max_prefix_len()
+    }
+
+    /// The map key: the 16-byte address and the prefix length in IPv6 bits.
+    pub fn key(&self) -> (u32, Addr) {
+        match self.0 {
+            IpNet::V4(net) => (
+                96 + u32::from(net.prefix_len()),
+                map_v4(net.network().octets()),
+            ),
+            IpNet::V6(net) => (u32::from(net.prefix_len()), net.network().octets()),
+        }
+    }
+
+    /// Rebuilds a CIDR from a map key; `None` for a prefix that cannot come from
+    /// [`Cidr::key`].
+    pub fn from_key(prefix_len: u32, addr: Addr) -> Option<Self> {
+        let ip = addr_to_ip(addr);
+        let prefix = match ip {
+            IpAddr::V4(_) => prefix_len.checked_sub(96)?,
+            IpAddr::V6(_) => prefix_len,
+        };
+        IpNet::new(ip, u8::try_from(prefix).ok()?).ok().map(Self)
+    }
+}
+
+/// Maps an IPv4 address into the 16-byte key space (`::ffff:a.b.c.d`).
+pub fn map_v4(octets: [u8; 4]) -> Addr {
+    let mut addr = [0; 16];
+    addr[..12].copy_from_slice(&IPV4_MAPPED_PREFIX);
+    addr[12..].copy_from_slice(&octets);
+    addr
+}
+
+/// The address a 16-byte key stands for (IPv4 for mapped keys).
+pub fn addr_to_ip(addr: Addr) -> IpAddr {
+    match Ipv6Addr::from(addr).to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(Ipv6Addr::from(addr)),
+    }
+}
+
+/// The 16-byte key of an address.
+pub fn ip_to_addr(ip: IpAddr) -> Addr {
+    match ip {
+        IpAddr::V4(v4) => map_v4(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The mask that keeps the first `prefix` bits of an IPv6 address.
+pub fn ipv6_mask(prefix: u8) -> Addr {
+    let bits = u128::MAX
+        .checked_shl(128 - u32::from(prefix.min(128)))
+        .unwrap_or(0);
+    bits.to_be_bytes()
+}
+
+impl FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let input = input.trim();
+        if let Ok(ip) = input.parse::<IpAddr>() {
+            return Ok(Self::host(ip));
+        }
+        let net: IpNet = input
+            .parse()
+            .map_err(|_| CidrError::Invalid(input.to_owned()))?;
+        if net.addr() != net.network() {
+            return Err(CidrError::HostBits {
+                input: input.to_owned(),
+                prefix: net.prefix_len(),
+                network: net.trunc().to_string(),
+            });
+        }
+        Ok(Self(net))
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = CidrError;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(cidr: Cidr) -> Self {
+        cidr.to_string()
+    }
+}
+
+impl fmt::Display for Cidr {
+    /// Hosts print as bare addresses, networks in CIDR notation.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_host() {
+            self.0.addr().fmt(f)
+        } else {
+            self.0.fmt(f)
+        }
+    }
+}
+
+impl From<Ipv4Addr> for Cidr {
+    fn from(addr: Ipv4Addr) -> Self {
+        Self::host(IpAddr::V4(addr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hosts_and_networks() {
+        let host: Cidr = "198.18.0.7".parse().expect("host");
+        assert!(host.is_host());
+        assert_eq!(host.to_string(), "198.18.0.7");
+        let net: Cidr = "2001:2::/48".parse().expect("network");
+        assert_eq!(net.prefix_len(), 48);
+        assert_eq!(net.to_string(), "2001:2::/48");
+    }
+
+    #[test]
+    fn rejects_garbage_and_host_bits() {
+        assert!(matches!(
+            "198.18.0.300".parse::<Cidr>(),
+            Err(CidrError::Invalid(_))
+        ));
+        assert!(matches!(
+            "198.18.0.0/33".parse::<Cidr>(),
+            Err(CidrError::Invalid(_))
+        ));
+        let err = "198.18.0.7/24".parse::<Cidr>().expect_err("host bits");
+        assert!(
+            err.to_string().contains("did you mean 198.18.0.0/24"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn keys_round_trip_for_both_families() {
+        for text in ["198.18.0.0/15", "198.18.3.4", "2001:2::/48", "2001:2::9"] {
+            let cidr: Cidr = text.parse().expect("valid");
+            let (prefix, addr) = cidr.key();
+            assert_eq!(Cidr::from_key(prefix, addr), Some(cidr), "{text}");
+        }
+        let (prefix, addr) = "198.18.0.0/15".parse::<Cidr>().expect("valid").key();
+        assert_eq!(prefix, 96 + 15);
+        assert_eq!(&addr[..12], &IPV4_MAPPED_PREFIX);
+    }
+
+    #[test]
+    fn ipv6_masks() {
+        assert_eq!(ipv6_mask(0), [0; 16]);
+        assert_eq!(ipv6_mask(128), [0xff; 16]);
+        let m64 = ipv6_mask(64);
+        assert_eq!(&m64[..8], &[0xff; 8]);
+        assert_eq!(&m64[8..], &[0; 8]);
+        assert_eq!(ipv6_mask(60)[7], 0xf0);
+    }
+}

@@ -1,0 +1,233 @@
+//! The command line: clap definitions and one module per command group.
+
+mod lists;
+mod ratelimit;
+mod stats;
+mod table;
+mod xdp;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gateway::{
+    addr::Cidr,
+    config::Config,
+    state::{DEFAULT_STATE_DIR, StateDir},
+    xdp::{DEFAULT_PIN_DIR, Mode, PinDir},
+};
+
+/// Edge gateway: an XDP filter that drops abusive clients at the NIC, and the CLI to
+/// inspect and change it.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, propagate_version = true)]
+pub struct Cli {
+    /// bpffs directory holding the pinned maps and the XDP link.
+    #[arg(long, global = true, env = "GATEWAY_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Directory for state that must survive a reboot (lists, attachment).
+    #[arg(long, global = true, env = "GATEWAY_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: attach (or adopt the pinned program), apply the config, sweep
+    /// expired blocks, log rate-limit events.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Log line format.
+        #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+        log_format: LogFormat,
+    },
+    /// Attach, detach and describe the XDP program.
+    #[command(subcommand)]
+    Xdp(XdpCommand),
+    /// Addresses and CIDRs whose packets are dropped.
+    #[command(subcommand)]
+    Blocklist(ListCommand),
+    /// Addresses and CIDRs that always pass and are never rate limited.
+    #[command(subcommand)]
+    Allowlist(ListCommand),
+    /// Per-source rate limits.
+    #[command(subcommand)]
+    Ratelimit(RatelimitCommand),
+    /// Packets and bytes per verdict reason.
+    Stats {
+        /// Refresh every --interval and show rates.
+        #[arg(long)]
+        watch: bool,
+        /// Refresh interval in watch mode.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Stop after this many refreshes (watch mode).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Subcommand)]
+enum XdpCommand {
+    /// Load the program, attach it to an interface and pin it.
+    Attach {
+        /// Interface to protect.
+        #[arg(long)]
+        iface: String,
+        #[arg(long, value_enum, default_value_t = Mode::Auto)]
+        mode: Mode,
+        /// Capacity of the per-source rate-limit map.
+        #[arg(long)]
+        rate_limit_entries: Option<u32>,
+        /// Capacity of the exact-address blocklist.
+        #[arg(long)]
+        blocklist_entries: Option<u32>,
+        /// Capacity of each CIDR trie.
+        #[arg(long)]
+        cidr_entries: Option<u32>,
+    },
+    /// Detach the program and remove its pinned maps (the state file keeps the lists).
+    Detach,
+    /// Interface, mode, program id, map sizes and fill.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum ListCommand {
+    /// Add addresses or CIDRs.
+    Add(AddArgs),
+    /// Remove addresses or CIDRs.
+    Remove {
+        #[arg(required = true, value_name = "ADDRESS|CIDR")]
+        entries: Vec<Cidr>,
+    },
+    /// Show the live entries.
+    List,
+    /// Remove every entry.
+    Flush,
+}
+
+#[derive(Debug, Args)]
+struct AddArgs {
+    #[arg(required = true, value_name = "ADDRESS|CIDR")]
+    entries: Vec<Cidr>,
+    /// Remove the entry after this long (e.g. 90s, 10m, 12h); default: never.
+    #[arg(long, value_parser = parse_ttl)]
+    ttl: Option<Duration>,
+    /// Why, for the record.
+    #[arg(long, default_value = "manual")]
+    reason: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum RatelimitCommand {
+    /// Per-source buckets, most dropped first.
+    Show {
+        /// Show only the N sources with the most drops.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+    },
+    /// Set the limits the program enforces from its next packet on.
+    Set {
+        /// Packets per second per source (0: off).
+        #[arg(long)]
+        pps: u64,
+        /// Packets a source may send back to back.
+        #[arg(long)]
+        burst: u64,
+        /// TCP SYNs per second per source (0: off).
+        #[arg(long, default_value_t = 0, requires = "syn_burst")]
+        syn_pps: u64,
+        /// SYNs a source may send back to back.
+        #[arg(long, default_value_t = 0)]
+        syn_burst: u64,
+    },
+    /// Forget every per-source bucket (sources start with full buckets).
+    Flush,
+}
+
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(text)
+        .map_err(|err| format!("'{text}' is not a duration ({err}); use e.g. 90s, 10m or 12h"))?;
+    if ttl.is_zero() {
+        return Err(
+            "a TTL of zero would expire at once; leave --ttl out for a permanent entry".into(),
+        );
+    }
+    Ok(ttl)
+}
+
+/// What every command needs to find the gateway's state.
+struct Context {
+    pins: PinDir,
+    state: StateDir,
+    json: bool,
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Context {
+        pins: PinDir::new(cli.pin_dir),
+        state: StateDir::new(cli.state_dir),
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Run { config, log_format } => run_daemon(&ctx, &config, log_format),
+        Command::Xdp(command) => xdp::run(&ctx, command),
+        Command::Blocklist(command) => lists::run(&ctx, gateway::lists::ListKind::Block, command),
+        Command::Allowlist(command) => lists::run(&ctx, gateway::lists::ListKind::Allow, command),
+        Command::Ratelimit(command) => ratelimit::run(&ctx, command),
+        Command::Stats {
+            watch,
+            interval,
+            count,
+        } => stats::run(&ctx, watch, interval, count),
+    }
+}
+
+fn run_daemon(
+    ctx: &Context,
+    config: &std::path::Path,
+    log_format: LogFormat,
+) -> anyhow::Result<()> {
+    let config = Config::load(config)?;
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stdout);
+    match log_format {
+        LogFormat::Json => subscriber.json().flatten_event(true).init(),
+        LogFormat::Text => subscriber.init(),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(gateway::daemon::run(&config, &ctx.pins, &ctx.state))?;
+    Ok(())
+}
+
+/// Prints `value` as pretty JSON.
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// RFC 3339 (UTC, seconds) for a Unix time.
+fn format_unix(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}

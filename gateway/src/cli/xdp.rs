@@ -1,0 +1,118 @@
+//! `gateway xdp attach|detach|status`.
+
+use gateway::{
+    lists::Lists,
+    xdp::{self as kernel, Capacity, KernelMaps},
+};
+use serde::Serialize;
+
+use super::{Context, XdpCommand, format_unix, print_json, table};
+
+pub fn run(ctx: &Context, command: XdpCommand) -> anyhow::Result<()> {
+    match command {
+        XdpCommand::Attach {
+            iface,
+            mode,
+            rate_limit_entries,
+            blocklist_entries,
+            cidr_entries,
+        } => {
+            let defaults = Capacity::default();
+            let capacity = Capacity {
+                rate_limit_entries: rate_limit_entries.unwrap_or(defaults.rate_limit_entries),
+                blocklist_entries: blocklist_entries.unwrap_or(defaults.blocklist_entries),
+                cidr_entries: cidr_entries.unwrap_or(defaults.cidr_entries),
+            };
+            let attachment = kernel::attach(&ctx.pins, &iface, mode, &capacity)?;
+            ctx.state.save_attachment(&attachment)?;
+            let maps = KernelMaps::open(&ctx.pins)?;
+            let restored = Lists::new(&maps, &ctx.state).restore()?;
+            if ctx.json {
+                #[derive(Serialize)]
+                struct Attached<'a> {
+                    #[serde(flatten)]
+                    attachment: &'a kernel::Attachment,
+                    restored: usize,
+                }
+                print_json(&Attached {
+                    attachment: &attachment,
+                    restored,
+                })
+            } else {
+                println!(
+                    "attached program {} to {} ({} mode); pinned under {}",
+                    attachment.program_id,
+                    attachment.interface,
+                    attachment.mode.as_str(),
+                    ctx.pins.path().display()
+                );
+                if restored > 0 {
+                    println!("restored {restored} list entries from the state file");
+                }
+                Ok(())
+            }
+        }
+        XdpCommand::Detach => {
+            kernel::detach(&ctx.pins)?;
+            ctx.state.clear_attachment()?;
+            if ctx.json {
+                print_json(&serde_json::json!({ "detached": true }))
+            } else {
+                println!(
+                    "detached; the lists stay in {} and come back on the next attach",
+                    ctx.state.path().display()
+                );
+                Ok(())
+            }
+        }
+        XdpCommand::Status => status(ctx),
+    }
+}
+
+fn status(ctx: &Context) -> anyhow::Result<()> {
+    let status = kernel::status(&ctx.pins)?;
+    let attachment = ctx.state.attachment()?;
+    if ctx.json {
+        #[derive(Serialize)]
+        struct Report<'a> {
+            pin_dir: &'a std::path::Path,
+            attachment: Option<&'a kernel::Attachment>,
+            #[serde(flatten)]
+            status: &'a kernel::Status,
+        }
+        return print_json(&Report {
+            pin_dir: ctx.pins.path(),
+            attachment: attachment.as_ref(),
+            status: &status,
+        });
+    }
+    println!("program id   {}", status.program_id);
+    match &attachment {
+        Some(a) => {
+            println!("interface    {} (ifindex {})", a.interface, a.ifindex);
+            println!("mode         {}", a.mode.as_str());
+            println!("attached at  {}", format_unix(a.attached_at));
+        }
+        None => println!(
+            "interface    unknown (no attachment record in {})",
+            ctx.state.path().display()
+        ),
+    }
+    println!("pin dir      {}", ctx.pins.path().display());
+    println!();
+    let rows: Vec<Vec<String>> = status
+        .maps
+        .iter()
+        .map(|map| {
+            vec![
+                map.name.to_owned(),
+                map.kind.to_owned(),
+                map.capacity.to_string(),
+                map.entries
+                    .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            ]
+        })
+        .collect();
+    table::print(&["map", "kind", "capacity", "entries"], &rows);
+    Ok(())
+}

@@ -1,0 +1,40 @@
+//! Converts between wall-clock time (what operators and the state file speak) and
+//! `CLOCK_BOOTTIME` nanoseconds (what the XDP program compares expiries against).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `CLOCK_BOOTTIME` now, in nanoseconds: the clock `bpf_ktime_get_boot_ns` reads.
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// The boot-clock instant `ttl` from now.
+pub fn boot_ns_after(ttl: Duration) -> u64 {
+    boot_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The boot-clock instant of a Unix time (seconds); the past maps to now.
+pub fn boot_ns_at_unix(unix_secs: u64) -> u64 {
+    boot_ns_after(Duration::from_secs(unix_secs.saturating_sub(unix_now())))
+}
+
+/// The Unix time (seconds) of a boot-clock instant, rounded up so a block never
+/// lifts early after a restore.
+pub fn unix_at_boot_ns(ns: u64) -> u64 {
+    let remaining = ns.saturating_sub(boot_ns());
+    unix_now() + remaining.div_ceil(1_000_000_000)
+}

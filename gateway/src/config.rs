@@ -1,0 +1,232 @@
+//! The daemon's configuration file (TOML). Unknown keys are errors, every field has a
+//! default where a safe one exists, and [`Config::validate`] reports every problem
+//! with its key path at once.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    addr::Cidr,
+    xdp::{Capacity, Mode, RateLimit},
+};
+
+/// The configuration could not be used; the binary exits with code 64.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path} has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The kernel plane.
+    pub xdp: XdpSection,
+}
+
+/// `[xdp]`: where the program runs and what it enforces.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct XdpSection {
+    /// Interface to attach to (required).
+    pub interface: String,
+    /// Attach mode: `auto`, `driver` or `skb`.
+    pub mode: Mode,
+    /// IPv6 sources share one rate-limit bucket per prefix of this length, so a host
+    /// cannot escape its limit by rotating through its own /64.
+    pub ipv6_rate_limit_prefix: u8,
+    /// CIDRs that always pass and are never rate limited.
+    pub allowlist: Vec<Cidr>,
+    /// CIDRs (or single addresses) that are always dropped.
+    pub blocklist: Vec<Cidr>,
+    /// Per-source limits; all zero (the default) means no rate limiting.
+    pub rate_limit: RateLimit,
+    /// Rule classes that only count what they would drop.
+    pub monitor: Monitor,
+    /// Map sizes, fixed when the maps are created.
+    pub capacity: Capacity,
+}
+
+impl Default for XdpSection {
+    fn default() -> Self {
+        Self {
+            interface: String::new(),
+            mode: Mode::Auto,
+            ipv6_rate_limit_prefix: crate::xdp::DEFAULT_IPV6_RATE_LIMIT_PREFIX,
+            allowlist: Vec::new(),
+            blocklist: Vec::new(),
+            rate_limit: RateLimit::default(),
+            monitor: Monitor::default(),
+            capacity: Capacity::default(),
+        }
+    }
+}
+
+/// `[xdp.monitor]`: `true` makes a rule class count would-be drops but pass them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Monitor {
+    /// The static CIDR blocklist.
+    pub cidr: bool,
+    /// The dynamic (exact-address) blocklist.
+    pub blocklist: bool,
+    /// Both per-source rate limits.
+    pub rate_limit: bool,
+}
+
+impl Monitor {
+    /// The bit set the XDP program reads.
+    pub fn bits(&self) -> u32 {
+        use gateway_common::consts::monitor;
+        (if self.cidr { monitor::CIDR } else { 0 })
+            | (if self.blocklist {
+                monitor::BLOCKLIST
+            } else {
+                0
+            })
+            | (if self.rate_limit {
+                monitor::RATE_LIMIT
+            } else {
+                0
+            })
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates `text`, naming `path` in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: path.to_owned(),
+            message: err.to_string(),
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Every problem, each with its key path.
+    pub fn validate(&self) -> Vec<String> {
+        let xdp = &self.xdp;
+        let mut problems = Vec::new();
+        if xdp.interface.trim().is_empty() {
+            problems.push("xdp.interface: required, e.g. interface = \"eth0\"".to_owned());
+        }
+        if !(1..=128).contains(&xdp.ipv6_rate_limit_prefix) {
+            problems.push(format!(
+                "xdp.ipv6_rate_limit_prefix: {} is not a prefix length between 1 and 128",
+                xdp.ipv6_rate_limit_prefix
+            ));
+        }
+        problems.extend(rate_limit_problems("xdp.rate_limit", &xdp.rate_limit));
+        for (key, value) in [
+            ("rate_limit_entries", xdp.capacity.rate_limit_entries),
+            ("blocklist_entries", xdp.capacity.blocklist_entries),
+            ("cidr_entries", xdp.capacity.cidr_entries),
+        ] {
+            if value == 0 {
+                problems.push(format!("xdp.capacity.{key}: must be at least 1"));
+            }
+        }
+        for cidr in &xdp.blocklist {
+            if xdp.allowlist.contains(cidr) {
+                problems.push(format!(
+                    "xdp.blocklist: {cidr} is also in xdp.allowlist, which always wins; remove one"
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// Problems with a set of rate limits; `key` prefixes each message.
+pub fn rate_limit_problems(key: &str, limit: &RateLimit) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, pps, burst) in [
+        ("", limit.pps, limit.burst),
+        ("syn_", limit.syn_pps, limit.syn_burst),
+    ] {
+        if pps > 1_000_000_000 {
+            problems.push(format!(
+                "{key}.{name}pps: {pps} is above the maximum of 1000000000"
+            ));
+        }
+        if pps > 0 && burst == 0 {
+            problems.push(format!(
+                "{key}.{name}burst: must be at least 1 when {name}pps is set (try {name}burst = {pps})"
+            ));
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config_has_safe_defaults() {
+        let config = parse("[xdp]\ninterface = \"eth0\"\n").expect("valid");
+        assert_eq!(config.xdp.ipv6_rate_limit_prefix, 64);
+        assert_eq!(config.xdp.rate_limit, RateLimit::default());
+        assert!(config.xdp.capacity.rate_limit_entries >= 1 << 20);
+        assert!(config.xdp.capacity.blocklist_entries >= 100_000);
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_key() {
+        let err = parse(
+            "[xdp]\nipv6_rate_limit_prefix = 0\nblocklist = [\"198.18.0.1\"]\nallowlist = [\"198.18.0.1\"]\n\
+             [xdp.rate_limit]\npps = 10\n",
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        for needle in [
+            "xdp.interface",
+            "xdp.ipv6_rate_limit_prefix",
+            "xdp.rate_limit.burst",
+            "also in xdp.allowlist",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_cidrs_are_rejected() {
+        let err = parse("[xdp]\ninterface = \"eth0\"\nintreface = \"x\"\n").expect_err("unknown");
+        assert!(err.to_string().contains("intreface"), "{err}");
+        let err =
+            parse("[xdp]\ninterface = \"eth0\"\nblocklist = [\"10.0.0.300\"]\n").expect_err("cidr");
+        assert!(err.to_string().contains("10.0.0.300"), "{err}");
+    }
+}

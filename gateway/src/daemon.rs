@@ -1,0 +1,197 @@
+//! `gateway run`: attaches the XDP program (or adopts the one already pinned), applies
+//! the config, then keeps the lists honest: it sweeps expired blocks, keeps the state
+//! file current and turns ring-buffer events into log lines. Stopping the daemon
+//! leaves the program attached and filtering.
+
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use gateway_common::{
+    consts::event_kind,
+    maps::{RateEvent, XdpConfig},
+};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    addr::{self, ipv6_mask},
+    config::Config,
+    lists::{ListError, Lists},
+    state::{StateDir, StateError},
+    xdp::{self, KernelMaps, PinDir, XdpError},
+};
+
+/// How often expired entries are swept and the state file reconciled.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The daemon stopped for a reason other than a signal.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Xdp(#[from] XdpError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    List(#[from] ListError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn run(config: &Config, pins: &PinDir, state: &StateDir) -> Result<(), DaemonError> {
+    let signal_error = |source| DaemonError::Io {
+        what: "installing signal handlers",
+        source,
+    };
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+
+    let maps = attach_or_adopt(config, pins, state)?;
+    apply_settings(config, &maps)?;
+    let lists = Lists::new(&maps, state);
+    lists.replace_config(&config.xdp.allowlist, &config.xdp.blocklist)?;
+    let restored = lists.restore()?;
+    info!(restored, "lists restored from the state file");
+
+    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf,
+    // and always reports that same fd.
+    let mut events =
+        unsafe { AsyncFd::register(maps.events()?) }.map_err(|err| DaemonError::Io {
+            what: "watching the event ring buffer",
+            source: err.into_parts().1,
+        })?;
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    info!(pin_dir = %pins.path().display(), state_dir = %state.path().display(), "gateway running");
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = sweep.tick() => sweep_once(&lists),
+            ready = events.readable_mut() => match ready {
+                Ok(mut guard) => {
+                    drain_events(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                Err(err) => error!(%err, "polling the event ring buffer failed"),
+            },
+        }
+    }
+    sweep_once(&lists);
+    info!("stopping; the XDP program stays attached and keeps filtering");
+    Ok(())
+}
+
+/// Adopts the pinned program when there is one, so a restart never opens a gap in
+/// filtering; attaches a new one otherwise.
+fn attach_or_adopt(
+    config: &Config,
+    pins: &PinDir,
+    state: &StateDir,
+) -> Result<KernelMaps, DaemonError> {
+    match xdp::status(pins) {
+        Ok(status) => {
+            let attached_to = state.attachment()?.map(|a| a.interface);
+            if attached_to
+                .as_deref()
+                .is_some_and(|iface| iface != config.xdp.interface)
+            {
+                warn!(
+                    attached_to = attached_to.as_deref().unwrap_or_default(),
+                    configured = %config.xdp.interface,
+                    "the pinned program is attached to another interface than the config names; \
+                     keeping it (run `gateway xdp detach` and restart to move it)"
+                );
+            }
+            info!(
+                program_id = status.program_id,
+                "adopted the pinned XDP program"
+            );
+        }
+        Err(XdpError::NotAttached { .. }) => {
+            let attachment = xdp::attach(
+                pins,
+                &config.xdp.interface,
+                config.xdp.mode,
+                &config.xdp.capacity,
+            )?;
+            state.save_attachment(&attachment)?;
+            info!(
+                interface = %attachment.interface,
+                mode = attachment.mode.as_str(),
+                program_id = attachment.program_id,
+                "attached the XDP program"
+            );
+        }
+        Err(err) => return Err(err.into()),
+    }
+    Ok(KernelMaps::open(pins)?)
+}
+
+/// Writes the config's rate limits, monitor switches and IPv6 grouping into the
+/// program's config map.
+fn apply_settings(config: &Config, maps: &KernelMaps) -> Result<(), DaemonError> {
+    let mut settings = XdpConfig {
+        ipv6_rate_mask: ipv6_mask(config.xdp.ipv6_rate_limit_prefix),
+        monitor: config.xdp.monitor.bits(),
+        ..XdpConfig::default()
+    };
+    config.xdp.rate_limit.apply_to(&mut settings);
+    maps.set_config(&settings)?;
+    info!(
+        pps = config.xdp.rate_limit.pps,
+        burst = config.xdp.rate_limit.burst,
+        syn_pps = config.xdp.rate_limit.syn_pps,
+        syn_burst = config.xdp.rate_limit.syn_burst,
+        monitor = settings.monitor,
+        "applied XDP settings"
+    );
+    Ok(())
+}
+
+fn sweep_once(lists: &Lists<'_>) {
+    match lists.sweep() {
+        Ok(sweep) => {
+            for (kind, cidr) in sweep.expired {
+                info!(list = kind.name(), %cidr, "entry expired and was removed");
+            }
+        }
+        Err(err) => error!(%err, "sweeping the lists failed; retrying in a second"),
+    }
+}
+
+fn drain_events(ring: &mut RingBuf<MapData>) {
+    while let Some(item) = ring.next() {
+        let Some(event) = parse_event(&item) else {
+            warn!(
+                len = item.len(),
+                "ignoring a ring-buffer record of unexpected size"
+            );
+            continue;
+        };
+        let kind = match event.kind {
+            event_kind::SYN_RATE_LIMIT => "syn",
+            _ => "packets",
+        };
+        warn!(
+            event = "rate_limit_exceeded",
+            source = %addr::addr_to_ip(event.addr),
+            limit = kind,
+            "source ran out of rate-limit tokens; its excess packets are dropped in XDP"
+        );
+    }
+}
+
+fn parse_event(bytes: &[u8]) -> Option<RateEvent> {
+    if bytes.len() != size_of::<RateEvent>() {
+        return None;
+    }
+    // SAFETY: the length matches and RateEvent is plain old data valid for any bytes;
+    // read_unaligned copes with the ring buffer's 8-byte alignment.
+    Some(unsafe { bytes.as_ptr().cast::<RateEvent>().read_unaligned() })
+}

@@ -1,0 +1,30 @@
+//! `gateway`: the daemon (`gateway run`) and the CLI that inspects and changes its
+//! pinned maps from any other process.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+/// Exit code for an unusable configuration (EX_CONFIG-style usage error, sysexits 64).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`gateway stats | head`) like other Unix tools,
+    // instead of panicking in println!.
+    // SAFETY: called before any other thread exists; SIG_DFL is always valid.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            if err.downcast_ref::<gateway::config::ConfigError>().is_some() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

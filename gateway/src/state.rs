@@ -1,0 +1,227 @@
+//! The state directory (default `/var/lib/gateway`): what must survive a reboot,
+//! which wipes bpffs.
+//!
+//! - `lists.json`: every allowlist and blocklist entry with its provenance and expiry
+//!   in Unix time, so a restart restores each block with its remaining TTL.
+//! - `attachment.json`: where the program was attached, for `gateway xdp status`.
+//! - `lists.lock`: serialises the CLI and the daemon, so concurrent changes are not
+//!   lost between reading and rewriting `lists.json`.
+
+use std::{
+    collections::BTreeMap,
+    fs::{self, File, OpenOptions},
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::{addr::Cidr, xdp::Attachment};
+
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/gateway";
+
+/// A state file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is not a valid state file ({source}); fix it or move it aside to start empty")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+/// Who put an entry on a list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// `gateway blocklist add` / `gateway allowlist add`.
+    Cli,
+    /// The config file's static lists (replaced on every config load).
+    Config,
+    /// The daemon's abuse detection.
+    Daemon,
+    /// Found in the kernel map with no record (added by another tool).
+    Kernel,
+}
+
+/// One list entry's provenance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub reason: String,
+    pub source: Source,
+    /// Unix seconds.
+    pub added_at: u64,
+    /// Unix seconds; `None` for never.
+    pub expires_at: Option<u64>,
+}
+
+/// The contents of `lists.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Lists {
+    pub allowlist: BTreeMap<Cidr, Record>,
+    pub blocklist: BTreeMap<Cidr, Record>,
+}
+
+/// The state directory.
+#[derive(Clone, Debug)]
+pub struct StateDir(PathBuf);
+
+/// Exclusive access to `lists.json` while held.
+pub struct ListsLock {
+    _lock: File,
+    path: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self(path.into())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn create(&self) -> Result<(), StateError> {
+        fs::create_dir_all(&self.0).map_err(|source| StateError::Io {
+            path: self.0.clone(),
+            source,
+        })
+    }
+
+    /// Takes the lists lock, waiting for another holder to finish.
+    pub fn lock_lists(&self) -> Result<ListsLock, StateError> {
+        self.create()?;
+        let path = self.0.join("lists.lock");
+        let io_error = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_error)?;
+        lock.lock().map_err(io_error)?;
+        Ok(ListsLock {
+            _lock: lock,
+            path: self.0.join("lists.json"),
+        })
+    }
+
+    /// Records where the program is attached.
+    pub fn save_attachment(&self, attachment: &Attachment) -> Result<(), StateError> {
+        self.create()?;
+        write_json(&self.0.join("attachment.json"), attachment)
+    }
+
+    /// Where the program was attached, if this state directory knows.
+    pub fn attachment(&self) -> Result<Option<Attachment>, StateError> {
+        read_json(&self.0.join("attachment.json"))
+    }
+
+    /// Forgets the attachment (after a detach).
+    pub fn clear_attachment(&self) -> Result<(), StateError> {
+        let path = self.0.join("attachment.json");
+        match fs::remove_file(&path) {
+            Err(source) if source.kind() != io::ErrorKind::NotFound => {
+                Err(StateError::Io { path, source })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl ListsLock {
+    /// The saved lists; empty when there is no file yet.
+    pub fn load(&self) -> Result<Lists, StateError> {
+        Ok(read_json(&self.path)?.unwrap_or_default())
+    }
+
+    /// Replaces the saved lists atomically.
+    pub fn save(&self, lists: &Lists) -> Result<(), StateError> {
+        write_json(&self.path, lists)
+    }
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(source) if source.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(StateError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| StateError::Corrupt {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Writes to a temporary file, syncs it and renames it over `path`, so a crash leaves
+/// either the old or the new contents, never half of one.
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let io_error = |source| StateError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut text =
+        serde_json::to_vec_pretty(value).map_err(|err| io_error(io::Error::other(err)))?;
+    text.push(b'\n');
+    let tmp = path.with_extension("json.tmp");
+    let mut file = File::create(&tmp).map_err(io_error)?;
+    file.write_all(&text).map_err(io_error)?;
+    file.sync_all().map_err(io_error)?;
+    fs::rename(&tmp, path).map_err(io_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_round_trip_and_missing_file_is_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::new(dir.path().join("state"));
+        let lock = state.lock_lists().expect("lock");
+        assert_eq!(lock.load().expect("load"), Lists::default());
+        let mut lists = Lists::default();
+        lists.blocklist.insert(
+            "198.18.0.7".parse().expect("cidr"),
+            Record {
+                reason: "scanner".into(),
+                source: Source::Cli,
+                added_at: 10,
+                expires_at: Some(20),
+            },
+        );
+        lock.save(&lists).expect("save");
+        assert_eq!(lock.load().expect("reload"), lists);
+    }
+
+    #[test]
+    fn corrupt_file_names_itself() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::new(dir.path());
+        fs::write(dir.path().join("lists.json"), "{not json").expect("write");
+        let err = state
+            .lock_lists()
+            .expect("lock")
+            .load()
+            .expect_err("corrupt");
+        let text = err.to_string();
+        assert!(
+            text.contains("lists.json") && text.contains("move it aside"),
+            "{text}"
+        );
+    }
+}

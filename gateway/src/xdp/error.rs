@@ -1,0 +1,70 @@
+//! Errors of the kernel plane, each saying what went wrong and what to do about it.
+
+use std::{io, path::PathBuf};
+
+/// A failure to load, attach, find or change the XDP program and its maps.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    #[error(
+        "must run as root: loading XDP programs and changing BPF maps needs CAP_BPF and \
+         CAP_NET_ADMIN; run it with sudo"
+    )]
+    NotRoot,
+    #[error(
+        "{path} is not a BPF filesystem and mounting one there failed: {source}; \
+         mount it with `mount -t bpf bpf {path}`"
+    )]
+    Bpffs { path: PathBuf, source: io::Error },
+    #[error(
+        "nothing attached: no pinned gateway maps under {dir}; run `gateway xdp attach --iface IF` \
+         (or `gateway run`) first"
+    )]
+    NotAttached { dir: PathBuf },
+    #[error("no network interface named '{0}' in this network namespace; list them with `ip link`")]
+    UnknownInterface(String),
+    #[error(
+        "the gateway is already attached (program {program_id}, pinned at {link}); \
+         run `gateway xdp detach` first"
+    )]
+    AlreadyAttached { program_id: u32, link: PathBuf },
+    #[error(
+        "{iface} already has another XDP program attached; remove it first \
+         (`ip link set dev {iface} xdp off`, or `xdp-loader unload {iface} --all`)"
+    )]
+    InterfaceBusy { iface: String },
+    #[error("attaching the XDP program to {iface} in {mode} mode failed: {source}{hint}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        source: Box<aya::programs::ProgramError>,
+        hint: &'static str,
+    },
+    #[error("loading the XDP program into the kernel failed: {0}")]
+    Load(String),
+    #[error(
+        "pinned map {path} was created with a different layout or size: {source}; \
+         run `gateway xdp detach` to remove the old maps, then attach again"
+    )]
+    Incompatible {
+        path: PathBuf,
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("{what} pinned map {path} failed: {source}")]
+    Map {
+        what: &'static str,
+        path: PathBuf,
+        source: Box<aya::maps::MapError>,
+    },
+    #[error(
+        "map {name} is full ({capacity} entries); remove entries, or raise its capacity in the \
+         config and re-attach"
+    )]
+    MapFull { name: &'static str, capacity: u32 },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("pinning {path} failed: {source}")]
+    Pin {
+        path: PathBuf,
+        source: Box<aya::pin::PinError>,
+    },
+}

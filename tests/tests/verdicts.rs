@@ -1,0 +1,493 @@
+//! XDP verdicts on crafted frames, through BPF_PROG_TEST_RUN on the real object: the
+//! parser, the order of the checks, expiry, rate limits, monitor mode and the
+//! counter that explains each packet.
+
+use std::{net::IpAddr, time::Duration};
+
+use gateway::{addr::Cidr, lists::ListKind, state::Source, xdp::RateLimit};
+use gateway_common::{
+    consts::{NO_EXPIRY, Reason, event_kind, map_names, monitor},
+    maps::{BlockEntry, CidrRule, RateEvent},
+};
+use gateway_tests::{
+    frames::{ETH_P_8021AD, ETH_P_8021Q, Frame, TCP_ACK, TCP_SYN, arp},
+    program::{LoadedProgram, XDP_DROP, XDP_PASS},
+};
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("valid address")
+}
+
+fn cidrs(texts: &[&str]) -> Vec<Cidr> {
+    texts
+        .iter()
+        .map(|t| t.parse().expect("valid CIDR"))
+        .collect()
+}
+
+fn block(program: &LoadedProgram, entries: &[&str]) {
+    program
+        .lists()
+        .add(ListKind::Block, &cidrs(entries), None, "test", Source::Cli)
+        .expect("blocking");
+}
+
+fn set_limits(program: &LoadedProgram, limit: RateLimit, monitor_bits: u32) {
+    let mut config = program.maps.config().expect("config");
+    limit.apply_to(&mut config);
+    config.monitor = monitor_bits;
+    program.maps.set_config(&config).expect("writing config");
+}
+
+#[test]
+fn well_formed_ipv4_ipv6_and_vlan_frames_pass_and_are_counted() {
+    let mut program = LoadedProgram::load();
+    for frame in [
+        Frame::udp(ip("198.18.0.10")),
+        Frame::tcp(ip("198.18.0.10"), TCP_ACK),
+        Frame::udp(ip("198.18.0.10")).ipv4_options(&[0x01, 0x01, 0x01, 0x00]),
+        Frame::udp(ip("2001:2::10")),
+        Frame::udp(ip("198.18.0.10")).vlan(ETH_P_8021Q),
+        Frame::tcp(ip("2001:2::10"), TCP_SYN)
+            .vlan(ETH_P_8021AD)
+            .vlan(ETH_P_8021Q),
+    ] {
+        program.expect(&frame.build().bytes, XDP_PASS, Reason::Pass, &[]);
+    }
+}
+
+#[test]
+fn non_ip_frames_pass_untouched() {
+    let mut program = LoadedProgram::load();
+    program.expect(&arp(), XDP_PASS, Reason::PassNonIp, &[]);
+    // A third VLAN tag is beyond what the parser reads: handed to the stack as not-IP.
+    let triple = Frame::udp(ip("198.18.0.10"))
+        .vlan(ETH_P_8021AD)
+        .vlan(ETH_P_8021Q)
+        .vlan(ETH_P_8021Q)
+        .build();
+    program.expect(&triple.bytes, XDP_PASS, Reason::PassNonIp, &[]);
+}
+
+/// The source address is found behind options and VLAN tags: blocking it drops
+/// every variant, so the parser read the right bytes.
+#[test]
+fn blocked_source_is_found_behind_options_and_vlan_tags() {
+    let mut program = LoadedProgram::load();
+    block(&program, &["198.18.0.66", "2001:2::66"]);
+    for frame in [
+        Frame::udp(ip("198.18.0.66")),
+        Frame::udp(ip("198.18.0.66")).ipv4_options(&[0x01; 40]),
+        Frame::udp(ip("198.18.0.66")).vlan(ETH_P_8021Q),
+        Frame::tcp(ip("198.18.0.66"), TCP_SYN)
+            .vlan(ETH_P_8021AD)
+            .vlan(ETH_P_8021Q),
+        Frame::udp(ip("2001:2::66")),
+        Frame::tcp(ip("2001:2::66"), TCP_ACK).vlan(ETH_P_8021Q),
+    ] {
+        program.expect(&frame.build().bytes, XDP_DROP, Reason::DropBlocked, &[]);
+    }
+    program.expect(
+        &Frame::udp(ip("198.18.0.67")).build().bytes,
+        XDP_PASS,
+        Reason::Pass,
+        &[],
+    );
+}
+
+/// Cut every frame kind at every length that ends inside a header it announces:
+/// each is dropped as malformed; from the first complete length on it passes.
+#[test]
+fn frames_truncated_at_every_header_boundary_are_dropped_as_malformed() {
+    let mut program = LoadedProgram::load();
+    for frame in [
+        Frame::udp(ip("198.18.0.10")),
+        Frame::tcp(ip("198.18.0.10"), TCP_SYN).ipv4_options(&[0x01; 8]),
+        Frame::tcp(ip("2001:2::10"), TCP_SYN),
+        Frame::udp(ip("198.18.0.10")).vlan(ETH_P_8021Q),
+        Frame::tcp(ip("2001:2::10"), TCP_ACK)
+            .vlan(ETH_P_8021AD)
+            .vlan(ETH_P_8021Q),
+    ] {
+        let built = frame.build();
+        let ip_end = built.boundaries[built.boundaries.len() - 2];
+        let complete = if built.l4_required {
+            built.boundaries[built.boundaries.len() - 1]
+        } else {
+            ip_end
+        };
+        // The kernel refuses to test-run frames shorter than an Ethernet header
+        // (a NIC never delivers one), so lengths start at 14.
+        for len in 14..=built.bytes.len() {
+            let cut = &built.bytes[..len];
+            if len < complete {
+                program.expect(cut, XDP_DROP, Reason::DropMalformed, &[]);
+            } else {
+                program.expect(cut, XDP_PASS, Reason::Pass, &[]);
+            }
+        }
+    }
+}
+
+#[test]
+fn inconsistent_ip_headers_are_dropped_as_malformed() {
+    let mut program = LoadedProgram::load();
+    let mut bytes = Frame::udp(ip("198.18.0.10")).build().bytes;
+    bytes[14] = 0x44; // IHL 4 (16 bytes) is shorter than the fixed header.
+    program.expect(&bytes, XDP_DROP, Reason::DropMalformed, &[]);
+    bytes[14] = 0x65; // IPv6 version under an IPv4 ethertype.
+    program.expect(&bytes, XDP_DROP, Reason::DropMalformed, &[]);
+    let mut bytes = Frame::udp(ip("198.18.0.10")).build().bytes;
+    bytes[14] = 0x4f; // IHL 15 announces 60 bytes of header the frame does not have.
+    bytes.truncate(14 + 40);
+    program.expect(&bytes, XDP_DROP, Reason::DropMalformed, &[]);
+}
+
+#[test]
+fn allowlist_wins_over_both_blocklists_and_the_rate_limit() {
+    let mut program = LoadedProgram::load();
+    program
+        .lists()
+        .add(
+            ListKind::Allow,
+            &cidrs(&["198.18.1.0/24", "2001:2:0:1::/64"]),
+            None,
+            "ops",
+            Source::Cli,
+        )
+        .expect("allowlisting");
+    block(&program, &["198.18.1.5", "198.18.0.0/16", "2001:2:0:1::5"]);
+    set_limits(
+        &program,
+        RateLimit {
+            pps: 1,
+            burst: 1,
+            ..RateLimit::default()
+        },
+        0,
+    );
+    for _ in 0..5 {
+        program.expect(
+            &Frame::udp(ip("198.18.1.5")).build().bytes,
+            XDP_PASS,
+            Reason::PassAllowlist,
+            &[],
+        );
+        program.expect(
+            &Frame::udp(ip("2001:2:0:1::5")).build().bytes,
+            XDP_PASS,
+            Reason::PassAllowlist,
+            &[],
+        );
+    }
+    program.expect(
+        &Frame::udp(ip("198.18.2.5")).build().bytes,
+        XDP_DROP,
+        Reason::DropCidr,
+        &[],
+    );
+}
+
+#[test]
+fn cidr_and_exact_matches_drop_only_what_they_cover() {
+    let mut program = LoadedProgram::load();
+    block(
+        &program,
+        &["198.18.4.0/22", "198.18.0.9", "2001:2:0:7::/64"],
+    );
+    program.expect(
+        &Frame::udp(ip("198.18.5.9")).build().bytes,
+        XDP_DROP,
+        Reason::DropCidr,
+        &[],
+    );
+    program.expect(
+        &Frame::udp(ip("198.18.8.1")).build().bytes,
+        XDP_PASS,
+        Reason::Pass,
+        &[],
+    );
+    program.expect(
+        &Frame::udp(ip("198.18.0.9")).build().bytes,
+        XDP_DROP,
+        Reason::DropBlocked,
+        &[],
+    );
+    program.expect(
+        &Frame::udp(ip("198.18.0.10")).build().bytes,
+        XDP_PASS,
+        Reason::Pass,
+        &[],
+    );
+    program.expect(
+        &Frame::udp(ip("2001:2:0:7::99")).build().bytes,
+        XDP_DROP,
+        Reason::DropCidr,
+        &[],
+    );
+    program.expect(
+        &Frame::udp(ip("2001:2:0:8::99")).build().bytes,
+        XDP_PASS,
+        Reason::Pass,
+        &[],
+    );
+    let hits = program
+        .maps
+        .blocklist()
+        .expect("blocklist")
+        .get(&gateway::addr::ip_to_addr(ip("198.18.0.9")))
+        .expect("lookup")
+        .expect("entry present");
+    assert_eq!(hits.hits, 1, "the dynamic entry counts its drops");
+}
+
+#[test]
+fn expired_entries_no_longer_drop() {
+    let mut program = LoadedProgram::load();
+    let now = gateway::clock::boot_ns();
+    let expired = |addr: &str| gateway::addr::ip_to_addr(ip(addr));
+    let mut blocklist = program.maps.blocklist().expect("blocklist");
+    for (addr, expires_at_ns) in [
+        ("198.18.0.20", now - 1),
+        ("198.18.0.21", now + 60_000_000_000),
+        ("198.18.0.22", NO_EXPIRY),
+    ] {
+        blocklist
+            .insert(
+                &expired(addr),
+                &BlockEntry {
+                    expires_at_ns,
+                    ..BlockEntry::default()
+                },
+            )
+            .expect("insert");
+    }
+    let (prefix, addr) = "198.18.9.0/24".parse::<Cidr>().expect("cidr").key();
+    program
+        .maps
+        .trie(map_names::CIDR_BLOCKLIST)
+        .expect("trie")
+        .insert(
+            prefix,
+            addr,
+            &CidrRule {
+                expires_at_ns: now - 1,
+                ..CidrRule::default()
+            },
+        )
+        .expect("insert");
+    program.expect(
+        &Frame::udp(ip("198.18.0.20")).build().bytes,
+        XDP_PASS,
+        Reason::Pass,
+        &[],
+    );
+    program.expect(
+        &Frame::udp(ip("198.18.0.21")).build().bytes,
+        XDP_DROP,
+        Reason::DropBlocked,
+        &[],
+    );
+    program.expect(
+        &Frame::udp(ip("198.18.0.22")).build().bytes,
+        XDP_DROP,
+        Reason::DropBlocked,
+        &[],
+    );
+    program.expect(
+        &Frame::udp(ip("198.18.9.1")).build().bytes,
+        XDP_PASS,
+        Reason::Pass,
+        &[],
+    );
+
+    // Through the list API with a real TTL.
+    program
+        .lists()
+        .add(
+            ListKind::Block,
+            &cidrs(&["198.18.0.23"]),
+            Some(Duration::from_millis(300)),
+            "ttl",
+            Source::Cli,
+        )
+        .expect("block with ttl");
+    program.expect(
+        &Frame::udp(ip("198.18.0.23")).build().bytes,
+        XDP_DROP,
+        Reason::DropBlocked,
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    program.expect(
+        &Frame::udp(ip("198.18.0.23")).build().bytes,
+        XDP_PASS,
+        Reason::Pass,
+        &[],
+    );
+    let swept = program.lists().sweep().expect("sweep");
+    assert!(
+        swept
+            .expired
+            .iter()
+            .any(|(_, cidr)| cidr.to_string() == "198.18.0.23"),
+        "{swept:?}"
+    );
+}
+
+#[test]
+fn exhausted_burst_drops_and_reports_once() {
+    let mut program = LoadedProgram::load();
+    set_limits(
+        &program,
+        RateLimit {
+            pps: 1,
+            burst: 5,
+            ..RateLimit::default()
+        },
+        0,
+    );
+    let flood = Frame::udp(ip("198.18.0.30")).build().bytes;
+    for _ in 0..5 {
+        program.expect(&flood, XDP_PASS, Reason::Pass, &[]);
+    }
+    for _ in 0..3 {
+        program.expect(&flood, XDP_DROP, Reason::DropRateLimit, &[]);
+    }
+    // Another source has its own bucket.
+    program.expect(
+        &Frame::udp(ip("198.18.0.31")).build().bytes,
+        XDP_PASS,
+        Reason::Pass,
+        &[],
+    );
+
+    let bucket = program
+        .maps
+        .rate_limit()
+        .expect("rate map")
+        .get(&gateway::addr::ip_to_addr(ip("198.18.0.30")))
+        .expect("lookup")
+        .expect("bucket");
+    assert_eq!((bucket.passed, bucket.dropped), (5, 3));
+
+    let mut events = program.maps.events().expect("ring buffer");
+    let mut seen = Vec::new();
+    while let Some(item) = events.next() {
+        assert_eq!(item.len(), size_of::<RateEvent>());
+        // SAFETY: length checked; RateEvent is plain old data.
+        seen.push(unsafe { item.as_ptr().cast::<RateEvent>().read_unaligned() });
+    }
+    assert_eq!(
+        seen.len(),
+        1,
+        "three drops within a second make one event: {seen:?}"
+    );
+    assert_eq!(seen[0].addr, gateway::addr::ip_to_addr(ip("198.18.0.30")));
+    assert_eq!(seen[0].kind, event_kind::RATE_LIMIT);
+}
+
+#[test]
+fn syn_bucket_limits_new_connections_only() {
+    let mut program = LoadedProgram::load();
+    set_limits(
+        &program,
+        RateLimit {
+            pps: 0,
+            burst: 0,
+            syn_pps: 1,
+            syn_burst: 2,
+        },
+        0,
+    );
+    let syn = Frame::tcp(ip("198.18.0.40"), TCP_SYN).build().bytes;
+    let ack = Frame::tcp(ip("198.18.0.40"), TCP_ACK).build().bytes;
+    program.expect(&syn, XDP_PASS, Reason::Pass, &[]);
+    program.expect(&syn, XDP_PASS, Reason::Pass, &[]);
+    program.expect(&syn, XDP_DROP, Reason::DropSynRateLimit, &[]);
+    for _ in 0..10 {
+        program.expect(&ack, XDP_PASS, Reason::Pass, &[]);
+    }
+}
+
+#[test]
+fn ipv6_sources_share_a_bucket_per_prefix() {
+    let mut program = LoadedProgram::load();
+    set_limits(
+        &program,
+        RateLimit {
+            pps: 1,
+            burst: 3,
+            ..RateLimit::default()
+        },
+        0,
+    );
+    for host in ["2001:2:0:1::1", "2001:2:0:1::2", "2001:2:0:1:ffff::3"] {
+        program.expect(
+            &Frame::udp(ip(host)).build().bytes,
+            XDP_PASS,
+            Reason::Pass,
+            &[],
+        );
+    }
+    program.expect(
+        &Frame::udp(ip("2001:2:0:1::4")).build().bytes,
+        XDP_DROP,
+        Reason::DropRateLimit,
+        &[],
+    );
+    program.expect(
+        &Frame::udp(ip("2001:2:0:2::1")).build().bytes,
+        XDP_PASS,
+        Reason::Pass,
+        &[],
+    );
+}
+
+#[test]
+fn monitor_mode_passes_but_counts_what_it_would_drop() {
+    let mut program = LoadedProgram::load();
+    block(&program, &["198.18.0.50", "198.18.6.0/24"]);
+    set_limits(
+        &program,
+        RateLimit {
+            pps: 1,
+            burst: 1,
+            ..RateLimit::default()
+        },
+        monitor::CIDR | monitor::BLOCKLIST | monitor::RATE_LIMIT,
+    );
+    program.expect(
+        &Frame::udp(ip("198.18.0.50")).build().bytes,
+        XDP_PASS,
+        Reason::Pass,
+        &[Reason::MonitorBlocked],
+    );
+    program.expect(
+        &Frame::udp(ip("198.18.0.50")).build().bytes,
+        XDP_PASS,
+        Reason::Pass,
+        &[Reason::MonitorBlocked, Reason::MonitorRateLimit],
+    );
+    program.expect(
+        &Frame::udp(ip("198.18.6.1")).build().bytes,
+        XDP_PASS,
+        Reason::Pass,
+        &[Reason::MonitorCidr],
+    );
+
+    // Only the CIDR class in monitor mode: the exact block is enforced again.
+    set_limits(&program, RateLimit::default(), monitor::CIDR);
+    program.expect(
+        &Frame::udp(ip("198.18.0.50")).build().bytes,
+        XDP_DROP,
+        Reason::DropBlocked,
+        &[],
+    );
+    program.expect(
+        &Frame::udp(ip("198.18.6.1")).build().bytes,
+        XDP_PASS,
+        Reason::Pass,
+        &[Reason::MonitorCidr],
+    );
+}
