@@ -180,6 +180,41 @@ impl Topology {
     }
 }
 
+impl Topology {
+    /// Waits until both ends have carrier and usable link-local addresses.
+    ///
+    /// Attaching XDP to a veth flaps its peer's carrier, and IPv6 on the peer needs a
+    /// moment to come back; a test that sends at once would race it.
+    pub fn wait_until_settled(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for (ns, iface) in [
+            (&self.gateway, &self.gw_iface),
+            (&self.client, &self.client_iface),
+        ] {
+            loop {
+                let output = Command::new("ip")
+                    .args(["-n", &ns.name, "-6", "addr", "show", "dev", iface])
+                    .output()
+                    .expect("running ip addr");
+                let text = String::from_utf8_lossy(&output.stdout);
+                let ready = text.contains("LOWER_UP")
+                    && !text.contains("NO-CARRIER")
+                    && text.contains("scope link")
+                    && !text.contains("tentative");
+                if ready {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{iface} in {} did not settle within 10 s:\n{text}",
+                    ns.name
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 /// Counts UDP datagrams per source address, on port `port` of both families.
 pub struct UdpCounter {
     counts: Arc<Mutex<HashMap<IpAddr, u64>>>,

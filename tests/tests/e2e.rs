@@ -9,7 +9,7 @@ use std::{
 };
 
 use gateway_tests::{
-    gateway::Gateway,
+    gateway::{Daemon, Gateway},
     net::{GATEWAY_V4, GATEWAY_V6, Topology, UdpCounter, start_tcp_echo, tcp_reachable, udp_from},
 };
 
@@ -61,6 +61,15 @@ impl Rig {
     fn attach(&self) {
         self.gateway
             .ok(&["xdp", "attach", "--iface", &self.topology.gw_iface]);
+        self.topology.wait_until_settled();
+    }
+
+    /// Starts `gateway run` with `config` and waits for the network to settle after
+    /// the attach.
+    fn spawn_daemon(&self, config: &str) -> Daemon {
+        let daemon = self.gateway.spawn_daemon(config);
+        self.topology.wait_until_settled();
+        daemon
     }
 
     fn reachable(&self, source: &str) -> bool {
@@ -204,7 +213,7 @@ fn a_flooding_source_gets_about_its_limit_and_a_polite_one_loses_nothing() {
     let rig = Rig::new();
     let pps = 200;
     let burst = 20;
-    let daemon = rig.gateway.spawn_daemon(&format!(
+    let daemon = rig.spawn_daemon(&format!(
         "[xdp]\ninterface = \"{}\"\n[xdp.rate_limit]\npps = {pps}\nburst = {burst}\n",
         rig.topology.gw_iface
     ));
@@ -295,7 +304,7 @@ fn ttl_expiry_unblocks() {
 fn blocks_survive_daemon_restarts_and_reboots_without_a_gap() {
     let rig = Rig::new();
     let config = format!("[xdp]\ninterface = \"{}\"\n", rig.topology.gw_iface);
-    let daemon = rig.gateway.spawn_daemon(&config);
+    let daemon = rig.spawn_daemon(&config);
     rig.gateway.ok(&[
         "blocklist",
         "add",
@@ -332,7 +341,7 @@ fn blocks_survive_daemon_restarts_and_reboots_without_a_gap() {
         rig.gateway.stat("drop_blocked").0 > dropped_while_down,
         "XDP keeps dropping with no daemon"
     );
-    let daemon = rig.gateway.spawn_daemon(&config);
+    let daemon = rig.spawn_daemon(&config);
     assert!(
         daemon.log().contains("adopted the pinned XDP program"),
         "{}",
@@ -364,7 +373,7 @@ fn blocks_survive_daemon_restarts_and_reboots_without_a_gap() {
         rig.reachable(BAD_V4),
         "with nothing attached the source gets through"
     );
-    let daemon = rig.gateway.spawn_daemon(&config);
+    let daemon = rig.spawn_daemon(&config);
     assert!(
         daemon.log().contains("attached the XDP program"),
         "{}",

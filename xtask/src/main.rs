@@ -1,0 +1,86 @@
+//! `cargo xtask`: the project's build and test driver (`setup`, `build`, `run`, `test`, `demo`).
+
+mod build;
+mod demo;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+use crate::util::Workspace;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run and test the edge gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchains, bpf-linker and the Debian packages the build and tests need.
+    ///
+    /// Idempotent: once everything is present, a run only checks (a few seconds).
+    Setup,
+    /// Run `setup`, then build the workspace (the daemon embeds the XDP object).
+    Build(build::Args),
+    /// Run `setup`, build the `gateway` binary and run it with the given arguments.
+    Run(run::Args),
+    /// Run `setup`, the lints, the unit tests and the privileged XDP and end-to-end tests.
+    Test(test::Args),
+    /// Run the gateway on a private demo network in namespaces; Ctrl-C tears it down.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let ws = Workspace::locate()?;
+    match cli.task {
+        Task::Setup => setup::run(&ws),
+        Task::Build(args) => build::run(&ws, &args),
+        Task::Run(args) => run::run(&ws, &args),
+        Task::Test(args) => test::run(&ws, &args),
+        Task::Demo => demo::run(&ws),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::{Cli, Task};
+
+    #[test]
+    fn passes_arguments_through_to_gateway() -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from(["xtask", "run", "--release", "--", "--help"])?;
+        let Task::Run(args) = cli.task else {
+            anyhow::bail!("not parsed as `run`");
+        };
+        assert!(args.release);
+        assert_eq!(args.args, ["--help"]);
+        Ok(())
+    }
+
+    #[test]
+    fn passes_arguments_through_to_the_privileged_tests() -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from(["xtask", "test", "--no-lint", "--", "verdict", "--exact"])?;
+        let Task::Test(args) = cli.task else {
+            anyhow::bail!("not parsed as `test`");
+        };
+        assert!(args.no_lint);
+        assert_eq!(args.test_args, ["verdict", "--exact"]);
+        Ok(())
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+}
