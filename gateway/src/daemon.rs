@@ -94,8 +94,8 @@ fn attach_or_adopt(
     pins: &PinDir,
     state: &StateDir,
 ) -> Result<KernelMaps, DaemonError> {
-    match xdp::status(pins) {
-        Ok(status) => {
+    match xdp::pinned_program_id(pins)? {
+        Some(program_id) => {
             let attached_to = state.attachment()?.map(|a| a.interface);
             if attached_to
                 .as_deref()
@@ -108,12 +108,9 @@ fn attach_or_adopt(
                      keeping it (run `gateway xdp detach` and restart to move it)"
                 );
             }
-            info!(
-                program_id = status.program_id,
-                "adopted the pinned XDP program"
-            );
+            info!(program_id, "adopted the pinned XDP program");
         }
-        Err(XdpError::NotAttached { .. }) => {
+        None => {
             let attachment = xdp::attach(
                 pins,
                 &config.xdp.interface,
@@ -128,7 +125,6 @@ fn attach_or_adopt(
                 "attached the XDP program"
             );
         }
-        Err(err) => return Err(err.into()),
     }
     Ok(KernelMaps::open(pins)?)
 }

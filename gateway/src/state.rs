@@ -47,6 +47,18 @@ pub enum Source {
     Kernel,
 }
 
+impl Source {
+    /// The name used in tables and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cli => "cli",
+            Source::Config => "config",
+            Source::Daemon => "daemon",
+            Source::Kernel => "kernel",
+        }
+    }
+}
+
 /// One list entry's provenance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {

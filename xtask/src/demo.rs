@@ -103,57 +103,24 @@ fn network() -> anyhow::Result<()> {
     for ns in [GATEWAY_NS, CLIENT_NS] {
         ip(&["netns", "add", ns])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "netns",
-            "exec",
-            ns,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.default.accept_dad=0",
-        ])?;
+        // Addresses usable at once, without a second of duplicate address detection.
+        let no_dad = "net.ipv6.conf.default.accept_dad=0";
+        ip(&["netns", "exec", ns, "sysctl", "-qw", no_dad])?;
     }
     ip(&[
         "link", "add", GATEWAY_IF, "netns", GATEWAY_NS, "type", "veth", "peer", "name", CLIENT_IF,
         "netns", CLIENT_NS,
     ])?;
-    ip(&[
-        "-n",
-        GATEWAY_NS,
-        "addr",
-        "add",
-        "198.18.0.1/24",
-        "dev",
-        GATEWAY_IF,
-    ])?;
-    ip(&[
-        "-n",
-        GATEWAY_NS,
-        "addr",
-        "add",
-        "2001:2::1/64",
-        "dev",
-        GATEWAY_IF,
-    ])?;
-    ip(&[
-        "-n",
-        CLIENT_NS,
-        "addr",
-        "add",
-        "198.18.0.10/24",
-        "dev",
-        CLIENT_IF,
-    ])?;
-    ip(&[
-        "-n",
-        CLIENT_NS,
-        "addr",
-        "add",
-        "2001:2::10/64",
-        "dev",
-        CLIENT_IF,
-    ])?;
-    ip(&["-n", GATEWAY_NS, "link", "set", GATEWAY_IF, "up"])?;
-    ip(&["-n", CLIENT_NS, "link", "set", CLIENT_IF, "up"])
+    for (ns, iface, addrs) in [
+        (GATEWAY_NS, GATEWAY_IF, ["198.18.0.1/24", "2001:2::1/64"]),
+        (CLIENT_NS, CLIENT_IF, ["198.18.0.10/24", "2001:2::10/64"]),
+    ] {
+        for addr in addrs {
+            ip(&["-n", ns, "addr", "add", addr, "dev", iface])?;
+        }
+        ip(&["-n", ns, "link", "set", iface, "up"])?;
+    }
+    Ok(())
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {

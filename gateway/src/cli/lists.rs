@@ -74,10 +74,7 @@ pub fn run(ctx: &Context, kind: ListKind, command: ListCommand) -> anyhow::Resul
                             .expires_at
                             .map_or_else(|| "never".to_owned(), format_unix),
                         entry.hits.map_or_else(|| "-".to_owned(), |n| n.to_string()),
-                        serde_json::to_value(entry.source)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_default(),
+                        entry.source.as_str().to_owned(),
                         entry.reason.clone(),
                     ]
                 })

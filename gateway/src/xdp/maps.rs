@@ -180,10 +180,7 @@ impl KernelMaps {
     /// Capacity of the map `name`.
     pub fn capacity(&self, name: &str) -> Result<u32, XdpError> {
         let path = self.pins.map(name);
-        MapData::from_pin(&path)
-            .and_then(|data| data.info())
-            .map(|info| info.max_entries())
-            .map_err(|source| map_error("reading", &path, source))
+        capacity_of(&path).map_err(|source| map_error("reading", &path, source))
     }
 
     /// The ring buffer of rate-limit events. Only one process should consume it.
@@ -204,22 +201,17 @@ impl<M> Table<M> {
         move |(map, path)| Self { map, name, path }
     }
 
-    fn error(&self, what: &'static str, source: MapError, capacity: u32) -> XdpError {
+    /// Turns a failed insert into [`XdpError::MapFull`] when the map had no room.
+    fn insert_error(&self, source: MapError) -> XdpError {
         if let MapError::SyscallError(err) = &source
             && err.io_error.raw_os_error() == Some(E2BIG)
         {
             return XdpError::MapFull {
                 name: self.name,
-                capacity,
+                capacity: capacity_of(&self.path).unwrap_or(0),
             };
         }
-        map_error(what, &self.path, source)
-    }
-
-    fn capacity(&self) -> u32 {
-        MapData::from_pin(&self.path)
-            .and_then(|data| data.info())
-            .map_or(0, |info| info.max_entries())
+        map_error("inserting into", &self.path, source)
     }
 }
 
@@ -235,7 +227,7 @@ impl<V: aya::Pod> Table<HashMap<MapData, Addr, V>> {
     pub fn insert(&mut self, key: &Addr, value: &V) -> Result<(), XdpError> {
         self.map
             .insert(key, value, 0)
-            .map_err(|source| self.error("inserting into", source, self.capacity()))
+            .map_err(|source| self.insert_error(source))
     }
 
     /// Removes `key`; false when it was not there.
@@ -288,7 +280,7 @@ impl Table<LpmTrie<MapData, Addr, CidrRule>> {
     pub fn insert(&mut self, prefix_len: u32, addr: Addr, rule: &CidrRule) -> Result<(), XdpError> {
         self.map
             .insert(&Key::new(prefix_len, addr), rule, 0)
-            .map_err(|source| self.error("inserting into", source, self.capacity()))
+            .map_err(|source| self.insert_error(source))
     }
 
     /// Removes exactly this prefix; false when it was not there.
@@ -322,6 +314,12 @@ impl Table<LpmTrie<MapData, Addr, CidrRule>> {
         }
         Ok(removed)
     }
+}
+
+fn capacity_of(path: &std::path::Path) -> Result<u32, MapError> {
+    MapData::from_pin(path)
+        .and_then(|data| data.info())
+        .map(|info| info.max_entries())
 }
 
 fn map_error(what: &'static str, path: &std::path::Path, source: MapError) -> XdpError {
