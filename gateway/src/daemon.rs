@@ -52,6 +52,7 @@ pub async fn run(config: &Config, pins: &PinDir, state: &StateDir) -> Result<(),
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
 
+    let _lock = state.lock_daemon()?;
     let maps = attach_or_adopt(config, pins, state)?;
     apply_settings(config, &maps)?;
     let lists = Lists::new(&maps, state);

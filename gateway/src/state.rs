@@ -26,6 +26,11 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/gateway";
 pub enum StateError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(
+        "another gateway daemon (pid {pid}) is running with this state directory (lock {path}); \
+         stop it first, or give this one its own --state-dir and --pin-dir"
+    )]
+    DaemonRunning { path: PathBuf, pid: String },
     #[error("{path} is not a valid state file ({source}); fix it or move it aside to start empty")]
     Corrupt {
         path: PathBuf,
@@ -82,6 +87,11 @@ pub struct Lists {
 #[derive(Clone, Debug)]
 pub struct StateDir(PathBuf);
 
+/// Held by the one daemon that owns a state directory, for as long as it runs.
+pub struct DaemonLock {
+    _lock: File,
+}
+
 /// Exclusive access to `lists.json` while held.
 pub struct ListsLock {
     _lock: File,
@@ -123,6 +133,38 @@ impl StateDir {
             _lock: lock,
             path: self.0.join("lists.json"),
         })
+    }
+
+    /// Claims the state directory for this daemon: a second daemon would fight the
+    /// first over the event ring buffer and the lists.
+    pub fn lock_daemon(&self) -> Result<DaemonLock, StateError> {
+        self.create()?;
+        let path = self.0.join("daemon.lock");
+        let io_error = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_error)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let pid = fs::read_to_string(&path)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
+                return Err(StateError::DaemonRunning { path, pid });
+            }
+            Err(fs::TryLockError::Error(source)) => return Err(io_error(source)),
+        }
+        lock.set_len(0).map_err(io_error)?;
+        writeln!(lock, "{}", std::process::id()).map_err(io_error)?;
+        Ok(DaemonLock { _lock: lock })
     }
 
     /// Records where the program is attached.

@@ -364,6 +364,21 @@ fn blocks_survive_daemon_restarts_and_reboots_without_a_gap() {
         first_expiry,
         "the block kept its expiry"
     );
+    let second = rig.gateway.output(&[
+        "run",
+        "--config",
+        rig.gateway
+            .state_dir
+            .path()
+            .join("gateway.toml")
+            .to_str()
+            .expect("utf-8"),
+    ]);
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success() && err.contains("another gateway daemon (pid"),
+        "a second daemon on the same state must refuse to start: {err}"
+    );
     daemon.stop();
 
     // A reboot wipes bpffs: detaching removes the maps the same way. The next start
