@@ -89,44 +89,52 @@ pub async fn run(config: &Config, pins: &PinDir, state: &StateDir) -> Result<(),
 }
 
 /// Adopts the pinned program when there is one, so a restart never opens a gap in
-/// filtering; attaches a new one otherwise.
+/// filtering; attaches a new one otherwise, or when the pinned one's interface is gone.
 fn attach_or_adopt(
     config: &Config,
     pins: &PinDir,
     state: &StateDir,
 ) -> Result<KernelMaps, DaemonError> {
-    match xdp::pinned_program_id(pins)? {
-        Some(program_id) => {
-            let attached_to = state.attachment()?.map(|a| a.interface);
-            if attached_to
-                .as_deref()
-                .is_some_and(|iface| iface != config.xdp.interface)
-            {
+    if let Some(program_id) = xdp::pinned_program_id(pins)? {
+        match state.attachment()? {
+            Some(attachment) if !xdp::attachment_is_live(&attachment) => {
                 warn!(
-                    attached_to = attached_to.as_deref().unwrap_or_default(),
-                    configured = %config.xdp.interface,
-                    "the pinned program is attached to another interface than the config names; \
-                     keeping it (run `gateway xdp detach` and restart to move it)"
+                    interface = %attachment.interface,
+                    ifindex = attachment.ifindex,
+                    "the pinned program's interface is gone or was recreated; attaching again \
+                     (the maps and their lists are kept)"
                 );
+                xdp::unpin_link(pins)?;
             }
-            info!(program_id, "adopted the pinned XDP program");
-        }
-        None => {
-            let attachment = xdp::attach(
-                pins,
-                &config.xdp.interface,
-                config.xdp.mode,
-                &config.xdp.capacity,
-            )?;
-            state.save_attachment(&attachment)?;
-            info!(
-                interface = %attachment.interface,
-                mode = attachment.mode.as_str(),
-                program_id = attachment.program_id,
-                "attached the XDP program"
-            );
+            attachment => {
+                if let Some(attachment) = attachment
+                    && attachment.interface != config.xdp.interface
+                {
+                    warn!(
+                        attached_to = %attachment.interface,
+                        configured = %config.xdp.interface,
+                        "the pinned program is attached to another interface than the config \
+                         names; keeping it (run `gateway xdp detach` and restart to move it)"
+                    );
+                }
+                info!(program_id, "adopted the pinned XDP program");
+                return Ok(KernelMaps::open(pins)?);
+            }
         }
     }
+    let attachment = xdp::attach(
+        pins,
+        &config.xdp.interface,
+        config.xdp.mode,
+        &config.xdp.capacity,
+    )?;
+    state.save_attachment(&attachment)?;
+    info!(
+        interface = %attachment.interface,
+        mode = attachment.mode.as_str(),
+        program_id = attachment.program_id,
+        "attached the XDP program"
+    );
     Ok(KernelMaps::open(pins)?)
 }
 

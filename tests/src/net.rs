@@ -104,6 +104,7 @@ pub struct Topology {
     pub client: NetNs,
     pub gw_iface: String,
     pub client_iface: String,
+    client_addrs: Vec<String>,
 }
 
 pub const GATEWAY_V4: &str = "198.18.0.1";
@@ -112,71 +113,73 @@ pub const GATEWAY_V6: &str = "2001:2::1";
 impl Topology {
     pub fn new(client_addrs: &[&str]) -> Self {
         let suffix = crate::unique_suffix();
-        let gateway = NetNs::new(format!("gwt-gw-{suffix}"));
-        let client = NetNs::new(format!("gwt-cl-{suffix}"));
-        let gw_iface = format!("gw{suffix}");
-        let client_iface = format!("cl{suffix}");
+        let topology = Self {
+            gateway: NetNs::new(format!("gwt-gw-{suffix}")),
+            client: NetNs::new(format!("gwt-cl-{suffix}")),
+            gw_iface: format!("gw{suffix}"),
+            client_iface: format!("cl{suffix}"),
+            client_addrs: client_addrs.iter().map(|addr| (*addr).to_owned()).collect(),
+        };
+        topology.link();
+        topology
+    }
+
+    /// Deletes the veth pair and creates it again with the same names and addresses
+    /// (new interface indexes), as when a NIC is re-probed.
+    pub fn recreate_link(&self) {
+        ip(&["-n", &self.gateway.name, "link", "del", &self.gw_iface]);
+        self.link();
+    }
+
+    fn link(&self) {
+        let (gw, client) = (&self.gateway.name, &self.client.name);
+        let (gw_iface, client_iface) = (&self.gw_iface, &self.client_iface);
         ip(&[
             "link",
             "add",
-            &gw_iface,
+            gw_iface,
             "netns",
-            &gateway.name,
+            gw,
             "type",
             "veth",
             "peer",
             "name",
-            &client_iface,
+            client_iface,
             "netns",
-            &client.name,
+            client,
         ]);
         ip(&[
             "-n",
-            &gateway.name,
+            gw,
             "addr",
             "add",
             &format!("{GATEWAY_V4}/24"),
             "dev",
-            &gw_iface,
+            gw_iface,
         ]);
         ip(&[
             "-n",
-            &gateway.name,
+            gw,
             "addr",
             "add",
             &format!("{GATEWAY_V6}/64"),
             "dev",
-            &gw_iface,
-            "nodad",
+            gw_iface,
         ]);
-        for addr in client_addrs {
-            let cidr = if addr.contains(':') {
-                format!("{addr}/64")
-            } else {
-                format!("{addr}/24")
-            };
-            let mut args = vec![
+        for addr in &self.client_addrs {
+            let prefix = if addr.contains(':') { 64 } else { 24 };
+            ip(&[
                 "-n",
-                &client.name,
+                client,
                 "addr",
                 "add",
-                &cidr,
+                &format!("{addr}/{prefix}"),
                 "dev",
-                &client_iface,
-            ];
-            if addr.contains(':') {
-                args.push("nodad");
-            }
-            ip(&args);
+                client_iface,
+            ]);
         }
-        ip(&["-n", &gateway.name, "link", "set", &gw_iface, "up"]);
-        ip(&["-n", &client.name, "link", "set", &client_iface, "up"]);
-        Self {
-            gateway,
-            client,
-            gw_iface,
-            client_iface,
-        }
+        ip(&["-n", gw, "link", "set", gw_iface, "up"]);
+        ip(&["-n", client, "link", "set", client_iface, "up"]);
     }
 }
 

@@ -404,6 +404,30 @@ fn blocks_survive_daemon_restarts_and_reboots_without_a_gap() {
 }
 
 #[test]
+fn a_recreated_interface_is_protected_again() {
+    let rig = Rig::new();
+    let config = format!("[xdp]\ninterface = \"{}\"\n", rig.topology.gw_iface);
+    let daemon = rig.spawn_daemon(&config);
+    rig.gateway.ok(&["blocklist", "add", BAD_V4]);
+    daemon.stop();
+    // The pinned link now points at an interface that no longer exists.
+    rig.topology.recreate_link();
+    rig.topology.wait_until_settled();
+    assert!(
+        rig.reachable(BAD_V4),
+        "the new interface starts unprotected"
+    );
+    let daemon = rig.spawn_daemon(&config);
+    assert!(daemon.log().contains("attaching again"), "{}", daemon.log());
+    assert!(
+        !rig.reachable(BAD_V4),
+        "the block, kept in the maps, drops again"
+    );
+    assert!(rig.reachable(GOOD_V4), "and only the blocked source");
+    daemon.stop();
+}
+
+#[test]
 fn bad_input_and_bad_state_get_clear_errors() {
     let rig = Rig::new();
     let err = rig.gateway.fails(&["blocklist", "list"]);

@@ -251,6 +251,20 @@ pub fn detach(pins: &PinDir) -> Result<(), XdpError> {
     }
 }
 
+/// Whether the interface an attachment names still exists with the same index. A
+/// deleted (or deleted and recreated) interface leaves behind a pinned link that
+/// filters nothing.
+pub fn attachment_is_live(attachment: &Attachment) -> bool {
+    if_index(&attachment.interface).is_ok_and(|index| index == attachment.ifindex)
+}
+
+/// Removes only the pinned link, detaching the program but keeping the maps, so the
+/// next attach reuses them with every list entry and bucket.
+pub fn unpin_link(pins: &PinDir) -> Result<bool, XdpError> {
+    require_root()?;
+    remove_pin(&pins.link())
+}
+
 fn remove_pin(path: &Path) -> Result<bool, XdpError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(true),
