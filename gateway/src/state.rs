@@ -114,21 +114,28 @@ impl StateDir {
         })
     }
 
-    /// Takes the lists lock, waiting for another holder to finish.
-    pub fn lock_lists(&self) -> Result<ListsLock, StateError> {
+    /// Opens (creating it and the directory if needed) the lock file `name`.
+    fn open_lock_file(&self, name: &str) -> Result<(File, PathBuf), StateError> {
         self.create()?;
-        let path = self.0.join("lists.lock");
-        let io_error = |source| StateError::Io {
-            path: path.clone(),
-            source,
-        };
-        let lock = OpenOptions::new()
+        let path = self.0.join(name);
+        let file = OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&path)
-            .map_err(io_error)?;
-        lock.lock().map_err(io_error)?;
+            .map_err(|source| StateError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok((file, path))
+    }
+
+    /// Takes the lists lock, waiting for another holder to finish.
+    pub fn lock_lists(&self) -> Result<ListsLock, StateError> {
+        let (lock, path) = self.open_lock_file("lists.lock")?;
+        lock.lock()
+            .map_err(|source| StateError::Io { path, source })?;
         Ok(ListsLock {
             _lock: lock,
             path: self.0.join("lists.json"),
@@ -138,19 +145,11 @@ impl StateDir {
     /// Claims the state directory for this daemon: a second daemon would fight the
     /// first over the event ring buffer and the lists.
     pub fn lock_daemon(&self) -> Result<DaemonLock, StateError> {
-        self.create()?;
-        let path = self.0.join("daemon.lock");
+        let (mut lock, path) = self.open_lock_file("daemon.lock")?;
         let io_error = |source| StateError::Io {
             path: path.clone(),
             source,
         };
-        let mut lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io_error)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
