@@ -1,8 +1,4 @@
-//! The daemon's configuration file (TOML). Unknown keys are errors, every field has a
-//! default where a safe one exists, and [`Config::validate`] reports every problem
-//! with its key path at once.
-
-use std::path::{Path, PathBuf};
+//! `[xdp]`: the kernel plane's settings.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,35 +7,12 @@ use crate::{
     xdp::{Capacity, Mode, RateLimit},
 };
 
-/// The configuration could not be used; the binary exits with code 64.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path} is not valid: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config file {path} has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
-    Invalid {
-        path: PathBuf,
-        problems: Vec<String>,
-    },
-}
-
-/// The whole file.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// The kernel plane.
-    pub xdp: XdpSection,
-}
-
 /// `[xdp]`: where the program runs and what it enforces.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct XdpSection {
+    /// `false` runs the proxy alone, for hosts where BPF is not available.
+    pub enabled: bool,
     /// Interface to attach to (required).
     pub interface: String,
     /// Attach mode: `auto`, `driver` or `skb`.
@@ -62,6 +35,7 @@ pub struct XdpSection {
 impl Default for XdpSection {
     fn default() -> Self {
         Self {
+            enabled: true,
             interface: String::new(),
             mode: Mode::Auto,
             ipv6_rate_limit_prefix: crate::xdp::DEFAULT_IPV6_RATE_LIMIT_PREFIX,
@@ -104,38 +78,12 @@ impl Monitor {
     }
 }
 
-impl Config {
-    /// Reads, parses and validates `path`.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(path, &text)
-    }
-
-    /// Parses and validates `text`, naming `path` in errors.
-    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
-            path: path.to_owned(),
-            message: err.to_string(),
-        })?;
-        let problems = config.validate();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                problems,
-            })
-        }
-    }
-
+impl XdpSection {
     /// Every problem, each with its key path.
-    pub fn validate(&self) -> Vec<String> {
-        let xdp = &self.xdp;
+    pub fn problems(&self) -> Vec<String> {
+        let xdp = self;
         let mut problems = Vec::new();
-        if xdp.interface.trim().is_empty() {
+        if xdp.enabled && xdp.interface.trim().is_empty() {
             problems.push("xdp.interface: required, e.g. interface = \"eth0\"".to_owned());
         }
         if !(1..=128).contains(&xdp.ipv6_rate_limit_prefix) {
@@ -184,49 +132,4 @@ pub fn rate_limit_problems(key: &str, limit: &RateLimit) -> Vec<String> {
         }
     }
     problems
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(Path::new("test.toml"), text)
-    }
-
-    #[test]
-    fn minimal_config_has_safe_defaults() {
-        let config = parse("[xdp]\ninterface = \"eth0\"\n").expect("valid");
-        assert_eq!(config.xdp.ipv6_rate_limit_prefix, 64);
-        assert_eq!(config.xdp.rate_limit, RateLimit::default());
-        assert!(config.xdp.capacity.rate_limit_entries >= 1 << 20);
-        assert!(config.xdp.capacity.blocklist_entries >= 100_000);
-    }
-
-    #[test]
-    fn reports_every_problem_with_its_key() {
-        let err = parse(
-            "[xdp]\nipv6_rate_limit_prefix = 0\nblocklist = [\"198.18.0.1\"]\nallowlist = [\"198.18.0.1\"]\n\
-             [xdp.rate_limit]\npps = 10\n",
-        )
-        .expect_err("invalid");
-        let text = err.to_string();
-        for needle in [
-            "xdp.interface",
-            "xdp.ipv6_rate_limit_prefix",
-            "xdp.rate_limit.burst",
-            "also in xdp.allowlist",
-        ] {
-            assert!(text.contains(needle), "missing {needle} in {text}");
-        }
-    }
-
-    #[test]
-    fn unknown_keys_and_bad_cidrs_are_rejected() {
-        let err = parse("[xdp]\ninterface = \"eth0\"\nintreface = \"x\"\n").expect_err("unknown");
-        assert!(err.to_string().contains("intreface"), "{err}");
-        let err =
-            parse("[xdp]\ninterface = \"eth0\"\nblocklist = [\"10.0.0.300\"]\n").expect_err("cidr");
-        assert!(err.to_string().contains("10.0.0.300"), "{err}");
-    }
 }

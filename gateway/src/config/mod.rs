@@ -1,0 +1,213 @@
+//! The daemon's configuration file (TOML). Unknown keys are errors, every field has a
+//! default where a safe one exists, and [`Config::validate`] reports every problem
+//! with its key path at once.
+
+mod duration;
+pub mod proxy;
+pub mod xdp;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+pub use self::{
+    proxy::{
+        Balance, BreakerConfig, CertificateConfig, ClientAuth, ForwardedStyle, HealthConfig,
+        ListenerConfig, ListenerLimits, ListenerTimeouts, OutlierConfig, ProxySection, RetryConfig,
+        RouteConfig, UpstreamConfig,
+    },
+    xdp::{Monitor, XdpSection, rate_limit_problems},
+};
+
+/// The configuration could not be used; the binary exits with code 64.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path} has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The kernel plane.
+    #[serde(default)]
+    pub xdp: XdpSection,
+    /// Settings shared by every listener.
+    #[serde(default)]
+    pub proxy: ProxySection,
+    /// `[[listener]]`: TLS sockets; none means the daemon only runs the kernel plane.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// `[[route]]`: matched by host and longest path prefix.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    /// `[upstream.NAME]`: the fleet's pools.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates `text`, naming `path` in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: path.to_owned(),
+            message: err.to_string(),
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Every problem, each with its key path.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = self.xdp.problems();
+        problems.extend(proxy::problems(
+            &self.proxy,
+            &self.listeners,
+            &self.routes,
+            &self.upstreams,
+        ));
+        if !self.xdp.enabled && self.listeners.is_empty() {
+            problems.push(
+                "xdp.enabled is false and there is no [[listener]]: nothing to run".to_owned(),
+            );
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xdp::RateLimit;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config_has_safe_defaults() {
+        let config = parse("[xdp]\ninterface = \"eth0\"\n").expect("valid");
+        assert_eq!(config.xdp.ipv6_rate_limit_prefix, 64);
+        assert_eq!(config.xdp.rate_limit, RateLimit::default());
+        assert!(config.xdp.capacity.rate_limit_entries >= 1 << 20);
+        assert!(config.xdp.capacity.blocklist_entries >= 100_000);
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_key() {
+        let err = parse(
+            "[xdp]\nipv6_rate_limit_prefix = 0\nblocklist = [\"198.18.0.1\"]\nallowlist = [\"198.18.0.1\"]\n\
+             [xdp.rate_limit]\npps = 10\n",
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        for needle in [
+            "xdp.interface",
+            "xdp.ipv6_rate_limit_prefix",
+            "xdp.rate_limit.burst",
+            "also in xdp.allowlist",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_cidrs_are_rejected() {
+        let err = parse("[xdp]\ninterface = \"eth0\"\nintreface = \"x\"\n").expect_err("unknown");
+        assert!(err.to_string().contains("intreface"), "{err}");
+        let err =
+            parse("[xdp]\ninterface = \"eth0\"\nblocklist = [\"10.0.0.300\"]\n").expect_err("cidr");
+        assert!(err.to_string().contains("10.0.0.300"), "{err}");
+    }
+
+    const FLEET: &str = r#"
+[xdp]
+enabled = false
+
+[[listener]]
+name = "public"
+address = "0.0.0.0:8443"
+[[listener.certificates]]
+cert = "/etc/gateway/api.pem"
+key = "/etc/gateway/api.key"
+server_names = ["api.example.com", "*.example.com"]
+
+[[route]]
+name = "api"
+hosts = ["api.example.com"]
+path_prefix = "/api/"
+methods = ["GET", "POST"]
+upstream = "fleet"
+rewrite_prefix = "/"
+timeout = "5s"
+
+[upstream.fleet]
+endpoints = ["198.18.1.10:8443", "198.18.1.11:8443", "backend.internal:8443"]
+server_name = "fleet.internal"
+ca = "/etc/gateway/fleet-ca.pem"
+client_cert = "/etc/gateway/gateway.pem"
+client_key = "/etc/gateway/gateway.key"
+balance = "least_request"
+"#;
+
+    #[test]
+    fn proxy_config_parses_with_defaults() {
+        let config = parse(FLEET).expect("valid");
+        let route = &config.routes[0];
+        assert_eq!(route.timeout, std::time::Duration::from_secs(5));
+        let fleet = &config.upstreams["fleet"];
+        assert_eq!(fleet.balance, Balance::LeastRequest);
+        assert_eq!(fleet.health.path, "/healthz");
+        assert_eq!(config.listeners[0].limits.max_header_count, 100);
+    }
+
+    #[test]
+    fn proxy_problems_name_their_keys() {
+        let broken = FLEET
+            .replace("upstream = \"fleet\"", "upstream = \"flet\"")
+            .replace("path_prefix = \"/api/\"", "path_prefix = \"api\"")
+            .replace("\"198.18.1.11:8443\"", "\"198.18.1.11\"")
+            .replace("timeout = \"5s\"", "timeout = \"0s\"");
+        let text = parse(&broken).expect_err("invalid").to_string();
+        for needle in [
+            "route[0].upstream: no [upstream.flet] (defined: fleet)",
+            "route[0].path_prefix",
+            "route[0].timeout",
+            "upstream.fleet.endpoints: \"198.18.1.11\"",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+        let text = parse(&FLEET.replace("\"5s\"", "\"5 parsecs\"")).expect_err("duration");
+        assert!(text.to_string().contains("5 parsecs"), "{text}");
+    }
+}
