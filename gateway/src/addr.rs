@@ -46,6 +46,12 @@ impl Cidr {
         self.0.prefix_len()
     }
 
+    /// Whether `ip` is in the network; an IPv4-mapped IPv6 address (from a
+    /// dual-stack socket) counts as its IPv4 address.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(&ip.to_canonical())
+    }
+
     /// True for a single address (/32 or /128).
     pub fn is_host(&self) -> bool {
         self.0.prefix_len() == self.0.max_prefix_len()

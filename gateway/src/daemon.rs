@@ -1,9 +1,10 @@
 //! `gateway run`: attaches the XDP program (or adopts the one already pinned), applies
-//! the config, then keeps the lists honest: it sweeps expired blocks, keeps the state
-//! file current and turns ring-buffer events into log lines. Stopping the daemon
-//! leaves the program attached and filtering.
+//! the config and starts the proxy, then keeps the lists honest: it sweeps expired
+//! blocks, keeps the state file current and turns ring-buffer events into log lines.
+//! SIGHUP reloads the config; SIGTERM drains the proxy. Stopping the daemon leaves
+//! the program attached and filtering.
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use gateway_common::{
@@ -18,8 +19,9 @@ use tracing::{error, info, warn};
 
 use crate::{
     addr::{self, ipv6_mask},
-    config::Config,
+    config::{Config, ConfigError},
     lists::{ListError, Lists},
+    proxy::{Proxy, ProxyStartError},
     state::{StateDir, StateError},
     xdp::{self, KernelMaps, PinDir, XdpError},
 };
@@ -36,6 +38,8 @@ pub enum DaemonError {
     State(#[from] StateError),
     #[error(transparent)]
     List(#[from] ListError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyStartError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -43,38 +47,105 @@ pub enum DaemonError {
     },
 }
 
-/// Runs until SIGTERM or SIGINT.
-pub async fn run(config: &Config, pins: &PinDir, state: &StateDir) -> Result<(), DaemonError> {
+/// The kernel plane as the daemon holds it.
+struct KernelPlane {
+    maps: KernelMaps,
+    events: AsyncFd<RingBuf<MapData>>,
+}
+
+impl KernelPlane {
+    fn start(config: &Config, pins: &PinDir, state: &StateDir) -> Result<Self, DaemonError> {
+        let maps = attach_or_adopt(config, pins, state)?;
+        apply_settings(config, &maps)?;
+        let lists = Lists::new(&maps, state);
+        lists.replace_config(&config.xdp.allowlist, &config.xdp.blocklist)?;
+        let restored = lists.restore()?;
+        info!(restored, "lists restored from the state file");
+        // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the
+        // RingBuf, and always reports that same fd.
+        let events =
+            unsafe { AsyncFd::register(maps.events()?) }.map_err(|err| DaemonError::Io {
+                what: "watching the event ring buffer",
+                source: err.into_parts().1,
+            })?;
+        Ok(Self { maps, events })
+    }
+
+    /// Takes a reloaded config's XDP settings and static lists.
+    fn reload(&self, config: &Config, state: &StateDir) -> Result<(), DaemonError> {
+        apply_settings(config, &self.maps)?;
+        Lists::new(&self.maps, state).replace_config(&config.xdp.allowlist, &config.xdp.blocklist)?;
+        Ok(())
+    }
+}
+
+/// Waits for ring-buffer records; never resolves without a kernel plane.
+async fn events_ready(
+    kernel: &mut Option<KernelPlane>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, RingBuf<MapData>>> {
+    match kernel {
+        Some(kernel) => kernel.events.readable_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs until SIGTERM or SIGINT; SIGHUP reloads `config_path`.
+pub async fn run(
+    config_path: &Path,
+    mut config: Config,
+    pins: &PinDir,
+    state: &StateDir,
+) -> Result<(), DaemonError> {
     let signal_error = |source| DaemonError::Io {
         what: "installing signal handlers",
         source,
     };
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
 
     let _lock = state.lock_daemon()?;
-    let maps = attach_or_adopt(config, pins, state)?;
-    apply_settings(config, &maps)?;
-    let lists = Lists::new(&maps, state);
-    lists.replace_config(&config.xdp.allowlist, &config.xdp.blocklist)?;
-    let restored = lists.restore()?;
-    info!(restored, "lists restored from the state file");
+    let mut kernel = if config.xdp.enabled {
+        Some(KernelPlane::start(&config, pins, state)?)
+    } else {
+        warn!("XDP is disabled (xdp.enabled = false or --no-xdp): the proxy runs without the kernel plane");
+        None
+    };
+    let proxy = if config.listeners.is_empty() {
+        None
+    } else {
+        Some(Proxy::start(&config).await?)
+    };
 
-    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf,
-    // and always reports that same fd.
-    let mut events =
-        unsafe { AsyncFd::register(maps.events()?) }.map_err(|err| DaemonError::Io {
-            what: "watching the event ring buffer",
-            source: err.into_parts().1,
-        })?;
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-    info!(pin_dir = %pins.path().display(), state_dir = %state.path().display(), "gateway running");
+    let mut certificates = tokio::time::interval(config.proxy.certificate_check_interval);
+    info!(
+        pin_dir = %pins.path().display(),
+        state_dir = %state.path().display(),
+        xdp = kernel.is_some(),
+        listeners = config.listeners.len(),
+        "gateway running"
+    );
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = sweep.tick() => sweep_once(&lists),
-            ready = events.readable_mut() => match ready {
+            _ = hangup.recv() => {
+                if let Some(new) = reload(config_path, &config, kernel.as_ref(), proxy.as_ref(), state).await {
+                    config = new;
+                }
+            }
+            _ = sweep.tick(), if kernel.is_some() => {
+                if let Some(kernel) = &kernel {
+                    sweep_once(&Lists::new(&kernel.maps, state));
+                }
+            }
+            _ = certificates.tick(), if proxy.is_some() => {
+                if let Some(proxy) = &proxy {
+                    proxy.check_certificates();
+                }
+            }
+            ready = events_ready(&mut kernel) => match ready {
                 Ok(mut guard) => {
                     drain_events(guard.get_inner_mut());
                     guard.clear_ready();
@@ -83,9 +154,68 @@ pub async fn run(config: &Config, pins: &PinDir, state: &StateDir) -> Result<(),
             },
         }
     }
-    sweep_once(&lists);
-    info!("stopping; the XDP program stays attached and keeps filtering");
+    if let Some(proxy) = proxy {
+        let deadline = config.proxy.drain_timeout;
+        info!(deadline = %humantime::format_duration(deadline), "draining: no new connections; in-flight requests may finish");
+        if proxy.drain(deadline).await {
+            info!("drained: every connection closed");
+        } else {
+            warn!("drain deadline passed; closing the remaining connections");
+        }
+    }
+    if let Some(kernel) = &kernel {
+        sweep_once(&Lists::new(&kernel.maps, state));
+        info!("stopping; the XDP program stays attached and keeps filtering");
+    }
     Ok(())
+}
+
+/// Re-reads the config file. An invalid file, or one the proxy cannot apply,
+/// changes nothing; the reason is logged and the running config stays.
+async fn reload(
+    path: &Path,
+    running: &Config,
+    kernel: Option<&KernelPlane>,
+    proxy: Option<&Proxy>,
+    state: &StateDir,
+) -> Option<Config> {
+    info!(path = %path.display(), "SIGHUP: reloading the configuration");
+    let config = match Config::load(path).and_then(|config| {
+        let problems = crate::proxy::tls_problems(&config);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }) {
+        Ok(config) => config,
+        Err(err) => {
+            error!(event = "config_reload_rejected", %err, "reload rejected; the running configuration stays");
+            return None;
+        }
+    };
+    if config.xdp.enabled != running.xdp.enabled || config.xdp.interface != running.xdp.interface {
+        warn!("xdp.enabled and xdp.interface changes need a restart");
+    }
+    if proxy.is_none() && !config.listeners.is_empty() {
+        warn!("starting the proxy needs a restart (the daemon started without listeners)");
+    }
+    if let Some(proxy) = proxy
+        && let Err(err) = proxy.reload(&config).await
+    {
+        error!(event = "config_reload_rejected", %err, "reload rejected; the running configuration stays");
+        return None;
+    }
+    if let Some(kernel) = kernel
+        && let Err(err) = kernel.reload(&config, state)
+    {
+        error!(%err, "applying the reloaded XDP settings failed");
+    }
+    info!(event = "config_reloaded", routes = config.routes.len(), upstreams = config.upstreams.len(), "configuration reloaded");
+    Some(config)
 }
 
 /// Adopts the pinned program when there is one, so a restart never opens a gap in

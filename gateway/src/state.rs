@@ -166,6 +166,31 @@ impl StateDir {
         Ok(DaemonLock { _lock: lock })
     }
 
+    /// The pid of the daemon holding this state directory, if one runs.
+    pub fn running_daemon(&self) -> Result<Option<u32>, StateError> {
+        let (lock, path) = self.open_lock_file("daemon.lock")?;
+        match lock.try_lock() {
+            Ok(()) => Ok(None),
+            Err(fs::TryLockError::WouldBlock) => {
+                let text = fs::read_to_string(&path).map_err(|source| StateError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                text.trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| StateError::Io {
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("holds {:?}, not a process id", text.trim()),
+                        ),
+                        path,
+                    })
+            }
+            Err(fs::TryLockError::Error(source)) => Err(StateError::Io { path, source }),
+        }
+    }
+
     /// Records where the program is attached.
     pub fn save_attachment(&self, attachment: &Attachment) -> Result<(), StateError> {
         self.create()?;

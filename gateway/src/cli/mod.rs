@@ -6,19 +6,22 @@ mod stats;
 mod table;
 mod xdp;
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gateway::{
     addr::Cidr,
-    config::Config,
+    config::{Config, ConfigError},
     state::{DEFAULT_STATE_DIR, StateDir},
     xdp::{DEFAULT_PIN_DIR, Mode, PinDir},
 };
 
-/// Edge gateway: an XDP filter that drops abusive clients at the NIC, and the CLI to
-/// inspect and change it.
+/// Edge gateway: an XDP filter that drops abusive clients at the NIC, a TLS proxy in
+/// front of the fleet, and the CLI to inspect and change them.
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version, propagate_version = true)]
 pub struct Cli {
@@ -46,7 +49,20 @@ enum Command {
         /// Log line format.
         #[arg(long, value_enum, default_value_t = LogFormat::Json)]
         log_format: LogFormat,
+        /// Run the proxy without the kernel plane (as `xdp.enabled = false`), for
+        /// hosts where BPF is not available.
+        #[arg(long)]
+        no_xdp: bool,
     },
+    /// Validate a configuration file, certificates and keys included, and list
+    /// every problem with its key path.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Make the running daemon re-read its configuration (sends it SIGHUP).
+    Reload,
     /// Attach, detach and describe the XDP program.
     #[command(subcommand)]
     Xdp(XdpCommand),
@@ -184,7 +200,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         json: cli.json,
     };
     match cli.command {
-        Command::Run { config, log_format } => run_daemon(&ctx, &config, log_format),
+        Command::Run {
+            config,
+            log_format,
+            no_xdp,
+        } => run_daemon(&ctx, &config, log_format, no_xdp),
+        Command::Check { config } => check(&config),
+        Command::Reload => reload(&ctx),
         Command::Xdp(command) => xdp::run(&ctx, command),
         Command::Blocklist(command) => lists::run(&ctx, gateway::lists::ListKind::Block, command),
         Command::Allowlist(command) => lists::run(&ctx, gateway::lists::ListKind::Allow, command),
@@ -197,12 +219,64 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Loads `path` and checks the files it names; any problem is a [`ConfigError`].
+fn load_checked(path: &Path) -> Result<Config, ConfigError> {
+    let config = Config::load(path)?;
+    let problems = gateway::proxy::tls_problems(&config);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
+    }
+}
+
+fn check(path: &Path) -> anyhow::Result<()> {
+    let config = load_checked(path)?;
+    println!(
+        "{}: valid ({} listener(s), {} route(s), {} upstream pool(s), XDP {})",
+        path.display(),
+        config.listeners.len(),
+        config.routes.len(),
+        config.upstreams.len(),
+        if config.xdp.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        }
+    );
+    Ok(())
+}
+
+fn reload(ctx: &Context) -> anyhow::Result<()> {
+    let Some(pid) = ctx.state.running_daemon()? else {
+        anyhow::bail!(
+            "no gateway daemon runs with state directory {} (start one with `gateway run`, or pass --state-dir)",
+            ctx.state.path().display()
+        );
+    };
+    let pid = i32::try_from(pid).context("daemon.lock holds an impossible pid")?;
+    // SAFETY: kill(2) with a valid signal number has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("sending SIGHUP to the daemon (pid {pid})"));
+    }
+    println!("reload requested from the daemon (pid {pid}); its log says whether the new configuration was accepted");
+    Ok(())
+}
+
 fn run_daemon(
     ctx: &Context,
-    config: &std::path::Path,
+    path: &Path,
     log_format: LogFormat,
+    no_xdp: bool,
 ) -> anyhow::Result<()> {
-    let config = Config::load(config)?;
+    let mut config = load_checked(path)?;
+    if no_xdp {
+        config.xdp.enabled = false;
+    }
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -217,7 +291,7 @@ fn run_daemon(
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(gateway::daemon::run(&config, &ctx.pins, &ctx.state))?;
+    runtime.block_on(gateway::daemon::run(path, config, &ctx.pins, &ctx.state))?;
     Ok(())
 }
 

@@ -1,0 +1,144 @@
+//! The one place where a failed request becomes a response. Every error knows
+//! its status and a message safe to show a client; upstream details go to the
+//! log, never to the client.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Full};
+
+use super::normalize::PathError;
+use crate::upstream::{BoxBody, UpstreamError, breaker::BreakerOpen};
+
+/// Why the gateway answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("request target is {len} bytes; the limit is {max}")]
+    UriTooLong { len: usize, max: usize },
+    #[error("{count} header fields; the limit is {max}")]
+    TooManyHeaders { count: usize, max: usize },
+    #[error("header fields hold {bytes} bytes; the limit is {max}")]
+    HeadersTooLarge { bytes: usize, max: usize },
+    #[error("invalid path: {0}")]
+    BadPath(#[from] PathError),
+    #[error("no route for this host and path")]
+    NoRoute,
+    #[error("method not allowed; allowed: {allow}")]
+    MethodNotAllowed { allow: String },
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("request body stalled for {0:?}")]
+    BodyTimeout(Duration),
+    #[error("reading the request body failed: {0}")]
+    ClientBody(String),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("no response from the upstream within {0:?}")]
+    Timeout(Duration),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Self::TooManyHeaders { .. } | Self::HeadersTooLarge { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            Self::BadPath(_) | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Upstream(
+                UpstreamError::NoHealthyEndpoint { .. } | UpstreamError::BreakerOpen(_),
+            ) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(UpstreamError::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A short machine-readable code for the body and the access log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UriTooLong { .. } => "uri_too_long",
+            Self::TooManyHeaders { .. } | Self::HeadersTooLarge { .. } => "headers_too_large",
+            Self::BadPath(_) => "invalid_path",
+            Self::NoRoute => "no_route",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyTimeout(_) => "body_timeout",
+            Self::ClientBody(_) => "bad_body",
+            Self::Upstream(UpstreamError::NoHealthyEndpoint { .. }) => "no_healthy_upstream",
+            Self::Upstream(UpstreamError::BreakerOpen(_)) => "upstream_overloaded",
+            Self::Upstream(UpstreamError::Internal(_)) => "internal_error",
+            Self::Upstream(UpstreamError::ClientBody(_)) => "bad_body",
+            Self::Upstream(_) => "upstream_error",
+            Self::Timeout(_) => "upstream_timeout",
+        }
+    }
+
+    /// What the client may read: the client's own mistakes in full, the
+    /// fleet's only by kind.
+    fn public_message(&self) -> String {
+        match self {
+            Self::Upstream(UpstreamError::NoHealthyEndpoint { .. }) => {
+                "no healthy upstream endpoint; try again later".to_owned()
+            }
+            Self::Upstream(UpstreamError::BreakerOpen(_)) => {
+                "upstream overloaded; try again later".to_owned()
+            }
+            Self::Upstream(UpstreamError::Internal(_)) => "internal gateway error".to_owned(),
+            Self::Upstream(_) => "the upstream could not be reached or failed".to_owned(),
+            Self::Timeout(_) => "the upstream did not answer in time".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Upstream(UpstreamError::NoHealthyEndpoint { retry_after, .. }) => {
+                Some(retry_after.as_secs().max(1))
+            }
+            Self::Upstream(UpstreamError::BreakerOpen(BreakerOpen::PendingTimeout(wait))) => {
+                Some(wait.as_secs().max(1))
+            }
+            Self::Upstream(UpstreamError::BreakerOpen(_)) => Some(1),
+            _ => None,
+        }
+    }
+}
+
+/// The response for `error`: a small JSON body naming the request id.
+pub fn respond(error: &ProxyError, request_id: &HeaderValue) -> Response<BoxBody> {
+    let status = error.status();
+    let body = serde_json::json!({
+        "status": status.as_u16(),
+        "error": error.code(),
+        "message": error.public_message(),
+        "request_id": request_id.to_str().unwrap_or_default(),
+    });
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let ProxyError::MethodNotAllowed { allow } = error
+        && let Ok(value) = HeaderValue::from_str(allow)
+    {
+        headers.insert(header::ALLOW, value);
+    }
+    if let Some(seconds) = error.retry_after() {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}

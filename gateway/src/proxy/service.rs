@@ -1,0 +1,259 @@
+//! The request path, top to bottom. [`handle`] is the one place that shows the
+//! order of the stages; each stage is a small function that either lets the
+//! request on or returns the [`ProxyError`] that answers it.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use http::{HeaderValue, Request, Response, Version, header, request::Parts};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use tracing::info;
+
+use super::{
+    Snapshot,
+    body::ClientBody,
+    error::{self, ProxyError},
+    headers::{self, REQUEST_ID},
+    normalize::normalize_path,
+};
+use crate::{
+    config::{Balance, ListenerConfig},
+    policy::routes::{Route, RouteError},
+    upstream::{BoxBody, Forwarded, UpstreamError, balance::hash_key},
+};
+
+/// What the connection knows about its client, fixed for its lifetime.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub tls_version: &'static str,
+    pub sni: Option<Arc<str>>,
+}
+
+/// What one request did, for the access log.
+#[derive(Default)]
+struct Outcome {
+    /// The normalized path, once it is known to be valid.
+    path: Option<String>,
+    route: Option<String>,
+    upstream: Option<String>,
+    endpoint: Option<SocketAddr>,
+    retries: u32,
+    upstream_latency: Option<Duration>,
+    error: Option<String>,
+}
+
+/// Serves one request against the configuration that was active when it
+/// arrived (a reload never changes a request in flight).
+pub async fn handle(
+    snapshot: Arc<Snapshot>,
+    conn: Arc<ConnInfo>,
+    request: Request<Incoming>,
+) -> Response<BoxBody> {
+    let started = Instant::now();
+    let request_id = headers::request_id(request.headers());
+    let method = request.method().clone();
+    let host = request_host(&request).map(str::to_owned);
+    let raw_path = request.uri().path().to_owned();
+    let mut outcome = Outcome::default();
+
+    let mut response = match proxy(&snapshot, &conn, request, &request_id, &mut outcome).await {
+        Ok(response) => response,
+        Err(err) => {
+            outcome.error = Some(err.to_string());
+            error::respond(&err, &request_id)
+        }
+    };
+    response.headers_mut().insert(REQUEST_ID, request_id.clone());
+
+    info!(
+        target: "access",
+        request_id = request_id.to_str().unwrap_or_default(),
+        listener = &*conn.listener,
+        client = %conn.client.ip(),
+        tls = conn.tls_version,
+        sni = conn.sni.as_deref(),
+        %method,
+        host = host.as_deref(),
+        path = outcome.path.as_deref().unwrap_or(&raw_path),
+        route = outcome.route.as_deref(),
+        upstream = outcome.upstream.as_deref(),
+        endpoint = outcome.endpoint.map(|e| e.to_string()),
+        status = response.status().as_u16(),
+        retries = outcome.retries,
+        latency_ms = started.elapsed().as_secs_f64() * 1e3,
+        upstream_ms = outcome.upstream_latency.map(|d| d.as_secs_f64() * 1e3),
+        error = outcome.error.as_deref(),
+    );
+    response
+}
+
+/// The stages in order. Authentication and policy stages plug in between
+/// routing and forwarding.
+async fn proxy(
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    request: Request<Incoming>,
+    request_id: &HeaderValue,
+    outcome: &mut Outcome,
+) -> Result<Response<BoxBody>, ProxyError> {
+    let listener = snapshot.listener(&conn.listener);
+    check_head_limits(&request, listener)?;
+    let path = normalize_path(request.uri().path())?;
+    outcome.path = Some(path.clone());
+    let route = snapshot
+        .routes
+        .find(request_host(&request), &path, request.method())
+        .map_err(|err| match err {
+            RouteError::NotFound => ProxyError::NoRoute,
+            RouteError::MethodNotAllowed { allow } => ProxyError::MethodNotAllowed { allow },
+        })?;
+    outcome.route = Some(route.name.clone());
+    outcome.upstream = Some(route.upstream.clone());
+
+    let (parts, body) = request.into_parts();
+    let pool = snapshot.upstreams.get(&route.upstream).ok_or_else(|| {
+        UpstreamError::Internal(format!("route {} names no pool", route.name))
+    })?;
+    let body = ClientBody::prepare(
+        body,
+        &parts.headers,
+        route.max_body_bytes.unwrap_or(listener.limits.max_body_bytes),
+        listener.timeouts.body_read,
+        pool.config().retry.buffer_bytes,
+    )
+    .await?;
+
+    let upstream_parts = upstream_request(snapshot, conn, parts, route, request_id);
+    let path_and_query = match upstream_parts.uri.query() {
+        Some(query) => format!("{}?{query}", route.rewrite(&path)),
+        None => route.rewrite(&path),
+    };
+    let key = affinity_key(pool.config().balance, pool.config().hash_header.as_deref(), conn, &upstream_parts);
+
+    let sent = Instant::now();
+    let forwarded = tokio::time::timeout(
+        route.timeout,
+        pool.send(&upstream_parts, &path_and_query, body, key),
+    )
+    .await
+    .map_err(|_| ProxyError::Timeout(route.timeout))?;
+    outcome.upstream_latency = Some(sent.elapsed());
+    let Forwarded {
+        response,
+        endpoint,
+        retries,
+    } = forwarded.map_err(|err| match err {
+        UpstreamError::ClientBody(client) => client.into(),
+        other => ProxyError::Upstream(other),
+    })?;
+    outcome.endpoint = Some(endpoint);
+    outcome.retries = retries;
+
+    let (mut parts, body) = response.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(Into::into).boxed_unsync(),
+    ))
+}
+
+/// The `Host` header (HTTP/1.1) or the `:authority` (HTTP/2).
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+}
+
+/// URI length, header count and header bytes; HTTP/1.1 heads over the buffer
+/// size never get here (hyper answers 431 itself).
+fn check_head_limits<B>(request: &Request<B>, listener: &ListenerConfig) -> Result<(), ProxyError> {
+    let limits = &listener.limits;
+    let uri_len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if uri_len > limits.max_uri_bytes {
+        return Err(ProxyError::UriTooLong {
+            len: uri_len,
+            max: limits.max_uri_bytes,
+        });
+    }
+    let headers = request.headers();
+    if headers.len() > limits.max_header_count {
+        return Err(ProxyError::TooManyHeaders {
+            count: headers.len(),
+            max: limits.max_header_count,
+        });
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if bytes > limits.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge {
+            bytes,
+            max: limits.max_header_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// The request as the fleet sees it: HTTP/1.1 semantics, no hop-by-hop
+/// headers, forwarding headers set by the gateway, the route's `Host`.
+fn upstream_request(
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    mut parts: Parts,
+    route: &Route,
+    request_id: &HeaderValue,
+) -> Parts {
+    let client_host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let headers = &mut parts.headers;
+    headers::remove_hop_by_hop(headers);
+    let trusted = snapshot
+        .proxy
+        .trusted_proxies
+        .iter()
+        .any(|cidr| cidr.contains(conn.client.ip()));
+    headers::set_forwarded(
+        headers,
+        snapshot.proxy.forwarded_headers,
+        conn.client.ip(),
+        client_host.as_ref(),
+        trusted,
+    );
+    if let Some(host) = route.upstream_host.clone().or(client_host) {
+        headers.insert(header::HOST, host);
+    }
+    headers.insert(REQUEST_ID, request_id.clone());
+    parts.version = Version::HTTP_11;
+    parts
+}
+
+/// The consistent-hashing key: the configured header, or the client address.
+fn affinity_key(
+    balance: Balance,
+    header: Option<&str>,
+    conn: &ConnInfo,
+    parts: &Parts,
+) -> Option<u64> {
+    if balance != Balance::ConsistentHash {
+        return None;
+    }
+    match header {
+        Some(name) => parts.headers.get(name).map(|v| hash_key(v.as_bytes())),
+        None => Some(hash_key(conn.client.ip().to_string().as_bytes())),
+    }
+}

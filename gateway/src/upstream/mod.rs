@@ -1,0 +1,144 @@
+//! The fleet: named pools of endpoints reached over mutual TLS, with load
+//! balancing, health checks, outlier ejection, a circuit breaker and retries.
+//!
+//! - [`pool`]: choosing an endpoint and sending a request, retries included.
+//! - [`health`]: active health checks and DNS re-resolution.
+//! - [`tls`]: the gateway's client certificate and the fleet's CA.
+//! - [`balance`], [`outlier`], [`breaker`], [`retry`]: the policies, each alone.
+
+pub mod balance;
+pub mod breaker;
+pub mod health;
+pub mod outlier;
+pub mod pool;
+pub mod retry;
+pub mod tls;
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use tracing::info;
+
+pub use self::pool::{Forwarded, Pool, RequestBody};
+use crate::{
+    config::{Config, UpstreamConfig},
+    tls::TlsFileError,
+};
+
+/// Errors of any body the gateway sends or relays.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The one body type between client, gateway and fleet.
+pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Why a request got no usable answer from the fleet. Turned into a response in
+/// one place (`proxy::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no healthy endpoint in pool {pool}")]
+    NoHealthyEndpoint {
+        pool: String,
+        /// When a health check may have found one again.
+        retry_after: std::time::Duration,
+    },
+    #[error("circuit breaker open: {0}")]
+    BreakerOpen(#[from] breaker::BreakerOpen),
+    #[error("connecting to {endpoint} failed: {reason}")]
+    Connect { endpoint: SocketAddr, reason: String },
+    #[error("request to {endpoint} failed: {reason}")]
+    Request { endpoint: SocketAddr, reason: String },
+    #[error(transparent)]
+    ClientBody(#[from] ClientBodyError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The request body failed for a reason that is the client's: such a failure
+/// is neither retried nor held against the endpoint.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("request body larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("request body stalled for {0:?}")]
+    Stalled(std::time::Duration),
+}
+
+/// Finds a [`ClientBodyError`] among an error's causes: the upstream client
+/// reports a failed request body as its own error, with ours inside.
+pub fn client_body_error(err: &(dyn std::error::Error + 'static)) -> Option<ClientBodyError> {
+    let mut current = Some(err);
+    while let Some(err) = current {
+        if let Some(found) = err.downcast_ref::<ClientBodyError>() {
+            return Some(*found);
+        }
+        current = err.source();
+    }
+    None
+}
+
+/// A pool could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("upstream.{pool}: {source}")]
+    Tls { pool: String, source: TlsFileError },
+    #[error("upstream.{pool}: resolving endpoints: {source}")]
+    Resolve {
+        pool: String,
+        source: std::io::Error,
+    },
+}
+
+/// Every pool of one configuration.
+#[derive(Default)]
+pub struct Upstreams {
+    pools: HashMap<String, Arc<Pool>>,
+}
+
+impl Upstreams {
+    /// Builds the pools of `config`, reusing from `previous` every pool whose
+    /// settings and TLS files did not change, so a reload keeps their health,
+    /// connections and breaker state.
+    pub async fn build(config: &Config, previous: Option<&Upstreams>) -> Result<Self, PoolError> {
+        let mut pools = HashMap::new();
+        for (name, upstream) in &config.upstreams {
+            let reused = previous
+                .and_then(|p| p.pools.get(name))
+                .filter(|pool| is_unchanged(pool, upstream));
+            let pool = match reused {
+                Some(pool) => pool.clone(),
+                None => start_pool(name, upstream).await?,
+            };
+            pools.insert(name.clone(), pool);
+        }
+        Ok(Self { pools })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.pools.values()
+    }
+}
+
+fn is_unchanged(pool: &Pool, config: &UpstreamConfig) -> bool {
+    pool.config == *config && pool.tls_fingerprint == tls::fingerprint(config)
+}
+
+async fn start_pool(name: &str, config: &UpstreamConfig) -> Result<Arc<Pool>, PoolError> {
+    let addrs = health::resolve(&config.endpoints)
+        .await
+        .map_err(|source| PoolError::Resolve {
+            pool: name.to_owned(),
+            source,
+        })?;
+    let pool = Arc::new(Pool::new(name, config, &addrs).map_err(|source| PoolError::Tls {
+        pool: name.to_owned(),
+        source,
+    })?);
+    health::check_all_once(&pool).await;
+    let healthy = pool.endpoints().iter().filter(|e| e.is_healthy()).count();
+    info!(pool = name, endpoints = addrs.len(), healthy, "upstream pool ready");
+    health::spawn(&pool);
+    Ok(pool)
+}
