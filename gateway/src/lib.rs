@@ -6,6 +6,7 @@
 //!   file so a reboot loses nothing.
 //! - [`config`]: the daemon's configuration file.
 //! - [`daemon`]: `gateway run`.
+//! - [`upstream`]: choosing, ejecting, bounding and retrying requests to upstream pools.
 
 pub mod addr;
 pub mod clock;
@@ -13,4 +14,5 @@ pub mod config;
 pub mod daemon;
 pub mod lists;
 pub mod state;
+pub mod upstream;
 pub mod xdp;

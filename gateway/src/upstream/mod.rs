@@ -1,0 +1,3 @@
+//! Talking to upstream pools: pure building blocks for choosing, ejecting, bounding and retrying.
+
+pub mod balance;
