@@ -1,3 +1,4 @@
 //! Talking to upstream pools: pure building blocks for choosing, ejecting, bounding and retrying.
 
 pub mod balance;
+pub mod outlier;
