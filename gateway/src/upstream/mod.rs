@@ -3,3 +3,4 @@
 pub mod balance;
 pub mod breaker;
 pub mod outlier;
+pub mod retry;
