@@ -1,9 +1,13 @@
 //! The gateway daemon as a library; the `gateway` binary adds the command line, and
-//! the verdict tests drive the same code the binary runs.
+//! the tests drive the same code the binary runs.
 //!
 //! - [`xdp`]: load, attach and pin the XDP program; read and change its maps.
 //! - [`lists`]: allowlist and blocklist entries, kept in the kernel and in the state
 //!   file so a reboot loses nothing.
+//! - [`proxy`]: TLS termination and the request pipeline.
+//! - [`policy`]: which route serves a request.
+//! - [`upstream`]: the fleet's pools: balancing, health, ejection, breaker, retries.
+//! - [`tls`]: certificate, key and CA files.
 //! - [`config`]: the daemon's configuration file.
 //! - [`daemon`]: `gateway run`.
 
@@ -11,10 +15,10 @@ pub mod addr;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod lists;
 pub mod policy;
 pub mod proxy;
+pub mod state;
 pub mod tls;
 pub mod upstream;
-pub mod lists;
-pub mod state;
 pub mod xdp;
