@@ -6,11 +6,13 @@
 //!   file so a reboot loses nothing.
 //! - [`config`]: the daemon's configuration file.
 //! - [`daemon`]: `gateway run`.
+//! - [`proxy`]: the HTTP proxy: path normalization.
 
 pub mod addr;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod lists;
+pub mod proxy;
 pub mod state;
 pub mod xdp;
