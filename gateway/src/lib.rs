@@ -7,12 +7,14 @@
 //! - [`config`]: the daemon's configuration file.
 //! - [`daemon`]: `gateway run`.
 //! - [`proxy`]: the HTTP proxy: path normalization.
+//! - [`policy`]: which route serves a request (later scopes, WAF, rate limits).
 
 pub mod addr;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod lists;
+pub mod policy;
 pub mod proxy;
 pub mod state;
 pub mod xdp;
