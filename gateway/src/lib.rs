@@ -6,7 +6,7 @@
 //!   file so a reboot loses nothing.
 //! - [`config`]: the daemon's configuration file.
 //! - [`daemon`]: `gateway run`.
-//! - [`proxy`]: the HTTP proxy: path normalization.
+//! - [`proxy`]: the HTTP proxy: path normalization and header rules.
 //! - [`policy`]: which route serves a request (later scopes, WAF, rate limits).
 
 pub mod addr;
