@@ -1,0 +1,3 @@
+//! Request policy: route matching now; later scopes, the WAF and rate limits.
+
+pub mod routes;
