@@ -453,6 +453,11 @@ pub fn problems(
         for method in &route.methods {
             if http::Method::from_bytes(method.as_bytes()).is_err() {
                 problems.push(format!("{key}.methods: {method:?} is not an HTTP method"));
+            } else if *method != method.to_ascii_uppercase() {
+                problems.push(format!(
+                    "{key}.methods: {method:?} would never match (methods are case-sensitive); write {:?}",
+                    method.to_ascii_uppercase()
+                ));
             }
         }
         if let Some(host) = &route.upstream_host
