@@ -8,6 +8,7 @@
 pub mod frames;
 pub mod gateway;
 pub mod net;
+pub mod pki;
 pub mod program;
 
 use std::sync::atomic::{AtomicU32, Ordering};
