@@ -7,6 +7,7 @@
 
 pub mod frames;
 pub mod gateway;
+pub mod http;
 pub mod net;
 pub mod pki;
 pub mod program;
