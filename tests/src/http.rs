@@ -284,7 +284,11 @@ impl HttpBody for Filler {
 }
 
 /// Client TLS settings: trust `ca_pem` only, offer exactly `protocol` by ALPN.
-fn tls_config(ca_pem: &str, identity: Option<&(String, String)>, protocol: Protocol) -> ClientConfig {
+fn tls_config(
+    ca_pem: &str,
+    identity: Option<&(String, String)>,
+    protocol: Protocol,
+) -> ClientConfig {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots
