@@ -8,7 +8,7 @@ use std::{
     io::{BufRead as _, BufReader},
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc,
     thread,
     time::Duration,
@@ -143,6 +143,20 @@ impl Upstream {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns how it exited.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("upstream {} is not running", self.name));
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits");
+        // SAFETY: signalling our own child, which has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        child
+            .wait()
+            .unwrap_or_else(|err| panic!("waiting for upstream {}: {err}", self.name))
     }
 
     /// Kills the process if it runs and starts a new one on the same address; the

@@ -9,11 +9,12 @@ use std::{
 
 use bytes::Bytes;
 use gateway_tests::{
-    http::{Client, Filler, Protocol, body_len},
+    http::{Client, Filler, Protocol, body_len, raw_tls},
     pki::Ca,
     upstream::Upstream,
 };
 use http::{Request, StatusCode};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// The JSON body of a response.
 fn json(body: &Bytes) -> serde_json::Value {
@@ -261,4 +262,41 @@ async fn kill_and_restart_keep_the_address() {
         .await
         .expect("served after the restart");
     assert_eq!(fleet.count().await, 1, "a new process counts from zero");
+}
+
+#[tokio::test]
+async fn raw_tls_reaches_the_upstream_which_wants_a_client_certificate() {
+    let fleet = Fleet::start(false);
+    let mut stream = raw_tls(fleet.upstream.addr(), "upstream.test", fleet.ca.cert_pem()).await;
+    // TLS 1.3: the client finishes its handshake first; the refusal comes on read.
+    let _ = stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: upstream.test\r\n\r\n")
+        .await;
+    let mut reply = Vec::new();
+    let err = stream
+        .read_to_end(&mut reply)
+        .await
+        .expect_err("the upstream refuses a client without a certificate");
+    assert!(
+        err.to_string().contains("CertificateRequired"),
+        "expected the CertificateRequired alert, got: {err}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_upstream_promptly_with_a_connection_open() {
+    let mut fleet = Fleet::start(true);
+    let client = fleet.client(Protocol::Http2);
+    client
+        .get(fleet.upstream.addr(), "/")
+        .await
+        .expect("served before SIGTERM");
+    let start = Instant::now();
+    let status = fleet.upstream.terminate();
+    assert!(status.success(), "SIGTERM is a clean exit, got {status}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "SIGTERM took {:?}",
+        start.elapsed()
+    );
 }
