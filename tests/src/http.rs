@@ -154,7 +154,8 @@ impl Client {
     }
 
     /// Like [`Client::send`] with a streaming request body, returning the response
-    /// before its body has been read.
+    /// before its body has been read. Panics if the response came over another HTTP
+    /// version than this client speaks (the ALPN check makes that a hyper bug).
     pub async fn send_streaming(
         &self,
         addr: SocketAddr,
