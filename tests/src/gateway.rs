@@ -13,21 +13,11 @@ use crate::net::NetNs;
 /// Path of the `gateway` binary: `$GATEWAY_BIN` (set by `cargo xtask test`), else
 /// the one next to this test's target directory.
 pub fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("GATEWAY_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("current test executable");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("gateway"))
-        .expect("test executable lives in target/<profile>/deps");
-    assert!(
-        path.exists(),
-        "{} does not exist: build it first (`cargo build -p gateway`) or run `cargo xtask test`",
-        path.display()
-    );
-    path
+    crate::built_binary(
+        "GATEWAY_BIN",
+        "gateway",
+        "`cargo build -p gateway` or run `cargo xtask test`",
+    )
 }
 
 /// One gateway instance: its namespace, pin directory and state directory.
