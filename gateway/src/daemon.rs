@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     addr::{self, ipv6_mask},
-    config::{Config, ConfigError},
+    config::Config,
     lists::{ListError, Lists},
     proxy::{Proxy, ProxyStartError},
     state::{StateDir, StateError},
@@ -74,7 +74,8 @@ impl KernelPlane {
     /// Takes a reloaded config's XDP settings and static lists.
     fn reload(&self, config: &Config, state: &StateDir) -> Result<(), DaemonError> {
         apply_settings(config, &self.maps)?;
-        Lists::new(&self.maps, state).replace_config(&config.xdp.allowlist, &config.xdp.blocklist)?;
+        Lists::new(&self.maps, state)
+            .replace_config(&config.xdp.allowlist, &config.xdp.blocklist)?;
         Ok(())
     }
 }
@@ -108,7 +109,9 @@ pub async fn run(
     let mut kernel = if config.xdp.enabled {
         Some(KernelPlane::start(&config, pins, state)?)
     } else {
-        warn!("XDP is disabled (xdp.enabled = false or --no-xdp): the proxy runs without the kernel plane");
+        warn!(
+            "XDP is disabled (xdp.enabled = false or --no-xdp): the proxy runs without the kernel plane"
+        );
         None
     };
     let proxy = if config.listeners.is_empty() {
@@ -180,17 +183,7 @@ async fn reload(
     state: &StateDir,
 ) -> Option<Config> {
     info!(path = %path.display(), "SIGHUP: reloading the configuration");
-    let config = match Config::load(path).and_then(|config| {
-        let problems = crate::proxy::tls_problems(&config);
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                problems,
-            })
-        }
-    }) {
+    let config = match Config::load_checked(path) {
         Ok(config) => config,
         Err(err) => {
             error!(event = "config_reload_rejected", %err, "reload rejected; the running configuration stays");
@@ -214,7 +207,12 @@ async fn reload(
     {
         error!(%err, "applying the reloaded XDP settings failed");
     }
-    info!(event = "config_reloaded", routes = config.routes.len(), upstreams = config.upstreams.len(), "configuration reloaded");
+    info!(
+        event = "config_reloaded",
+        routes = config.routes.len(),
+        upstreams = config.upstreams.len(),
+        "configuration reloaded"
+    );
     Some(config)
 }
 

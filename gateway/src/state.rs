@@ -176,16 +176,13 @@ impl StateDir {
                     path: path.clone(),
                     source,
                 })?;
-                text.trim()
-                    .parse()
-                    .map(Some)
-                    .map_err(|_| StateError::Io {
-                        source: io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("holds {:?}, not a process id", text.trim()),
-                        ),
-                        path,
-                    })
+                text.trim().parse().map(Some).map_err(|_| StateError::Io {
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("holds {:?}, not a process id", text.trim()),
+                    ),
+                    path,
+                })
             }
             Err(fs::TryLockError::Error(source)) => Err(StateError::Io { path, source }),
         }

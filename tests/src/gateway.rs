@@ -20,10 +20,11 @@ pub fn binary() -> PathBuf {
     )
 }
 
-/// One gateway instance: its namespace, pin directory and state directory.
+/// One gateway instance: its namespace (none: the host's, for proxy-only runs),
+/// pin directory and state directory.
 pub struct Gateway {
     bin: PathBuf,
-    netns: String,
+    netns: Option<String>,
     pub pin_dir: String,
     pub state_dir: tempfile::TempDir,
 }
@@ -33,7 +34,18 @@ impl Gateway {
         crate::require_root();
         Self {
             bin: binary(),
-            netns: netns.path(),
+            netns: Some(netns.path()),
+            pin_dir: format!("/sys/fs/bpf/gateway-test-{}", crate::unique_suffix()),
+            state_dir: tempfile::tempdir().expect("temporary state directory"),
+        }
+    }
+
+    /// A gateway in the host's network namespace with XDP disabled by its config:
+    /// the proxy alone, on loopback, without root.
+    pub fn local() -> Self {
+        Self {
+            bin: binary(),
+            netns: None,
             pin_dir: format!("/sys/fs/bpf/gateway-test-{}", crate::unique_suffix()),
             state_dir: tempfile::tempdir().expect("temporary state directory"),
         }
@@ -42,10 +54,15 @@ impl Gateway {
     /// `gateway <args>` inside the gateway namespace (nsenter changes only the
     /// network namespace, so bpffs stays visible).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("nsenter");
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("nsenter");
+                command.arg(format!("--net={netns}")).arg(&self.bin);
+                command
+            }
+            None => Command::new(&self.bin),
+        };
         command
-            .arg(format!("--net={}", self.netns))
-            .arg(&self.bin)
             .args(args)
             .env("GATEWAY_PIN_DIR", &self.pin_dir)
             .env("GATEWAY_STATE_DIR", self.state_dir.path());
@@ -129,8 +146,10 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = self.command(&["xdp", "detach"]).output();
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        if self.netns.is_some() {
+            let _ = self.command(&["xdp", "detach"]).output();
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
     }
 }
 
@@ -161,11 +180,21 @@ impl Daemon {
         );
     }
 
-    /// Sends SIGTERM and waits for a clean exit.
-    pub fn stop(mut self) {
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) {
+        self.signal(libc::SIGTERM);
         let status = self.child.wait().expect("waiting for the daemon");
         assert!(
             status.success(),

@@ -7,6 +7,7 @@
 //! kernel; without them they fail with a message saying so ([`require_root`]), they
 //! never pass silently. The HTTP rig alone runs on loopback without root.
 
+pub mod fleet;
 pub mod frames;
 pub mod gateway;
 pub mod http;

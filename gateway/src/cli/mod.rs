@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gateway::{
     addr::Cidr,
-    config::{Config, ConfigError},
+    config::Config,
     state::{DEFAULT_STATE_DIR, StateDir},
     xdp::{DEFAULT_PIN_DIR, Mode, PinDir},
 };
@@ -219,22 +219,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Loads `path` and checks the files it names; any problem is a [`ConfigError`].
-fn load_checked(path: &Path) -> Result<Config, ConfigError> {
-    let config = Config::load(path)?;
-    let problems = gateway::proxy::tls_problems(&config);
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigError::Invalid {
-            path: path.to_owned(),
-            problems,
-        })
-    }
-}
-
 fn check(path: &Path) -> anyhow::Result<()> {
-    let config = load_checked(path)?;
+    let config = Config::load_checked(path)?;
     println!(
         "{}: valid ({} listener(s), {} route(s), {} upstream pool(s), XDP {})",
         path.display(),
@@ -263,7 +249,9 @@ fn reload(ctx: &Context) -> anyhow::Result<()> {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("sending SIGHUP to the daemon (pid {pid})"));
     }
-    println!("reload requested from the daemon (pid {pid}); its log says whether the new configuration was accepted");
+    println!(
+        "reload requested from the daemon (pid {pid}); its log says whether the new configuration was accepted"
+    );
     Ok(())
 }
 
@@ -273,7 +261,7 @@ fn run_daemon(
     log_format: LogFormat,
     no_xdp: bool,
 ) -> anyhow::Result<()> {
-    let mut config = load_checked(path)?;
+    let mut config = Config::load_checked(path)?;
     if no_xdp {
         config.xdp.enabled = false;
     }

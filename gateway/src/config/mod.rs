@@ -63,20 +63,32 @@ pub struct Config {
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(path, &text)
+        Self::parse(path, &read(path)?)
+    }
+
+    /// Like [`Config::load`], and also opens every certificate, key and CA file
+    /// the config names: what `gateway check`, `gateway run` and a reload use, so
+    /// a file problem is found before anything starts or changes.
+    pub fn load_checked(path: &Path) -> Result<Self, ConfigError> {
+        Self::checked(path, &read(path)?, crate::proxy::tls_problems)
     }
 
     /// Parses and validates `text`, naming `path` in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::checked(path, text, |_| Vec::new())
+    }
+
+    fn checked(
+        path: &Path,
+        text: &str,
+        more_problems: impl FnOnce(&Config) -> Vec<String>,
+    ) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
             path: path.to_owned(),
             message: err.to_string(),
         })?;
-        let problems = config.validate();
+        let mut problems = config.validate();
+        problems.extend(more_problems(&config));
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -103,6 +115,13 @@ impl Config {
         }
         problems
     }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

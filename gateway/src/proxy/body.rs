@@ -104,7 +104,9 @@ impl Body for ClientBody {
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;
                     if this.received > this.limit {
-                        return Poll::Ready(Some(Err(ClientBodyError::TooLarge(this.limit).into())));
+                        return Poll::Ready(Some(
+                            Err(ClientBodyError::TooLarge(this.limit).into()),
+                        ));
                     }
                 }
                 let deadline = Instant::now() + this.stall;

@@ -39,8 +39,12 @@ struct Activity {
 
 impl Activity {
     fn idle_for(&self) -> Option<Duration> {
-        (self.in_flight.load(Ordering::Acquire) == 0)
-            .then(|| self.last.lock().unwrap_or_else(PoisonError::into_inner).elapsed())
+        (self.in_flight.load(Ordering::Acquire) == 0).then(|| {
+            self.last
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .elapsed()
+        })
     }
 
     fn end(&self) {
@@ -103,22 +107,20 @@ impl Connection {
         let snapshot = self.shared.snapshot.load_full();
         let listener = snapshot.listener(&self.name).clone();
         let timeouts = listener.timeouts;
-        let stream = match tokio::time::timeout(
-            timeouts.tls_handshake,
-            self.tls.acceptor().accept(tcp),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => {
-                debug!(listener = &*self.name, %client, %err, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                debug!(listener = &*self.name, %client, "TLS handshake timed out");
-                return;
-            }
-        };
+        let stream =
+            match tokio::time::timeout(timeouts.tls_handshake, self.tls.acceptor().accept(tcp))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    debug!(listener = &*self.name, %client, %err, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(listener = &*self.name, %client, "TLS handshake timed out");
+                    return;
+                }
+            };
         let session = stream.get_ref().1;
         let conn = Arc::new(ConnInfo {
             listener: self.name.clone(),

@@ -79,7 +79,10 @@ impl Snapshot {
     /// The settings of a running listener. Snapshots only ever add listener
     /// names, and connections come from started listeners, so the name is there.
     fn listener(&self, name: &str) -> &ListenerConfig {
-        #[expect(clippy::expect_used, reason = "names of running listeners are never removed")]
+        #[expect(
+            clippy::expect_used,
+            reason = "names of running listeners are never removed"
+        )]
         self.listeners
             .get(name)
             .expect("every running listener has settings")
@@ -119,10 +122,13 @@ impl Proxy {
         let mut listeners = Vec::new();
         let mut acceptors = Vec::new();
         for (index, listener) in config.listeners.iter().enumerate() {
-            let tls = Arc::new(ServerTls::new(listener).map_err(|source| ProxyStartError::Tls {
-                name: listener.name.clone(),
-                source,
-            })?);
+            let tls =
+                Arc::new(
+                    ServerTls::new(listener).map_err(|source| ProxyStartError::Tls {
+                        name: listener.name.clone(),
+                        source,
+                    })?,
+                );
             let socket = bind(listener.address).map_err(|source| ProxyStartError::Bind {
                 index,
                 name: listener.name.clone(),
@@ -173,15 +179,16 @@ impl Proxy {
                     if listener.address != running.address {
                         warn!(listener = %running.name, "address changes need a restart; keeping {}", running.address);
                     }
-                    let built = tls::server_config(listener).map_err(|source| {
-                        ProxyStartError::Tls {
+                    let built =
+                        tls::server_config(listener).map_err(|source| ProxyStartError::Tls {
                             name: listener.name.clone(),
                             source,
-                        }
-                    })?;
+                        })?;
                     new_tls.push((running, listener, built));
                 }
-                None => warn!(listener = %running.name, "removing a listener needs a restart; it keeps serving"),
+                None => {
+                    warn!(listener = %running.name, "removing a listener needs a restart; it keeps serving")
+                }
             }
         }
         for listener in &config.listeners {
@@ -206,7 +213,9 @@ impl Proxy {
             match listener.tls.reload_if_changed() {
                 Ok(true) => info!(listener = %listener.name, "certificates reloaded"),
                 Ok(false) => {}
-                Err(err) => error!(listener = %listener.name, %err, "certificate change rejected; keeping the previous certificates"),
+                Err(err) => {
+                    error!(listener = %listener.name, %err, "certificate change rejected; keeping the previous certificates")
+                }
             }
         }
     }
@@ -239,11 +248,15 @@ impl Proxy {
 /// each with its key path: what `gateway check` and a reload report, and what
 /// keeps `gateway run` from starting.
 pub fn tls_problems(config: &Config) -> Vec<String> {
-    let listeners = config.listeners.iter().enumerate().filter_map(|(i, listener)| {
-        tls::server_config(listener)
-            .err()
-            .map(|err| format!("listener[{i}] ({}): {err}", listener.name))
-    });
+    let listeners = config
+        .listeners
+        .iter()
+        .enumerate()
+        .filter_map(|(i, listener)| {
+            tls::server_config(listener)
+                .err()
+                .map(|err| format!("listener[{i}] ({}): {err}", listener.name))
+        });
     let upstreams = config.upstreams.iter().filter_map(|(name, upstream)| {
         crate::upstream::tls::connector(upstream)
             .err()

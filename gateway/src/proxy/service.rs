@@ -69,7 +69,9 @@ pub async fn handle(
             error::respond(&err, &request_id)
         }
     };
-    response.headers_mut().insert(REQUEST_ID, request_id.clone());
+    response
+        .headers_mut()
+        .insert(REQUEST_ID, request_id.clone());
 
     info!(
         target: "access",
@@ -117,13 +119,16 @@ async fn proxy(
     outcome.upstream = Some(route.upstream.clone());
 
     let (parts, body) = request.into_parts();
-    let pool = snapshot.upstreams.get(&route.upstream).ok_or_else(|| {
-        UpstreamError::Internal(format!("route {} names no pool", route.name))
-    })?;
+    let pool = snapshot
+        .upstreams
+        .get(&route.upstream)
+        .ok_or_else(|| UpstreamError::Internal(format!("route {} names no pool", route.name)))?;
     let body = ClientBody::prepare(
         body,
         &parts.headers,
-        route.max_body_bytes.unwrap_or(listener.limits.max_body_bytes),
+        route
+            .max_body_bytes
+            .unwrap_or(listener.limits.max_body_bytes),
         listener.timeouts.body_read,
         pool.config().retry.buffer_bytes,
     )
@@ -134,7 +139,12 @@ async fn proxy(
         Some(query) => format!("{}?{query}", route.rewrite(&path)),
         None => route.rewrite(&path),
     };
-    let key = affinity_key(pool.config().balance, pool.config().hash_header.as_deref(), conn, &upstream_parts);
+    let key = affinity_key(
+        pool.config().balance,
+        pool.config().hash_header.as_deref(),
+        conn,
+        &upstream_parts,
+    );
 
     let sent = Instant::now();
     let forwarded = tokio::time::timeout(
@@ -215,11 +225,12 @@ fn upstream_request(
     route: &Route,
     request_id: &HeaderValue,
 ) -> Parts {
-    let client_host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     let headers = &mut parts.headers;
     headers::remove_hop_by_hop(headers);
     let trusted = snapshot

@@ -119,7 +119,9 @@ impl ServerTls {
     pub fn new(listener: &ListenerConfig) -> Result<Self, TlsFileError> {
         Ok(Self {
             current: ArcSwap::new(server_config(listener)?),
-            seen: Mutex::new(tls::fingerprint(files(listener).iter().map(PathBuf::as_path))),
+            seen: Mutex::new(tls::fingerprint(
+                files(listener).iter().map(PathBuf::as_path),
+            )),
             listener: Mutex::new(listener.clone()),
         })
     }

@@ -61,7 +61,9 @@ async fn check_all(pool: &Pool) {
     let results = join_all(endpoints.iter().map(|endpoint| pool.probe(endpoint))).await;
     for (endpoint, result) in endpoints.iter().zip(results) {
         match endpoint.record_check(result.is_ok(), &pool.config) {
-            Some(true) => info!(pool = %pool.name, endpoint = %endpoint.addr, "endpoint healthy again; back in rotation"),
+            Some(true) => {
+                info!(pool = %pool.name, endpoint = %endpoint.addr, "endpoint healthy again; back in rotation")
+            }
             Some(false) => warn!(
                 pool = %pool.name,
                 endpoint = %endpoint.addr,
@@ -83,7 +85,9 @@ pub async fn refresh_addresses(pool: &Pool) {
                 pool.set_addrs(&addrs);
             }
         }
-        Err(err) => warn!(pool = %pool.name, %err, "resolving endpoints failed; keeping the last known addresses"),
+        Err(err) => {
+            warn!(pool = %pool.name, %err, "resolving endpoints failed; keeping the last known addresses")
+        }
     }
 }
 

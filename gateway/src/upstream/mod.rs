@@ -43,9 +43,15 @@ pub enum UpstreamError {
     #[error("circuit breaker open: {0}")]
     BreakerOpen(#[from] breaker::BreakerOpen),
     #[error("connecting to {endpoint} failed: {reason}")]
-    Connect { endpoint: SocketAddr, reason: String },
+    Connect {
+        endpoint: SocketAddr,
+        reason: String,
+    },
     #[error("request to {endpoint} failed: {reason}")]
-    Request { endpoint: SocketAddr, reason: String },
+    Request {
+        endpoint: SocketAddr,
+        reason: String,
+    },
     #[error(transparent)]
     ClientBody(#[from] ClientBodyError),
     #[error("{0}")]
@@ -132,13 +138,20 @@ async fn start_pool(name: &str, config: &UpstreamConfig) -> Result<Arc<Pool>, Po
             pool: name.to_owned(),
             source,
         })?;
-    let pool = Arc::new(Pool::new(name, config, &addrs).map_err(|source| PoolError::Tls {
-        pool: name.to_owned(),
-        source,
-    })?);
+    let pool = Arc::new(
+        Pool::new(name, config, &addrs).map_err(|source| PoolError::Tls {
+            pool: name.to_owned(),
+            source,
+        })?,
+    );
     health::check_all_once(&pool).await;
     let healthy = pool.endpoints().iter().filter(|e| e.is_healthy()).count();
-    info!(pool = name, endpoints = addrs.len(), healthy, "upstream pool ready");
+    info!(
+        pool = name,
+        endpoints = addrs.len(),
+        healthy,
+        "upstream pool ready"
+    );
     health::spawn(&pool);
     Ok(pool)
 }

@@ -24,9 +24,10 @@ use hyper_util::{
 use tracing::{debug, warn};
 
 use super::{
-    BoxBody, UpstreamError, client_body_error,
+    BoxBody, UpstreamError,
     balance::{Balancer, Candidate, endpoint_id},
     breaker::Breaker,
+    client_body_error,
     outlier::Outlier,
     retry::{RetryBudget, is_idempotent},
     tls,
@@ -157,7 +158,10 @@ impl Pool {
             tls_fingerprint: tls::fingerprint(config),
             client,
             endpoints: ArcSwap::from_pointee(
-                addrs.iter().map(|&a| Arc::new(Endpoint::new(a, config))).collect(),
+                addrs
+                    .iter()
+                    .map(|&a| Arc::new(Endpoint::new(a, config)))
+                    .collect(),
             ),
             balancer: Balancer::new(config.balance),
             breaker: Breaker::new(config.breaker),
@@ -236,11 +240,16 @@ impl Pool {
         let idempotent = is_idempotent(&parts.method);
         let mut tried = Vec::new();
         let mut retries = 0;
+        // The outcome of the last attempt that was worth retrying: it is the
+        // answer when no untried endpoint is left.
+        let mut last: Option<Result<Forwarded, UpstreamError>> = None;
         loop {
             let Some(endpoint) = self.choose(key, &tried) else {
-                return Err(UpstreamError::NoHealthyEndpoint {
-                    pool: self.name.clone(),
-                    retry_after: self.config.health.interval,
+                return last.unwrap_or_else(|| {
+                    Err(UpstreamError::NoHealthyEndpoint {
+                        pool: self.name.clone(),
+                        retry_after: self.config.health.interval,
+                    })
                 });
             };
             tried.push(endpoint.id);
@@ -272,16 +281,18 @@ impl Pool {
                     } else {
                         endpoint.outlier.record_success();
                     }
-                    if is_retriable_status(status) && may_retry(idempotent) {
-                        debug!(pool = %self.name, endpoint = %endpoint.addr, %status, "retrying on another endpoint");
-                        retries += 1;
-                        continue;
-                    }
-                    return Ok(Forwarded {
+                    let forwarded = Forwarded {
                         response,
                         endpoint: endpoint.addr,
                         retries,
-                    });
+                    };
+                    if is_retriable_status(status) && may_retry(idempotent) {
+                        debug!(pool = %self.name, endpoint = %endpoint.addr, %status, "retrying on another endpoint");
+                        retries += 1;
+                        last = Some(Ok(forwarded));
+                        continue;
+                    }
+                    return Ok(forwarded);
                 }
                 Err(err) => {
                     if let Some(client) = client_body_error(&err) {
@@ -289,13 +300,8 @@ impl Pool {
                     }
                     let connect = err.is_connect();
                     self.record_failure(&endpoint, if connect { "connect" } else { "request" });
-                    if may_retry(connect || idempotent) {
-                        debug!(pool = %self.name, endpoint = %endpoint.addr, error = %error_chain(&err), "retrying on another endpoint");
-                        retries += 1;
-                        continue;
-                    }
                     let reason = error_chain(&err);
-                    return Err(if connect {
+                    let failure = if connect {
                         UpstreamError::Connect {
                             endpoint: endpoint.addr,
                             reason,
@@ -305,7 +311,14 @@ impl Pool {
                             endpoint: endpoint.addr,
                             reason,
                         }
-                    });
+                    };
+                    if may_retry(connect || idempotent) {
+                        debug!(pool = %self.name, error = %failure, "retrying on another endpoint");
+                        retries += 1;
+                        last = Some(Err(failure));
+                        continue;
+                    }
+                    return Err(failure);
                 }
             }
         }
@@ -332,13 +345,15 @@ impl Pool {
             .header(http::header::HOST, &self.config.server_name)
             .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
             .map_err(|err| err.to_string())?;
-        let response = tokio::time::timeout(self.config.health.timeout, self.client.request(request))
-            .await
-            .map_err(|_| "timed out".to_owned())?
-            .map_err(|err| error_chain(&err))?;
+        let response =
+            tokio::time::timeout(self.config.health.timeout, self.client.request(request))
+                .await
+                .map_err(|_| "timed out".to_owned())?
+                .map_err(|err| error_chain(&err))?;
         let status = response.status();
         // Drain the small body so the connection goes back to the pool.
-        let _ = tokio::time::timeout(self.config.health.timeout, response.into_body().collect()).await;
+        let _ =
+            tokio::time::timeout(self.config.health.timeout, response.into_body().collect()).await;
         if status.is_success() || status.is_redirection() {
             Ok(())
         } else {

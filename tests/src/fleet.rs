@@ -1,0 +1,165 @@
+//! A gateway in front of a fleet on loopback, the way an operator deploys it:
+//! an edge CA whose certificate clients trust, a private fleet CA that signs the
+//! upstreams' server certificates and the gateway's client certificate, real
+//! `test-upstream` processes that require that client certificate, and the real
+//! `gateway` binary running a config built from [`gateway::config::Config`].
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    time::Duration,
+};
+
+use gateway::config::{
+    CertificateConfig, Config, ListenerConfig, RouteConfig, UpstreamConfig, XdpSection,
+};
+
+use crate::{
+    gateway::{Daemon, Gateway},
+    http::{Client, Protocol},
+    pki::{Ca, Issued},
+    upstream::Upstream,
+};
+
+/// The name on every fleet endpoint's certificate.
+pub const FLEET_NAME: &str = "fleet.internal";
+/// The name clients use for the gateway.
+pub const EDGE_NAME: &str = "api.test";
+
+/// Certificates, upstream processes and the gateway's files.
+pub struct Fleet {
+    pub edge_ca: Ca,
+    pub fleet_ca: Ca,
+    pub upstreams: Vec<Upstream>,
+    pub gateway: Gateway,
+    pub listen: SocketAddr,
+    dir: tempfile::TempDir,
+    edge_cert: (PathBuf, PathBuf),
+    client_cert: (PathBuf, PathBuf),
+    fleet_ca_path: PathBuf,
+}
+
+impl Fleet {
+    /// `n` upstreams named `up-0`…, each requiring the gateway's client certificate.
+    pub fn new(n: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory for certificates");
+        let edge_ca = Ca::new("edge CA");
+        let fleet_ca = Ca::new("fleet CA");
+        let edge_cert = edge_ca
+            .issue_server(&[EDGE_NAME, "*.api.test"])
+            .write(dir.path(), "edge");
+        let client_cert = fleet_ca
+            .issue_client("gateway")
+            .write(dir.path(), "gateway");
+        let fleet_ca_path = fleet_ca.write(dir.path(), "fleet-ca");
+        let server = fleet_ca.issue_server(&[FLEET_NAME]);
+        let upstreams = (0..n)
+            .map(|i| Self::upstream(&format!("up-{i}"), &server, &fleet_ca))
+            .collect();
+        Self {
+            edge_ca,
+            fleet_ca,
+            upstreams,
+            gateway: Gateway::local(),
+            listen: free_port(),
+            dir,
+            edge_cert,
+            client_cert,
+            fleet_ca_path,
+        }
+    }
+
+    /// An upstream presenting `server`, trusting `ca` for client certificates.
+    pub fn upstream(name: &str, server: &Issued, ca: &Ca) -> Upstream {
+        Upstream::builder(name, server, ca.cert_pem()).start()
+    }
+
+    /// Writes a PEM pair into the fleet's directory.
+    pub fn write(&self, issued: &Issued, stem: &str) -> (PathBuf, PathBuf) {
+        issued.write(self.dir.path(), stem)
+    }
+
+    /// A config: one listener, one route `all` to pool `fleet` with every
+    /// upstream, quick health checks; tests change what they need.
+    pub fn config(&self) -> Config {
+        let listener = ListenerConfig {
+            name: "public".to_owned(),
+            address: self.listen,
+            certificates: vec![CertificateConfig {
+                cert: self.edge_cert.0.clone(),
+                key: self.edge_cert.1.clone(),
+                server_names: vec![EDGE_NAME.to_owned()],
+            }],
+            client_ca: None,
+            client_auth: Default::default(),
+            timeouts: Default::default(),
+            limits: Default::default(),
+        };
+        let mut upstream: UpstreamConfig = toml::from_str(&format!(
+            "endpoints = []\nserver_name = {FLEET_NAME:?}\nca = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+            self.fleet_ca_path, self.client_cert.0, self.client_cert.1
+        ))
+        .expect("upstream table");
+        upstream.endpoints = self
+            .upstreams
+            .iter()
+            .map(|u| u.addr().to_string())
+            .collect();
+        upstream.health.interval = Duration::from_millis(200);
+        upstream.health.timeout = Duration::from_millis(500);
+        upstream.health.healthy_threshold = 1;
+        upstream.health.unhealthy_threshold = 1;
+        Config {
+            xdp: XdpSection {
+                enabled: false,
+                ..XdpSection::default()
+            },
+            listeners: vec![listener],
+            routes: vec![route("all", "/")],
+            upstreams: BTreeMap::from([("fleet".to_owned(), upstream)]),
+            ..Config::default()
+        }
+    }
+
+    /// Starts `gateway run` with `config`.
+    pub fn start(&self, config: &Config) -> Daemon {
+        self.gateway.spawn_daemon(&render(config))
+    }
+
+    /// Replaces the running daemon's config file (reload it with SIGHUP).
+    pub fn rewrite(&self, config: &Config) {
+        std::fs::write(
+            self.gateway.state_dir.path().join("gateway.toml"),
+            render(config),
+        )
+        .expect("rewriting the config");
+    }
+
+    /// A client that trusts the edge CA and speaks `protocol`.
+    pub fn client(&self, protocol: Protocol) -> Client {
+        Client::builder(self.edge_ca.cert_pem(), EDGE_NAME)
+            .protocol(protocol)
+            .build()
+    }
+}
+
+/// A route from `prefix` to pool `fleet`.
+pub fn route(name: &str, prefix: &str) -> RouteConfig {
+    toml::from_str(&format!(
+        "name = {name:?}\npath_prefix = {prefix:?}\nupstream = \"fleet\"\n"
+    ))
+    .expect("route table")
+}
+
+/// The config as TOML, the way an operator would write it.
+pub fn render(config: &Config) -> String {
+    toml::to_string(config).expect("a config serializes")
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .expect("a free loopback port")
+}
