@@ -80,6 +80,11 @@ impl Fleet {
         issued.write(self.dir.path(), stem)
     }
 
+    /// Writes a CA certificate into the fleet's directory.
+    pub fn write_ca(&self, ca: &Ca, stem: &str) -> PathBuf {
+        ca.write(self.dir.path(), stem)
+    }
+
     /// A config: one listener, one route `all` to pool `fleet` with every
     /// upstream, quick health checks; tests change what they need.
     pub fn config(&self) -> Config {
