@@ -11,11 +11,14 @@ use clap::Parser as _;
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    // Die quietly on a closed pipe (`gateway stats | head`) like other Unix tools,
-    // instead of panicking in println!.
-    // SAFETY: called before any other thread exists; SIG_DFL is always valid.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = cli::Cli::parse();
+    if !args.is_daemon() {
+        // Die quietly on a closed pipe (`gateway stats | head`) like other Unix
+        // tools, instead of panicking in println!. Never in the daemon: a client
+        // closing its socket mid-response would kill it.
+        // SAFETY: called before any other thread exists; SIG_DFL is always valid.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -96,9 +96,13 @@ async fn forwards_over_mutual_tls_with_both_http_versions() {
     // The upstream refuses anyone without the fleet's client certificate (with TLS
     // 1.3 the refusal may surface as the alert or as a closed connection)…
     let anonymous = Client::builder(fleet.fleet_ca.cert_pem(), FLEET_NAME).build();
-    within(10, "anonymous GET", anonymous.get(fleet.upstreams[0].addr(), "/"))
-        .await
-        .expect_err("the upstream requires a client certificate");
+    within(
+        10,
+        "anonymous GET",
+        anonymous.get(fleet.upstreams[0].addr(), "/"),
+    )
+    .await
+    .expect_err("the upstream requires a client certificate");
     assert_eq!(
         upstream_count(&fleet, &fleet.upstreams[0], &fleet.fleet_ca, FLEET_NAME).await,
         0,
@@ -818,7 +822,10 @@ async fn certificates_by_sni_and_client_certificates_per_listener() {
     let fleet = Fleet::new(1);
     let mut config = fleet.config();
     let other_ca = Ca::new("other edge CA");
-    let (cert, key) = fleet.write(&other_ca.issue_server(&["shop.test", "*.shop.test"]), "shop");
+    let (cert, key) = fleet.write(
+        &other_ca.issue_server(&["shop.test", "*.shop.test"]),
+        "shop",
+    );
     config.listeners[0]
         .certificates
         .push(gateway::config::CertificateConfig {
@@ -932,4 +939,43 @@ async fn dns_named_endpoints_and_http2_to_the_fleet() {
         assert_eq!(response.status(), StatusCode::OK, "{echo}");
         assert_eq!(echo["version"], "HTTP/2.0", "{echo}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_vanish_mid_response_do_not_hurt_the_gateway() {
+    let fleet = Fleet::new(1);
+    let daemon = start(&fleet, &fleet.config());
+    // writev(2) on a socket the peer closed raises SIGPIPE (no MSG_NOSIGNAL for
+    // it); the daemon must ignore the signal or the first such client kills it.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))
+        .expect("the daemon's /proc status");
+    let ignored = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .expect("SigIgn mask");
+    assert_ne!(
+        ignored & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "SIGPIPE is not ignored: {status}"
+    );
+    for _ in 0..5 {
+        let mut raw = raw_tls(fleet.listen, EDGE_NAME, fleet.edge_ca.cert_pem()).await;
+        raw.write_all(b"GET /stream?bytes=33554432 HTTP/1.1\r\nHost: api.test\r\n\r\n")
+            .await
+            .expect("request");
+        let mut first = [0u8; 4096];
+        within(10, "first bytes", raw.read(&mut first))
+            .await
+            .expect("the response starts");
+        // Close mid-body: the gateway's next writes meet a reset, then EPIPE.
+        drop(raw);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = fleet.client(Protocol::Http1);
+    assert_eq!(
+        get(&fleet, &client, "/still-alive").await.status(),
+        StatusCode::OK,
+        "the gateway survived clients that went away"
+    );
 }

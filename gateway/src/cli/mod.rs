@@ -185,6 +185,13 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
+impl Cli {
+    /// Whether this is `gateway run`, the long-lived daemon.
+    pub fn is_daemon(&self) -> bool {
+        matches!(self.command, Command::Run { .. })
+    }
+}
+
 /// What every command needs to find the gateway's state.
 struct Context {
     pins: PinDir,
