@@ -5,6 +5,7 @@
 //! - [`lists`]: allowlist and blocklist entries, kept in the kernel and in the state
 //!   file so a reboot loses nothing.
 //! - [`proxy`]: TLS termination and the request pipeline.
+//! - [`auth`]: who is calling.
 //! - [`policy`]: which route serves a request.
 //! - [`upstream`]: the fleet's pools: balancing, health, ejection, breaker, retries.
 //! - [`tls`]: certificate, key and CA files.
@@ -12,6 +13,7 @@
 //! - [`daemon`]: `gateway run`.
 
 pub mod addr;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod daemon;
