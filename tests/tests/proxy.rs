@@ -680,7 +680,8 @@ async fn reload_adds_a_route_without_disturbing_requests_in_flight() {
     new_route.upstream_host = Some("new.internal".to_owned());
     config.routes.push(new_route);
     fleet.rewrite(&config);
-    daemon.signal(libc::SIGHUP);
+    let said = fleet.gateway.ok(&["reload"]);
+    assert!(said.contains("reload requested"), "{said}");
     daemon.wait_for_log("configuration reloaded", Duration::from_secs(10));
     let response = get(&fleet, &client, "/new/x").await;
     assert_eq!(json(&response)["headers"]["host"], "new.internal");
