@@ -177,8 +177,8 @@ impl Report {
 
     fn wire_table(&self) -> String {
         let mut out = String::from(
-            "| receiver | received Mpps | dropped by the filter, Mpps | softirq ns/packet | \
-             all-CPU ns/packet |\n| --- | ---: | ---: | ---: | ---: |\n",
+            "| receiver | received Mpps | dropped by the filter, Mpps | lost at the sender, Mpps \
+             | softirq ns/packet | all-CPU ns/packet |\n| --- | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for row in &self.wire {
             let dropped = row
@@ -187,9 +187,10 @@ impl Report {
                 .map_or_else(|| "–".to_owned(), |d| cell(d, 2));
             let _ = writeln!(
                 out,
-                "| {} | {} | {dropped} | {} | {} |",
+                "| {} | {} | {dropped} | {} | {} | {} |",
                 row.filter,
                 cell(&row.received_mpps, 2),
+                cell(&row.lost_at_sender_mpps, 2),
                 cell(&row.softirq_ns_per_packet, 0),
                 cell(&row.cpu_ns_per_packet, 0)
             );

@@ -116,6 +116,9 @@ pub struct WireRow {
     pub received_mpps: Summary,
     /// Of those, dropped by the filter itself (its own counter), millions per second.
     pub dropped_mpps: Option<Summary>,
+    /// Generated frames the client's veth could not pass on (the gateway's receive
+    /// ring was full), millions per second: zero when the receiver kept up.
+    pub lost_at_sender_mpps: Summary,
     /// Softirq time of all CPUs per received frame, nanoseconds.
     pub softirq_ns_per_packet: Summary,
     /// Busy time of all CPUs per received frame (generator included), nanoseconds.
@@ -137,6 +140,8 @@ struct Snapshot {
     at: Instant,
     received: u64,
     dropped: Option<u64>,
+    /// Frames the client's veth could not hand to the gateway's (ring full).
+    lost_at_sender: u64,
     cpu: CpuTimes,
 }
 
@@ -161,6 +166,7 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Vec<Wir
         let mut dropped = Samples::default();
         let mut softirq = Samples::default();
         let mut cpu = Samples::default();
+        let mut lost = Samples::default();
         for _ in 0..options.runs {
             waiter.wait()?;
             let (before, after) = flood(&topology, &receiver, &template, options)?;
@@ -177,6 +183,8 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Vec<Wir
                 dropped.push((), a.saturating_sub(b) as f64 / seconds / 1e6);
             }
             softirq.push((), before.cpu.softirq_ns(&after.cpu) / frames as f64);
+            let lost_frames = after.lost_at_sender.saturating_sub(before.lost_at_sender);
+            lost.push((), lost_frames as f64 / seconds / 1e6);
             cpu.push((), before.cpu.busy_ns(&after.cpu) / frames as f64);
         }
         drop(receiver);
@@ -185,6 +193,7 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Vec<Wir
             filter: filter.name().to_owned(),
             received_mpps: one(received).ok_or_else(|| anyhow!("no runs"))?,
             dropped_mpps: one(dropped),
+            lost_at_sender_mpps: one(lost).ok_or_else(|| anyhow!("no runs"))?,
             softirq_ns_per_packet: one(softirq).ok_or_else(|| anyhow!("no runs"))?,
             cpu_ns_per_packet: one(cpu).ok_or_else(|| anyhow!("no runs"))?,
         });
@@ -275,7 +284,7 @@ impl Receiver<'_> {
             Receiver::None => Ok(None),
             Receiver::Nftables(nft) => nft.dropped().map(Some),
             Receiver::XdpFilter { .. } | Receiver::BareDrop { .. } => {
-                veth_stat(topology, "xdp_drops").map(Some)
+                veth_stat(&topology.gateway, &topology.gw_iface, "rx", "xdp_drops").map(Some)
             }
             Receiver::Gateway(gateway) => {
                 let maps = KernelMaps::open(&PinDir::new(&gateway.pin_dir))?;
@@ -292,17 +301,18 @@ impl Receiver<'_> {
     }
 }
 
-/// Sum of the gateway veth's per-queue `rx_queue_<n>_<stat>` ethtool counters.
-fn veth_stat(topology: &Topology, stat: &str) -> anyhow::Result<u64> {
-    let text = in_ns(&topology.gateway, "ethtool", &["-S", &topology.gw_iface])?;
-    Ok(sum_queue_stat(&text, stat))
+/// Sum of a veth's per-queue `<dir>_queue_<n>_<stat>` ethtool counters (`dir`: rx, tx).
+fn veth_stat(ns: &NetNs, iface: &str, dir: &str, stat: &str) -> anyhow::Result<u64> {
+    let text = in_ns(ns, "ethtool", &["-S", iface])?;
+    Ok(sum_queue_stat(&text, dir, stat))
 }
 
-fn sum_queue_stat(text: &str, stat: &str) -> u64 {
+fn sum_queue_stat(text: &str, dir: &str, stat: &str) -> u64 {
+    let prefix = format!("{dir}_queue_");
     let suffix = format!("_{stat}");
     text.lines()
         .filter_map(|line| line.trim().split_once(':'))
-        .filter(|(name, _)| name.starts_with("rx_queue_") && name.ends_with(&suffix))
+        .filter(|(name, _)| name.starts_with(&prefix) && name.ends_with(&suffix))
         .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
         .sum()
 }
@@ -321,14 +331,25 @@ fn received(topology: &Topology) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow!("no rx packet count in {json}"))
 }
 
+/// Reads the counters. Each read starts a process, which takes milliseconds on a busy
+/// machine, so the time is stamped beside the main figure (frames received) and the
+/// CPU times are read right next to it.
 fn snapshot(topology: &Topology, receiver: &Receiver<'_>) -> anyhow::Result<Snapshot> {
-    let cpu = CpuTimes::now()?;
     let received = received(topology)?;
+    let at = Instant::now();
+    let cpu = CpuTimes::now()?;
     let dropped = receiver.dropped(topology)?;
+    let lost_at_sender = veth_stat(
+        &topology.client,
+        &topology.client_iface,
+        "tx",
+        "xdp_xmit_errors",
+    )?;
     Ok(Snapshot {
-        at: Instant::now(),
+        at,
         received,
         dropped,
+        lost_at_sender,
         cpu,
     })
 }
@@ -491,7 +512,9 @@ mod tests {
     fn sums_per_queue_stats() {
         let text = "NIC statistics:\n     peer_ifindex: 6\n     rx_queue_0_xdp_drops: 5\n     \
                     rx_queue_1_xdp_drops: 7\n     rx_queue_0_xdp_tx: 9\n";
-        assert_eq!(sum_queue_stat(text, "xdp_drops"), 12);
-        assert_eq!(sum_queue_stat(text, "xdp_packets"), 0);
+        assert_eq!(sum_queue_stat(text, "rx", "xdp_drops"), 12);
+        assert_eq!(sum_queue_stat(text, "rx", "xdp_packets"), 0);
+        assert_eq!(sum_queue_stat(text, "rx", "xdp_tx"), 9);
+        assert_eq!(sum_queue_stat(text, "tx", "xdp_drops"), 0);
     }
 }
