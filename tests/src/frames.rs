@@ -21,6 +21,7 @@ pub enum L4 {
 /// A frame under construction.
 #[derive(Clone, Debug)]
 pub struct Frame {
+    macs: [[u8; 6]; 2],
     vlan_tpids: Vec<u16>,
     src: IpAddr,
     l4: L4,
@@ -41,6 +42,7 @@ impl Frame {
     /// A UDP datagram from `src` with a small payload.
     pub fn udp(src: IpAddr) -> Self {
         Self {
+            macs: [[0x02, 0, 0, 0, 0, 1], [0x02, 0, 0, 0, 0, 2]],
             vlan_tpids: Vec::new(),
             src,
             l4: L4::Udp,
@@ -63,6 +65,18 @@ impl Frame {
         self
     }
 
+    /// Destination and source MAC addresses, for frames a real interface must accept.
+    pub fn macs(mut self, dst: [u8; 6], src: [u8; 6]) -> Self {
+        self.macs = [dst, src];
+        self
+    }
+
+    /// Bytes after the L4 header (the default makes a 60-byte UDP/IPv4 frame).
+    pub fn payload(mut self, len: usize) -> Self {
+        self.payload = len;
+        self
+    }
+
     /// IPv4 options (padded by the caller to a multiple of 4 bytes).
     pub fn ipv4_options(mut self, options: &[u8]) -> Self {
         self.ipv4_options = options.to_vec();
@@ -72,7 +86,8 @@ impl Frame {
     pub fn build(&self) -> Built {
         let mut bytes = Vec::new();
         let mut boundaries = Vec::new();
-        bytes.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2]);
+        bytes.extend_from_slice(&self.macs[0]);
+        bytes.extend_from_slice(&self.macs[1]);
         let ether_type = match self.src {
             IpAddr::V4(_) => ETH_P_IPV4,
             IpAddr::V6(_) => ETH_P_IPV6,

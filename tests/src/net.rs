@@ -112,10 +112,16 @@ pub const GATEWAY_V6: &str = "2001:2::1";
 
 impl Topology {
     pub fn new(client_addrs: &[&str]) -> Self {
+        Self::with_prefix("gwt", client_addrs)
+    }
+
+    /// Like [`Topology::new`], with namespace names starting `<prefix>-`, so a driver
+    /// that runs it (the benchmark) can find and remove leftovers of a killed run.
+    pub fn with_prefix(prefix: &str, client_addrs: &[&str]) -> Self {
         let suffix = crate::unique_suffix();
         let topology = Self {
-            gateway: NetNs::new(format!("gwt-gw-{suffix}")),
-            client: NetNs::new(format!("gwt-cl-{suffix}")),
+            gateway: NetNs::new(format!("{prefix}-gw-{suffix}")),
+            client: NetNs::new(format!("{prefix}-cl-{suffix}")),
             gw_iface: format!("gw{suffix}"),
             client_iface: format!("cl{suffix}"),
             client_addrs: client_addrs.iter().map(|addr| (*addr).to_owned()).collect(),

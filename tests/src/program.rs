@@ -2,7 +2,7 @@
 //! directory, run on crafted frames with `BPF_PROG_TEST_RUN`.
 
 use aya::{
-    Ebpf,
+    Ebpf, TestRunResult,
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use gateway::{
@@ -31,17 +31,22 @@ pub struct LoadedProgram {
 impl LoadedProgram {
     /// Loads the object with small maps, as `gateway xdp attach` would.
     pub fn load() -> Self {
+        Self::load_with(&Capacity {
+            rate_limit_entries: 1024,
+            blocklist_entries: 1024,
+            cidr_entries: 1024,
+        })
+    }
+
+    /// Loads the object with maps of the given sizes (the benchmark fills them with
+    /// up to a million entries).
+    pub fn load_with(capacity: &Capacity) -> Self {
         crate::require_root();
         let pins = PinDir::new(format!(
             "/sys/fs/bpf/gateway-verdict-{}",
             crate::unique_suffix()
         ));
-        let capacity = Capacity {
-            rate_limit_entries: 1024,
-            blocklist_entries: 1024,
-            cidr_entries: 1024,
-        };
-        let ebpf = gateway::xdp::load(&pins, &capacity)
+        let ebpf = gateway::xdp::load(&pins, capacity)
             .unwrap_or_else(|err| panic!("loading the XDP program failed: {err}"));
         let maps = KernelMaps::open(&pins).expect("the maps were just pinned");
         let state_dir = tempfile::tempdir().expect("temporary state directory");
@@ -61,6 +66,12 @@ impl LoadedProgram {
 
     /// Runs the program once on `frame` and returns its XDP action.
     pub fn run(&mut self, frame: &[u8]) -> u32 {
+        self.test_run(frame, 1).return_value
+    }
+
+    /// Runs the program `repeat` times on `frame`; the result's `duration` is the
+    /// kernel's own mean time per run, what the benchmark reports.
+    pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> TestRunResult {
         let program: &mut Xdp = self
             .ebpf
             .program_mut(PROGRAM_NAME)
@@ -69,15 +80,13 @@ impl LoadedProgram {
             .expect("an XDP program");
         let mut options = TestRunOptions::new();
         options.data_in = Some(frame);
-        program
-            .test_run(options)
-            .unwrap_or_else(|err| {
-                panic!(
-                    "BPF_PROG_TEST_RUN on a {}-byte frame failed: {err}",
-                    frame.len()
-                )
-            })
-            .return_value
+        options.repeat = repeat;
+        program.test_run(options).unwrap_or_else(|err| {
+            panic!(
+                "BPF_PROG_TEST_RUN on a {}-byte frame failed: {err}",
+                frame.len()
+            )
+        })
     }
 
     /// Counters summed over CPUs.

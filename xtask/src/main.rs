@@ -1,5 +1,7 @@
-//! `cargo xtask`: the project's build and test driver (`setup`, `build`, `run`, `test`, `demo`).
+//! `cargo xtask`: the project's build and test driver (`setup`, `build`, `run`, `test`,
+//! `bench`, `demo`).
 
+mod bench;
 mod build;
 mod demo;
 mod run;
@@ -34,6 +36,11 @@ enum Task {
     Run(run::Args),
     /// Run `setup`, the lints, the unit tests and the privileged XDP and end-to-end tests.
     Test(test::Args),
+    /// Run the benchmarks (as root) and write target/bench/<suite>.json and .md.
+    ///
+    /// `xdp`: the kernel plane next to nftables, xdp-filter and reference programs;
+    /// `proxy`: not implemented yet; `all`: every suite, failing if one is missing.
+    Bench(bench::Args),
     /// Run the gateway on a private demo network in namespaces; Ctrl-C tears it down.
     Demo,
 }
@@ -46,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Task::Build(args) => build::run(&ws, &args),
         Task::Run(args) => run::run(&ws, &args),
         Task::Test(args) => test::run(&ws, &args),
+        Task::Bench(args) => bench::run(&ws, &args),
         Task::Demo => demo::run(&ws),
     }
 }
@@ -75,6 +83,22 @@ mod tests {
         };
         assert!(args.no_lint);
         assert_eq!(args.test_args, ["verdict", "--exact"]);
+        Ok(())
+    }
+
+    #[test]
+    fn bench_defaults_to_every_suite() -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from(["xtask", "bench"])?;
+        let Task::Bench(args) = cli.task else {
+            anyhow::bail!("not parsed as `bench`");
+        };
+        assert_eq!(args.target, crate::bench::Target::All);
+        let cli = Cli::try_parse_from(["xtask", "bench", "xdp", "--", "--runs", "7"])?;
+        let Task::Bench(args) = cli.task else {
+            anyhow::bail!("not parsed as `bench`");
+        };
+        assert_eq!(args.target, crate::bench::Target::Xdp);
+        assert_eq!(args.runner_args, ["--runs", "7"]);
         Ok(())
     }
 

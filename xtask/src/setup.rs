@@ -13,8 +13,8 @@ use anyhow::{Context as _, anyhow, bail};
 
 use crate::util::{self, Workspace};
 
-/// The nightly that builds the XDP program. Must equal `EBPF_TOOLCHAIN` in
-/// `gateway/build.rs` (a unit test below checks).
+/// The nightly that builds the XDP programs. Must equal `EBPF_TOOLCHAIN` in
+/// `gateway/build.rs` and `bench/build.rs` (a unit test below checks).
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-10-01";
 /// rust-src for `-Z build-std=core`; clippy to lint the eBPF crate for its own target.
 const EBPF_COMPONENTS: &[&str] = &["rust-src", "clippy"];
@@ -49,7 +49,7 @@ pub fn run(ws: &Workspace) -> anyhow::Result<()> {
     ensure_toolchain(EBPF_TOOLCHAIN, EBPF_COMPONENTS, &mut summary)
         .context("installing the eBPF toolchain")?;
     ensure_bpf_linker(ws, &mut summary).context("installing bpf-linker")?;
-    ensure_debian_packages(&mut summary).context("installing Debian packages")?;
+    ensure_debian_packages(DEBIAN_PACKAGES, &mut summary).context("installing Debian packages")?;
 
     let installed = if summary.installed.is_empty() {
         "nothing".to_owned()
@@ -283,10 +283,21 @@ fn cargo_home() -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow!("neither CARGO_HOME nor HOME is set"))
 }
 
-/// Installs the missing [`DEBIAN_PACKAGES`] with apt-get (needs root).
-fn ensure_debian_packages(summary: &mut Summary) -> anyhow::Result<()> {
+/// Installs those of `packages` that are missing (for tasks with peers of their own,
+/// such as `bench`) and prints what it did.
+pub fn install_debian_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let mut summary = Summary::default();
+    ensure_debian_packages(packages, &mut summary)?;
+    if !summary.installed.is_empty() {
+        println!("installed {}", summary.installed.join(", "));
+    }
+    Ok(())
+}
+
+/// Installs the missing `packages` with apt-get (needs root).
+fn ensure_debian_packages(packages: &[&str], summary: &mut Summary) -> anyhow::Result<()> {
     let mut missing = Vec::new();
-    for &package in DEBIAN_PACKAGES {
+    for &package in packages {
         let output =
             util::capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
                 .context("`cargo xtask setup` installs packages on Debian and Ubuntu only")?;
@@ -325,15 +336,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ebpf_toolchain_matches_the_gateway_build_script() -> anyhow::Result<()> {
-        let build_rs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway/build.rs");
-        let text = fs::read_to_string(&build_rs)?;
-        let expected = format!("const EBPF_TOOLCHAIN: &str = \"{EBPF_TOOLCHAIN}\";");
-        assert!(
-            text.contains(&expected),
-            "{} lacks `{expected}`",
-            build_rs.display()
-        );
+    fn ebpf_toolchain_matches_the_build_scripts() -> anyhow::Result<()> {
+        for script in ["../gateway/build.rs", "../bench/build.rs"] {
+            let build_rs = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+            let text = fs::read_to_string(&build_rs)?;
+            let expected = format!("const EBPF_TOOLCHAIN: &str = \"{EBPF_TOOLCHAIN}\";");
+            assert!(
+                text.contains(&expected),
+                "{} lacks `{expected}`",
+                build_rs.display()
+            );
+        }
         Ok(())
     }
 

@@ -9,8 +9,9 @@ use crate::{setup, util, util::Workspace};
 
 /// The crate with the tests that load BPF programs and create network namespaces.
 const PRIVILEGED_TESTS: &str = "gateway-tests";
-/// Only builds for `bpfel-unknown-none`; `gateway/build.rs` builds and embeds it.
-const EBPF_CRATE: &str = "gateway-ebpf";
+/// Only build for `bpfel-unknown-none`; `gateway/build.rs` and `bench/build.rs` build
+/// and embed them.
+const EBPF_CRATES: [&str; 2] = ["gateway-ebpf", "bench-ebpf"];
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -33,50 +34,54 @@ pub fn run(ws: &Workspace, args: &Args) -> anyhow::Result<()> {
             util::run(ws.cargo().args(["fmt", "--all", "--", "--check"]))
         })?;
         step("c", "clippy", || {
-            util::run(ws.cargo().args([
-                "clippy",
-                "--workspace",
-                "--exclude",
-                EBPF_CRATE,
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ]))?;
-            // The eBPF crate only builds for its own target, with the pinned nightly.
             util::run(
-                Command::new("cargo")
-                    .arg(format!("+{}", setup::EBPF_TOOLCHAIN))
-                    .args([
-                        "clippy",
-                        "--release",
-                        "--target",
-                        "bpfel-unknown-none",
-                        "-Z",
-                        "build-std=core",
-                        "--",
-                        "-D",
-                        "warnings",
-                    ])
-                    .current_dir(ws.root.join(EBPF_CRATE)),
-            )
+                ws.cargo()
+                    .args(["clippy", "--workspace"])
+                    .args(exclude_ebpf())
+                    .args(["--all-targets", "--", "-D", "warnings"]),
+            )?;
+            // The eBPF crates only build for their own target, with the pinned nightly.
+            for krate in EBPF_CRATES {
+                util::run(
+                    Command::new("cargo")
+                        .arg(format!("+{}", setup::EBPF_TOOLCHAIN))
+                        .args([
+                            "clippy",
+                            "--release",
+                            "--target",
+                            "bpfel-unknown-none",
+                            "-Z",
+                            "build-std=core",
+                            "--",
+                            "-D",
+                            "warnings",
+                        ])
+                        .current_dir(ws.root.join(krate)),
+                )?;
+            }
+            Ok(())
         })?;
     }
     step("d", "unit tests", || {
-        util::run(ws.cargo().args([
-            "test",
-            "--workspace",
-            "--exclude",
-            EBPF_CRATE,
-            "--exclude",
-            PRIVILEGED_TESTS,
-        ]))
+        util::run(
+            ws.cargo()
+                .args(["test", "--workspace"])
+                .args(exclude_ebpf())
+                .args(["--exclude", PRIVILEGED_TESTS]),
+        )
     })?;
     step("e", "privileged XDP and end-to-end tests", || {
         privileged_tests(ws, &args.test_args)
     })?;
     println!("all tests passed");
     Ok(())
+}
+
+/// `--exclude <crate>` for each of [`EBPF_CRATES`].
+fn exclude_ebpf() -> impl Iterator<Item = &'static str> {
+    EBPF_CRATES
+        .into_iter()
+        .flat_map(|krate| ["--exclude", krate])
 }
 
 /// Prints a banner for step `id`, runs it and names it in the error if it fails.

@@ -1,0 +1,394 @@
+//! Per-packet cost with `BPF_PROG_TEST_RUN`: the kernel's own mean duration over a
+//! large repeat count (each call has milliseconds of fixed set-up, so wall time says
+//! nothing), for each verdict path of the gateway with its maps at several fill
+//! levels, next to the reference programs and xdp-filter's program.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use gateway::xdp::{Capacity, RateLimit};
+use gateway_common::{
+    consts::{NO_EXPIRY, Reason, block_reason, capacity, map_names},
+    maps::{Addr, BlockEntry, CidrRule},
+};
+use gateway_tests::{
+    frames::{self, Frame},
+    net::{NetNs, ip},
+    program::LoadedProgram,
+};
+use serde::Serialize;
+
+use crate::{
+    machine::IdleWaiter,
+    peers::XdpFilter,
+    references::{self, References, XDP_DROP, XDP_PASS},
+    stats::{Samples, Summary},
+};
+
+/// Every frame measured is this long, as the issue asks (without FCS).
+pub const FRAME_LEN: usize = 64;
+/// UDP payload that makes a 64-byte UDP/IPv4 frame (14 + 20 + 8 + 22).
+const UDP_PAYLOAD: usize = 22;
+
+const ALLOWED: Ipv4Addr = Ipv4Addr::new(198, 18, 10, 1);
+const ALLOW_CIDR: (Ipv4Addr, u32) = (Ipv4Addr::new(198, 18, 10, 0), 24);
+const CIDR_BLOCKED: Ipv4Addr = Ipv4Addr::new(198, 18, 66, 1);
+const BLOCK_CIDR: (Ipv4Addr, u32) = (Ipv4Addr::new(198, 18, 66, 0), 24);
+const BLOCKED: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 99);
+const PASSING: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
+const LIMITED: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 21);
+
+/// A rate limit every packet of a run conforms to (1 ns per token, 1 s of burst).
+const GENEROUS: RateLimit = RateLimit {
+    pps: 1_000_000_000,
+    burst: 1_000_000_000,
+    syn_pps: 0,
+    syn_burst: 0,
+};
+/// A rate limit the first packet exhausts.
+const STINGY: RateLimit = RateLimit {
+    pps: 1,
+    burst: 1,
+    syn_pps: 0,
+    syn_burst: 0,
+};
+
+/// One verdict path: the frame that takes it and what must come out.
+struct VerdictPath {
+    name: &'static str,
+    /// `None`: an ARP frame.
+    src: Option<Ipv4Addr>,
+    rate_limit: RateLimit,
+    action: u32,
+    reason: Reason,
+}
+
+const PATHS: [VerdictPath; 7] = [
+    VerdictPath {
+        name: "allowlisted",
+        src: Some(ALLOWED),
+        rate_limit: GENEROUS,
+        action: XDP_PASS,
+        reason: Reason::PassAllowlist,
+    },
+    VerdictPath {
+        name: "CIDR-blocked",
+        src: Some(CIDR_BLOCKED),
+        rate_limit: GENEROUS,
+        action: XDP_DROP,
+        reason: Reason::DropCidr,
+    },
+    VerdictPath {
+        name: "dynamically blocked",
+        src: Some(BLOCKED),
+        rate_limit: GENEROUS,
+        action: XDP_DROP,
+        reason: Reason::DropBlocked,
+    },
+    VerdictPath {
+        name: "pass, rate limiting off",
+        src: Some(PASSING),
+        rate_limit: RateLimit {
+            pps: 0,
+            burst: 0,
+            syn_pps: 0,
+            syn_burst: 0,
+        },
+        action: XDP_PASS,
+        reason: Reason::Pass,
+    },
+    VerdictPath {
+        name: "rate-limited pass",
+        src: Some(PASSING),
+        rate_limit: GENEROUS,
+        action: XDP_PASS,
+        reason: Reason::Pass,
+    },
+    VerdictPath {
+        name: "rate-limited drop",
+        src: Some(LIMITED),
+        rate_limit: STINGY,
+        action: XDP_DROP,
+        reason: Reason::DropRateLimit,
+    },
+    VerdictPath {
+        name: "non-IP (ARP)",
+        src: None,
+        rate_limit: GENEROUS,
+        action: XDP_PASS,
+        reason: Reason::PassNonIp,
+    },
+];
+
+/// How full the maps are while the paths are measured.
+struct Fill {
+    name: &'static str,
+    /// Entries in the exact-address blocklist (the blocked source included).
+    blocklist: usize,
+    /// Prefixes in each of the allowlist and the CIDR blocklist (the test ones included).
+    prefixes: usize,
+}
+
+const FILLS: [Fill; 4] = [
+    Fill {
+        name: "blocklist 1, tries 1",
+        blocklist: 1,
+        prefixes: 1,
+    },
+    Fill {
+        name: "blocklist 10k",
+        blocklist: 10_000,
+        prefixes: 1,
+    },
+    Fill {
+        name: "blocklist 1M",
+        blocklist: 1_000_000,
+        prefixes: 1,
+    },
+    Fill {
+        name: "tries 100k prefixes",
+        blocklist: 1,
+        prefixes: 100_000,
+    },
+];
+
+/// Scenario name of the reference programs, which have no state to fill.
+pub const REFERENCE: &str = "reference";
+pub const REF_DROP: &str = "bare XDP_DROP (floor)";
+pub const REF_LOOKUP: &str = "single lookup + atomic counter";
+pub const REF_XDP_FILTER: &str = "xdp-filter (ipv4,ipv6; blocked source)";
+
+/// One measured figure: nanoseconds per packet.
+#[derive(Clone, Debug, Serialize)]
+pub struct CostRow {
+    pub scenario: String,
+    pub program: String,
+    pub ns_per_packet: Summary,
+}
+
+pub struct Options {
+    pub runs: usize,
+    pub repeat: u32,
+}
+
+/// Measures everything; each run of every figure waits for a quiet machine first.
+pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Vec<CostRow>> {
+    let mut samples = Samples::default();
+    let mut refs = References::load()?;
+    refs.list_for_lookup(BLOCKED)?;
+    let blocked_frame = udp_frame(BLOCKED);
+
+    let ns = NetNs::new(format!("gwb-xf-{}", gateway_tests::unique_suffix()));
+    // No dummy driver on every kernel; a veth pair inside the namespace does as well.
+    ip(&[
+        "-n", &ns.name, "link", "add", "xf0", "type", "veth", "peer", "name", "xf1",
+    ]);
+    ip(&["-n", &ns.name, "link", "set", "xf0", "up"]);
+    ip(&["-n", &ns.name, "link", "set", "xf1", "up"]);
+    let xdp_filter = XdpFilter::load(&ns, "xf0", "skb", &[BLOCKED])?;
+    let xdp_filter_program = xdp_filter.program()?;
+
+    let reference_round = |samples: &mut Samples<(String, String)>,
+                           refs: &mut References|
+     -> anyhow::Result<()> {
+        for (name, program) in [
+            (REF_DROP, references::DROP),
+            (REF_LOOKUP, references::LOOKUP),
+        ] {
+            let result = references::time(refs.program(program)?, &blocked_frame, options.repeat)?;
+            expect_action(name, result.return_value, XDP_DROP)?;
+            samples.push(key(REFERENCE, name), nanos(result.duration));
+        }
+        let result = references::time(&xdp_filter_program, &blocked_frame, options.repeat)?;
+        expect_action(REF_XDP_FILTER, result.return_value, XDP_DROP)?;
+        samples.push(key(REFERENCE, REF_XDP_FILTER), nanos(result.duration));
+        Ok(())
+    };
+
+    let mut growing = LoadedProgram::load_with(&Capacity {
+        rate_limit_entries: capacity::RATE_LIMIT,
+        blocklist_entries: 1 << 20,
+        cidr_entries: capacity::CIDR,
+    });
+    seed(&growing)?;
+    let mut blocklist_len = 1;
+    for fill in FILLS.iter().filter(|fill| fill.prefixes == 1) {
+        fill_blocklist(&growing, blocklist_len, fill.blocklist)?;
+        blocklist_len = fill.blocklist;
+        for _ in 0..options.runs {
+            waiter.wait()?;
+            reference_round(&mut samples, &mut refs)?;
+            measure_paths(&mut growing, fill.name, options.repeat, &mut samples)?;
+        }
+    }
+    drop(growing);
+
+    let mut wide = LoadedProgram::load_with(&Capacity {
+        rate_limit_entries: capacity::RATE_LIMIT,
+        blocklist_entries: capacity::BLOCKLIST,
+        cidr_entries: 1 << 17,
+    });
+    seed(&wide)?;
+    for fill in FILLS.iter().filter(|fill| fill.prefixes > 1) {
+        fill_tries(&wide, fill.prefixes)?;
+        for _ in 0..options.runs {
+            waiter.wait()?;
+            reference_round(&mut samples, &mut refs)?;
+            measure_paths(&mut wide, fill.name, options.repeat, &mut samples)?;
+        }
+    }
+
+    Ok(samples
+        .summaries()
+        .into_iter()
+        .map(|((scenario, program), ns_per_packet)| CostRow {
+            scenario,
+            program,
+            ns_per_packet,
+        })
+        .collect())
+}
+
+fn key(scenario: &str, program: &str) -> (String, String) {
+    (scenario.to_owned(), program.to_owned())
+}
+
+fn nanos(duration: Duration) -> f64 {
+    duration.as_nanos() as f64
+}
+
+fn expect_action(name: &str, got: u32, want: u32) -> anyhow::Result<()> {
+    if got != want {
+        bail!("{name} returned XDP action {got}, expected {want}: the run measured the wrong path");
+    }
+    Ok(())
+}
+
+/// A 64-byte UDP/IPv4 frame from `src`.
+pub fn udp_frame(src: Ipv4Addr) -> Vec<u8> {
+    Frame::udp(IpAddr::V4(src))
+        .payload(UDP_PAYLOAD)
+        .build()
+        .bytes
+}
+
+/// Times every verdict path once, checking that each run took the intended path: the
+/// action, and exactly `repeat` packets more on the path's counter.
+fn measure_paths(
+    program: &mut LoadedProgram,
+    scenario: &str,
+    repeat: u32,
+    samples: &mut Samples<(String, String)>,
+) -> anyhow::Result<()> {
+    for path in &PATHS {
+        let frame = match path.src {
+            Some(src) => udp_frame(src),
+            None => {
+                let mut arp = frames::arp();
+                arp.resize(FRAME_LEN, 0);
+                arp
+            }
+        };
+        let mut config = program.maps.config()?;
+        path.rate_limit.apply_to(&mut config);
+        program.maps.set_config(&config)?;
+        // Two packets first: a new source's bucket starts full, so the stingy limit
+        // only drops from the second packet on.
+        program.run(&frame);
+        program.run(&frame);
+        let before = program.counters()[path.reason as usize].packets;
+        let result = program.test_run(&frame, repeat);
+        let after = program.counters()[path.reason as usize].packets;
+        expect_action(path.name, result.return_value, path.action)?;
+        if after - before != u64::from(repeat) {
+            bail!(
+                "{}: {} counted {} of {repeat} packets",
+                path.name,
+                path.reason.name(),
+                after - before
+            );
+        }
+        samples.push(key(scenario, path.name), nanos(result.duration));
+    }
+    Ok(())
+}
+
+fn mapped(addr: Ipv4Addr) -> Addr {
+    addr.to_ipv6_mapped().octets()
+}
+
+const FOREVER: CidrRule = CidrRule {
+    expires_at_ns: NO_EXPIRY,
+    reason: block_reason::MANUAL,
+    reserved: 0,
+};
+
+/// The entries every path needs: the allowed and the blocked CIDR, the blocked source.
+fn seed(program: &LoadedProgram) -> anyhow::Result<()> {
+    let (allow, allow_len) = ALLOW_CIDR;
+    let (block, block_len) = BLOCK_CIDR;
+    program
+        .maps
+        .trie(map_names::ALLOWLIST)?
+        .insert(96 + allow_len, mapped(allow), &FOREVER)?;
+    program.maps.trie(map_names::CIDR_BLOCKLIST)?.insert(
+        96 + block_len,
+        mapped(block),
+        &FOREVER,
+    )?;
+    program
+        .maps
+        .blocklist()?
+        .insert(&mapped(BLOCKED), &block_entry())?;
+    Ok(())
+}
+
+fn block_entry() -> BlockEntry {
+    BlockEntry {
+        expires_at_ns: NO_EXPIRY,
+        reason: block_reason::MANUAL,
+        ..BlockEntry::default()
+    }
+}
+
+/// Filler addresses for the blocklist: 2001:2:0:1::/64 and up, never a test source.
+fn filler_v6(index: usize) -> Addr {
+    let base = u128::from(Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 0));
+    Ipv6Addr::from(base + index as u128).octets()
+}
+
+/// Grows the blocklist from `from` to `to` entries.
+fn fill_blocklist(program: &LoadedProgram, from: usize, to: usize) -> anyhow::Result<()> {
+    let mut table = program.maps.blocklist()?;
+    let entry = block_entry();
+    for index in from..to {
+        table
+            .insert(&filler_v6(index), &entry)
+            .with_context(|| format!("filling the blocklist to {to} entries"))?;
+    }
+    Ok(())
+}
+
+/// Fills both tries to `to` prefixes: alternately IPv4 /32s from 198.18.128.0 up and
+/// IPv6 /64s from 2001:2:0:0::/64 up, clear of every test source.
+fn fill_tries(program: &LoadedProgram, to: usize) -> anyhow::Result<()> {
+    for name in [map_names::ALLOWLIST, map_names::CIDR_BLOCKLIST] {
+        let mut trie = program.maps.trie(name)?;
+        for index in 1..to {
+            let half = u32::try_from(index / 2)?;
+            let (prefix_len, addr) = if index % 2 == 0 {
+                let v4 = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 128, 0)) + half);
+                (128, mapped(v4))
+            } else {
+                let v6 = Ipv6Addr::new(0x2001, 2, 0, u16::try_from(half)?, 0, 0, 0, 0);
+                (64, v6.octets())
+            };
+            trie.insert(prefix_len, addr, &FOREVER)
+                .with_context(|| format!("filling {name} to {to} prefixes"))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! `cargo xtask bench [xdp|proxy|all]`: installs the peers a suite needs, builds in
+//! release, runs the suite as root and writes `target/bench/<suite>.json` and `.md`,
+//! from which BENCHMARKS.md is made.
+//!
+//! Each suite is one module with a `run` that reports [`Outcome::Done`] or, while it
+//! cannot be measured yet, [`Outcome::Missing`] with the reason; adding a suite is one
+//! module and one line in [`SUITES`]. Benchmarks report, they never pass or fail on
+//! a number: a suite fails only when it could not measure.
+
+mod proxy;
+mod xdp;
+
+use anyhow::bail;
+
+use crate::util::{self, Workspace};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Which suite to run.
+    #[arg(value_enum, default_value_t = Target::All)]
+    pub target: Target,
+    /// Extra arguments for the suite's runner, after `--` (e.g. `-- --runs 7`; see
+    /// `target/release/gateway-bench xdp --help`).
+    #[arg(last = true, value_name = "RUNNER_ARGS")]
+    pub runner_args: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Target {
+    /// The kernel plane: XDP per-packet cost and drop rates on veth.
+    Xdp,
+    /// The userspace plane: TLS proxy throughput, latency and memory.
+    Proxy,
+    /// Every suite that exists; says which ones do not yet.
+    All,
+}
+
+/// What a suite did.
+pub enum Outcome {
+    /// It measured and wrote its results.
+    Done,
+    /// It cannot run yet, for this reason.
+    Missing(&'static str),
+}
+
+struct Suite {
+    target: Target,
+    name: &'static str,
+    run: fn(&Workspace, &[String]) -> anyhow::Result<Outcome>,
+}
+
+const SUITES: [Suite; 2] = [
+    Suite {
+        target: Target::Xdp,
+        name: "xdp",
+        run: xdp::run,
+    },
+    Suite {
+        target: Target::Proxy,
+        name: "proxy",
+        run: proxy::run,
+    },
+];
+
+pub fn run(ws: &Workspace, args: &Args) -> anyhow::Result<()> {
+    if !util::is_root()? {
+        bail!(
+            "the benchmarks load XDP programs, create network namespaces and install their \
+             peers with apt-get: run `sudo -E cargo xtask bench`"
+        );
+    }
+    let mut done = Vec::new();
+    let mut missing = Vec::new();
+    for suite in SUITES
+        .iter()
+        .filter(|suite| args.target == Target::All || args.target == suite.target)
+    {
+        println!("==> bench {}", suite.name);
+        match (suite.run)(ws, &args.runner_args)? {
+            Outcome::Done => done.push(suite.name),
+            Outcome::Missing(reason) => {
+                println!("bench {}: NOT RUN: {reason}", suite.name);
+                missing.push(suite.name);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let ran = if done.is_empty() {
+            "nothing".to_owned()
+        } else {
+            done.join(", ")
+        };
+        bail!(
+            "benchmarks incomplete: ran {ran}; not implemented yet: {} (why: above)",
+            missing.join(", ")
+        );
+    }
+    println!("bench done: {}", done.join(", "));
+    Ok(())
+}
