@@ -264,12 +264,7 @@ async fn serve(state: &State, request: Request<Incoming>) -> Response<Full<Bytes
             let expected = format!(
                 "Basic {}",
                 base64(
-                    format!(
-                        "{}:{}",
-                        form_encode(CLIENT_ID),
-                        form_encode(CLIENT_SECRET)
-                    )
-                    .as_bytes()
+                    format!("{}:{}", form_encode(CLIENT_ID), form_encode(CLIENT_SECRET)).as_bytes()
                 )
             );
             let authorized = parts
@@ -277,10 +272,7 @@ async fn serve(state: &State, request: Request<Incoming>) -> Response<Full<Bytes
                 .get(header::AUTHORIZATION)
                 .is_some_and(|v| v.as_bytes() == expected.as_bytes());
             if !authorized {
-                return answer(
-                    StatusCode::UNAUTHORIZED,
-                    json!({"error": "invalid_client"}),
-                );
+                return answer(StatusCode::UNAUTHORIZED, json!({"error": "invalid_client"}));
             }
             let form = String::from_utf8_lossy(&body);
             let token = form
@@ -288,7 +280,12 @@ async fn serve(state: &State, request: Request<Incoming>) -> Response<Full<Bytes
                 .find_map(|pair| pair.strip_prefix("token="))
                 .map(form_decode)
                 .unwrap_or_default();
-            let found = state.opaque.lock().expect("opaque tokens").get(&token).cloned();
+            let found = state
+                .opaque
+                .lock()
+                .expect("opaque tokens")
+                .get(&token)
+                .cloned();
             answer(StatusCode::OK, found.unwrap_or(json!({"active": false})))
         }
         _ => answer(StatusCode::METHOD_NOT_ALLOWED, json!({})),
@@ -302,9 +299,10 @@ fn answer(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
     );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("max-age=300"));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("max-age=300"),
+    );
     response
 }
 
@@ -347,8 +345,7 @@ fn form_decode(value: &str) -> String {
 /// Standard base64 with padding, written out so the provider does not share
 /// the gateway's encoder (a bug there must not hide itself here).
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut bits = 0u32;
     let mut count = 0;
     let mut out = String::new();

@@ -99,7 +99,12 @@ fn config(fleet: &Fleet, idp: &Idp) -> Config {
     config
 }
 
-async fn send(fleet: &Fleet, client: &Client, path: &str, headers: &[(&str, &str)]) -> Response<Bytes> {
+async fn send(
+    fleet: &Fleet,
+    client: &Client,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Response<Bytes> {
     let mut request = Request::builder().uri(path);
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -111,7 +116,13 @@ async fn send(fleet: &Fleet, client: &Client, path: &str, headers: &[(&str, &str
 }
 
 async fn with_token(fleet: &Fleet, client: &Client, path: &str, token: &str) -> Response<Bytes> {
-    send(fleet, client, path, &[("authorization", &format!("Bearer {token}"))]).await
+    send(
+        fleet,
+        client,
+        path,
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
 }
 
 fn body(response: &Response<Bytes>) -> Value {
@@ -165,9 +176,13 @@ async fn upstream_count(fleet: &Fleet) -> u64 {
     let client = Client::builder(fleet.fleet_ca.cert_pem(), FLEET_NAME)
         .identity(&fleet.fleet_ca.issue_client("gateway"))
         .build();
-    let response = within(10, "GET /count", client.get(fleet.upstreams[0].addr(), "/count"))
-        .await
-        .expect("the upstream answers /count");
+    let response = within(
+        10,
+        "GET /count",
+        client.get(fleet.upstreams[0].addr(), "/count"),
+    )
+    .await
+    .expect("the upstream answers /count");
     body(&response)["count"].as_u64().expect("count")
 }
 
@@ -228,18 +243,24 @@ async fn forged_expired_and_foreign_tokens_never_reach_the_upstream() {
     let mut padded = good.clone();
     padded["padding"] = json!("x".repeat(5000));
 
-    let cases: Vec<(&str, String)> = vec![
+    let cases: Vec<(&str, &str, String)> = vec![
         (
             "alg none",
+            "malformed token",
             format!(
                 "{}.{}.",
                 json_segment(&json!({"alg": "none", "typ": "JWT"})),
                 parts[1]
             ),
         ),
-        ("HS256 with the RSA public key as secret", hmac_with_public_key),
+        (
+            "HS256 with the RSA public key as secret",
+            "algorithm HS256 not accepted",
+            hmac_with_public_key,
+        ),
         (
             "tampered payload",
+            "invalid signature",
             format!(
                 "{}.{}.{}",
                 parts[0],
@@ -247,42 +268,91 @@ async fn forged_expired_and_foreign_tokens_never_reach_the_upstream() {
                 parts[2]
             ),
         ),
-        ("signature removed", format!("{}.{}.", parts[0], parts[1])),
-        ("unknown kid", es.sign_with(&unknown, &good)),
-        ("jku to an attacker key", attacker.sign_with(&jku, &good)),
-        ("x5u to an attacker key", attacker.sign_with(&x5u, &good)),
-        ("embedded jwk", attacker.sign_with(&embedded, &good)),
-        ("expired", es.sign(&with(&|c| c["exp"] = json!(now() - 3600)))),
-        ("nbf in the future", es.sign(&with(&|c| c["nbf"] = json!(now() + 3600)))),
+        (
+            "signature removed",
+            "invalid signature",
+            format!("{}.{}.", parts[0], parts[1]),
+        ),
+        (
+            "unknown kid",
+            "unknown key id",
+            es.sign_with(&unknown, &good),
+        ),
+        (
+            "jku to an attacker key",
+            "unknown key id",
+            attacker.sign_with(&jku, &good),
+        ),
+        (
+            "x5u to an attacker key",
+            "unknown key id",
+            attacker.sign_with(&x5u, &good),
+        ),
+        (
+            "embedded jwk",
+            "invalid signature",
+            attacker.sign_with(&embedded, &good),
+        ),
+        (
+            "expired",
+            "token expired",
+            es.sign(&with(&|c| c["exp"] = json!(now() - 3600))),
+        ),
+        (
+            "nbf in the future",
+            "token not yet valid",
+            es.sign(&with(&|c| c["nbf"] = json!(now() + 3600))),
+        ),
         (
             "wrong iss",
+            "wrong issuer",
             es.sign(&with(&|c| c["iss"] = json!("https://evil.test"))),
         ),
-        ("wrong aud", es.sign(&with(&|c| c["aud"] = json!("someone-else")))),
+        (
+            "wrong aud",
+            "wrong audience",
+            es.sign(&with(&|c| c["aud"] = json!("someone-else"))),
+        ),
         (
             "missing exp",
+            "missing claim exp",
             es.sign(&with(&|c| {
                 c.as_object_mut().expect("object").remove("exp");
             })),
         ),
         (
             "ES256 with r = s = 0",
+            "invalid signature",
             format!("{}.{}.{}", parts[0], parts[1], b64url(&[0; 64])),
         ),
-        ("malformed base64", format!("{}.@@@!.{}", parts[0], parts[2])),
+        (
+            "malformed base64",
+            "malformed token",
+            format!("{}.@@@!.{}", parts[0], parts[2]),
+        ),
         (
             "malformed JSON",
+            "malformed token",
             format!("{}.{}.{}", parts[0], b64url(b"{not json"), parts[2]),
         ),
-        ("over the size limit", es.sign(&padded)),
+        ("over the size limit", "token too large", es.sign(&padded)),
     ];
-    for (case, token) in &cases {
-        assert_invalid(&with_token(&fleet, &client, "/pay", token).await, case);
+    for (case, reason, token) in &cases {
+        let response = with_token(&fleet, &client, "/pay", token).await;
+        assert_invalid(&response, case);
+        assert!(
+            challenge(&response).contains(&format!("error_description=\"{reason}\"")),
+            "{case}: refused for the wrong reason: {}",
+            challenge(&response)
+        );
     }
 
     // Valid tokens without the scope or the role: 403 naming the scope.
     for (case, token) in [
-        ("missing scope", es.sign(&claims(&idp, "bob", "payments:read"))),
+        (
+            "missing scope",
+            es.sign(&claims(&idp, "bob", "payments:read")),
+        ),
         (
             "wrong role",
             es.sign(&with(&|c| c["realm_access"]["roles"] = json!(["viewer"]))),
@@ -298,7 +368,11 @@ async fn forged_expired_and_foreign_tokens_never_reach_the_upstream() {
         );
         assert_eq!(body(&response)["error"], "insufficient_scope", "{case}");
     }
-    assert_eq!(upstream_count(&fleet).await, 0, "nothing refused reached the upstream");
+    assert_eq!(
+        upstream_count(&fleet).await,
+        0,
+        "nothing refused reached the upstream"
+    );
 
     // Valid RS256, ES256 and EdDSA tokens pass, with the identity forwarded and
     // a spoofed identity header and the token itself removed.
@@ -325,7 +399,10 @@ async fn forged_expired_and_foreign_tokens_never_reach_the_upstream() {
     }
     // Within leeway (60 s): expired 30 s ago still passes.
     let late = es.sign(&with(&|c| c["exp"] = json!(now() - 30)));
-    echo(&with_token(&fleet, &client, "/pay", &late).await, "within leeway");
+    echo(
+        &with_token(&fleet, &client, "/pay", &late).await,
+        "within leeway",
+    );
 
     // Optional: no token passes anonymously, a cookie token is used, a bad one is refused.
     let anonymous = echo(&send(&fleet, &client, "/maybe", &[]).await, "optional");
@@ -337,7 +414,7 @@ async fn forged_expired_and_foreign_tokens_never_reach_the_upstream() {
     );
     assert_eq!(from_cookie["headers"]["x-auth-subject"], "alice");
     assert_invalid(
-        &with_token(&fleet, &client, "/maybe", &cases[0].1).await,
+        &with_token(&fleet, &client, "/maybe", &cases[0].2).await,
         "optional with a forged token",
     );
     // None: no token looked at, but nobody can claim an identity.
@@ -346,7 +423,10 @@ async fn forged_expired_and_foreign_tokens_never_reach_the_upstream() {
             &fleet,
             &client,
             "/open",
-            &[("x-auth-subject", "admin"), ("authorization", "Bearer junk")],
+            &[
+                ("x-auth-subject", "admin"),
+                ("authorization", "Bearer junk"),
+            ],
         )
         .await,
         "none",
@@ -386,16 +466,22 @@ async fn keys_rotate_without_restart_random_kids_are_bounded_and_survive_an_outa
 
     // A burst of random kids: every one refused, the provider barely asked.
     let before = idp.jwks_fetches();
+    let started = std::time::Instant::now();
     for i in 0..40 {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(format!("random-{i}"));
         let token = first.sign_with(&header, &claims(&idp, "x", ""));
-        assert_invalid(&with_token(&fleet, &client, "/", &token).await, "random kid");
+        assert_invalid(
+            &with_token(&fleet, &client, "/", &token).await,
+            "random kid",
+        );
     }
     let during_burst = idp.jwks_fetches() - before;
-    // At most one refetch for an unknown kid per 30 s, plus the 1 s refresh.
+    // At most one refetch for an unknown kid per 30 s, plus one periodic
+    // refresh per second the burst took (and one in flight).
+    let bound = 1 + started.elapsed().as_secs() + 1;
     assert!(
-        during_burst <= 1 + 10,
+        during_burst <= bound,
         "40 random kids caused {during_burst} JWKS fetches"
     );
     println!("40 random kids caused {during_burst} JWKS fetches (periodic 1 s refresh included)");
@@ -443,12 +529,23 @@ async fn opaque_tokens_are_introspected_cached_and_fail_closed() {
         json!({"active": true, "sub": "svc-2", "scope": "read", "aud": "elsewhere"}),
     );
 
-    let echo1 = echo(&with_token(&fleet, &client, "/x", "opaque-active").await, "active");
+    let echo1 = echo(
+        &with_token(&fleet, &client, "/x", "opaque-active").await,
+        "active",
+    );
     assert_eq!(echo1["headers"]["x-auth-subject"], "svc-1");
-    let asked = idp.counters().introspection.load(std::sync::atomic::Ordering::SeqCst);
-    echo(&with_token(&fleet, &client, "/x", "opaque-active").await, "cached");
+    let asked = idp
+        .counters()
+        .introspection
+        .load(std::sync::atomic::Ordering::SeqCst);
+    echo(
+        &with_token(&fleet, &client, "/x", "opaque-active").await,
+        "cached",
+    );
     assert_eq!(
-        idp.counters().introspection.load(std::sync::atomic::Ordering::SeqCst),
+        idp.counters()
+            .introspection
+            .load(std::sync::atomic::Ordering::SeqCst),
         asked,
         "the second use was answered from the cache"
     );
@@ -462,7 +559,10 @@ async fn opaque_tokens_are_introspected_cached_and_fail_closed() {
     let response = with_token(&fleet, &client, "/x", "opaque-new").await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body(&response)["error"], "auth_unavailable");
-    echo(&with_token(&fleet, &client, "/x", "opaque-active").await, "cached while down");
+    echo(
+        &with_token(&fleet, &client, "/x", "opaque-active").await,
+        "cached while down",
+    );
     assert_eq!(upstream_count(&fleet).await, before + 1);
 }
 
@@ -507,12 +607,21 @@ async fn revocation_by_jti_and_subject_applies_to_cached_tokens_and_survives_a_r
     // A restart keeps both revocations.
     daemon.stop();
     let daemon = fleet.start(&config);
-    assert_invalid(&with_token(&fleet, &client, "/", &dave_token).await, "jti after restart");
-    assert_invalid(&with_token(&fleet, &client, "/", &erin_token).await, "sub after restart");
+    assert_invalid(
+        &with_token(&fleet, &client, "/", &dave_token).await,
+        "jti after restart",
+    );
+    assert_invalid(
+        &with_token(&fleet, &client, "/", &erin_token).await,
+        "sub after restart",
+    );
 
     fleet.gateway.ok(&["token", "unrevoke", "--jti", jti]);
     daemon.wait_for_log("token_unrevoked", Duration::from_secs(5));
-    echo(&with_token(&fleet, &client, "/", &dave_token).await, "unrevoked");
+    echo(
+        &with_token(&fleet, &client, "/", &dave_token).await,
+        "unrevoked",
+    );
     assert!(
         daemon.log().contains("\"event\":\"token_revoked\""),
         "revocations are audited"
