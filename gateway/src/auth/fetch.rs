@@ -166,10 +166,10 @@ mod tests {
         assert_eq!(max_age(&headers), None);
         headers.insert(
             header::CACHE_CONTROL,
-            "public, max-age=600".parse().unwrap(),
+            "public, max-age=600".parse().expect("header value"),
         );
         assert_eq!(max_age(&headers), Some(Duration::from_secs(600)));
-        headers.insert(header::CACHE_CONTROL, "no-store".parse().unwrap());
+        headers.insert(header::CACHE_CONTROL, "no-store".parse().expect("header value"));
         assert_eq!(max_age(&headers), Some(Duration::ZERO));
     }
 }

@@ -356,3 +356,76 @@ fn issuer_problems(key: &str, issuer: &IssuerConfig, problems: &mut Vec<String>)
         problems.push(format!("{key}.fetch_timeout: must be positive"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    const BASE: &str = r#"
+[xdp]
+enabled = false
+
+[[listener]]
+name = "public"
+address = "127.0.0.1:8443"
+[[listener.certificates]]
+cert = "/etc/gateway/api.pem"
+key = "/etc/gateway/api.key"
+
+[[route]]
+name = "payments"
+path_prefix = "/payments/"
+upstream = "fleet"
+[route.auth]
+mode = "required"
+issuers = ["corp"]
+scopes_all = ["payments:write"]
+
+[upstream.fleet]
+endpoints = ["198.18.1.10:8443"]
+server_name = "fleet.internal"
+ca = "/etc/gateway/fleet-ca.pem"
+client_cert = "/etc/gateway/gateway.pem"
+client_key = "/etc/gateway/gateway.key"
+
+[auth.issuers.corp]
+issuer = "https://login.example.com/"
+audiences = ["payments-api"]
+discovery_url = "https://login.example.com/.well-known/openid-configuration"
+ca = "/etc/gateway/idp-ca.pem"
+"#;
+
+    #[test]
+    fn a_payment_route_parses_with_safe_defaults() {
+        let config = Config::parse(Path::new("t.toml"), BASE).expect("valid");
+        let corp = &config.auth.issuers["corp"];
+        assert_eq!(corp.algorithms, ["RS256", "ES256", "EdDSA"]);
+        assert_eq!(corp.leeway, std::time::Duration::from_secs(60));
+        assert_eq!(config.routes[0].auth.scopes_all, ["payments:write"]);
+    }
+
+    #[test]
+    fn problems_name_their_keys() {
+        let broken = BASE
+            .replace("issuers = [\"corp\"]", "issuers = [\"crop\"]")
+            .replace(
+                "audiences = [\"payments-api\"]",
+                "audiences = []\nalgorithms = [\"HS256\", \"none\"]\njwks_url = \"http://login.example.com/jwks\"",
+            );
+        let text = Config::parse(Path::new("t.toml"), &broken)
+            .expect_err("invalid")
+            .to_string();
+        for needle in [
+            "route[0].auth.issuers: no [auth.issuers.crop]",
+            "auth.issuers.corp.audiences",
+            "auth.issuers.corp.algorithms: \"HS256\" is not allowed",
+            "auth.issuers.corp.algorithms: \"none\" is not allowed",
+            "auth.issuers.corp: give only one of",
+            "auth.issuers.corp.jwks_url: \"http://login.example.com/jwks\" is not an https:// URL",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+    }
+}
