@@ -116,6 +116,9 @@ mod tests {
         }
         cache.insert(hash("short"), Cached::Inactive, Duration::from_millis(1));
         std::thread::sleep(Duration::from_millis(5));
-        assert!(cache.get(&hash("short")).is_none(), "expired entries are gone");
+        assert!(
+            cache.get(&hash("short")).is_none(),
+            "expired entries are gone"
+        );
     }
 }

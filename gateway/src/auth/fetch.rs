@@ -169,7 +169,10 @@ mod tests {
             "public, max-age=600".parse().expect("header value"),
         );
         assert_eq!(max_age(&headers), Some(Duration::from_secs(600)));
-        headers.insert(header::CACHE_CONTROL, "no-store".parse().expect("header value"));
+        headers.insert(
+            header::CACHE_CONTROL,
+            "no-store".parse().expect("header value"),
+        );
         assert_eq!(max_age(&headers), Some(Duration::ZERO));
     }
 }
