@@ -360,7 +360,7 @@ fn base64(bytes: &[u8]) -> String {
     if count > 0 {
         out.push(ALPHABET[(bits << (6 - count) & 63) as usize] as char);
     }
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push('=');
     }
     out

@@ -90,8 +90,13 @@ impl TokenCache {
         );
     }
 
+    /// Entries held, expired ones not yet swept included.
     pub fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenHash, Entry>> {
