@@ -3,7 +3,7 @@
 //! identity provider served by the test over HTTPS (discovery, JWKS,
 //! introspection) whose keys the test rotates and switches off.
 
-use std::time::Duration;
+use std::{sync::atomic::Ordering, time::Duration};
 
 use bytes::Bytes;
 use gateway::config::{AuthMode, Config, IssuerConfig, RouteAuth};
@@ -534,18 +534,13 @@ async fn opaque_tokens_are_introspected_cached_and_fail_closed() {
         "active",
     );
     assert_eq!(echo1["headers"]["x-auth-subject"], "svc-1");
-    let asked = idp
-        .counters()
-        .introspection
-        .load(std::sync::atomic::Ordering::SeqCst);
+    let asked = idp.counters().introspection.load(Ordering::SeqCst);
     echo(
         &with_token(&fleet, &client, "/x", "opaque-active").await,
         "cached",
     );
     assert_eq!(
-        idp.counters()
-            .introspection
-            .load(std::sync::atomic::Ordering::SeqCst),
+        idp.counters().introspection.load(Ordering::SeqCst),
         asked,
         "the second use was answered from the cache"
     );
@@ -604,6 +599,11 @@ async fn revocation_by_jti_and_subject_applies_to_cached_tokens_and_survives_a_r
     assert_eq!(listed["jti"][jti]["reason"], "leaked", "{listed}");
     assert!(listed["sub"]["erin"]["until"].is_u64(), "{listed}");
 
+    assert!(
+        daemon.log().contains("\"event\":\"token_revoked\""),
+        "revocations are audited"
+    );
+
     // A restart keeps both revocations.
     daemon.stop();
     let daemon = fleet.start(&config);
@@ -616,14 +616,32 @@ async fn revocation_by_jti_and_subject_applies_to_cached_tokens_and_survives_a_r
         "sub after restart",
     );
 
+    assert!(
+        !daemon.log().contains("token_revoked"),
+        "a restart does not audit old revocations again"
+    );
+
     fleet.gateway.ok(&["token", "unrevoke", "--jti", jti]);
     daemon.wait_for_log("token_unrevoked", Duration::from_secs(5));
     echo(
         &with_token(&fleet, &client, "/", &dave_token).await,
         "unrevoked",
     );
-    assert!(
-        daemon.log().contains("\"event\":\"token_revoked\""),
-        "revocations are audited"
+
+    // A reload with the issuer unchanged keeps its keys (no new discovery) and
+    // applies a new policy at once.
+    let discovered = idp.counters().discovery.load(Ordering::SeqCst);
+    let mut stricter = config.clone();
+    let all = stricter.routes.last_mut().expect("route all");
+    all.auth.scopes_all = vec!["admin".to_owned()];
+    fleet.rewrite(&stricter);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("configuration reloaded", Duration::from_secs(10));
+    let response = with_token(&fleet, &client, "/", &dave_token).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        idp.counters().discovery.load(Ordering::SeqCst),
+        discovered,
+        "the reload reused the issuer's keys"
     );
 }

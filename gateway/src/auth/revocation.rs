@@ -91,7 +91,15 @@ impl Revocations {
             list: ArcSwap::from_pointee(Denylist::default()),
             modified: Mutex::new(None),
         };
-        revocations.reload_if_changed();
+        if let Some(path) = &revocations.path {
+            *revocations
+                .modified
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            // What was revoked before the start was audited when it was revoked.
+            revocations.load(path, false);
+        }
         revocations
     }
 
@@ -111,20 +119,22 @@ impl Revocations {
             return;
         }
         *seen = modified;
-        self.load(path);
+        self.load(path, true);
     }
 
     /// Re-reads the file now (SIGUSR1 from the CLI).
     pub fn reload(&self) {
         if let Some(path) = &self.path {
-            self.load(path);
+            self.load(path, true);
         }
     }
 
-    fn load(&self, path: &Path) {
+    fn load(&self, path: &Path, audit: bool) {
         match Denylist::load(path) {
             Ok(list) => {
-                audit_changes(&self.list.load(), &list);
+                if audit {
+                    audit_changes(&self.list.load(), &list);
+                }
                 info!(
                     jti = list.jti.len(),
                     sub = list.sub.len(),
