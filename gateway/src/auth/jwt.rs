@@ -171,3 +171,146 @@ fn map_error(err: jsonwebtoken::errors::Error) -> JwtError {
         _ => JwtError::Claims,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, sync::Arc, time::Duration};
+
+    use aws_lc_rs::{
+        rand::SystemRandom,
+        signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _},
+    };
+    use jsonwebtoken::{DecodingKey, EncodingKey, encode};
+    use serde_json::json;
+
+    use super::*;
+
+    struct TestKey {
+        alg: Algorithm,
+        encoding: EncodingKey,
+        decoding: DecodingKey,
+    }
+
+    fn ed25519() -> TestKey {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("key");
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("pair");
+        TestKey {
+            alg: Algorithm::EdDSA,
+            encoding: EncodingKey::from_ed_der(pkcs8.as_ref()),
+            decoding: DecodingKey::from_ed_der(pair.public_key().as_ref()),
+        }
+    }
+
+    fn p256() -> TestKey {
+        let rng = SystemRandom::new();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+            .expect("pair");
+        TestKey {
+            alg: Algorithm::ES256,
+            encoding: EncodingKey::from_ec_der(pkcs8.as_ref()),
+            decoding: DecodingKey::from_ec_der(pair.public_key().as_ref()),
+        }
+    }
+
+    fn config() -> IssuerConfig {
+        toml::from_str(
+            "issuer = \"https://idp.test\"\naudiences = [\"api\"]\njwks_file = \"/dev/null\"\n",
+        )
+        .expect("issuer")
+    }
+
+    fn keys(entries: Vec<(&str, &TestKey, Option<Algorithm>)>) -> Keys {
+        Keys {
+            by_kid: entries
+                .into_iter()
+                .map(|(kid, key, alg)| {
+                    (
+                        kid.to_owned(),
+                        Arc::new(Key {
+                            decoding: key.decoding.clone(),
+                            alg,
+                        }),
+                    )
+                })
+                .collect::<HashMap<_, _>>(),
+            unnamed: Vec::new(),
+        }
+    }
+
+    fn sign(key: &TestKey, kid: &str, typ: Option<&str>, claims: &Value) -> String {
+        let mut header = Header::new(key.alg);
+        header.kid = Some(kid.to_owned());
+        header.typ = typ.map(str::to_owned);
+        encode(&header, claims, &key.encoding).expect("token")
+    }
+
+    fn claims(change: impl FnOnce(&mut Value)) -> Value {
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut claims = json!({"iss": "https://idp.test", "aud": "api", "sub": "s", "iat": now, "exp": now + 300});
+        change(&mut claims);
+        claims
+    }
+
+    fn check(rules: &Rules, keys: &Keys, token: &str) -> Result<Value, JwtError> {
+        let header = rules.header(token)?;
+        rules.verify(token, &header, keys)
+    }
+
+    #[test]
+    fn typ_lifetime_iat_and_key_type_rules() {
+        let ed = ed25519();
+        let ed_token = |typ, claims: &Value| sign(&ed, "ed", typ, claims);
+        let mut config = config();
+        config.typ = Some("at+jwt".to_owned());
+        config.max_lifetime = Some(Duration::from_secs(600));
+        let rules = Rules::new(&config);
+        let p = p256();
+        let p_token = sign(&p, "ed", None, &claims(|_| {}));
+        let other = p256();
+        let keys = keys(vec![
+            ("ed", &ed, None),
+            ("pinned", &other, Some(Algorithm::EdDSA)),
+        ]);
+
+        assert!(check(&rules, &keys, &ed_token(Some("at+jwt"), &claims(|_| {}))).is_ok());
+        assert!(
+            check(
+                &rules,
+                &keys,
+                &ed_token(Some("application/at+jwt"), &claims(|_| {}))
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            check(&rules, &keys, &ed_token(Some("JWT"), &claims(|_| {}))),
+            Err(JwtError::Type)
+        );
+        let now = jsonwebtoken::get_current_timestamp();
+        assert_eq!(
+            check(
+                &rules,
+                &keys,
+                &ed_token(Some("at+jwt"), &claims(|c| c["exp"] = json!(now + 3600)))
+            ),
+            Err(JwtError::Lifetime)
+        );
+        assert_eq!(
+            check(
+                &rules,
+                &keys,
+                &ed_token(Some("at+jwt"), &claims(|c| c["iat"] = json!(now + 3600)))
+            ),
+            Err(JwtError::IssuedInFuture)
+        );
+        // An ES256 token naming the Ed25519 key's kid: the key's type decides.
+        let mut untyped = config.clone();
+        untyped.typ = None;
+        let rules = Rules::new(&untyped);
+        assert_eq!(check(&rules, &keys, &p_token), Err(JwtError::NoKey));
+        // A key whose JWK pins EdDSA is not used for ES256.
+        let pinned = sign(&p, "pinned", None, &claims(|_| {}));
+        assert_eq!(check(&rules, &keys, &pinned), Err(JwtError::NoKey));
+    }
+}
