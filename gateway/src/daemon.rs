@@ -104,6 +104,8 @@ pub async fn run(
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    // `gateway token revoke|unrevoke` asks for the denylist to be re-read.
+    let mut user1 = signal(SignalKind::user_defined1()).map_err(signal_error)?;
 
     let _lock = state.lock_daemon()?;
     let mut kernel = if config.xdp.enabled {
@@ -117,11 +119,12 @@ pub async fn run(
     let proxy = if config.listeners.is_empty() {
         None
     } else {
-        Some(Proxy::start(&config).await?)
+        Some(Proxy::start(&config, Some(state.revocations_path()?)).await?)
     };
 
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut certificates = tokio::time::interval(config.proxy.certificate_check_interval);
+    let mut revocations = tokio::time::interval(SWEEP_INTERVAL);
     info!(
         pin_dir = %pins.path().display(),
         state_dir = %state.path().display(),
@@ -141,6 +144,16 @@ pub async fn run(
             _ = sweep.tick(), if kernel.is_some() => {
                 if let Some(kernel) = &kernel {
                     sweep_once(&Lists::new(&kernel.maps, state));
+                }
+            }
+            _ = user1.recv() => {
+                if let Some(proxy) = &proxy {
+                    proxy.reload_revocations();
+                }
+            }
+            _ = revocations.tick(), if proxy.is_some() => {
+                if let Some(proxy) = &proxy {
+                    proxy.check_revocations();
                 }
             }
             _ = certificates.tick(), if proxy.is_some() => {

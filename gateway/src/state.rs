@@ -4,6 +4,8 @@
 //! - `lists.json`: every allowlist and blocklist entry with its provenance and expiry
 //!   in Unix time, so a restart restores each block with its remaining TTL.
 //! - `attachment.json`: where the program was attached, for `gateway xdp status`.
+//! - `revocations.json`: revoked token ids and subjects (`gateway token revoke`),
+//!   read by the daemon on change.
 //! - `lists.lock`: serialises the CLI and the daemon, so concurrent changes are not
 //!   lost between reading and rewriting `lists.json`.
 
@@ -188,6 +190,12 @@ impl StateDir {
         }
     }
 
+    /// `revocations.json`, creating the directory so the CLI can write it.
+    pub fn revocations_path(&self) -> Result<PathBuf, StateError> {
+        self.create()?;
+        Ok(self.0.join("revocations.json"))
+    }
+
     /// Records where the program is attached.
     pub fn save_attachment(&self, attachment: &Attachment) -> Result<(), StateError> {
         self.create()?;
@@ -223,7 +231,7 @@ impl ListsLock {
     }
 }
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(source) if source.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -244,7 +252,7 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> 
 
 /// Writes to a temporary file, syncs it and renames it over `path`, so a crash leaves
 /// either the old or the new contents, never half of one.
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     let io_error = |source| StateError::Io {
         path: path.to_owned(),
         source,

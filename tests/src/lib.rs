@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod frames;
 pub mod gateway;
 pub mod http;
+pub mod idp;
 pub mod net;
 pub mod pki;
 pub mod program;

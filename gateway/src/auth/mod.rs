@@ -1,6 +1,38 @@
-//! Who is calling: the verified identity a request carries once its token was
-//! accepted. Later stages (rate limits and quotas per subject, access logs, the
-//! identity headers sent upstream) read it from here.
+//! Who is calling: tokens checked at the edge before a byte reaches the fleet.
+//!
+//! - [`jwt`]: JWT validation rules per issuer.
+//! - [`jwks`]: signing keys (file, URL, OIDC discovery), refresh and rotation.
+//! - [`introspection`]: RFC 7662 for opaque tokens.
+//! - [`cache`]: tokens already verified.
+//! - [`revocation`]: the `jti`/subject denylist.
+//! - [`policy`]: a route's scopes, roles and claims.
+//!
+//! The pipeline calls [`Auth::authenticate`] after routing and
+//! [`Auth::forward`] when it builds the upstream request.
+
+pub mod cache;
+mod fetch;
+pub mod introspection;
+pub mod jwks;
+pub mod jwt;
+pub mod policy;
+pub mod revocation;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use self::{
+    cache::{Cached, TokenCache},
+    fetch::FetchError,
+    introspection::{Introspected, Introspector},
+    jwks::{JwksError, KeySet},
+    jwt::{JwtError, Rules},
+    revocation::Revocations,
+};
+use crate::config::{AuthMode, AuthSection, IssuerConfig, RouteAuth};
 
 /// The verified caller of one request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -13,6 +45,449 @@ pub struct Identity {
     pub scopes: Vec<String>,
     /// Granted roles.
     pub roles: Vec<String>,
-    /// A hash of the token's `jti`, for logs and revocation (never the token).
+    /// The token's `jti`, or a short hash of the token when it has none: what
+    /// logs name instead of the token.
     pub token_id: Option<String>,
+}
+
+/// A verified token: the identity and what the policy and headers need.
+pub struct Verified {
+    pub identity: Identity,
+    /// The `[auth.issuers]` key that accepted it.
+    pub issuer: String,
+    pub claims: Value,
+    pub jti: Option<String>,
+    /// Claim values for `[auth.claim_headers]`.
+    forwarded: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Why a request was refused; becomes 401, 403 or 503 in `proxy::error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("a bearer token is required")]
+    MissingToken,
+    #[error("invalid token: {0}")]
+    InvalidToken(String),
+    #[error("forbidden: {description}")]
+    InsufficientScope { scope: String, description: String },
+    #[error("the identity provider is unavailable; try again later")]
+    Unavailable,
+}
+
+impl AuthError {
+    /// The RFC 6750 `WWW-Authenticate` challenge for this refusal.
+    pub fn challenge(&self) -> Option<String> {
+        let quote = |text: &str| text.replace(['"', '\\'], "'");
+        match self {
+            Self::MissingToken => Some("Bearer realm=\"gateway\"".to_owned()),
+            Self::InvalidToken(description) => Some(format!(
+                "Bearer realm=\"gateway\", error=\"invalid_token\", error_description=\"{}\"",
+                quote(description)
+            )),
+            Self::InsufficientScope { scope, description } => Some(format!(
+                "Bearer realm=\"gateway\", error=\"insufficient_scope\", error_description=\"{}\", scope=\"{}\"",
+                quote(description),
+                quote(scope)
+            )),
+            Self::Unavailable => None,
+        }
+    }
+
+    /// Stable code for logs, metrics and the abuse loop.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken(_) => "invalid_token",
+            Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::Unavailable => "auth_unavailable",
+        }
+    }
+}
+
+/// An issuer could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthStartError {
+    #[error("auth.issuers.{name}: {source}")]
+    Keys { name: String, source: JwksError },
+    #[error("auth.issuers.{name}.introspection: {source}")]
+    Introspection { name: String, source: FetchError },
+}
+
+/// One identity provider.
+pub struct Issuer {
+    name: String,
+    config: IssuerConfig,
+    rules: Rules,
+    keys: Option<Arc<KeySet>>,
+    introspector: Option<Introspector>,
+}
+
+impl Issuer {
+    async fn start(name: &str, config: &IssuerConfig) -> Result<Self, AuthStartError> {
+        let keys = KeySet::start(name, config)
+            .await
+            .map_err(|source| AuthStartError::Keys {
+                name: name.to_owned(),
+                source,
+            })?;
+        let introspector =
+            Introspector::new(config).map_err(|source| AuthStartError::Introspection {
+                name: name.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            name: name.to_owned(),
+            config: config.clone(),
+            rules: Rules::new(config),
+            keys,
+            introspector,
+        })
+    }
+}
+
+/// One configuration's identity settings; key sets and the cache are carried
+/// over a reload when the issuers did not change.
+pub struct Auth {
+    section: AuthSection,
+    issuers: BTreeMap<String, Arc<Issuer>>,
+    cache: Arc<TokenCache>,
+    revocations: Arc<Revocations>,
+    /// Every header name that carries identity upstream, stripped from clients.
+    identity_names: Vec<HeaderName>,
+}
+
+impl Auth {
+    /// Builds the issuers (fetching their keys before traffic is accepted).
+    pub async fn build(
+        section: &AuthSection,
+        previous: Option<&Auth>,
+        revocations: Arc<Revocations>,
+    ) -> Result<Self, AuthStartError> {
+        let mut issuers = BTreeMap::new();
+        for (name, config) in &section.issuers {
+            let reused = previous
+                .and_then(|p| p.issuers.get(name))
+                .filter(|issuer| issuer.config == *config);
+            let issuer = match reused {
+                Some(issuer) => issuer.clone(),
+                None => Arc::new(Issuer::start(name, config).await?),
+            };
+            issuers.insert(name.clone(), issuer);
+        }
+        let cache = match previous {
+            Some(p)
+                if p.section.issuers == section.issuers
+                    && p.section.cache_entries == section.cache_entries
+                    && p.section.claim_headers == section.claim_headers =>
+            {
+                p.cache.clone()
+            }
+            _ => Arc::new(TokenCache::new(section.cache_entries)),
+        };
+        let headers = &section.identity_headers;
+        let identity_names = [
+            &headers.subject,
+            &headers.issuer,
+            &headers.scopes,
+            &headers.roles,
+        ]
+        .into_iter()
+        .chain(section.claim_headers.values())
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .collect();
+        Ok(Self {
+            section: section.clone(),
+            issuers,
+            cache,
+            revocations,
+            identity_names,
+        })
+    }
+
+    /// The caller of a request on a route with `policy`: `Ok(None)` when the
+    /// route needs no token and none was sent (or the route looks at none).
+    pub async fn authenticate(
+        &self,
+        policy: &RouteAuth,
+        headers: &HeaderMap,
+    ) -> Result<Option<Arc<Verified>>, AuthError> {
+        if policy.mode == AuthMode::None {
+            return Ok(None);
+        }
+        let Some(token) = extract_token(policy, headers) else {
+            return match policy.mode {
+                AuthMode::Required => Err(self.refused(&AuthError::MissingToken, None)),
+                _ => Ok(None),
+            };
+        };
+        let result = self.verify(policy, token).await;
+        let short = short_hash(token);
+        match result {
+            Ok(verified) => {
+                metrics::counter!("gateway_auth_requests_total", "result" => "ok").increment(1);
+                Ok(Some(verified))
+            }
+            Err(err) => Err(self.refused(&err, Some(&short))),
+        }
+    }
+
+    fn refused(&self, err: &AuthError, token: Option<&str>) -> AuthError {
+        metrics::counter!("gateway_auth_requests_total", "result" => err.code()).increment(1);
+        info!(target: "audit", event = "auth_refused", code = err.code(), reason = %err, token, "request refused at the edge");
+        err.clone()
+    }
+
+    async fn verify(&self, policy: &RouteAuth, token: &str) -> Result<Arc<Verified>, AuthError> {
+        let allowed: Vec<&Arc<Issuer>> = self
+            .issuers
+            .values()
+            .filter(|i| policy.issuers.is_empty() || policy.issuers.contains(&i.name))
+            .collect();
+        let limit = allowed
+            .iter()
+            .map(|i| i.config.max_token_bytes)
+            .max()
+            .unwrap_or(0);
+        if token.len() > limit {
+            return Err(AuthError::InvalidToken("token too large".to_owned()));
+        }
+        let key = cache::hash(token);
+        let verified = match self.cache.get(&key) {
+            Some(Cached::Valid(verified)) => verified,
+            Some(Cached::Inactive) => {
+                return Err(AuthError::InvalidToken("token inactive".to_owned()));
+            }
+            None => self.verify_cold(&allowed, token, key).await?,
+        };
+        if !allowed.iter().any(|i| i.name == verified.issuer) {
+            return Err(AuthError::InvalidToken(
+                "issuer not accepted here".to_owned(),
+            ));
+        }
+        let now = jsonwebtoken::get_current_timestamp();
+        if self.revocations.current().is_revoked(
+            verified.jti.as_deref(),
+            &verified.identity.subject,
+            now,
+        ) {
+            return Err(AuthError::InvalidToken("token revoked".to_owned()));
+        }
+        policy::authorize(policy, &verified)?;
+        Ok(verified)
+    }
+
+    /// Verifies a token not in the cache, and caches the outcome.
+    async fn verify_cold(
+        &self,
+        allowed: &[&Arc<Issuer>],
+        token: &str,
+        key: cache::TokenHash,
+    ) -> Result<Arc<Verified>, AuthError> {
+        let invalid = |err: JwtError| AuthError::InvalidToken(err.to_string());
+        if token.bytes().filter(|&b| b == b'.').count() == 2 {
+            let claimed = jsonwebtoken::dangerous::insecure_decode_claims::<Value>(token)
+                .map_err(|_| invalid(JwtError::Malformed))?;
+            let iss = claimed["iss"].as_str().unwrap_or_default();
+            let issuer = allowed
+                .iter()
+                .find(|i| i.keys.is_some() && i.config.issuer == iss)
+                .ok_or_else(|| invalid(JwtError::Issuer))?;
+            if token.len() > issuer.config.max_token_bytes {
+                return Err(AuthError::InvalidToken("token too large".to_owned()));
+            }
+            let claims = verify_jwt(issuer, token).await.map_err(invalid)?;
+            let verified = Arc::new(self.verified(issuer, claims, token));
+            let exp = verified.claims["exp"].as_u64().unwrap_or_default();
+            let left = exp.saturating_sub(jsonwebtoken::get_current_timestamp());
+            self.cache.insert(
+                key,
+                Cached::Valid(verified.clone()),
+                Duration::from_secs(left),
+            );
+            return Ok(verified);
+        }
+        let Some(issuer) = allowed.iter().find(|i| i.introspector.is_some()) else {
+            return Err(invalid(JwtError::Malformed));
+        };
+        let Some(introspector) = &issuer.introspector else {
+            return Err(invalid(JwtError::Malformed));
+        };
+        let answer = introspector.introspect(token).await.map_err(|err| {
+            warn!(issuer = %issuer.name, %err, "token introspection failed; refusing with 503 (fail closed)");
+            metrics::counter!("gateway_auth_introspection_failures_total", "issuer" => issuer.name.clone()).increment(1);
+            AuthError::Unavailable
+        })?;
+        let inactive = |why: &str| {
+            self.cache.insert(
+                key,
+                Cached::Inactive,
+                introspector.config.negative_cache_ttl,
+            );
+            AuthError::InvalidToken(why.to_owned())
+        };
+        let Introspected::Active(claims) = answer else {
+            return Err(inactive("token inactive"));
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        let exp = claims["exp"].as_u64();
+        if exp.is_some_and(|exp| exp <= now) {
+            return Err(inactive("token expired"));
+        }
+        if !claims["aud"].is_null() {
+            let audiences = policy::strings(&claims, "aud");
+            if !audiences
+                .iter()
+                .any(|a| issuer.config.audiences.contains(a))
+            {
+                return Err(inactive("wrong audience"));
+            }
+        }
+        let verified = Arc::new(self.verified(issuer, claims, token));
+        self.cache.insert(
+            key,
+            Cached::Valid(verified.clone()),
+            introspector.positive_ttl(exp),
+        );
+        Ok(verified)
+    }
+
+    fn verified(&self, issuer: &Issuer, claims: Value, token: &str) -> Verified {
+        let jti = claims["jti"].as_str().map(str::to_owned);
+        let identity = Identity {
+            issuer: claims["iss"]
+                .as_str()
+                .unwrap_or(&issuer.config.issuer)
+                .to_owned(),
+            subject: claims["sub"].as_str().unwrap_or_default().to_owned(),
+            scopes: policy::strings(&claims, &issuer.config.scope_claim),
+            roles: policy::strings(&claims, &issuer.config.roles_claim),
+            token_id: Some(jti.clone().unwrap_or_else(|| short_hash(token))),
+        };
+        let forwarded = self
+            .section
+            .claim_headers
+            .iter()
+            .filter_map(|(path, name)| {
+                let value = match policy::claim(&claims, path)? {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                Some((
+                    HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    HeaderValue::from_str(&value).ok()?,
+                ))
+            })
+            .collect();
+        Verified {
+            identity,
+            issuer: issuer.name.clone(),
+            claims,
+            jti,
+            forwarded,
+        }
+    }
+
+    /// Sets the identity headers for the upstream. Client-sent headers of those
+    /// names are always removed first, on every route, so nobody can claim an
+    /// identity; the token itself goes on only where the route says so.
+    pub fn forward(
+        &self,
+        policy: &RouteAuth,
+        verified: Option<&Verified>,
+        headers: &mut HeaderMap,
+    ) {
+        for name in &self.identity_names {
+            headers.remove(name);
+        }
+        if policy.mode != AuthMode::None && !policy.forward_authorization {
+            headers.remove(header::AUTHORIZATION);
+            if let Some(name) = &policy.token_header {
+                headers.remove(name.as_str());
+            }
+        }
+        let Some(verified) = verified else { return };
+        let names = &self.section.identity_headers;
+        let identity = &verified.identity;
+        for (name, value) in [
+            (&names.subject, identity.subject.clone()),
+            (&names.issuer, identity.issuer.clone()),
+            (&names.scopes, identity.scopes.join(" ")),
+            (&names.roles, identity.roles.join(",")),
+        ] {
+            if value.is_empty() {
+                continue;
+            }
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        for (name, value) in &verified.forwarded {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Verifies a JWT, fetching the keys again once for an unknown `kid`.
+async fn verify_jwt(issuer: &Issuer, token: &str) -> Result<Value, JwtError> {
+    let Some(keys) = &issuer.keys else {
+        return Err(JwtError::NoKey);
+    };
+    let header = issuer.rules.header(token)?;
+    match issuer.rules.verify(token, &header, &keys.current()) {
+        Err(JwtError::UnknownKid) => {
+            let kid = header.kid.as_deref().unwrap_or_default();
+            match keys.refetch_for_unknown_kid(kid).await {
+                Some(fresh) => issuer.rules.verify(token, &header, &fresh),
+                None => Err(JwtError::UnknownKid),
+            }
+        }
+        other => other,
+    }
+}
+
+/// The token from `Authorization: Bearer`, else the route's header, else its cookie.
+fn extract_token<'a>(policy: &RouteAuth, headers: &'a HeaderMap) -> Option<&'a str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    let from_header = || {
+        policy
+            .token_header
+            .as_deref()
+            .and_then(|name| headers.get(name))
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let from_cookie = || {
+        let name = policy.token_cookie.as_deref()?;
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                let (key, value) = pair.trim().split_once('=')?;
+                (key == name).then_some(value)
+            })
+    };
+    bearer
+        .or_else(from_header)
+        .or_else(from_cookie)
+        .filter(|t| !t.is_empty())
+}
+
+/// The first 12 hex digits of the token's SHA-256: enough to correlate log
+/// lines, useless for replay.
+pub fn short_hash(token: &str) -> String {
+    cache::hash(token)[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -4,6 +4,7 @@ mod lists;
 mod ratelimit;
 mod stats;
 mod table;
+mod token;
 mod xdp;
 
 use std::{
@@ -75,6 +76,10 @@ enum Command {
     /// Per-source rate limits.
     #[command(subcommand)]
     Ratelimit(RatelimitCommand),
+    /// Revoke bearer tokens by id (`jti`) or subject; takes effect on the
+    /// daemon's next request and survives restarts.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Packets and bytes per verdict reason.
     Stats {
         /// Refresh every --interval and show rates.
@@ -87,6 +92,39 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Refuse tokens with this `jti` or subject.
+    Revoke {
+        #[command(flatten)]
+        target: TokenTarget,
+        /// Until this time (RFC 3339) or for this long (2h, 7d); default: forever.
+        #[arg(long)]
+        until: Option<String>,
+        /// Why, for the record.
+        #[arg(long, default_value = "manual")]
+        reason: String,
+    },
+    /// Accept tokens with this `jti` or subject again.
+    Unrevoke {
+        #[command(flatten)]
+        target: TokenTarget,
+    },
+    /// Show every revocation.
+    List,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct TokenTarget {
+    /// The token's `jti`.
+    #[arg(long)]
+    jti: Option<String>,
+    /// The token's subject (`sub`): every token of that caller.
+    #[arg(long)]
+    sub: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -218,6 +256,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Blocklist(command) => lists::run(&ctx, gateway::lists::ListKind::Block, command),
         Command::Allowlist(command) => lists::run(&ctx, gateway::lists::ListKind::Allow, command),
         Command::Ratelimit(command) => ratelimit::run(&ctx, command),
+        Command::Token(command) => token::run(&ctx, command),
         Command::Stats {
             watch,
             interval,

@@ -2,6 +2,7 @@
 //! default where a safe one exists, and [`Config::validate`] reports every problem
 //! with its key path at once.
 
+pub mod auth;
 mod duration;
 pub mod proxy;
 pub mod xdp;
@@ -14,6 +15,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use self::{
+    auth::{AuthMode, AuthSection, IntrospectionConfig, IssuerConfig, RouteAuth},
     proxy::{
         Balance, BreakerConfig, CertificateConfig, ClientAuth, ForwardedStyle, HealthConfig,
         ListenerConfig, ListenerLimits, ListenerTimeouts, OutlierConfig, ProxySection, RetryConfig,
@@ -58,6 +60,9 @@ pub struct Config {
     /// `[upstream.NAME]`: the fleet's pools.
     #[serde(default, rename = "upstream")]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Token issuers and the identity sent upstream.
+    #[serde(default)]
+    pub auth: AuthSection,
 }
 
 impl Config {
@@ -108,6 +113,7 @@ impl Config {
             &self.routes,
             &self.upstreams,
         ));
+        problems.extend(auth::problems(&self.auth, &self.routes));
         if !self.xdp.enabled && self.listeners.is_empty() {
             problems.push(
                 "xdp.enabled is false and there is no [[listener]]: nothing to run".to_owned(),

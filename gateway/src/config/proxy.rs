@@ -182,6 +182,9 @@ pub struct RouteConfig {
     /// Whole-request deadline, retries included → 504.
     #[serde(default = "default_route_timeout", with = "duration")]
     pub timeout: Duration,
+    /// `[route.auth]`: who may call this route (default: anyone).
+    #[serde(default)]
+    pub auth: super::RouteAuth,
 }
 
 fn root_prefix() -> String {

@@ -41,6 +41,8 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     /// `methods` joined for the `Allow` header, computed once.
     allow: String,
+    /// Who may call this route.
+    pub auth: crate::config::RouteAuth,
 }
 
 impl Route {
@@ -73,6 +75,7 @@ impl Route {
             timeout: config.timeout,
             methods,
             allow,
+            auth: config.auth.clone(),
         }
     }
 
@@ -259,6 +262,7 @@ mod tests {
             upstream_host: None,
             max_body_bytes: None,
             timeout: Duration::from_secs(30),
+            auth: Default::default(),
         }
     }
 

@@ -9,6 +9,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full};
 
 use super::normalize::PathError;
+use crate::auth::AuthError;
 use crate::upstream::{BoxBody, UpstreamError, breaker::BreakerOpen};
 
 /// Why the gateway answered a request itself.
@@ -36,6 +37,8 @@ pub enum ProxyError {
     Upstream(#[from] UpstreamError),
     #[error("no response from the upstream within {0:?}")]
     Timeout(Duration),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 impl ProxyError {
@@ -57,6 +60,11 @@ impl ProxyError {
             Self::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Auth(AuthError::MissingToken | AuthError::InvalidToken(_)) => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::Auth(AuthError::InsufficientScope { .. }) => StatusCode::FORBIDDEN,
+            Self::Auth(AuthError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -77,6 +85,7 @@ impl ProxyError {
             Self::Upstream(UpstreamError::ClientBody(_)) => "bad_body",
             Self::Upstream(_) => "upstream_error",
             Self::Timeout(_) => "upstream_timeout",
+            Self::Auth(err) => err.code(),
         }
     }
 
@@ -105,7 +114,9 @@ impl ProxyError {
             Self::Upstream(UpstreamError::BreakerOpen(BreakerOpen::PendingTimeout(wait))) => {
                 Some(wait.as_secs().max(1))
             }
-            Self::Upstream(UpstreamError::BreakerOpen(_)) => Some(1),
+            Self::Upstream(UpstreamError::BreakerOpen(_)) | Self::Auth(AuthError::Unavailable) => {
+                Some(1)
+            }
             _ => None,
         }
     }
@@ -136,6 +147,12 @@ pub fn respond(error: &ProxyError, request_id: &HeaderValue) -> Response<BoxBody
         && let Ok(value) = HeaderValue::from_str(allow)
     {
         headers.insert(header::ALLOW, value);
+    }
+    if let ProxyError::Auth(auth) = error
+        && let Some(challenge) = auth.challenge()
+        && let Ok(value) = HeaderValue::from_str(&challenge)
+    {
+        headers.insert(header::WWW_AUTHENTICATE, value);
     }
     if let Some(seconds) = error.retry_after() {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));

@@ -30,6 +30,7 @@ use tracing::{error, info, warn};
 
 use self::{listener::Acceptor, tls::ServerTls};
 use crate::{
+    auth::{Auth, AuthStartError, revocation::Revocations},
     config::{Config, ListenerConfig, ProxySection},
     policy::routes::RouteTable,
     tls::TlsFileError,
@@ -50,6 +51,8 @@ pub enum ProxyStartError {
     Tls { name: String, source: TlsFileError },
     #[error(transparent)]
     Pool(#[from] PoolError),
+    #[error(transparent)]
+    Auth(#[from] AuthStartError),
 }
 
 /// One configuration's routes, pools and listener settings.
@@ -57,11 +60,16 @@ pub struct Snapshot {
     pub proxy: ProxySection,
     pub routes: RouteTable,
     pub upstreams: Upstreams,
+    pub auth: Auth,
     listeners: HashMap<Arc<str>, ListenerConfig>,
 }
 
 impl Snapshot {
-    async fn build(config: &Config, previous: Option<&Snapshot>) -> Result<Self, ProxyStartError> {
+    async fn build(
+        config: &Config,
+        previous: Option<&Snapshot>,
+        revocations: &Arc<Revocations>,
+    ) -> Result<Self, ProxyStartError> {
         // Listeners a reload dropped keep serving (that needs a restart), so
         // they keep their last settings.
         let mut listeners = previous.map(|p| p.listeners.clone()).unwrap_or_default();
@@ -72,6 +80,7 @@ impl Snapshot {
             proxy: config.proxy.clone(),
             routes: RouteTable::new(&config.routes),
             upstreams: Upstreams::build(config, previous.map(|p| &p.upstreams)).await?,
+            auth: Auth::build(&config.auth, previous.map(|p| &p.auth), revocations.clone()).await?,
             listeners,
         })
     }
@@ -103,6 +112,7 @@ struct RunningListener {
 /// The running proxy.
 pub struct Proxy {
     shared: Arc<Shared>,
+    revocations: Arc<Revocations>,
     listeners: Vec<RunningListener>,
     shutdown: watch::Sender<bool>,
     open: mpsc::Sender<()>,
@@ -110,10 +120,16 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Builds the pools (first health checks included), loads certificates and
-    /// binds every listener; traffic is accepted only once all of that worked.
-    pub async fn start(config: &Config) -> Result<Self, ProxyStartError> {
-        let snapshot = Snapshot::build(config, None).await?;
+    /// Builds the pools (first health checks included) and the token issuers
+    /// (keys fetched), loads certificates and binds every listener; traffic is
+    /// accepted only once all of that worked. `revocations` is the token
+    /// denylist file in the state directory.
+    pub async fn start(
+        config: &Config,
+        revocations: Option<std::path::PathBuf>,
+    ) -> Result<Self, ProxyStartError> {
+        let revocations = Arc::new(Revocations::open(revocations));
+        let snapshot = Snapshot::build(config, None, &revocations).await?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
         });
@@ -156,6 +172,7 @@ impl Proxy {
         }
         Ok(Self {
             shared,
+            revocations,
             listeners,
             shutdown,
             open,
@@ -196,7 +213,7 @@ impl Proxy {
                 warn!(listener = %listener.name, "adding a listener needs a restart");
             }
         }
-        let snapshot = Snapshot::build(config, Some(&previous)).await?;
+        let snapshot = Snapshot::build(config, Some(&previous), &self.revocations).await?;
         for (running, listener, _) in new_tls {
             if let Err(err) = running.tls.update(listener) {
                 error!(listener = %running.name, %err, "keeping the previous certificates");
@@ -218,6 +235,16 @@ impl Proxy {
                 }
             }
         }
+    }
+
+    /// Re-reads the token denylist if its file changed.
+    pub fn check_revocations(&self) {
+        self.revocations.reload_if_changed();
+    }
+
+    /// Re-reads the token denylist now (SIGUSR1 from `gateway token`).
+    pub fn reload_revocations(&self) {
+        self.revocations.reload();
     }
 
     /// Re-reads every certificate file (SIGHUP).

@@ -118,7 +118,14 @@ async fn proxy(
     outcome.route = Some(route.name.clone());
     outcome.upstream = Some(route.upstream.clone());
 
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    let verified = snapshot
+        .auth
+        .authenticate(&route.auth, &parts.headers)
+        .await?;
+    snapshot
+        .auth
+        .forward(&route.auth, verified.as_deref(), &mut parts.headers);
     let pool = snapshot
         .upstreams
         .get(&route.upstream)

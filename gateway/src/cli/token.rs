@@ -1,0 +1,127 @@
+//! `gateway token revoke|unrevoke|list`: the token denylist in the state
+//! directory. Changes are written atomically and the running daemon is told
+//! (SIGUSR1) to re-read them; it audits every change it picks up.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use gateway::auth::revocation::{Denylist, Revocation};
+
+use super::{Context, TokenCommand, TokenTarget, format_unix, print_json, table};
+
+pub fn run(ctx: &Context, command: TokenCommand) -> anyhow::Result<()> {
+    let path = ctx.state.revocations_path()?;
+    let mut list = Denylist::load(&path)?;
+    match command {
+        TokenCommand::Revoke {
+            target,
+            until,
+            reason,
+        } => {
+            let now = unix_now();
+            let until = until.map(|text| parse_until(&text, now)).transpose()?;
+            let entry = Revocation {
+                reason,
+                added_at: now,
+                until,
+            };
+            let (kind, id) = target.pick(&mut list);
+            kind.insert(id.clone(), entry);
+            list.save(&path)?;
+            notify(ctx);
+            if ctx.json {
+                return print_json(&serde_json::json!({ "revoked": id, "until": until }));
+            }
+            let until = until.map_or_else(|| "no expiry".to_owned(), format_unix);
+            println!("revoked {id} ({until}); takes effect on the daemon's next request");
+        }
+        TokenCommand::Unrevoke { target } => {
+            let (kind, id) = target.pick(&mut list);
+            if kind.remove(&id).is_none() {
+                bail!("{id} is not revoked; see `gateway token list`");
+            }
+            list.save(&path)?;
+            notify(ctx);
+            if ctx.json {
+                return print_json(&serde_json::json!({ "unrevoked": id }));
+            }
+            println!("unrevoked {id}");
+        }
+        TokenCommand::List => {
+            if ctx.json {
+                return print_json(&list);
+            }
+            let rows: Vec<Vec<String>> = list
+                .jti
+                .iter()
+                .map(|(id, r)| ("jti", id, r))
+                .chain(list.sub.iter().map(|(id, r)| ("sub", id, r)))
+                .map(|(kind, id, r)| {
+                    vec![
+                        kind.to_owned(),
+                        id.clone(),
+                        format_unix(r.added_at),
+                        r.until.map_or_else(|| "never".to_owned(), format_unix),
+                        r.reason.clone(),
+                    ]
+                })
+                .collect();
+            if rows.is_empty() {
+                println!("no token is revoked");
+            } else {
+                table::print(&["kind", "id", "added", "until", "reason"], &rows);
+            }
+        }
+    }
+    Ok(())
+}
+
+impl TokenTarget {
+    fn pick(
+        self,
+        list: &mut Denylist,
+    ) -> (&mut std::collections::BTreeMap<String, Revocation>, String) {
+        match (self.jti, self.sub) {
+            (Some(jti), _) => (&mut list.jti, jti),
+            (None, Some(sub)) => (&mut list.sub, sub),
+            // clap requires exactly one of them.
+            (None, None) => (&mut list.jti, String::new()),
+        }
+    }
+}
+
+/// An RFC 3339 time or a duration from now (`2h`, `7d`).
+fn parse_until(text: &str, now: u64) -> anyhow::Result<u64> {
+    if let Ok(duration) = humantime::parse_duration(text) {
+        return Ok(now + duration.as_secs());
+    }
+    let time = humantime::parse_rfc3339_weak(text).with_context(|| {
+        format!("--until {text:?}: give a duration (2h, 7d) or a time (2026-12-01T00:00:00Z)")
+    })?;
+    Ok(time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// Tells a running daemon to re-read the list; without one, the next start reads it.
+fn notify(ctx: &Context) {
+    let Ok(Some(pid)) = ctx.state.running_daemon() else {
+        return;
+    };
+    let Ok(pid) = i32::try_from(pid) else { return };
+    // SAFETY: kill(2) with a valid signal number has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+        eprintln!(
+            "could not signal the daemon (pid {pid}): {}; it reads the change within a second",
+            std::io::Error::last_os_error()
+        );
+    }
+}

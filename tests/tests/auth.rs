@@ -1,0 +1,647 @@
+//! Identity at the edge, end to end on loopback: the real `gateway` binary in
+//! front of a real mTLS upstream that counts what reaches it, trusting a real
+//! identity provider served by the test over HTTPS (discovery, JWKS,
+//! introspection) whose keys the test rotates and switches off.
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use bytes::Bytes;
+use gateway::config::{AuthMode, Config, IssuerConfig, RouteAuth};
+use gateway_tests::{
+    fleet::{FLEET_NAME, Fleet, route},
+    gateway::Daemon,
+    http::{Client, Protocol},
+    idp::{CLIENT_ID, CLIENT_SECRET, Idp, SigningKey, b64url},
+};
+use http::{Request, Response, StatusCode, header};
+use jsonwebtoken::{Algorithm, Header};
+use serde_json::{Value, json};
+
+/// Bounds every await, so a hang fails the test instead of the suite.
+async fn within<T>(seconds: u64, what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(seconds), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {seconds} s"))
+}
+
+const AUDIENCE: &str = "payments-api";
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+/// Claims of a valid token for `sub`, with `scope`.
+fn claims(idp: &Idp, sub: &str, scope: &str) -> Value {
+    json!({
+        "iss": idp.issuer(),
+        "aud": [AUDIENCE, "other"],
+        "sub": sub,
+        "scope": scope,
+        "realm_access": {"roles": ["payer"]},
+        "email": format!("{sub}@example.test"),
+        "iat": now(),
+        "exp": now() + 600,
+        "jti": format!("jti-{sub}-{}", fastrand_id()),
+    })
+}
+
+fn fastrand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// An issuer found through OIDC discovery at `idp`.
+fn issuer(idp: &Idp) -> IssuerConfig {
+    let mut issuer: IssuerConfig = toml::from_str(&format!(
+        "issuer = {:?}\naudiences = [{AUDIENCE:?}]\ndiscovery_url = {:?}\nca = {:?}\n\
+         roles_claim = \"realm_access.roles\"\nmax_token_bytes = 4096\n",
+        idp.issuer(),
+        idp.url("/.well-known/openid-configuration"),
+        idp.ca_path,
+    ))
+    .expect("issuer table");
+    issuer.unknown_kid_interval = Duration::from_secs(30);
+    issuer
+}
+
+fn required(scopes_all: &[&str]) -> RouteAuth {
+    RouteAuth {
+        mode: AuthMode::Required,
+        scopes_all: scopes_all.iter().map(|s| (*s).to_owned()).collect(),
+        ..RouteAuth::default()
+    }
+}
+
+/// Routes: `/pay` needs `payments:write` and role `payer`; `/open` needs no
+/// token; `/maybe` takes one optionally (also from a cookie); anything else
+/// needs a valid token.
+fn config(fleet: &Fleet, idp: &Idp) -> Config {
+    let mut config = fleet.config();
+    config.auth.issuers.insert("main".to_owned(), issuer(idp));
+    config
+        .auth
+        .claim_headers
+        .insert("email".to_owned(), "x-auth-email".to_owned());
+    let mut pay = route("pay", "/pay");
+    pay.auth = required(&["payments:write"]);
+    pay.auth.roles_any = vec!["payer".to_owned()];
+    let open = route("open", "/open");
+    let mut maybe = route("maybe", "/maybe");
+    maybe.auth = RouteAuth {
+        mode: AuthMode::Optional,
+        token_cookie: Some("session".to_owned()),
+        ..RouteAuth::default()
+    };
+    let mut all = route("all", "/");
+    all.auth = required(&[]);
+    config.routes = vec![pay, open, maybe, all];
+    config
+}
+
+async fn send(
+    fleet: &Fleet,
+    client: &Client,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Response<Bytes> {
+    let mut request = Request::builder().uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Bytes::new()).expect("request");
+    within(15, path, client.send(fleet.listen, request))
+        .await
+        .unwrap_or_else(|err| panic!("GET {path}: {err}"))
+}
+
+async fn with_token(fleet: &Fleet, client: &Client, path: &str, token: &str) -> Response<Bytes> {
+    send(
+        fleet,
+        client,
+        path,
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
+}
+
+fn body(response: &Response<Bytes>) -> Value {
+    serde_json::from_slice(response.body()).unwrap_or_else(|err| {
+        panic!(
+            "invalid JSON ({err}) with status {}: {}",
+            response.status(),
+            String::from_utf8_lossy(response.body())
+        )
+    })
+}
+
+fn challenge(response: &Response<Bytes>) -> String {
+    response
+        .headers()
+        .get(header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Asserts a 401 with an `invalid_token` challenge.
+fn assert_invalid(response: &Response<Bytes>, case: &str) {
+    assert_eq!(
+        response.status(),
+        StatusCode::UNAUTHORIZED,
+        "{case}: {}",
+        String::from_utf8_lossy(response.body())
+    );
+    let challenge = challenge(response);
+    assert!(
+        challenge.starts_with("Bearer ") && challenge.contains("error=\"invalid_token\""),
+        "{case}: WWW-Authenticate {challenge:?}"
+    );
+    assert_eq!(body(response)["error"], "invalid_token", "{case}");
+}
+
+/// The echo of an upstream that served the request.
+fn echo(response: &Response<Bytes>, case: &str) -> Value {
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "{case}: {}",
+        String::from_utf8_lossy(response.body())
+    );
+    body(response)
+}
+
+/// Requests the upstream has counted, asked directly with the gateway's identity.
+async fn upstream_count(fleet: &Fleet) -> u64 {
+    let client = Client::builder(fleet.fleet_ca.cert_pem(), FLEET_NAME)
+        .identity(&fleet.fleet_ca.issue_client("gateway"))
+        .build();
+    let response = within(
+        10,
+        "GET /count",
+        client.get(fleet.upstreams[0].addr(), "/count"),
+    )
+    .await
+    .expect("the upstream answers /count");
+    body(&response)["count"].as_u64().expect("count")
+}
+
+fn segments(token: &str) -> Vec<String> {
+    token.split('.').map(str::to_owned).collect()
+}
+
+fn json_segment(value: &Value) -> String {
+    b64url(value.to_string().as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_expired_and_foreign_tokens_never_reach_the_upstream() {
+    let idp = Idp::start().await;
+    let es = SigningKey::generate(Algorithm::ES256, "es-1");
+    let rs = SigningKey::generate(Algorithm::RS256, "rs-1");
+    let ed = SigningKey::generate(Algorithm::EdDSA, "ed-1");
+    idp.publish(&[&es, &rs, &ed]);
+    let fleet = Fleet::new(1);
+    let _daemon: Daemon = fleet.start(&config(&fleet, &idp));
+    let client = fleet.client(Protocol::Http1);
+    let attacker = SigningKey::generate(Algorithm::ES256, "es-1");
+
+    let good = claims(&idp, "alice", "payments:write");
+    let valid = es.sign(&good);
+    let parts = segments(&valid);
+    let with = |change: &dyn Fn(&mut Value)| {
+        let mut claims = good.clone();
+        change(&mut claims);
+        claims
+    };
+
+    // No token at all: a bare challenge (RFC 6750 §3.1: no error code).
+    let response = send(&fleet, &client, "/pay", &[]).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&response), "Bearer realm=\"gateway\"");
+    assert_eq!(body(&response)["error"], "missing_token");
+
+    let mut jku = Header::new(Algorithm::ES256);
+    jku.kid = Some("attacker".to_owned());
+    jku.jku = Some("https://attacker.test/jwks".to_owned());
+    let mut x5u = Header::new(Algorithm::ES256);
+    x5u.kid = Some("attacker".to_owned());
+    x5u.x5u = Some("https://attacker.test/cert.pem".to_owned());
+    let mut embedded = Header::new(Algorithm::ES256);
+    embedded.kid = Some(es.kid.clone());
+    embedded.jwk = Some(attacker.jwk.clone());
+    let mut hs256 = Header::new(Algorithm::HS256);
+    hs256.kid = Some(rs.kid.clone());
+    let hmac_with_public_key = jsonwebtoken::encode(
+        &hs256,
+        &good,
+        &jsonwebtoken::EncodingKey::from_secret(rs.public_pem.as_bytes()),
+    )
+    .expect("HS256 token");
+    let mut unknown = Header::new(Algorithm::ES256);
+    unknown.kid = Some("no-such-key".to_owned());
+    let mut padded = good.clone();
+    padded["padding"] = json!("x".repeat(5000));
+
+    let cases: Vec<(&str, &str, String)> = vec![
+        (
+            "alg none",
+            "malformed token",
+            format!(
+                "{}.{}.",
+                json_segment(&json!({"alg": "none", "typ": "JWT"})),
+                parts[1]
+            ),
+        ),
+        (
+            "HS256 with the RSA public key as secret",
+            "algorithm HS256 not accepted",
+            hmac_with_public_key,
+        ),
+        (
+            "tampered payload",
+            "invalid signature",
+            format!(
+                "{}.{}.{}",
+                parts[0],
+                json_segment(&with(&|c| c["sub"] = json!("mallory"))),
+                parts[2]
+            ),
+        ),
+        (
+            "signature removed",
+            "invalid signature",
+            format!("{}.{}.", parts[0], parts[1]),
+        ),
+        (
+            "unknown kid",
+            "unknown key id",
+            es.sign_with(&unknown, &good),
+        ),
+        (
+            "jku to an attacker key",
+            "unknown key id",
+            attacker.sign_with(&jku, &good),
+        ),
+        (
+            "x5u to an attacker key",
+            "unknown key id",
+            attacker.sign_with(&x5u, &good),
+        ),
+        (
+            "embedded jwk",
+            "invalid signature",
+            attacker.sign_with(&embedded, &good),
+        ),
+        (
+            "expired",
+            "token expired",
+            es.sign(&with(&|c| c["exp"] = json!(now() - 3600))),
+        ),
+        (
+            "nbf in the future",
+            "token not yet valid",
+            es.sign(&with(&|c| c["nbf"] = json!(now() + 3600))),
+        ),
+        (
+            "wrong iss",
+            "wrong issuer",
+            es.sign(&with(&|c| c["iss"] = json!("https://evil.test"))),
+        ),
+        (
+            "wrong aud",
+            "wrong audience",
+            es.sign(&with(&|c| c["aud"] = json!("someone-else"))),
+        ),
+        (
+            "missing exp",
+            "missing claim exp",
+            es.sign(&with(&|c| {
+                c.as_object_mut().expect("object").remove("exp");
+            })),
+        ),
+        (
+            "ES256 with r = s = 0",
+            "invalid signature",
+            format!("{}.{}.{}", parts[0], parts[1], b64url(&[0; 64])),
+        ),
+        (
+            "malformed base64",
+            "malformed token",
+            format!("{}.@@@!.{}", parts[0], parts[2]),
+        ),
+        (
+            "malformed JSON",
+            "malformed token",
+            format!("{}.{}.{}", parts[0], b64url(b"{not json"), parts[2]),
+        ),
+        ("over the size limit", "token too large", es.sign(&padded)),
+    ];
+    for (case, reason, token) in &cases {
+        let response = with_token(&fleet, &client, "/pay", token).await;
+        assert_invalid(&response, case);
+        assert!(
+            challenge(&response).contains(&format!("error_description=\"{reason}\"")),
+            "{case}: refused for the wrong reason: {}",
+            challenge(&response)
+        );
+    }
+
+    // Valid tokens without the scope or the role: 403 naming the scope.
+    for (case, token) in [
+        (
+            "missing scope",
+            es.sign(&claims(&idp, "bob", "payments:read")),
+        ),
+        (
+            "wrong role",
+            es.sign(&with(&|c| c["realm_access"]["roles"] = json!(["viewer"]))),
+        ),
+    ] {
+        let response = with_token(&fleet, &client, "/pay", &token).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{case}");
+        let challenge = challenge(&response);
+        assert!(
+            challenge.contains("error=\"insufficient_scope\"")
+                && challenge.contains("scope=\"payments:write\""),
+            "{case}: {challenge}"
+        );
+        assert_eq!(body(&response)["error"], "insufficient_scope", "{case}");
+    }
+    assert_eq!(
+        upstream_count(&fleet).await,
+        0,
+        "nothing refused reached the upstream"
+    );
+
+    // Valid RS256, ES256 and EdDSA tokens pass, with the identity forwarded and
+    // a spoofed identity header and the token itself removed.
+    for key in [&rs, &es, &ed] {
+        let token = key.sign(&claims(&idp, "carol", "payments:write audit"));
+        let response = send(
+            &fleet,
+            &client,
+            "/pay",
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("x-auth-subject", "admin"),
+            ],
+        )
+        .await;
+        let echo = echo(&response, &format!("{:?}", key.alg));
+        let headers = &echo["headers"];
+        assert_eq!(headers["x-auth-subject"], "carol", "{echo}");
+        assert_eq!(headers["x-auth-issuer"], idp.issuer());
+        assert_eq!(headers["x-auth-scopes"], "payments:write audit");
+        assert_eq!(headers["x-auth-roles"], "payer");
+        assert_eq!(headers["x-auth-email"], "carol@example.test");
+        assert!(headers.get("authorization").is_none(), "{echo}");
+    }
+    // Within leeway (60 s): expired 30 s ago still passes.
+    let late = es.sign(&with(&|c| c["exp"] = json!(now() - 30)));
+    echo(
+        &with_token(&fleet, &client, "/pay", &late).await,
+        "within leeway",
+    );
+
+    // Optional: no token passes anonymously, a cookie token is used, a bad one is refused.
+    let anonymous = echo(&send(&fleet, &client, "/maybe", &[]).await, "optional");
+    assert!(anonymous["headers"].get("x-auth-subject").is_none());
+    let cookie = format!("theme=dark; session={valid}");
+    let from_cookie = echo(
+        &send(&fleet, &client, "/maybe", &[("cookie", &cookie)]).await,
+        "cookie",
+    );
+    assert_eq!(from_cookie["headers"]["x-auth-subject"], "alice");
+    assert_invalid(
+        &with_token(&fleet, &client, "/maybe", &cases[0].2).await,
+        "optional with a forged token",
+    );
+    // None: no token looked at, but nobody can claim an identity.
+    let open = echo(
+        &send(
+            &fleet,
+            &client,
+            "/open",
+            &[
+                ("x-auth-subject", "admin"),
+                ("authorization", "Bearer junk"),
+            ],
+        )
+        .await,
+        "none",
+    );
+    assert!(open["headers"].get("x-auth-subject").is_none(), "{open}");
+    assert_eq!(open["headers"]["authorization"], "Bearer junk");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_without_restart_random_kids_are_bounded_and_survive_an_outage() {
+    let idp = Idp::start().await;
+    let first = SigningKey::generate(Algorithm::ES256, "2026-a");
+    idp.publish(&[&first]);
+    let fleet = Fleet::new(1);
+    let mut config = config(&fleet, &idp);
+    let main = config.auth.issuers.get_mut("main").expect("issuer");
+    // Refresh every second, so the outage below meets a failing refresh.
+    main.min_refresh_interval = Duration::from_secs(1);
+    main.max_refresh_interval = Duration::from_secs(1);
+    let daemon = fleet.start(&config);
+    let client = fleet.client(Protocol::Http1);
+    assert!(idp.jwks_fetches() >= 1, "keys were fetched before traffic");
+
+    echo(
+        &with_token(&fleet, &client, "/", &first.sign(&claims(&idp, "a", ""))).await,
+        "first key",
+    );
+
+    // The provider publishes a new key next to the old one: the first token
+    // signed with it makes the gateway fetch again, no restart.
+    let second = SigningKey::generate(Algorithm::RS256, "2026-b");
+    idp.publish(&[&first, &second]);
+    echo(
+        &with_token(&fleet, &client, "/", &second.sign(&claims(&idp, "b", ""))).await,
+        "rotated key",
+    );
+
+    // A burst of random kids: every one refused, the provider barely asked.
+    let before = idp.jwks_fetches();
+    let started = std::time::Instant::now();
+    for i in 0..40 {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(format!("random-{i}"));
+        let token = first.sign_with(&header, &claims(&idp, "x", ""));
+        assert_invalid(
+            &with_token(&fleet, &client, "/", &token).await,
+            "random kid",
+        );
+    }
+    let during_burst = idp.jwks_fetches() - before;
+    // At most one refetch for an unknown kid per 30 s, plus one periodic
+    // refresh per second the burst took (and one in flight).
+    let bound = 1 + started.elapsed().as_secs() + 1;
+    assert!(
+        during_burst <= bound,
+        "40 random kids caused {during_burst} JWKS fetches"
+    );
+    println!("40 random kids caused {during_burst} JWKS fetches (periodic 1 s refresh included)");
+
+    // The provider goes down: the refresh fails, the last good keys keep working
+    // for tokens never seen before.
+    idp.set_down(true);
+    daemon.wait_for_log("serving with the last good keys", Duration::from_secs(10));
+    for key in [&first, &second] {
+        echo(
+            &with_token(&fleet, &client, "/", &key.sign(&claims(&idp, "c", ""))).await,
+            "provider down",
+        );
+    }
+    idp.set_down(false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tokens_are_introspected_cached_and_fail_closed() {
+    let idp = Idp::start().await;
+    let fleet = Fleet::new(1);
+    let mut config = fleet.config();
+    let opaque: IssuerConfig = toml::from_str(&format!(
+        "issuer = {:?}\naudiences = [{AUDIENCE:?}]\nca = {:?}\n\
+         [introspection]\nurl = {:?}\nclient_id = {CLIENT_ID:?}\nclient_secret = {CLIENT_SECRET:?}\n",
+        idp.issuer(),
+        idp.ca_path,
+        idp.url("/introspect"),
+    ))
+    .expect("issuer table");
+    config.auth.issuers.insert("opaque".to_owned(), opaque);
+    let mut all = route("all", "/");
+    all.auth = required(&["read"]);
+    config.routes = vec![all];
+    let _daemon = fleet.start(&config);
+    let client = fleet.client(Protocol::Http1);
+
+    idp.add_opaque(
+        "opaque-active",
+        json!({"active": true, "sub": "svc-1", "scope": "read write", "aud": AUDIENCE, "exp": now() + 600, "iss": idp.issuer()}),
+    );
+    idp.add_opaque("opaque-inactive", json!({"active": false}));
+    idp.add_opaque(
+        "opaque-other-aud",
+        json!({"active": true, "sub": "svc-2", "scope": "read", "aud": "elsewhere"}),
+    );
+
+    let echo1 = echo(
+        &with_token(&fleet, &client, "/x", "opaque-active").await,
+        "active",
+    );
+    assert_eq!(echo1["headers"]["x-auth-subject"], "svc-1");
+    let asked = idp.counters().introspection.load(Ordering::SeqCst);
+    echo(
+        &with_token(&fleet, &client, "/x", "opaque-active").await,
+        "cached",
+    );
+    assert_eq!(
+        idp.counters().introspection.load(Ordering::SeqCst),
+        asked,
+        "the second use was answered from the cache"
+    );
+    for token in ["opaque-inactive", "opaque-unknown", "opaque-other-aud"] {
+        assert_invalid(&with_token(&fleet, &client, "/x", token).await, token);
+    }
+    let before = upstream_count(&fleet).await;
+
+    // The endpoint is down: unknown tokens get 503 (fail closed), the cached one passes.
+    idp.set_down(true);
+    let response = with_token(&fleet, &client, "/x", "opaque-new").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body(&response)["error"], "auth_unavailable");
+    echo(
+        &with_token(&fleet, &client, "/x", "opaque-active").await,
+        "cached while down",
+    );
+    assert_eq!(upstream_count(&fleet).await, before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_by_jti_and_subject_applies_to_cached_tokens_and_survives_a_restart() {
+    let idp = Idp::start().await;
+    let key = SigningKey::generate(Algorithm::EdDSA, "ed");
+    idp.publish(&[&key]);
+    let fleet = Fleet::new(1);
+    let config = config(&fleet, &idp);
+    let daemon = fleet.start(&config);
+    let client = fleet.client(Protocol::Http1);
+
+    let dave = claims(&idp, "dave", "");
+    let dave_token = key.sign(&dave);
+    let erin_token = key.sign(&claims(&idp, "erin", ""));
+    // Both verified and cached.
+    echo(&with_token(&fleet, &client, "/", &dave_token).await, "dave");
+    echo(&with_token(&fleet, &client, "/", &erin_token).await, "erin");
+
+    let jti = dave["jti"].as_str().expect("jti");
+    fleet
+        .gateway
+        .ok(&["token", "revoke", "--jti", jti, "--reason", "leaked"]);
+    daemon.wait_for_log(&format!("\"id\":\"{jti}\""), Duration::from_secs(5));
+    let response = with_token(&fleet, &client, "/", &dave_token).await;
+    assert_invalid(&response, "revoked jti");
+    assert!(challenge(&response).contains("revoked"));
+
+    fleet
+        .gateway
+        .ok(&["token", "revoke", "--sub", "erin", "--until", "1h"]);
+    daemon.wait_for_log("\"id\":\"erin\"", Duration::from_secs(5));
+    assert_invalid(
+        &with_token(&fleet, &client, "/", &erin_token).await,
+        "revoked subject",
+    );
+    let listed = fleet.gateway.json(&["token", "list"]);
+    assert_eq!(listed["jti"][jti]["reason"], "leaked", "{listed}");
+    assert!(listed["sub"]["erin"]["until"].is_u64(), "{listed}");
+
+    assert!(
+        daemon.log().contains("\"event\":\"token_revoked\""),
+        "revocations are audited"
+    );
+
+    // A restart keeps both revocations.
+    daemon.stop();
+    let daemon = fleet.start(&config);
+    assert_invalid(
+        &with_token(&fleet, &client, "/", &dave_token).await,
+        "jti after restart",
+    );
+    assert_invalid(
+        &with_token(&fleet, &client, "/", &erin_token).await,
+        "sub after restart",
+    );
+
+    assert!(
+        !daemon.log().contains("token_revoked"),
+        "a restart does not audit old revocations again"
+    );
+
+    fleet.gateway.ok(&["token", "unrevoke", "--jti", jti]);
+    daemon.wait_for_log("token_unrevoked", Duration::from_secs(5));
+    echo(
+        &with_token(&fleet, &client, "/", &dave_token).await,
+        "unrevoked",
+    );
+
+    // A reload with the issuer unchanged keeps its keys (no new discovery) and
+    // applies a new policy at once.
+    let discovered = idp.counters().discovery.load(Ordering::SeqCst);
+    let mut stricter = config.clone();
+    let all = stricter.routes.last_mut().expect("route all");
+    all.auth.scopes_all = vec!["admin".to_owned()];
+    fleet.rewrite(&stricter);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("configuration reloaded", Duration::from_secs(10));
+    let response = with_token(&fleet, &client, "/", &dave_token).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        idp.counters().discovery.load(Ordering::SeqCst),
+        discovered,
+        "the reload reused the issuer's keys"
+    );
+}
