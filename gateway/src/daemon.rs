@@ -4,7 +4,7 @@
 //! SIGHUP reloads the config; SIGTERM drains the proxy. Stopping the daemon leaves
 //! the program attached and filtering.
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use gateway_common::{
@@ -21,6 +21,7 @@ use crate::{
     addr::{self, ipv6_mask},
     config::Config,
     lists::{ListError, Lists},
+    observe::admin::{self, AdminState},
     proxy::{Proxy, ProxyStartError},
     state::{StateDir, StateError},
     xdp::{self, KernelMaps, PinDir, XdpError},
@@ -40,6 +41,13 @@ pub enum DaemonError {
     List(#[from] ListError),
     #[error(transparent)]
     Proxy(#[from] ProxyStartError),
+    #[error(
+        "admin.address {address}: binding the admin listener: {source} (set [admin] address to a free port, or enabled = false)"
+    )]
+    Admin {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -106,6 +114,8 @@ pub async fn run(
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
 
     let _lock = state.lock_daemon()?;
+    // Before the first request, so no request goes unrecorded.
+    crate::observe::metrics::handle();
     let mut kernel = if config.xdp.enabled {
         Some(KernelPlane::start(&config, pins, state)?)
     } else {
@@ -119,6 +129,8 @@ pub async fn run(
     } else {
         Some(Proxy::start(&config).await?)
     };
+
+    let admin = start_admin(&config, proxy.as_ref(), kernel.is_some().then_some(pins)).await?;
 
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut certificates = tokio::time::interval(config.proxy.certificate_check_interval);
@@ -135,6 +147,9 @@ pub async fn run(
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
                 if let Some(new) = reload(config_path, &config, kernel.as_ref(), proxy.as_ref(), state).await {
+                    if let Some(admin) = &admin {
+                        admin.set_config(&new);
+                    }
                     config = new;
                 }
             }
@@ -171,6 +186,30 @@ pub async fn run(
         info!("stopping; the XDP program stays attached and keeps filtering");
     }
     Ok(())
+}
+
+/// Binds the admin listener (unless `[admin] enabled = false`) and serves it in
+/// the background.
+async fn start_admin(
+    config: &Config,
+    proxy: Option<&Proxy>,
+    pins: Option<&PinDir>,
+) -> Result<Option<Arc<AdminState>>, DaemonError> {
+    if !config.admin.enabled {
+        return Ok(None);
+    }
+    let address = config.admin.address;
+    let listener = admin::bind(address)
+        .await
+        .map_err(|source| DaemonError::Admin { address, source })?;
+    let state = Arc::new(AdminState::new(
+        config,
+        proxy.map(Proxy::snapshots),
+        pins.cloned(),
+    ));
+    info!(address = %listener.local_addr().unwrap_or(address), "admin endpoint listening (/metrics, /healthz, /readyz, /config)");
+    tokio::spawn(admin::serve(listener, state.clone()));
+    Ok(Some(state))
 }
 
 /// Re-reads the config file. An invalid file, or one the proxy cannot apply,

@@ -3,6 +3,7 @@
 //! with its key path at once.
 
 mod duration;
+pub mod observe;
 pub mod proxy;
 pub mod xdp;
 
@@ -14,6 +15,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use self::{
+    observe::{AccessFormat, AdminSection, LogOutput, LogSection},
     proxy::{
         Balance, BreakerConfig, CertificateConfig, ClientAuth, ForwardedStyle, HealthConfig,
         ListenerConfig, ListenerLimits, ListenerTimeouts, OutlierConfig, ProxySection, RetryConfig,
@@ -58,6 +60,12 @@ pub struct Config {
     /// `[upstream.NAME]`: the fleet's pools.
     #[serde(default, rename = "upstream")]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// `[admin]`: metrics, health and the active config on a private address.
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// `[log]`: where the access, audit and daemon logs go.
+    #[serde(default)]
+    pub log: LogSection,
 }
 
 impl Config {
@@ -108,6 +116,7 @@ impl Config {
             &self.routes,
             &self.upstreams,
         ));
+        problems.extend(observe::problems(&self.admin, &self.log, &self.listeners));
         if !self.xdp.enabled && self.listeners.is_empty() {
             problems.push(
                 "xdp.enabled is false and there is no [[listener]]: nothing to run".to_owned(),

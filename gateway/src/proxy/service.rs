@@ -9,6 +9,7 @@ use std::{
 };
 
 use http::{HeaderValue, Request, Response, Version, header, request::Parts};
+use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tracing::info;
@@ -22,6 +23,7 @@ use super::{
 };
 use crate::{
     config::{Balance, ListenerConfig},
+    observe,
     policy::routes::{Route, RouteError},
     upstream::{BoxBody, Forwarded, UpstreamError, balance::hash_key},
 };
@@ -46,6 +48,8 @@ struct Outcome {
     retries: u32,
     upstream_latency: Option<Duration>,
     error: Option<String>,
+    /// The error's stable code (`no_route`, …) when the gateway answered itself.
+    code: Option<&'static str>,
 }
 
 /// Serves one request against the configuration that was active when it
@@ -60,18 +64,35 @@ pub async fn handle(
     let method = request.method().clone();
     let host = request_host(&request).map(str::to_owned);
     let raw_path = request.uri().path().to_owned();
+    // Declared sizes (Content-Length): a streamed body of unknown length counts 0.
+    let bytes_in = request.body().size_hint().exact().unwrap_or(0);
     let mut outcome = Outcome::default();
 
     let mut response = match proxy(&snapshot, &conn, request, &request_id, &mut outcome).await {
         Ok(response) => response,
         Err(err) => {
             outcome.error = Some(err.to_string());
+            outcome.code = Some(err.code());
             error::respond(&err, &request_id)
         }
     };
     response
         .headers_mut()
         .insert(REQUEST_ID, request_id.clone());
+    let latency = started.elapsed();
+    let bytes_out = response.body().size_hint().exact().unwrap_or(0);
+    observe::metrics::record_request(&observe::metrics::RequestRecord {
+        listener: &conn.listener,
+        route: outcome.route.as_deref(),
+        upstream: outcome.upstream.as_deref(),
+        status: response.status().as_u16(),
+        error_code: outcome.code,
+        latency,
+        upstream_latency: outcome.upstream_latency,
+        retries: outcome.retries,
+        bytes_in,
+        bytes_out,
+    });
 
     info!(
         target: "access",
@@ -88,7 +109,7 @@ pub async fn handle(
         endpoint = outcome.endpoint.map(|e| e.to_string()),
         status = response.status().as_u16(),
         retries = outcome.retries,
-        latency_ms = started.elapsed().as_secs_f64() * 1e3,
+        latency_ms = latency.as_secs_f64() * 1e3,
         upstream_ms = outcome.upstream_latency.map(|d| d.as_secs_f64() * 1e3),
         error = outcome.error.as_deref(),
     );
