@@ -112,6 +112,7 @@ pub async fn run(
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let mut reopen = signal(SignalKind::user_defined1()).map_err(signal_error)?;
 
     let _lock = state.lock_daemon()?;
     // Before the first request, so no request goes unrecorded.
@@ -145,7 +146,9 @@ pub async fn run(
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            _ = reopen.recv() => reopen_logs(),
             _ = hangup.recv() => {
+                reopen_logs();
                 if let Some(new) = reload(config_path, &config, kernel.as_ref(), proxy.as_ref(), state).await {
                     if let Some(admin) = &admin {
                         admin.set_config(&new);
@@ -212,6 +215,13 @@ async fn start_admin(
     Ok(Some(state))
 }
 
+/// SIGUSR1 (and SIGHUP): reopen the log files at their paths, for logrotate.
+fn reopen_logs() {
+    for err in crate::observe::logs::reopen() {
+        error!(%err, "reopening a log file failed; still writing to the old one");
+    }
+}
+
 /// Re-reads the config file. An invalid file, or one the proxy cannot apply,
 /// changes nothing; the reason is logged and the running config stays.
 async fn reload(
@@ -225,10 +235,14 @@ async fn reload(
     let config = match Config::load_checked(path) {
         Ok(config) => config,
         Err(err) => {
-            error!(event = "config_reload_rejected", %err, "reload rejected; the running configuration stays");
+            error!(%err, "reload rejected; the running configuration stays");
+            error!(target: "audit", event = "config_reload_rejected", path = %path.display(), %err);
             return None;
         }
     };
+    if config.log != running.log || config.admin != running.admin {
+        warn!("[log] and [admin] changes need a restart");
+    }
     if config.xdp.enabled != running.xdp.enabled || config.xdp.interface != running.xdp.interface {
         warn!("xdp.enabled and xdp.interface changes need a restart");
     }
@@ -238,7 +252,8 @@ async fn reload(
     if let Some(proxy) = proxy
         && let Err(err) = proxy.reload(&config).await
     {
-        error!(event = "config_reload_rejected", %err, "reload rejected; the running configuration stays");
+        error!(%err, "reload rejected; the running configuration stays");
+        error!(target: "audit", event = "config_reload_rejected", path = %path.display(), %err);
         return None;
     }
     if let Some(kernel) = kernel
@@ -247,10 +262,17 @@ async fn reload(
         error!(%err, "applying the reloaded XDP settings failed");
     }
     info!(
-        event = "config_reloaded",
         routes = config.routes.len(),
         upstreams = config.upstreams.len(),
         "configuration reloaded"
+    );
+    info!(
+        target: "audit",
+        event = "config_reloaded",
+        path = %path.display(),
+        routes = config.routes.len(),
+        upstreams = config.upstreams.len(),
+        listeners = config.listeners.len(),
     );
     Some(config)
 }
@@ -330,7 +352,7 @@ fn sweep_once(lists: &Lists<'_>) {
     match lists.sweep() {
         Ok(sweep) => {
             for (kind, cidr) in sweep.expired {
-                info!(list = kind.name(), %cidr, "entry expired and was removed");
+                info!(target: "audit", event = "list_expired", list = kind.name(), %cidr, source = "daemon");
             }
         }
         Err(err) => error!(%err, "sweeping the lists failed; retrying in a second"),

@@ -42,6 +42,14 @@ pub fn run(ctx: &Context, command: RatelimitCommand) -> anyhow::Result<()> {
             limit.apply_to(&mut config);
             maps.set_config(&config)?;
             let applied = RateLimit::from_config(&config);
+            tracing::info!(
+                target: "audit",
+                event = "ratelimit_set",
+                pps = applied.pps,
+                burst = applied.burst,
+                syn_pps = applied.syn_pps,
+                syn_burst = applied.syn_burst,
+            );
             if ctx.json {
                 print_json(&applied)
             } else {
@@ -54,6 +62,7 @@ pub fn run(ctx: &Context, command: RatelimitCommand) -> anyhow::Result<()> {
         }
         RatelimitCommand::Flush => {
             let removed = maps.rate_limit()?.clear()?;
+            tracing::info!(target: "audit", event = "ratelimit_flushed", removed);
             if ctx.json {
                 print_json(&serde_json::json!({ "removed": removed }))
             } else {

@@ -22,6 +22,7 @@ use super::{
     normalize::normalize_path,
 };
 use crate::{
+    auth::Identity,
     config::{Balance, ListenerConfig},
     observe,
     policy::routes::{Route, RouteError},
@@ -50,6 +51,20 @@ struct Outcome {
     error: Option<String>,
     /// The error's stable code (`no_route`, …) when the gateway answered itself.
     code: Option<&'static str>,
+    /// The verified caller, once authentication accepted a token.
+    identity: Option<Identity>,
+}
+
+impl Outcome {
+    /// `allow` when the fleet answered; `deny` when the gateway refused the
+    /// request (4xx), `error` when it could not serve it (5xx).
+    fn decision(&self, status: u16) -> &'static str {
+        match self.code {
+            None => "allow",
+            Some(_) if status < 500 => "deny",
+            Some(_) => "error",
+        }
+    }
 }
 
 /// Serves one request against the configuration that was active when it
@@ -94,6 +109,7 @@ pub async fn handle(
         bytes_out,
     });
 
+    let status = response.status().as_u16();
     info!(
         target: "access",
         request_id = request_id.to_str().unwrap_or_default(),
@@ -107,7 +123,13 @@ pub async fn handle(
         route = outcome.route.as_deref(),
         upstream = outcome.upstream.as_deref(),
         endpoint = outcome.endpoint.map(|e| e.to_string()),
-        status = response.status().as_u16(),
+        status,
+        decision = outcome.decision(status),
+        reason = outcome.code,
+        subject = outcome.identity.as_ref().map(|i| i.subject.as_str()),
+        jti_hash = outcome.identity.as_ref().and_then(|i| i.token_id.as_deref()),
+        bytes_in,
+        bytes_out,
         retries = outcome.retries,
         latency_ms = latency.as_secs_f64() * 1e3,
         upstream_ms = outcome.upstream_latency.map(|d| d.as_secs_f64() * 1e3),
