@@ -131,7 +131,12 @@ pub async fn run(
         Some(Proxy::start(&config).await?)
     };
 
-    let admin = start_admin(&config, proxy.as_ref(), kernel.is_some().then_some(pins)).await?;
+    let admin = start_admin(
+        &config,
+        proxy.as_ref(),
+        kernel.is_some().then(|| (pins.clone(), state.clone())),
+    )
+    .await?;
 
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut certificates = tokio::time::interval(config.proxy.certificate_check_interval);
@@ -196,7 +201,7 @@ pub async fn run(
 async fn start_admin(
     config: &Config,
     proxy: Option<&Proxy>,
-    pins: Option<&PinDir>,
+    kernel: Option<(PinDir, StateDir)>,
 ) -> Result<Option<Arc<AdminState>>, DaemonError> {
     if !config.admin.enabled {
         return Ok(None);
@@ -205,11 +210,7 @@ async fn start_admin(
     let listener = admin::bind(address)
         .await
         .map_err(|source| DaemonError::Admin { address, source })?;
-    let state = Arc::new(AdminState::new(
-        config,
-        proxy.map(Proxy::snapshots),
-        pins.cloned(),
-    ));
+    let state = Arc::new(AdminState::new(config, proxy.map(Proxy::snapshots), kernel));
     info!(address = %listener.local_addr().unwrap_or(address), "admin endpoint listening (/metrics, /healthz, /readyz, /config)");
     tokio::spawn(admin::serve(listener, state.clone()));
     Ok(Some(state))

@@ -459,3 +459,68 @@ async fn common_log_format_is_available() {
     assert!(line.contains("\" 200 "), "{line}");
     daemon.stop();
 }
+
+#[tokio::test]
+async fn top_once_renders_live_numbers_within_80_by_24() {
+    let fleet = Fleet::new(2);
+    let daemon = fleet.start(&fleet.config());
+    let client = fleet.client(Protocol::Http1);
+    for _ in 0..5 {
+        assert_eq!(get(&fleet, &client, "/echo").await, StatusCode::OK);
+    }
+    let admin = fleet.admin.to_string();
+    // Requests keep flowing while `top` measures its interval, so the rate is live.
+    let top = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(gateway_tests::gateway::binary())
+            .args(["top", "--once", "--interval", "1s", "--admin", &admin])
+            .output()
+    });
+    let traffic = async {
+        for _ in 0..10 {
+            assert_eq!(get(&fleet, &client, "/echo").await, StatusCode::OK);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (output, ()) = within(20, "gateway top --once", async {
+        tokio::join!(top, traffic)
+    })
+    .await;
+    let output = output
+        .expect("the gateway top task")
+        .expect("running gateway top");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "gateway top failed: {}{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() <= 24, "{} lines:\n{text}", lines.len());
+    assert!(
+        lines.iter().all(|l| l.chars().count() <= 80),
+        "a line is wider than 80 columns:\n{text}"
+    );
+    for needle in [
+        "Requests/s by route and status",
+        "Upstreams",
+        "fleet",
+        "2/2",
+        "ready",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing:\n{text}");
+    }
+    let row = lines
+        .iter()
+        .find(|l| l.contains("│all") || l.contains("│ all") || l.contains("all  "))
+        .unwrap_or_else(|| panic!("no row for route all:\n{text}"));
+    let numbers: Vec<f64> = row
+        .split(|c: char| c == '│' || c.is_whitespace())
+        .filter_map(|cell| cell.parse().ok())
+        .collect();
+    // status 200, a positive rate, and the total of at least 5 + something.
+    assert!(
+        numbers.len() >= 3 && numbers[0] == 200.0 && numbers[1] > 0.0 && numbers[2] >= 6.0,
+        "route row {row:?} has no live numbers:\n{text}"
+    );
+    daemon.stop();
+}

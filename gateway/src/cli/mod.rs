@@ -4,6 +4,7 @@ mod lists;
 mod ratelimit;
 mod stats;
 mod table;
+mod top;
 mod xdp;
 
 use std::{
@@ -86,6 +87,19 @@ enum Command {
         /// Stop after this many refreshes (watch mode).
         #[arg(long)]
         count: Option<u64>,
+    },
+    /// Live view from the admin endpoint: XDP drops, top sources, requests by
+    /// route and status, upstream health, recent blocks (q or Ctrl-C quits).
+    Top {
+        /// The daemon's admin address (`[admin] address`).
+        #[arg(long, env = "GATEWAY_ADMIN", default_value_t = gateway::config::observe::DEFAULT_ADMIN_ADDRESS)]
+        admin: std::net::SocketAddr,
+        /// Refresh interval.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Print one 80×24 frame (rates over one interval) and exit.
+        #[arg(long)]
+        once: bool,
     },
 }
 
@@ -232,6 +246,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             interval,
             count,
         } => stats::run(&ctx, watch, interval, count),
+        Command::Top {
+            admin,
+            interval,
+            once,
+        } => top::run(admin, interval, once),
     }
 }
 

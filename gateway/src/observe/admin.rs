@@ -7,6 +7,8 @@
 //!   failing ones. Other modules add their own checks (keys loaded, …) with
 //!   [`AdminState::add_ready_check`].
 //! - `GET /config`: the active configuration as JSON, secrets redacted.
+//! - `GET /xdp/top`: the sources with the most XDP drops and the latest
+//!   blocks, as JSON (what `gateway top` shows; XDP enabled only).
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -22,7 +24,9 @@ use tracing::{debug, warn};
 use super::{metrics, redact};
 use crate::{
     config::Config,
+    lists::{ListKind, Lists},
     proxy::Snapshots,
+    state::StateDir,
     xdp::{self, KernelMaps, PinDir},
 };
 
@@ -33,7 +37,7 @@ pub type ReadyCheck = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 pub struct AdminState {
     config: ArcSwap<Config>,
     proxy: Option<Snapshots>,
-    pins: Option<PinDir>,
+    kernel: Option<(PinDir, StateDir)>,
     checks: Vec<(&'static str, ReadyCheck)>,
 }
 
@@ -41,11 +45,16 @@ impl AdminState {
     /// The state for a daemon running `config`, with the proxy's pools (when it
     /// runs one) and the kernel plane's pins (when XDP is enabled). Readiness
     /// starts with "every pool has a healthy endpoint" and "XDP attached".
-    pub fn new(config: &Config, proxy: Option<Snapshots>, pins: Option<PinDir>) -> Self {
+    pub fn new(
+        config: &Config,
+        proxy: Option<Snapshots>,
+        kernel: Option<(PinDir, StateDir)>,
+    ) -> Self {
+        let pins = kernel.as_ref().map(|(pins, _)| pins.clone());
         let mut state = Self {
             config: ArcSwap::from_pointee(config.clone()),
             proxy: proxy.clone(),
-            pins: pins.clone(),
+            kernel,
             checks: Vec::new(),
         };
         if let Some(proxy) = proxy {
@@ -81,7 +90,7 @@ impl AdminState {
         if let Some(proxy) = &self.proxy {
             metrics::record_upstreams(&proxy.current().upstreams);
         }
-        if let Some(pins) = &self.pins {
+        if let Some((pins, _)) = &self.kernel {
             let read = KernelMaps::open(pins).and_then(|maps| metrics::record_xdp(&maps));
             if let Err(err) = read {
                 warn!(%err, "reading the XDP maps for /metrics failed");
@@ -128,13 +137,65 @@ impl AdminState {
                 );
                 response
             }
+            "/xdp/top" => match self.xdp_top() {
+                Ok(top) => {
+                    let mut response = text(StatusCode::OK, top.to_string());
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    response
+                }
+                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+            },
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /metrics, /healthz, /readyz or /config\n".to_owned(),
+                "not found; try /metrics, /healthz, /readyz, /config or /xdp/top\n".to_owned(),
             ),
         }
     }
 }
+
+impl AdminState {
+    /// The [`TOP_N`] sources with the most drops (rate-limited buckets and
+    /// blocked addresses, each with its verdict) and the latest blocks.
+    fn xdp_top(&self) -> Result<serde_json::Value, String> {
+        let Some((pins, state)) = &self.kernel else {
+            return Err("XDP is disabled on this gateway".to_owned());
+        };
+        let maps = KernelMaps::open(pins).map_err(|err| err.to_string())?;
+        let blocks = Lists::new(&maps, state)
+            .list(ListKind::Block)
+            .map_err(|err| err.to_string())?;
+        let mut sources: Vec<serde_json::Value> = maps
+            .top_rate_limited(TOP_N)
+            .map_err(|err| err.to_string())?
+            .into_iter()
+            .filter(|(_, bucket)| bucket.dropped > 0)
+            .map(|(source, bucket)| {
+                serde_json::json!({
+                    "source": source, "verdict": "rate_limited",
+                    "dropped": bucket.dropped, "passed": bucket.passed,
+                })
+            })
+            .collect();
+        sources.extend(blocks.iter().filter(|b| b.hits.unwrap_or(0) > 0).map(|b| {
+            serde_json::json!({
+                "source": b.cidr.to_string(), "verdict": "blocked",
+                "dropped": b.hits, "passed": 0,
+            })
+        }));
+        sources.sort_by_key(|s| std::cmp::Reverse(s["dropped"].as_u64().unwrap_or(0)));
+        sources.truncate(TOP_N);
+        let mut recent = blocks;
+        recent.sort_by_key(|b| std::cmp::Reverse(b.added_at.unwrap_or(0)));
+        recent.truncate(TOP_N);
+        Ok(serde_json::json!({ "sources": sources, "blocks": recent }))
+    }
+}
+
+/// Rows in each `/xdp/top` list.
+const TOP_N: usize = 10;
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
