@@ -155,9 +155,7 @@ pub async fn run(
             _ = hangup.recv() => {
                 reopen_logs();
                 if let Some(new) = reload(config_path, &config, kernel.as_ref(), proxy.as_ref(), state).await {
-                    if let Some(admin) = &admin {
-                        admin.set_config(&new);
-                    }
+                    admin.set_config(&new);
                     config = new;
                 }
             }
@@ -196,24 +194,24 @@ pub async fn run(
     Ok(())
 }
 
-/// Binds the admin listener (unless `[admin] enabled = false`) and serves it in
-/// the background.
+/// The admin state (metrics, readiness, `/config`), served on the admin
+/// listener unless `[admin] enabled = false`, and judged by the alert rules.
 async fn start_admin(
     config: &Config,
     proxy: Option<&Proxy>,
     kernel: Option<(PinDir, StateDir)>,
-) -> Result<Option<Arc<AdminState>>, DaemonError> {
-    if !config.admin.enabled {
-        return Ok(None);
-    }
-    let address = config.admin.address;
-    let listener = admin::bind(address)
-        .await
-        .map_err(|source| DaemonError::Admin { address, source })?;
+) -> Result<Arc<AdminState>, DaemonError> {
     let state = Arc::new(AdminState::new(config, proxy.map(Proxy::snapshots), kernel));
-    info!(address = %listener.local_addr().unwrap_or(address), "admin endpoint listening (/metrics, /healthz, /readyz, /config)");
-    tokio::spawn(admin::serve(listener, state.clone()));
-    Ok(Some(state))
+    if config.admin.enabled {
+        let address = config.admin.address;
+        let listener = admin::bind(address)
+            .await
+            .map_err(|source| DaemonError::Admin { address, source })?;
+        info!(address = %listener.local_addr().unwrap_or(address), "admin endpoint listening (/metrics, /healthz, /readyz, /config, /xdp/top)");
+        tokio::spawn(admin::serve(listener, state.clone()));
+    }
+    crate::observe::alerts::spawn(&config.alerts, state.clone());
+    Ok(state)
 }
 
 /// SIGUSR1 (and SIGHUP): reopen the log files at their paths, for logrotate.
@@ -241,8 +239,9 @@ async fn reload(
             return None;
         }
     };
-    if config.log != running.log || config.admin != running.admin {
-        warn!("[log] and [admin] changes need a restart");
+    if config.log != running.log || config.admin != running.admin || config.alerts != running.alerts
+    {
+        warn!("[log], [admin] and [[alert]] changes need a restart");
     }
     if config.xdp.enabled != running.xdp.enabled || config.xdp.interface != running.xdp.interface {
         warn!("xdp.enabled and xdp.interface changes need a restart");

@@ -524,3 +524,123 @@ async fn top_once_renders_live_numbers_within_80_by_24() {
     );
     daemon.stop();
 }
+
+/// A webhook receiver: answers the first `fail_first` POSTs with 500, the rest
+/// with 204, and hands every JSON body over.
+async fn webhook_receiver(
+    fail_first: usize,
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding the webhook receiver");
+    let addr = listener.local_addr().expect("receiver address");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut served = 0;
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Read the head, then as many body bytes as Content-Length says.
+            let body = loop {
+                let Ok(n) = stream.read(&mut buf).await else {
+                    break None;
+                };
+                if n == 0 {
+                    break None;
+                }
+                raw.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&raw).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break Some(body[..len].to_owned());
+                    }
+                }
+            };
+            let Some(body) = body else { continue };
+            served += 1;
+            let status = if served <= fail_first {
+                "500 Internal Server Error"
+            } else {
+                "204 No Content"
+            };
+            let _ = stream
+                .write_all(
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await;
+            if let Ok(json) = serde_json::from_str(&body) {
+                let _ = tx.send(json);
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn alert_fires_its_webhook_once_with_retry_and_sends_a_resolved_notice() {
+    let mut fleet = Fleet::new(1);
+    let (receiver, mut posts) = webhook_receiver(1).await;
+    let mut config = fleet.config();
+    config.alerts = vec![
+        toml::from_str(&format!(
+            "name = \"pool-down\"\nmetric = \"gateway_upstream_healthy_endpoints\"\n\
+             labels = {{ upstream = \"fleet\" }}\ncondition = \"below\"\nthreshold = 1\n\
+             severity = \"critical\"\nwebhook = \"http://{receiver}/hook\"\nwebhook_timeout = \"2s\"\n"
+        ))
+        .expect("alert rule"),
+    ];
+    let daemon = fleet.start(&config);
+    // Healthy: nothing is posted.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        posts.try_recv().is_err(),
+        "an alert fired for a healthy pool"
+    );
+
+    fleet.upstreams[0].kill();
+    // The first POST is refused (500) and retried: the same firing notice twice.
+    for attempt in 1..=2 {
+        let post = within(15, "the firing webhook", posts.recv())
+            .await
+            .expect("receiver alive");
+        assert_eq!(post["alert"], "pool-down", "attempt {attempt}: {post}");
+        assert_eq!(post["status"], "firing", "attempt {attempt}: {post}");
+        assert_eq!(post["labels"]["upstream"], "fleet", "{post}");
+        assert_eq!(post["value"], 0.0, "{post}");
+    }
+    daemon.wait_for_log("alert firing", Duration::from_secs(5));
+    assert!(
+        daemon.log().contains("\"level\":\"ERROR\""),
+        "critical alerts log at ERROR"
+    );
+    // While the pool stays down, nothing more (evaluated every second).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        posts.try_recv().is_err(),
+        "the alert fired again while its condition held"
+    );
+
+    fleet.upstreams[0].restart();
+    let resolved = within(15, "the resolved webhook", posts.recv())
+        .await
+        .expect("receiver alive");
+    assert_eq!(resolved["status"], "resolved", "{resolved}");
+    assert_eq!(resolved["alert"], "pool-down", "{resolved}");
+    daemon.wait_for_log("alert resolved", Duration::from_secs(5));
+    daemon.stop();
+}

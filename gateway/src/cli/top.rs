@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use gateway::observe::metrics::{Series, parse_text};
 use ratatui::{
     Frame, Terminal,
     backend::TestBackend,
@@ -129,9 +130,6 @@ fn get(admin: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     Ok((status, body.to_owned()))
 }
 
-/// A metric's samples by their label sets.
-type Series = BTreeMap<Vec<(String, String)>, f64>;
-
 /// What one refresh read from the admin endpoint.
 struct Snapshot {
     metrics: BTreeMap<String, Series>,
@@ -150,7 +148,7 @@ impl Snapshot {
             _ => None,
         };
         Ok(Self {
-            metrics: parse_metrics(&text),
+            metrics: parse_text(&text),
             ready: ready.lines().collect::<Vec<_>>().join("; "),
             top,
         })
@@ -162,40 +160,6 @@ impl Snapshot {
             .into_iter()
             .flat_map(|series| series.iter().map(|(labels, v)| (labels.as_slice(), *v)))
     }
-}
-
-/// The samples of a Prometheus text exposition, by name and label set.
-fn parse_metrics(text: &str) -> BTreeMap<String, Series> {
-    let mut metrics: BTreeMap<String, Series> = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        let (name, labels) = match series.split_once('{') {
-            Some((name, rest)) => (
-                name,
-                rest.trim_end_matches('}')
-                    .split("\",")
-                    .filter_map(|pair| {
-                        let (key, value) = pair.split_once("=\"")?;
-                        Some((key.to_owned(), value.trim_end_matches('"').to_owned()))
-                    })
-                    .collect(),
-            ),
-            None => (series, Vec::new()),
-        };
-        metrics
-            .entry(name.to_owned())
-            .or_default()
-            .insert(labels, value);
-    }
-    metrics
 }
 
 fn label<'a>(labels: &'a [(String, String)], key: &str) -> &'a str {

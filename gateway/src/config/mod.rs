@@ -15,7 +15,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use self::{
-    observe::{AccessFormat, AdminSection, LogOutput, LogSection},
+    observe::{
+        AccessFormat, AdminSection, AlertCondition, AlertRule, LogOutput, LogSection, Severity,
+    },
     proxy::{
         Balance, BreakerConfig, CertificateConfig, ClientAuth, ForwardedStyle, HealthConfig,
         ListenerConfig, ListenerLimits, ListenerTimeouts, OutlierConfig, ProxySection, RetryConfig,
@@ -66,6 +68,9 @@ pub struct Config {
     /// `[log]`: where the access, audit and daemon logs go.
     #[serde(default)]
     pub log: LogSection,
+    /// `[[alert]]`: conditions on metrics that notify a webhook.
+    #[serde(default, rename = "alert")]
+    pub alerts: Vec<AlertRule>,
 }
 
 impl Config {

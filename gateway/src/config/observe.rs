@@ -1,14 +1,16 @@
-//! What operators watch: the admin listener (`[admin]`) and where the access and
-//! audit logs go (`[log]`).
+//! What operators watch: the admin listener (`[admin]`), where the access and
+//! audit logs go (`[log]`), and alert rules (`[[alert]]`).
 
 use std::{
+    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 
-use super::ListenerConfig;
+use super::{ListenerConfig, duration};
 
 /// `[admin]`: the listener serving `/metrics`, `/healthz`, `/readyz` and
 /// `/config`. Plain HTTP: it belongs on loopback or a management network,
@@ -97,6 +99,113 @@ pub enum AccessFormat {
     Json,
     /// `host ident user [time] "request" status bytes`, for people who grep.
     Clf,
+}
+
+/// `[[alert]]`: a condition on any metric `/metrics` shows. While it holds
+/// (for at least `for`), the alert fires once: a WARN or ERROR log line and a
+/// JSON POST to `webhook`; when it stops holding, a resolved notice follows.
+///
+/// Examples: XDP drops per second (`metric = "gateway_xdp_packets_total"`,
+/// `labels = { verdict = "drop" }`, `condition = "rate_above"`); a pool with no
+/// healthy endpoint (`gateway_upstream_healthy_endpoints`, `below`, 1); a
+/// block added (`gateway_xdp_map_entries`, `labels = { map = "BLOCKLIST" }`,
+/// `increased`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    /// Name in log lines and webhook payloads.
+    pub name: String,
+    /// The metric watched, as `/metrics` names it.
+    pub metric: String,
+    /// Only series carrying all these labels count.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// How the metric is judged.
+    pub condition: AlertCondition,
+    /// The limit for `rate_above`, `above` and `below`.
+    #[serde(default)]
+    pub threshold: f64,
+    /// How long the condition must hold before the alert fires.
+    #[serde(default, rename = "for", with = "duration")]
+    pub hold: Duration,
+    /// `warning` logs at WARN, `critical` at ERROR.
+    #[serde(default)]
+    pub severity: Severity,
+    /// `http://` or `https://` URL that receives a JSON POST on firing and on
+    /// resolving; none: log lines only.
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// CA bundle for an `https://` webhook (default: the system bundle).
+    #[serde(default)]
+    pub webhook_ca: Option<PathBuf>,
+    /// Per-attempt timeout of a webhook POST.
+    #[serde(default = "default_webhook_timeout", with = "duration")]
+    pub webhook_timeout: Duration,
+    /// Attempts after the first when a POST fails or answers non-2xx.
+    #[serde(default = "default_webhook_retries")]
+    pub webhook_retries: u32,
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_webhook_retries() -> u32 {
+    3
+}
+
+/// How an alert judges its metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertCondition {
+    /// The per-second increase of the matching counters' sum exceeds `threshold`.
+    RateAbove,
+    /// A matching series is above `threshold` (each series alerts on its own).
+    Above,
+    /// A matching series is below `threshold` (each series alerts on its own).
+    Below,
+    /// The matching series' sum grew since the last evaluation (one second).
+    Increased,
+}
+
+/// How loud an alert is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    #[default]
+    Warning,
+    Critical,
+}
+
+/// Problems of the `[[alert]]` rules, with key paths.
+pub fn alert_problems(alerts: &[AlertRule]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (i, alert) in alerts.iter().enumerate() {
+        if alert.name.is_empty() || !names.insert(alert.name.as_str()) {
+            problems.push(format!(
+                "alert[{i}].name: {:?} is empty or used twice; give each alert its own name",
+                alert.name
+            ));
+        }
+        if !alert.metric.starts_with("gateway_") {
+            problems.push(format!(
+                "alert[{i}].metric: {:?} is not a gateway metric (they start with gateway_; see /metrics)",
+                alert.metric
+            ));
+        }
+        if let Some(url) = &alert.webhook
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            problems.push(format!(
+                "alert[{i}].webhook: {url:?} must be an http:// or https:// URL"
+            ));
+        }
+        if alert.webhook_timeout.is_zero() {
+            problems.push(format!("alert[{i}].webhook_timeout: must be above zero"));
+        }
+    }
+    problems
 }
 
 /// What is wrong with `[admin]` and `[log]`, with key paths.

@@ -8,7 +8,7 @@
 //! (routes, pools and endpoints from the config, status codes, error codes,
 //! XDP reasons).
 
-use std::{sync::OnceLock, time::Duration};
+use std::{collections::BTreeMap, sync::OnceLock, time::Duration};
 
 use gateway_common::consts::{Reason, map_names};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -141,10 +141,12 @@ pub fn record_upstreams(upstreams: &Upstreams) {
 /// Copies the XDP verdict counters (summed over CPUs) and the map fill.
 pub fn record_xdp(maps: &KernelMaps) -> Result<(), XdpError> {
     for (reason, counter) in Reason::ALL.iter().zip(maps.counters()?) {
-        metrics::counter!("gateway_xdp_packets_total", "reason" => reason.name())
-            .absolute(counter.packets);
-        metrics::counter!("gateway_xdp_bytes_total", "reason" => reason.name())
-            .absolute(counter.bytes);
+        let name = reason.name();
+        // `drop`, `pass` or `monitor`, so one label picks every drop.
+        let verdict = name.split('_').next().unwrap_or(name);
+        let labels = [("reason", name), ("verdict", verdict)];
+        metrics::counter!("gateway_xdp_packets_total", &labels).absolute(counter.packets);
+        metrics::counter!("gateway_xdp_bytes_total", &labels).absolute(counter.bytes);
     }
     for &name in FILLED_MAPS {
         if let Some(entries) = maps.entry_count(name)? {
@@ -154,4 +156,41 @@ pub fn record_xdp(maps: &KernelMaps) -> Result<(), XdpError> {
             .set(f64::from(maps.capacity(name)?));
     }
     Ok(())
+}
+
+/// A metric's samples by their label sets.
+pub type Series = BTreeMap<Vec<(String, String)>, f64>;
+
+/// The samples of a Prometheus text exposition, by name and label set.
+pub fn parse_text(text: &str) -> BTreeMap<String, Series> {
+    let mut metrics: BTreeMap<String, Series> = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (
+                name,
+                rest.trim_end_matches('}')
+                    .split("\",")
+                    .filter_map(|pair| {
+                        let (key, value) = pair.split_once("=\"")?;
+                        Some((key.to_owned(), value.trim_end_matches('"').to_owned()))
+                    })
+                    .collect(),
+            ),
+            None => (series, Vec::new()),
+        };
+        metrics
+            .entry(name.to_owned())
+            .or_default()
+            .insert(labels, value);
+    }
+    metrics
 }

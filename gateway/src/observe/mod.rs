@@ -4,6 +4,7 @@
 //! - [`metrics`]: the recorder, the per-request metrics, and the gauges read
 //!   from the pools and the kernel maps when Prometheus scrapes.
 //! - [`admin`]: the admin listener and its readiness checks.
+//! - [`alerts`]: `[[alert]]` rules judged every second, webhooks.
 //! - [`logs`]: the access, audit and daemon streams and their files.
 //! - [`redact`]: the active config with secret-looking values hidden.
 //!
@@ -11,6 +12,7 @@
 //! `target: "audit"`); this module makes that visible.
 
 pub mod admin;
+pub mod alerts;
 pub mod logs;
 pub mod metrics;
 pub mod redact;
