@@ -217,6 +217,7 @@ async fn metrics_count_requests_by_route_and_status_and_follow_endpoint_health()
     );
     assert_eq!(admin_get(fleet.admin, "/readyz").await.0, 200);
     assert_eq!(admin_get(fleet.admin, "/healthz").await.0, 200);
+    dashboard_names_exported_metrics(&samples);
 
     fleet.upstreams[0].kill();
     scrape_until(&fleet, 15, "the killed endpoint's health gauge at 0", |s| {
@@ -643,4 +644,42 @@ async fn alert_fires_its_webhook_once_with_retry_and_sends_a_resolved_notice() {
     assert_eq!(resolved["alert"], "pool-down", "{resolved}");
     daemon.wait_for_log("alert resolved", Duration::from_secs(5));
     daemon.stop();
+}
+
+/// Every metric the Grafana dashboard queries is one the gateway exports (XDP
+/// ones need the kernel plane, which this loopback gateway runs without).
+fn dashboard_names_exported_metrics(samples: &[Sample]) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/gateway.json"
+    );
+    let text = std::fs::read_to_string(path).expect("reading the Grafana dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut names = Vec::new();
+    for expr in panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+    {
+        let mut rest = expr;
+        while let Some(at) = rest.find("gateway_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            names.push(name);
+        }
+    }
+    assert!(
+        names.len() > 10,
+        "the dashboard queries too little: {names:?}"
+    );
+    for name in names.iter().filter(|n| !n.starts_with("gateway_xdp_")) {
+        assert!(
+            samples.iter().any(|s| &s.name == name),
+            "the dashboard queries {name}, which /metrics does not export"
+        );
+    }
 }

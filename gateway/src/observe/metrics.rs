@@ -99,10 +99,9 @@ pub fn record_request(record: &RequestRecord<'_>) {
             )
             .record(latency.as_secs_f64());
         }
-        if record.retries > 0 {
-            metrics::counter!("gateway_upstream_retries_total", "upstream" => upstream.to_owned())
-                .increment(u64::from(record.retries));
-        }
+        // Recorded at zero too, so the series exists before the first retry.
+        metrics::counter!("gateway_upstream_retries_total", "upstream" => upstream.to_owned())
+            .increment(u64::from(record.retries));
     }
 }
 
