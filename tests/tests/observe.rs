@@ -255,7 +255,16 @@ async fn metrics_count_requests_by_route_and_status_and_follow_endpoint_health()
 #[tokio::test]
 async fn admin_is_not_on_the_public_listener_and_config_is_shown_redacted() {
     let fleet = Fleet::new(1);
-    let daemon = fleet.start(&fleet.config());
+    let mut config = fleet.config();
+    // A secret the config holds today: a webhook password.
+    config.alerts = vec![
+        toml::from_str(
+            "name = \"hook\"\nmetric = \"gateway_requests_total\"\ncondition = \"above\"\n\
+             threshold = 1e12\nwebhook = \"http://ops:hunter2@127.0.0.1:9/hook\"\n",
+        )
+        .expect("alert rule"),
+    ];
+    let daemon = fleet.start(&config);
 
     // The public listener speaks TLS only: a plain scrape there gets no metrics.
     let public = within(10, "plain HTTP to the public listener", async {
@@ -293,6 +302,14 @@ async fn admin_is_not_on_the_public_listener_and_config_is_shown_redacted() {
         .as_str()
         .expect("key paths are shown");
     assert!(key.ends_with(".key") || key.ends_with(".pem"), "{key}");
+    assert!(
+        !body.contains("hunter2"),
+        "/config leaks a password: {body}"
+    );
+    assert_eq!(
+        config["alert"][0]["webhook"],
+        "http://ops:<redacted>@127.0.0.1:9/hook"
+    );
     daemon.stop();
 }
 
