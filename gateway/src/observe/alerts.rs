@@ -47,6 +47,15 @@ struct Alert {
     holding: HashMap<String, (SystemTime, Instant, bool)>,
 }
 
+/// An alert that fired or resolved.
+#[derive(Debug)]
+struct Change {
+    status: &'static str,
+    value: f64,
+    labels: BTreeMap<String, String>,
+    since: SystemTime,
+}
+
 /// Judges `rules` every second against `state`'s metrics, until the task is
 /// dropped.
 pub fn spawn(rules: &[AlertRule], state: Arc<AdminState>) {
@@ -75,15 +84,23 @@ pub fn spawn(rules: &[AlertRule], state: Arc<AdminState>) {
             let text = state.render_metrics();
             let parsed = metrics::parse_text(&text);
             for alert in &mut alerts {
-                alert.evaluate(&parsed);
+                for change in alert.evaluate(&parsed, Instant::now()) {
+                    alert.notify(&change);
+                }
             }
         }
     });
 }
 
 impl Alert {
-    fn evaluate(&mut self, metrics: &BTreeMap<String, metrics::Series>) {
-        let now = Instant::now();
+    /// Judges the rule against `metrics` at `now`; returns what fired or
+    /// resolved.
+    fn evaluate(
+        &mut self,
+        metrics: &BTreeMap<String, metrics::Series>,
+        now: Instant,
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
         let matching: Vec<(&Vec<(String, String)>, f64)> = metrics
             .get(&self.rule.metric)
             .into_iter()
@@ -140,8 +157,12 @@ impl Alert {
                 .or_insert((SystemTime::now(), now, false));
             if !entry.2 && now.duration_since(entry.1) >= self.rule.hold {
                 entry.2 = true;
-                let since = entry.0;
-                self.notify("firing", *value, labels, since);
+                changes.push(Change {
+                    status: "firing",
+                    value: *value,
+                    labels: labels.clone(),
+                    since: entry.0,
+                });
             }
         }
         let cleared: Vec<String> = self
@@ -167,20 +188,25 @@ impl Alert {
                         || self.rule.labels.clone(),
                         |(labels, _)| labels.iter().cloned().collect(),
                     );
-                let value = matching.iter().map(|(_, v)| v).sum();
-                self.notify("resolved", value, &labels, since);
+                changes.push(Change {
+                    status: "resolved",
+                    value: matching.iter().map(|(_, v)| v).sum(),
+                    labels,
+                    since,
+                });
             }
         }
+        changes
     }
 
     /// Logs the change and posts it to the webhook in the background.
-    fn notify(
-        &self,
-        status: &str,
-        value: f64,
-        labels: &BTreeMap<String, String>,
-        since: SystemTime,
-    ) {
+    fn notify(&self, change: &Change) {
+        let Change {
+            status,
+            value,
+            ref labels,
+            since,
+        } = *change;
         let rule = &self.rule;
         let condition = match rule.condition {
             AlertCondition::RateAbove => format!("{} rate above {}/s", rule.metric, rule.threshold),
@@ -290,4 +316,87 @@ fn client(rule: &AlertRule) -> Result<WebhookClient, tls::TlsFileError> {
         .enable_http1()
         .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(text: &str) -> Alert {
+        Alert {
+            rule: toml::from_str(text).expect("rule"),
+            client: None,
+            last_sum: None,
+            holding: HashMap::new(),
+        }
+    }
+
+    fn statuses(changes: &[Change]) -> Vec<&'static str> {
+        changes.iter().map(|c| c.status).collect()
+    }
+
+    #[test]
+    fn below_fires_per_series_once_after_for_and_resolves() {
+        let mut alert = alert(
+            "name = \"down\"\nmetric = \"gateway_upstream_healthy_endpoints\"\n\
+             condition = \"below\"\nthreshold = 1\nfor = \"2s\"\n",
+        );
+        let scrape = |a: u8, b: u8| {
+            metrics::parse_text(&format!(
+                "gateway_upstream_healthy_endpoints{{upstream=\"a\"}} {a}\n\
+                 gateway_upstream_healthy_endpoints{{upstream=\"b\"}} {b}\n"
+            ))
+        };
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert!(
+            alert.evaluate(&scrape(0, 2), at(0)).is_empty(),
+            "not held for 2 s yet"
+        );
+        assert!(alert.evaluate(&scrape(0, 2), at(1)).is_empty());
+        let fired = alert.evaluate(&scrape(0, 2), at(2));
+        assert_eq!(statuses(&fired), ["firing"]);
+        assert_eq!(fired[0].labels["upstream"], "a");
+        assert!(
+            alert.evaluate(&scrape(0, 2), at(3)).is_empty(),
+            "fired once"
+        );
+        assert_eq!(
+            statuses(&alert.evaluate(&scrape(1, 2), at(4))),
+            ["resolved"]
+        );
+        // A blip shorter than `for` neither fires nor resolves.
+        assert!(alert.evaluate(&scrape(2, 0), at(5)).is_empty());
+        assert!(alert.evaluate(&scrape(2, 2), at(6)).is_empty());
+    }
+
+    #[test]
+    fn rate_above_sums_matching_counters() {
+        let mut alert = alert(
+            "name = \"drops\"\nmetric = \"gateway_xdp_packets_total\"\n\
+             labels = { verdict = \"drop\" }\ncondition = \"rate_above\"\nthreshold = 100\n",
+        );
+        let scrape = |cidr: u32, blocked: u32, pass: u32| {
+            metrics::parse_text(&format!(
+                "gateway_xdp_packets_total{{reason=\"drop_cidr\",verdict=\"drop\"}} {cidr}\n\
+                 gateway_xdp_packets_total{{reason=\"drop_blocked\",verdict=\"drop\"}} {blocked}\n\
+                 gateway_xdp_packets_total{{reason=\"pass\",verdict=\"pass\"}} {pass}\n"
+            ))
+        };
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert!(
+            alert.evaluate(&scrape(0, 0, 0), at(0)).is_empty(),
+            "no rate yet"
+        );
+        // 60 + 30 drops/s and plenty of passes: below 100/s.
+        assert!(alert.evaluate(&scrape(60, 30, 10_000), at(1)).is_empty());
+        let fired = alert.evaluate(&scrape(120, 100, 20_000), at(2));
+        assert_eq!(statuses(&fired), ["firing"]);
+        assert!((fired[0].value - 130.0).abs() < 1e-6, "{fired:?}");
+        assert_eq!(
+            statuses(&alert.evaluate(&scrape(121, 100, 30_000), at(3))),
+            ["resolved"]
+        );
+    }
 }
