@@ -201,7 +201,9 @@ async fn start_admin(
     proxy: Option<&Proxy>,
     kernel: Option<(PinDir, StateDir)>,
 ) -> Result<Arc<AdminState>, DaemonError> {
-    let state = Arc::new(AdminState::new(config, proxy.map(Proxy::snapshots), kernel));
+    // More readiness conditions plug in here: `state.add_ready_check(name, check)`.
+    let state = AdminState::new(config, proxy.map(Proxy::snapshots), kernel);
+    let state = Arc::new(state);
     if config.admin.enabled {
         let address = config.admin.address;
         let listener = admin::bind(address)
