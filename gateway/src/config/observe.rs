@@ -246,3 +246,35 @@ pub fn problems(
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn the_example_production_config_is_valid() {
+        let text = include_str!("../../../deploy/gateway.example.toml");
+        let config = Config::parse(Path::new("deploy/gateway.example.toml"), text)
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(config.admin.address, DEFAULT_ADMIN_ADDRESS);
+        assert_eq!(config.alerts.len(), 3);
+        assert_eq!(
+            config.log.access,
+            LogOutput::File("/var/log/gateway/access.log".into())
+        );
+    }
+
+    #[test]
+    fn the_admin_endpoint_may_not_share_a_listener_socket() {
+        let text = include_str!("../../../deploy/gateway.example.toml")
+            .replace("address = \"127.0.0.1:9090\"", "address = \"127.0.0.1:443\"")
+            .replace("access = \"/var/log", "access = \"var/log");
+        let err = Config::parse(Path::new("x.toml"), &text).expect_err("invalid");
+        let text = err.to_string();
+        assert!(text.contains("admin.address: 127.0.0.1:443"), "{text}");
+        assert!(text.contains("log.access: var/log/gateway/access.log is relative"), "{text}");
+    }
+}
