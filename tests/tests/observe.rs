@@ -700,3 +700,86 @@ fn dashboard_names_exported_metrics(samples: &[Sample]) {
         );
     }
 }
+
+/// `text` without ANSI escape sequences and whitespace: what a terminal shows,
+/// with cursor moves (which ratatui uses instead of spaces) dropped.
+fn screen_text(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else if !c.is_whitespace() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn top_runs_in_a_pseudo_terminal_and_q_restores_it() {
+    let fleet = Fleet::new(2);
+    let daemon = fleet.start(&fleet.config());
+    let client = fleet.client(Protocol::Http1);
+    for _ in 0..3 {
+        assert_eq!(get(&fleet, &client, "/echo").await, StatusCode::OK);
+    }
+    let command = format!(
+        "stty cols 80 rows 24; {} top --interval 200ms --admin {}",
+        gateway_tests::gateway::binary().display(),
+        fleet.admin
+    );
+    // `script` (util-linux) gives `top` a real pty and copies our stdin into it.
+    let run = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running `script` (util-linux)");
+        std::thread::sleep(Duration::from_millis(1500));
+        use std::io::Write as _;
+        child
+            .stdin
+            .as_mut()
+            .expect("stdin")
+            .write_all(b"q")
+            .expect("pressing q");
+        child.wait_with_output().expect("waiting for gateway top")
+    });
+    let output = within(20, "gateway top in a pty", run)
+        .await
+        .expect("the pty task");
+    assert!(
+        output.status.success(),
+        "gateway top did not exit cleanly on q: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let screen = screen_text(&output.stdout);
+    for needle in [
+        "Requests/sbyrouteandstatus",
+        "Upstreams",
+        "fleet2/2",
+        "all200-3",
+    ] {
+        assert!(
+            screen.contains(needle),
+            "{needle:?} not on screen: {screen}"
+        );
+    }
+    let raw = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        raw.contains("\u{1b}[?1049l"),
+        "the alternate screen was not left: {raw:?}"
+    );
+    daemon.stop();
+}

@@ -270,11 +270,17 @@ mod tests {
     #[test]
     fn the_admin_endpoint_may_not_share_a_listener_socket() {
         let text = include_str!("../../../deploy/gateway.example.toml")
-            .replace("address = \"127.0.0.1:9090\"", "address = \"127.0.0.1:443\"")
+            .replace(
+                "address = \"127.0.0.1:9090\"",
+                "address = \"127.0.0.1:443\"",
+            )
             .replace("access = \"/var/log", "access = \"var/log");
         let err = Config::parse(Path::new("x.toml"), &text).expect_err("invalid");
         let text = err.to_string();
         assert!(text.contains("admin.address: 127.0.0.1:443"), "{text}");
-        assert!(text.contains("log.access: var/log/gateway/access.log is relative"), "{text}");
+        assert!(
+            text.contains("log.access: var/log/gateway/access.log is relative"),
+            "{text}"
+        );
     }
 }
