@@ -4,7 +4,7 @@
 //! SIGHUP reloads the config; SIGTERM drains the proxy. Stopping the daemon leaves
 //! the program attached and filtering.
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use gateway_common::{
@@ -21,6 +21,7 @@ use crate::{
     addr::{self, ipv6_mask},
     config::Config,
     lists::{ListError, Lists},
+    observe::admin::{self, AdminState},
     proxy::{Proxy, ProxyStartError},
     state::{StateDir, StateError},
     xdp::{self, KernelMaps, PinDir, XdpError},
@@ -40,6 +41,13 @@ pub enum DaemonError {
     List(#[from] ListError),
     #[error(transparent)]
     Proxy(#[from] ProxyStartError),
+    #[error(
+        "admin.address {address}: binding the admin listener: {source} (set [admin] address to a free port, or enabled = false)"
+    )]
+    Admin {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -104,10 +112,14 @@ pub async fn run(
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
-    // `gateway token revoke|unrevoke` asks for the denylist to be re-read.
-    let mut user1 = signal(SignalKind::user_defined1()).map_err(signal_error)?;
+    // `gateway token revoke|unrevoke` asks for the denylist to be re-read (SIGUSR2);
+    // SIGUSR1 reopens the log files for logrotate.
+    let mut user2 = signal(SignalKind::user_defined2()).map_err(signal_error)?;
+    let mut reopen = signal(SignalKind::user_defined1()).map_err(signal_error)?;
 
     let _lock = state.lock_daemon()?;
+    // Before the first request, so no request goes unrecorded.
+    crate::observe::metrics::handle();
     let mut kernel = if config.xdp.enabled {
         Some(KernelPlane::start(&config, pins, state)?)
     } else {
@@ -121,6 +133,13 @@ pub async fn run(
     } else {
         Some(Proxy::start(&config, Some(state.revocations_path()?)).await?)
     };
+
+    let admin = start_admin(
+        &config,
+        proxy.as_ref(),
+        kernel.is_some().then(|| (pins.clone(), state.clone())),
+    )
+    .await?;
 
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut certificates = tokio::time::interval(config.proxy.certificate_check_interval);
@@ -136,8 +155,11 @@ pub async fn run(
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            _ = reopen.recv() => reopen_logs(),
             _ = hangup.recv() => {
+                reopen_logs();
                 if let Some(new) = reload(config_path, &config, kernel.as_ref(), proxy.as_ref(), state).await {
+                    admin.set_config(&new);
                     config = new;
                 }
             }
@@ -146,7 +168,7 @@ pub async fn run(
                     sweep_once(&Lists::new(&kernel.maps, state));
                 }
             }
-            _ = user1.recv() => {
+            _ = user2.recv() => {
                 if let Some(proxy) = &proxy {
                     proxy.reload_revocations();
                 }
@@ -186,6 +208,35 @@ pub async fn run(
     Ok(())
 }
 
+/// The admin state (metrics, readiness, `/config`), served on the admin
+/// listener unless `[admin] enabled = false`, and judged by the alert rules.
+async fn start_admin(
+    config: &Config,
+    proxy: Option<&Proxy>,
+    kernel: Option<(PinDir, StateDir)>,
+) -> Result<Arc<AdminState>, DaemonError> {
+    // More readiness conditions plug in here: `state.add_ready_check(name, check)`.
+    let state = AdminState::new(config, proxy.map(Proxy::snapshots), kernel);
+    let state = Arc::new(state);
+    if config.admin.enabled {
+        let address = config.admin.address;
+        let listener = admin::bind(address)
+            .await
+            .map_err(|source| DaemonError::Admin { address, source })?;
+        info!(address = %listener.local_addr().unwrap_or(address), "admin endpoint listening (/metrics, /healthz, /readyz, /config, /xdp/top)");
+        tokio::spawn(admin::serve(listener, state.clone()));
+    }
+    crate::observe::alerts::spawn(&config.alerts, state.clone());
+    Ok(state)
+}
+
+/// SIGUSR1 (and SIGHUP): reopen the log files at their paths, for logrotate.
+fn reopen_logs() {
+    for err in crate::observe::logs::reopen() {
+        error!(%err, "reopening a log file failed; still writing to the old one");
+    }
+}
+
 /// Re-reads the config file. An invalid file, or one the proxy cannot apply,
 /// changes nothing; the reason is logged and the running config stays.
 async fn reload(
@@ -199,10 +250,15 @@ async fn reload(
     let config = match Config::load_checked(path) {
         Ok(config) => config,
         Err(err) => {
-            error!(event = "config_reload_rejected", %err, "reload rejected; the running configuration stays");
+            error!(%err, "reload rejected; the running configuration stays");
+            error!(target: "audit", event = "config_reload_rejected", path = %path.display(), %err);
             return None;
         }
     };
+    if config.log != running.log || config.admin != running.admin || config.alerts != running.alerts
+    {
+        warn!("[log], [admin] and [[alert]] changes need a restart");
+    }
     if config.xdp.enabled != running.xdp.enabled || config.xdp.interface != running.xdp.interface {
         warn!("xdp.enabled and xdp.interface changes need a restart");
     }
@@ -212,7 +268,8 @@ async fn reload(
     if let Some(proxy) = proxy
         && let Err(err) = proxy.reload(&config).await
     {
-        error!(event = "config_reload_rejected", %err, "reload rejected; the running configuration stays");
+        error!(%err, "reload rejected; the running configuration stays");
+        error!(target: "audit", event = "config_reload_rejected", path = %path.display(), %err);
         return None;
     }
     if let Some(kernel) = kernel
@@ -221,10 +278,17 @@ async fn reload(
         error!(%err, "applying the reloaded XDP settings failed");
     }
     info!(
-        event = "config_reloaded",
         routes = config.routes.len(),
         upstreams = config.upstreams.len(),
         "configuration reloaded"
+    );
+    info!(
+        target: "audit",
+        event = "config_reloaded",
+        path = %path.display(),
+        routes = config.routes.len(),
+        upstreams = config.upstreams.len(),
+        listeners = config.listeners.len(),
     );
     Some(config)
 }
@@ -304,7 +368,7 @@ fn sweep_once(lists: &Lists<'_>) {
     match lists.sweep() {
         Ok(sweep) => {
             for (kind, cidr) in sweep.expired {
-                info!(list = kind.name(), %cidr, "entry expired and was removed");
+                info!(target: "audit", event = "list_expired", list = kind.name(), %cidr, source = "daemon");
             }
         }
         Err(err) => error!(%err, "sweeping the lists failed; retrying in a second"),

@@ -8,6 +8,7 @@
 //! - [`auth`]: who is calling.
 //! - [`policy`]: which route serves a request.
 //! - [`upstream`]: the fleet's pools: balancing, health, ejection, breaker, retries.
+//! - [`observe`]: metrics, the admin endpoint, log streams.
 //! - [`tls`]: certificate, key and CA files.
 //! - [`config`]: the daemon's configuration file.
 //! - [`daemon`]: `gateway run`.
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod lists;
+pub mod observe;
 pub mod policy;
 pub mod proxy;
 pub mod state;

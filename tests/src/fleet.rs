@@ -12,7 +12,8 @@ use std::{
 };
 
 use gateway::config::{
-    CertificateConfig, Config, ListenerConfig, RouteConfig, UpstreamConfig, XdpSection,
+    AdminSection, CertificateConfig, Config, ListenerConfig, RouteConfig, UpstreamConfig,
+    XdpSection,
 };
 
 use crate::{
@@ -34,6 +35,8 @@ pub struct Fleet {
     pub upstreams: Vec<Upstream>,
     pub gateway: Gateway,
     pub listen: SocketAddr,
+    /// The admin listener (`/metrics`, `/readyz`, …), on its own loopback port.
+    pub admin: SocketAddr,
     dir: tempfile::TempDir,
     edge_cert: (PathBuf, PathBuf),
     client_cert: (PathBuf, PathBuf),
@@ -63,6 +66,7 @@ impl Fleet {
             upstreams,
             gateway: Gateway::local(),
             listen: free_port(),
+            admin: free_port(),
             dir,
             edge_cert,
             client_cert,
@@ -123,6 +127,10 @@ impl Fleet {
             listeners: vec![listener],
             routes: vec![route("all", "/")],
             upstreams: BTreeMap::from([("fleet".to_owned(), upstream)]),
+            admin: AdminSection {
+                enabled: true,
+                address: self.admin,
+            },
             ..Config::default()
         }
     }

@@ -1,15 +1,18 @@
 //! `cargo xtask demo`: the gateway on a private test network, ready to poke at.
 //!
-//! Builds everything, creates two network namespaces joined by a veth pair
-//! (198.18.0.0/24 and 2001:2::/64 only), runs `gateway run` with the XDP program on
-//! the gateway side, and prints commands that show a block and a rate limit at work.
-//! Ctrl-C stops the daemon, detaches the program and removes the namespaces and the
-//! demo's files, leaving the host as it was.
+//! Builds everything, creates three network namespaces — a client, the gateway,
+//! and a fleet of three mTLS upstream hosts (`test-upstream`) — joined by veth
+//! pairs (198.18.0.0/24, 198.18.1.0/24 and 2001:2::/64 only), generates the
+//! certificates, runs `gateway run` with the XDP program on the client side and
+//! the proxy in front of the fleet, and prints commands that show requests, a
+//! block, a rate limit, the metrics and `gateway top` at work. Ctrl-C stops the
+//! daemon and the upstreams, detaches the program and removes the namespaces and
+//! the demo's files, leaving the host as it was.
 
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, Command, Stdio},
 };
 
 use anyhow::{Context as _, bail};
@@ -20,6 +23,12 @@ const GATEWAY_NS: &str = "gwdemo-gw";
 const CLIENT_NS: &str = "gwdemo-client";
 const GATEWAY_IF: &str = "gwdemo0";
 const CLIENT_IF: &str = "gwdemo1";
+const FLEET_NS: &str = "gwdemo-fleet";
+/// The gateway's side of the fleet link, and the fleet's.
+const FLEET_GW_IF: &str = "gwdemo2";
+const FLEET_IF: &str = "gwdemo3";
+/// The upstream hosts, each requiring the gateway's client certificate.
+const UPSTREAMS: [&str; 3] = ["198.18.1.11:8443", "198.18.1.12:8443", "198.18.1.13:8443"];
 const PIN_DIR: &str = "/sys/fs/bpf/gateway-demo";
 const WORK_DIR: &str = "/tmp/gateway-demo";
 
@@ -31,39 +40,73 @@ pub fn run(ws: &Workspace) -> anyhow::Result<()> {
     }
     setup::run(ws)?;
     let gateway = ws.build_gateway(false)?;
+    util::run(
+        ws.cargo()
+            .args(["build", "--package", "gateway-tests", "--bins"]),
+    )?;
+    let bins = ws.target_dir()?.join("debug");
     teardown(&gateway);
-    let result = demo(&gateway);
+    let mut upstreams = Vec::new();
+    let result = demo(&gateway, &bins, &mut upstreams);
+    for mut upstream in upstreams {
+        let _ = upstream.kill();
+        let _ = upstream.wait();
+    }
     teardown(&gateway);
     result
 }
 
-fn demo(gateway: &Path) -> anyhow::Result<()> {
+fn demo(gateway: &Path, bins: &Path, upstreams: &mut Vec<Child>) -> anyhow::Result<()> {
     network()?;
     let work = PathBuf::from(WORK_DIR);
     fs::create_dir_all(&work).with_context(|| format!("creating {WORK_DIR}"))?;
+    let pki = work.join("pki");
+    util::run(Command::new(bins.join("demo-certs")).arg(&pki))?;
+    for (i, address) in UPSTREAMS.iter().enumerate() {
+        let log = fs::File::create(work.join(format!("up-{}.log", i + 1)))
+            .context("creating an upstream log")?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{FLEET_NS}"))
+            .arg(bins.join("test-upstream"))
+            .args(["--listen", address, "--name", &format!("up-{}", i + 1)])
+            .arg("--cert")
+            .arg(pki.join("fleet.crt"))
+            .arg("--key")
+            .arg(pki.join("fleet.key"))
+            .arg("--client-ca")
+            .arg(pki.join("fleet-ca.crt"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("upstream log")?)
+            .stderr(log)
+            .spawn()
+            .context("starting a demo upstream")?;
+        upstreams.push(child);
+    }
     let config = work.join("gateway.toml");
-    fs::write(
-        &config,
-        format!(
-            "# The demo's config: see README.md for every key.\n\
-             [xdp]\ninterface = \"{GATEWAY_IF}\"\n\
-             [xdp.rate_limit]\npps = 100\nburst = 50\n"
-        ),
-    )
-    .with_context(|| format!("writing {}", config.display()))?;
+    fs::write(&config, demo_config(&pki))
+        .with_context(|| format!("writing {}", config.display()))?;
 
     let send = |count: u32| {
         format!(
             "ip netns exec {CLIENT_NS} bash -c 'for i in $(seq {count}); do echo hi > /dev/udp/198.18.0.1/9; done'"
         )
     };
+    let curl = format!(
+        "ip netns exec {CLIENT_NS} curl -s --cacert {WORK_DIR}/pki/edge-ca.crt --resolve api.demo:443:198.18.0.1"
+    );
     println!(
         "\n\
          The gateway protects {GATEWAY_IF} (198.18.0.1, 2001:2::1) in namespace {GATEWAY_NS}; a client\n\
          in {CLIENT_NS} sends from 198.18.0.10. Rate limit: 100 packets/s per source, burst 50.\n\
+         Behind it, three upstreams in {FLEET_NS} ({fleet}) require its client certificate.\n\
          In another root shell, try:\n\n\
          \x20 export GATEWAY_PIN_DIR={PIN_DIR} GATEWAY_STATE_DIR={WORK_DIR}/state\n\
          \x20 alias gateway={gateway}\n\
+         \x20 {curl} https://api.demo/echo            # answered by up-1, up-2, up-3 in turn\n\
+         \x20 {curl} https://api.demo/a/%2F/b        # 400 invalid_path, answered by the gateway\n\
+         \x20 ip netns exec {GATEWAY_NS} curl -s 127.0.0.1:9090/metrics | grep '^gateway_requests_total'\n\
+         \x20 ip netns exec {GATEWAY_NS} curl -s 127.0.0.1:9090/readyz\n\
+         \x20 nsenter --net=/run/netns/{GATEWAY_NS} {gateway} top   # live view; q quits\n\
          \x20 {send10}    # 10 datagrams\n\
          \x20 gateway stats                 # counted under pass\n\
          \x20 gateway blocklist add 198.18.0.10 --ttl 10m --reason demo\n\
@@ -76,6 +119,7 @@ fn demo(gateway: &Path) -> anyhow::Result<()> {
          \x20 gateway xdp status\n\n\
          The daemon's log follows (a rate_limit_exceeded line appears for the flood). Ctrl-C ends the demo.\n",
         gateway = gateway.display(),
+        fleet = UPSTREAMS.join(", "),
         send10 = send(10),
         send1000 = send(1000),
     );
@@ -98,9 +142,35 @@ fn demo(gateway: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Two namespaces joined by a veth pair, addressed from the benchmarking ranges.
+/// The demo's config: XDP on the client link, one TLS listener, the fleet pool,
+/// and two alerts that log (a block added, the pool losing every endpoint).
+fn demo_config(pki: &Path) -> String {
+    let pem = |name: &str| pki.join(name).display().to_string();
+    let endpoints = UPSTREAMS.map(|u| format!("{u:?}")).join(", ");
+    format!(
+        "# The demo's config: see README.md for every key.\n\
+         [xdp]\ninterface = \"{GATEWAY_IF}\"\n\
+         [xdp.rate_limit]\npps = 100\nburst = 50\n\n\
+         [[listener]]\nname = \"public\"\naddress = \"198.18.0.1:443\"\n\
+         [[listener.certificates]]\ncert = {edge_cert:?}\nkey = {edge_key:?}\nserver_names = [\"api.demo\"]\n\n\
+         [[route]]\nname = \"api\"\npath_prefix = \"/\"\nupstream = \"fleet\"\n\n\
+         [upstream.fleet]\nendpoints = [{endpoints}]\nserver_name = \"fleet.internal\"\n\
+         ca = {fleet_ca:?}\nclient_cert = {client_cert:?}\nclient_key = {client_key:?}\n\n\
+         [[alert]]\nname = \"block-added\"\nmetric = \"gateway_xdp_map_entries\"\n\
+         labels = {{ map = \"BLOCKLIST\" }}\ncondition = \"increased\"\n\n\
+         [[alert]]\nname = \"pool-down\"\nmetric = \"gateway_upstream_healthy_endpoints\"\n\
+         condition = \"below\"\nthreshold = 1\nseverity = \"critical\"\n",
+        edge_cert = pem("edge.crt"),
+        edge_key = pem("edge.key"),
+        fleet_ca = pem("fleet-ca.crt"),
+        client_cert = pem("gateway.crt"),
+        client_key = pem("gateway.key"),
+    )
+}
+
+/// Three namespaces joined by veth pairs, addressed from the benchmarking ranges.
 fn network() -> anyhow::Result<()> {
-    for ns in [GATEWAY_NS, CLIENT_NS] {
+    for ns in [GATEWAY_NS, CLIENT_NS, FLEET_NS] {
         ip(&["netns", "add", ns])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         // Addresses usable at once, without a second of duplicate address detection.
@@ -111,11 +181,40 @@ fn network() -> anyhow::Result<()> {
         "link", "add", GATEWAY_IF, "netns", GATEWAY_NS, "type", "veth", "peer", "name", CLIENT_IF,
         "netns", CLIENT_NS,
     ])?;
+    ip(&[
+        "link",
+        "add",
+        FLEET_GW_IF,
+        "netns",
+        GATEWAY_NS,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        FLEET_IF,
+        "netns",
+        FLEET_NS,
+    ])?;
+    let fleet_addrs: Vec<String> = UPSTREAMS
+        .iter()
+        .filter_map(|u| u.split_once(':'))
+        .map(|(ip, _)| format!("{ip}/24"))
+        .collect();
     for (ns, iface, addrs) in [
-        (GATEWAY_NS, GATEWAY_IF, ["198.18.0.1/24", "2001:2::1/64"]),
-        (CLIENT_NS, CLIENT_IF, ["198.18.0.10/24", "2001:2::10/64"]),
+        (
+            GATEWAY_NS,
+            GATEWAY_IF,
+            vec!["198.18.0.1/24".to_owned(), "2001:2::1/64".to_owned()],
+        ),
+        (
+            CLIENT_NS,
+            CLIENT_IF,
+            vec!["198.18.0.10/24".to_owned(), "2001:2::10/64".to_owned()],
+        ),
+        (GATEWAY_NS, FLEET_GW_IF, vec!["198.18.1.1/24".to_owned()]),
+        (FLEET_NS, FLEET_IF, fleet_addrs),
     ] {
-        for addr in addrs {
+        for addr in &addrs {
             ip(&["-n", ns, "addr", "add", addr, "dev", iface])?;
         }
         ip(&["-n", ns, "link", "set", iface, "up"])?;
@@ -135,7 +234,7 @@ fn teardown(gateway: &Path) {
         .env("GATEWAY_PIN_DIR", PIN_DIR)
         .env("GATEWAY_STATE_DIR", format!("{WORK_DIR}/state"))
         .output();
-    for ns in [GATEWAY_NS, CLIENT_NS] {
+    for ns in [GATEWAY_NS, CLIENT_NS, FLEET_NS] {
         let _ = Command::new("ip").args(["netns", "del", ns]).output();
     }
     let _ = fs::remove_dir_all(WORK_DIR);

@@ -1,7 +1,7 @@
 //! The denylist of token ids (`jti`) and subjects (`sub`), kept in
 //! `revocations.json` in the state directory so it survives restarts. The CLI
 //! (`gateway token revoke|unrevoke|list`) writes the file and signals the
-//! daemon (SIGUSR1), which re-reads it at once; the daemon also notices a
+//! daemon (SIGUSR2), which re-reads it at once; the daemon also notices a
 //! changed file within a second. Checked on every request, cache hits included.
 
 use std::{
@@ -122,7 +122,7 @@ impl Revocations {
         self.load(path, true);
     }
 
-    /// Re-reads the file now (SIGUSR1 from the CLI).
+    /// Re-reads the file now (SIGUSR2 from the CLI).
     pub fn reload(&self) {
         if let Some(path) = &self.path {
             self.load(path, true);

@@ -2,6 +2,7 @@
 
 use anyhow::bail;
 use gateway::{
+    addr::Cidr,
     lists::{ListKind, Lists},
     state::Source,
     xdp::KernelMaps,
@@ -15,6 +16,15 @@ pub fn run(ctx: &Context, kind: ListKind, command: ListCommand) -> anyhow::Resul
     match command {
         ListCommand::Add(args) => {
             lists.add(kind, &args.entries, args.ttl, &args.reason, Source::Cli)?;
+            tracing::info!(
+                target: "audit",
+                event = "list_add",
+                list = kind.name(),
+                entries = %joined(&args.entries),
+                ttl_secs = args.ttl.map(|ttl| ttl.as_secs()),
+                reason = %args.reason,
+                source = Source::Cli.as_str(),
+            );
             if ctx.json {
                 return print_json(&serde_json::json!({ "added": args.entries }));
             }
@@ -29,6 +39,21 @@ pub fn run(ctx: &Context, kind: ListKind, command: ListCommand) -> anyhow::Resul
         }
         ListCommand::Remove { entries } => {
             let found = lists.remove(kind, &entries)?;
+            let removed: Vec<_> = entries
+                .iter()
+                .zip(&found)
+                .filter(|(_, found)| **found)
+                .map(|(cidr, _)| *cidr)
+                .collect();
+            if !removed.is_empty() {
+                tracing::info!(
+                    target: "audit",
+                    event = "list_remove",
+                    list = kind.name(),
+                    entries = %joined(&removed),
+                    source = Source::Cli.as_str(),
+                );
+            }
             let missing: Vec<String> = entries
                 .iter()
                 .zip(&found)
@@ -84,6 +109,13 @@ pub fn run(ctx: &Context, kind: ListKind, command: ListCommand) -> anyhow::Resul
         }
         ListCommand::Flush => {
             let removed = lists.flush(kind)?;
+            tracing::info!(
+                target: "audit",
+                event = "list_flush",
+                list = kind.name(),
+                removed,
+                source = Source::Cli.as_str(),
+            );
             if ctx.json {
                 print_json(&serde_json::json!({ "removed": removed }))
             } else {
@@ -92,4 +124,13 @@ pub fn run(ctx: &Context, kind: ListKind, command: ListCommand) -> anyhow::Resul
             }
         }
     }
+}
+
+/// Entries as one audit field: `198.18.0.1,198.18.2.0/24`.
+fn joined(entries: &[Cidr]) -> String {
+    entries
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }

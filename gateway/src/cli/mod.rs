@@ -5,6 +5,7 @@ mod ratelimit;
 mod stats;
 mod table;
 mod token;
+mod top;
 mod xdp;
 
 use std::{
@@ -91,6 +92,19 @@ enum Command {
         /// Stop after this many refreshes (watch mode).
         #[arg(long)]
         count: Option<u64>,
+    },
+    /// Live view from the admin endpoint: XDP drops, top sources, requests by
+    /// route and status, upstream health, recent blocks (q or Ctrl-C quits).
+    Top {
+        /// The daemon's admin address (`[admin] address`).
+        #[arg(long, env = "GATEWAY_ADMIN", default_value_t = gateway::config::observe::DEFAULT_ADMIN_ADDRESS)]
+        admin: std::net::SocketAddr,
+        /// Refresh interval.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Print one 80×24 frame (rates over one interval) and exit.
+        #[arg(long)]
+        once: bool,
     },
 }
 
@@ -230,6 +244,10 @@ impl Cli {
     }
 }
 
+/// The CLI's audit log, in the state directory; point the daemon's
+/// `[log] audit` at the same file to keep one audit trail.
+const AUDIT_LOG: &str = "audit.log";
+
 /// What every command needs to find the gateway's state.
 struct Context {
     pins: PinDir,
@@ -239,6 +257,11 @@ struct Context {
 
 /// Runs one command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if !cli.is_daemon() {
+        // Changes to the kernel maps are audited with who made them; the daemon
+        // sets up its own streams from its config.
+        gateway::observe::logs::init_cli_audit(&cli.state_dir.join(AUDIT_LOG));
+    }
     let ctx = Context {
         pins: PinDir::new(cli.pin_dir),
         state: StateDir::new(cli.state_dir),
@@ -262,6 +285,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             interval,
             count,
         } => stats::run(&ctx, watch, interval, count),
+        Command::Top {
+            admin,
+            interval,
+            once,
+        } => top::run(admin, interval, once),
     }
 }
 
@@ -295,6 +323,7 @@ fn reload(ctx: &Context) -> anyhow::Result<()> {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("sending SIGHUP to the daemon (pid {pid})"));
     }
+    tracing::info!(target: "audit", event = "config_reload_requested", daemon_pid = pid);
     println!(
         "reload requested from the daemon (pid {pid}); its log says whether the new configuration was accepted"
     );
@@ -311,16 +340,7 @@ fn run_daemon(
     if no_xdp {
         config.xdp.enabled = false;
     }
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stdout);
-    match log_format {
-        LogFormat::Json => subscriber.json().flatten_event(true).init(),
-        LogFormat::Text => subscriber.init(),
-    }
+    gateway::observe::logs::init_daemon(&config.log, matches!(log_format, LogFormat::Json))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,7 +1,6 @@
 //! `gateway ratelimit show|set|flush`.
 
 use gateway::{
-    addr::addr_to_ip,
     config::rate_limit_problems,
     xdp::{KernelMaps, RateLimit},
 };
@@ -42,6 +41,14 @@ pub fn run(ctx: &Context, command: RatelimitCommand) -> anyhow::Result<()> {
             limit.apply_to(&mut config);
             maps.set_config(&config)?;
             let applied = RateLimit::from_config(&config);
+            tracing::info!(
+                target: "audit",
+                event = "ratelimit_set",
+                pps = applied.pps,
+                burst = applied.burst,
+                syn_pps = applied.syn_pps,
+                syn_burst = applied.syn_burst,
+            );
             if ctx.json {
                 print_json(&applied)
             } else {
@@ -54,6 +61,7 @@ pub fn run(ctx: &Context, command: RatelimitCommand) -> anyhow::Result<()> {
         }
         RatelimitCommand::Flush => {
             let removed = maps.rate_limit()?.clear()?;
+            tracing::info!(target: "audit", event = "ratelimit_flushed", removed);
             if ctx.json {
                 print_json(&serde_json::json!({ "removed": removed }))
             } else {
@@ -66,27 +74,13 @@ pub fn run(ctx: &Context, command: RatelimitCommand) -> anyhow::Result<()> {
 
 fn show(ctx: &Context, maps: &KernelMaps, top: usize) -> anyhow::Result<()> {
     let config = maps.config()?;
-    let ipv6_prefix: u32 = config.ipv6_rate_mask.iter().map(|b| b.count_ones()).sum();
-    let mut buckets = maps.rate_limit()?.entries()?;
-    buckets.sort_by(|a, b| {
-        b.1.dropped
-            .cmp(&a.1.dropped)
-            .then(b.1.passed.cmp(&a.1.passed))
-    });
-    let sources: Vec<Source> = buckets
+    let sources: Vec<Source> = maps
+        .top_rate_limited(top)?
         .into_iter()
-        .take(top)
-        .map(|(addr, bucket)| {
-            let ip = addr_to_ip(addr);
-            Source {
-                source: if ip.is_ipv6() {
-                    format!("{ip}/{ipv6_prefix}")
-                } else {
-                    ip.to_string()
-                },
-                passed: bucket.passed,
-                dropped: bucket.dropped,
-            }
+        .map(|(source, bucket)| Source {
+            source,
+            passed: bucket.passed,
+            dropped: bucket.dropped,
         })
         .collect();
     let limit = RateLimit::from_config(&config);

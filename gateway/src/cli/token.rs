@@ -1,6 +1,6 @@
 //! `gateway token revoke|unrevoke|list`: the token denylist in the state
 //! directory. Changes are written atomically and the running daemon is told
-//! (SIGUSR1) to re-read them; it audits every change it picks up.
+//! (SIGUSR2) to re-read them; it audits every change it picks up.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -118,7 +118,7 @@ fn notify(ctx: &Context) {
     };
     let Ok(pid) = i32::try_from(pid) else { return };
     // SAFETY: kill(2) with a valid signal number has no memory-safety preconditions.
-    if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+    if unsafe { libc::kill(pid, libc::SIGUSR2) } != 0 {
         eprintln!(
             "could not signal the daemon (pid {pid}): {}; it reads the change within a second",
             std::io::Error::last_os_error()

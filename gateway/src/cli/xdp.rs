@@ -27,6 +27,14 @@ pub fn run(ctx: &Context, command: XdpCommand) -> anyhow::Result<()> {
             ctx.state.save_attachment(&attachment)?;
             let maps = KernelMaps::open(&ctx.pins)?;
             let restored = Lists::new(&maps, &ctx.state).restore()?;
+            tracing::info!(
+                target: "audit",
+                event = "xdp_attached",
+                interface = %attachment.interface,
+                mode = attachment.mode.as_str(),
+                program_id = attachment.program_id,
+                restored,
+            );
             if ctx.json {
                 #[derive(Serialize)]
                 struct Attached<'a> {
@@ -55,6 +63,7 @@ pub fn run(ctx: &Context, command: XdpCommand) -> anyhow::Result<()> {
         XdpCommand::Detach => {
             kernel::detach(&ctx.pins)?;
             ctx.state.clear_attachment()?;
+            tracing::info!(target: "audit", event = "xdp_detached", pin_dir = %ctx.pins.path().display());
             if ctx.json {
                 print_json(&serde_json::json!({ "detached": true }))
             } else {

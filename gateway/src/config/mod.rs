@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod duration;
+pub mod observe;
 pub mod proxy;
 pub mod xdp;
 
@@ -16,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     auth::{AuthMode, AuthSection, IntrospectionConfig, IssuerConfig, RouteAuth},
+    observe::{
+        AccessFormat, AdminSection, AlertCondition, AlertRule, LogOutput, LogSection, Severity,
+    },
     proxy::{
         Balance, BreakerConfig, CertificateConfig, ClientAuth, ForwardedStyle, HealthConfig,
         ListenerConfig, ListenerLimits, ListenerTimeouts, OutlierConfig, ProxySection, RetryConfig,
@@ -63,6 +67,15 @@ pub struct Config {
     /// Token issuers and the identity sent upstream.
     #[serde(default)]
     pub auth: AuthSection,
+    /// `[admin]`: metrics, health and the active config on a private address.
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// `[log]`: where the access, audit and daemon logs go.
+    #[serde(default)]
+    pub log: LogSection,
+    /// `[[alert]]`: conditions on metrics that notify a webhook.
+    #[serde(default, rename = "alert")]
+    pub alerts: Vec<AlertRule>,
 }
 
 impl Config {
@@ -114,6 +127,7 @@ impl Config {
             &self.upstreams,
         ));
         problems.extend(auth::problems(&self.auth, &self.routes));
+        problems.extend(observe::problems(&self.admin, &self.log, &self.listeners));
         if !self.xdp.enabled && self.listeners.is_empty() {
             problems.push(
                 "xdp.enabled is false and there is no [[listener]]: nothing to run".to_owned(),

@@ -103,6 +103,17 @@ pub(crate) struct Shared {
     snapshot: ArcSwap<Snapshot>,
 }
 
+/// A read-only view of the proxy's active [`Snapshot`], for metrics and
+/// readiness: always the one new requests get.
+#[derive(Clone)]
+pub struct Snapshots(Arc<Shared>);
+
+impl Snapshots {
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.0.snapshot.load_full()
+    }
+}
+
 struct RunningListener {
     name: String,
     address: SocketAddr,
@@ -178,6 +189,11 @@ impl Proxy {
             open,
             closed,
         })
+    }
+
+    /// The active configuration's routes and pools, as they change.
+    pub fn snapshots(&self) -> Snapshots {
+        Snapshots(self.shared.clone())
     }
 
     /// Where each listener is bound.

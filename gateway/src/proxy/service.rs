@@ -9,6 +9,7 @@ use std::{
 };
 
 use http::{HeaderValue, Request, Response, Version, header, request::Parts};
+use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use tracing::info;
@@ -21,7 +22,9 @@ use super::{
     normalize::normalize_path,
 };
 use crate::{
+    auth::Identity,
     config::{Balance, ListenerConfig},
+    observe,
     policy::routes::{Route, RouteError},
     upstream::{BoxBody, Forwarded, UpstreamError, balance::hash_key},
 };
@@ -46,6 +49,22 @@ struct Outcome {
     retries: u32,
     upstream_latency: Option<Duration>,
     error: Option<String>,
+    /// The error's stable code (`no_route`, …) when the gateway answered itself.
+    code: Option<&'static str>,
+    /// The verified caller, once authentication accepted a token.
+    identity: Option<Identity>,
+}
+
+impl Outcome {
+    /// `allow` when the fleet answered; `deny` when the gateway refused the
+    /// request (4xx), `error` when it could not serve it (5xx).
+    fn decision(&self, status: u16) -> &'static str {
+        match self.code {
+            None => "allow",
+            Some(_) if status < 500 => "deny",
+            Some(_) => "error",
+        }
+    }
 }
 
 /// Serves one request against the configuration that was active when it
@@ -60,19 +79,37 @@ pub async fn handle(
     let method = request.method().clone();
     let host = request_host(&request).map(str::to_owned);
     let raw_path = request.uri().path().to_owned();
+    // Declared sizes (Content-Length): a streamed body of unknown length counts 0.
+    let bytes_in = request.body().size_hint().exact().unwrap_or(0);
     let mut outcome = Outcome::default();
 
     let mut response = match proxy(&snapshot, &conn, request, &request_id, &mut outcome).await {
         Ok(response) => response,
         Err(err) => {
             outcome.error = Some(err.to_string());
+            outcome.code = Some(err.code());
             error::respond(&err, &request_id)
         }
     };
     response
         .headers_mut()
         .insert(REQUEST_ID, request_id.clone());
+    let latency = started.elapsed();
+    let bytes_out = response.body().size_hint().exact().unwrap_or(0);
+    observe::metrics::record_request(&observe::metrics::RequestRecord {
+        listener: &conn.listener,
+        route: outcome.route.as_deref(),
+        upstream: outcome.upstream.as_deref(),
+        status: response.status().as_u16(),
+        error_code: outcome.code,
+        latency,
+        upstream_latency: outcome.upstream_latency,
+        retries: outcome.retries,
+        bytes_in,
+        bytes_out,
+    });
 
+    let status = response.status().as_u16();
     info!(
         target: "access",
         request_id = request_id.to_str().unwrap_or_default(),
@@ -86,9 +123,15 @@ pub async fn handle(
         route = outcome.route.as_deref(),
         upstream = outcome.upstream.as_deref(),
         endpoint = outcome.endpoint.map(|e| e.to_string()),
-        status = response.status().as_u16(),
+        status,
+        decision = outcome.decision(status),
+        reason = outcome.code,
+        subject = outcome.identity.as_ref().map(|i| i.subject.as_str()),
+        jti_hash = outcome.identity.as_ref().and_then(|i| i.token_id.as_deref()),
+        bytes_in,
+        bytes_out,
         retries = outcome.retries,
-        latency_ms = started.elapsed().as_secs_f64() * 1e3,
+        latency_ms = latency.as_secs_f64() * 1e3,
         upstream_ms = outcome.upstream_latency.map(|d| d.as_secs_f64() * 1e3),
         error = outcome.error.as_deref(),
     );

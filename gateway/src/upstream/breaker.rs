@@ -104,6 +104,11 @@ impl Breaker {
             .saturating_sub(self.slots.available_permits())
     }
 
+    /// Whether every slot is taken: new requests wait or are refused.
+    pub fn is_open(&self) -> bool {
+        self.slots.available_permits() == 0
+    }
+
     /// Requests waiting for a slot now.
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Acquire)

@@ -63,6 +63,11 @@ impl Endpoint {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Requests this endpoint is serving now (for metrics).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Applies one active health-check result against the thresholds; returns
     /// the new state when it changed.
     pub(super) fn record_check(&self, ok: bool, config: &UpstreamConfig) -> Option<bool> {
@@ -175,6 +180,11 @@ impl Pool {
 
     pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
         self.endpoints.load_full()
+    }
+
+    /// The pool's circuit breaker, read-only for metrics.
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
     }
 
     /// Replaces the endpoint set (after DNS answered differently), keeping the

@@ -131,6 +131,36 @@ impl KernelMaps {
             .map(Table::new(map_names::RATE_LIMIT))
     }
 
+    /// The `n` rate-limit buckets with the most drops (then the most passed
+    /// packets), each named by its address, or for IPv6 the prefix it covers.
+    pub fn top_rate_limited(&self, n: usize) -> Result<Vec<(String, RateBucket)>, XdpError> {
+        let ipv6_prefix: u32 = self
+            .config()?
+            .ipv6_rate_mask
+            .iter()
+            .map(|b| b.count_ones())
+            .sum();
+        let mut buckets = self.rate_limit()?.entries()?;
+        buckets.sort_by(|a, b| {
+            b.1.dropped
+                .cmp(&a.1.dropped)
+                .then(b.1.passed.cmp(&a.1.passed))
+        });
+        Ok(buckets
+            .into_iter()
+            .take(n)
+            .map(|(addr, bucket)| {
+                let ip = crate::addr::addr_to_ip(addr);
+                let name = if ip.is_ipv6() {
+                    format!("{ip}/{ipv6_prefix}")
+                } else {
+                    ip.to_string()
+                };
+                (name, bucket)
+            })
+            .collect())
+    }
+
     /// The runtime settings.
     pub fn config(&self) -> Result<XdpConfig, XdpError> {
         let (config, path): (Array<MapData, XdpConfig>, _) = self.typed(map_names::CONFIG)?;

@@ -1,0 +1,408 @@
+//! The log streams. Every line is a `tracing` event; the target decides the
+//! stream:
+//!
+//! - `target: "access"`: one line per request, JSON or Common Log Format.
+//! - `target: "audit"`: security decisions and administrative changes, JSON,
+//!   each with the time, the process's user id (and `sudo_uid` when run
+//!   through sudo) and pid, so "who changed what when" needs nothing else.
+//! - everything else: the daemon's own messages, filtered by `RUST_LOG`.
+//!
+//! Each stream goes to stdout or to a file. Files are opened for appending
+//! and reopened by [`reopen`] (the daemon calls it on SIGUSR1 and SIGHUP), so
+//! logrotate can rename them and signal.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs::{File, OpenOptions},
+    io::Write as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+    time::SystemTime,
+};
+
+use serde_json::Value;
+use tracing::{
+    Event, Level, Subscriber,
+    field::{Field, Visit},
+};
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    filter::filter_fn,
+    fmt::MakeWriter,
+    layer::{Context, SubscriberExt as _},
+    util::SubscriberInitExt as _,
+};
+
+use crate::config::{AccessFormat, LogOutput, LogSection};
+
+/// The target of access-log events.
+pub const ACCESS: &str = "access";
+/// The target of audit events.
+pub const AUDIT: &str = "audit";
+
+/// A log file could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "opening log file {path}: {source} (check the directory exists and is writable, or log to \"stdout\")"
+)]
+pub struct LogError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+/// Every file the streams write to, for [`reopen`].
+static FILES: Mutex<Vec<Arc<LogFile>>> = Mutex::new(Vec::new());
+
+/// A file that can be reopened at its path after logrotate moved it.
+struct LogFile {
+    path: PathBuf,
+    /// `None` until first opened (lazily for the CLI's audit file).
+    file: Mutex<Option<File>>,
+}
+
+impl LogFile {
+    fn new(path: &Path, open_now: bool) -> Result<Arc<Self>, LogError> {
+        let file = if open_now {
+            Some(open_append(path)?)
+        } else {
+            None
+        };
+        let log = Arc::new(Self {
+            path: path.to_owned(),
+            file: Mutex::new(file),
+        });
+        FILES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(log.clone());
+        Ok(log)
+    }
+
+    fn write_line(&self, line: &str) {
+        let mut file = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        if file.is_none() {
+            match open_append(&self.path) {
+                Ok(opened) => *file = Some(opened),
+                Err(err) => {
+                    eprintln!("warning: {err}; dropping log line: {line}");
+                    return;
+                }
+            }
+        }
+        if let Some(file) = file.as_mut()
+            && let Err(err) = file.write_all(line.as_bytes())
+        {
+            eprintln!(
+                "warning: writing {}: {err}; dropping log line",
+                self.path.display()
+            );
+        }
+    }
+
+    fn reopen(&self) -> Result<(), LogError> {
+        let reopened = open_append(&self.path)?;
+        *self.file.lock().unwrap_or_else(PoisonError::into_inner) = Some(reopened);
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> Result<File, LogError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| LogError {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Reopens every log file at its path (after logrotate renamed it); a file
+/// that cannot be reopened keeps writing to the old one and is reported.
+pub fn reopen() -> Vec<LogError> {
+    let files = FILES.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    files
+        .iter()
+        .filter_map(|file| file.reopen().err())
+        .collect()
+}
+
+/// Where one stream's lines go.
+#[derive(Clone)]
+enum Sink {
+    Stdout,
+    File(Arc<LogFile>),
+}
+
+impl Sink {
+    fn new(output: &LogOutput, open_now: bool) -> Result<Self, LogError> {
+        Ok(match output {
+            LogOutput::Stdout => Self::Stdout,
+            LogOutput::File(path) => Self::File(LogFile::new(path, open_now)?),
+        })
+    }
+
+    fn write_line(&self, line: &str) {
+        match self {
+            Self::Stdout => {
+                // One write per line under the lock, so streams never interleave
+                // mid-line; a closed stdout only loses the line.
+                let _ = std::io::stdout().lock().write_all(line.as_bytes());
+            }
+            Self::File(file) => file.write_line(line),
+        }
+    }
+}
+
+/// `MakeWriter` for the daemon's own `fmt` layer: buffers one event, then
+/// writes it as one line.
+struct SinkWriter {
+    sink: Sink,
+    buffer: Vec<u8>,
+}
+
+impl std::io::Write for SinkWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SinkWriter {
+    fn drop(&mut self) {
+        if !self.buffer.is_empty() {
+            self.sink.write_line(&String::from_utf8_lossy(&self.buffer));
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for Sink {
+    type Writer = SinkWriter;
+
+    fn make_writer(&'a self) -> SinkWriter {
+        SinkWriter {
+            sink: self.clone(),
+            buffer: Vec::new(),
+        }
+    }
+}
+
+/// How a [`StreamLayer`] writes its events.
+#[derive(Clone, Copy)]
+enum Format {
+    Json,
+    Clf,
+}
+
+/// Writes the events of one target to one sink.
+struct StreamLayer {
+    target: &'static str,
+    format: Format,
+    sink: Sink,
+    /// Add uid, sudo_uid and pid (audit lines say who).
+    who: bool,
+}
+
+impl<S: Subscriber> Layer<S> for StreamLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        if event.metadata().target() != self.target {
+            return;
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let mut map = serde_json::Map::new();
+        map.insert("time".to_owned(), Value::String(now_rfc3339()));
+        map.insert(
+            "level".to_owned(),
+            Value::String(event.metadata().level().to_string()),
+        );
+        map.insert("stream".to_owned(), Value::String(self.target.to_owned()));
+        if self.who {
+            for (key, value) in who() {
+                map.insert(key.to_owned(), value);
+            }
+        }
+        map.extend(fields.0);
+        let mut line = match self.format {
+            Format::Json => Value::Object(map).to_string(),
+            Format::Clf => common_log_format(&map),
+        };
+        line.push('\n');
+        self.sink.write_line(&line);
+    }
+}
+
+/// The event's fields as JSON values (numbers stay numbers).
+#[derive(Default)]
+struct Fields(BTreeMap<String, Value>);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().to_owned(), Value::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .insert(field.name().to_owned(), Value::String(value.to_owned()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+}
+
+/// Who the process runs as, for audit lines.
+fn who() -> Vec<(&'static str, Value)> {
+    // SAFETY: getuid and getpid have no preconditions and cannot fail.
+    let (uid, pid) = unsafe { (libc::getuid(), libc::getpid()) };
+    let mut who = vec![("uid", Value::from(uid)), ("pid", Value::from(pid))];
+    if let Some(sudo_uid) = std::env::var("SUDO_UID")
+        .ok()
+        .and_then(|uid| uid.parse::<u32>().ok())
+    {
+        who.push(("sudo_uid", Value::from(sudo_uid)));
+    }
+    who
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// `client - subject [time] "METHOD path TLS" status bytes_out`: the access
+/// fields an Apache-style grep expects (the protocol slot holds the TLS version).
+fn common_log_format(map: &serde_json::Map<String, Value>) -> String {
+    let field = |key: &str| match map.get(key) {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Null) | None => "-".to_owned(),
+        Some(other) => other.to_string(),
+    };
+    let mut line = String::new();
+    let _ = write!(
+        line,
+        "{} - {} [{}] \"{} {} {}\" {} {}",
+        field("client"),
+        field("subject"),
+        field("time"),
+        field("method"),
+        field("path"),
+        field("tls"),
+        field("status"),
+        field("bytes_out"),
+    );
+    line
+}
+
+/// Installs the daemon's logging: access, audit and daemon streams as `log`
+/// says; `json` picks the daemon stream's format.
+pub fn init_daemon(log: &LogSection, json: bool) -> Result<(), LogError> {
+    let access = StreamLayer {
+        target: ACCESS,
+        format: match log.access_format {
+            AccessFormat::Json => Format::Json,
+            AccessFormat::Clf => Format::Clf,
+        },
+        sink: Sink::new(&log.access, true)?,
+        who: false,
+    };
+    let audit = StreamLayer {
+        target: AUDIT,
+        format: Format::Json,
+        sink: Sink::new(&log.audit, true)?,
+        who: true,
+    };
+    let daemon_sink = Sink::new(&log.daemon, true)?;
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let not_streams = filter_fn(|meta| meta.target() != ACCESS && meta.target() != AUDIT);
+    let registry = tracing_subscriber::registry()
+        .with(access.with_filter(filter_fn(|meta| *meta.level() <= Level::INFO)))
+        .with(audit.with_filter(filter_fn(|meta| *meta.level() <= Level::INFO)));
+    if json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(daemon_sink)
+                    .with_filter(not_streams)
+                    .with_filter(env),
+            )
+            .init();
+    } else {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(daemon_sink)
+                    .with_filter(not_streams)
+                    .with_filter(env),
+            )
+            .init();
+    }
+    Ok(())
+}
+
+/// Installs the CLI's logging: audit events only, appended to `path` (opened
+/// on the first event, so read-only commands never touch it).
+pub fn init_cli_audit(path: &Path) {
+    let layer = StreamLayer {
+        target: AUDIT,
+        format: Format::Json,
+        sink: Sink::File(Arc::new(LogFile {
+            path: path.to_owned(),
+            file: Mutex::new(None),
+        })),
+        who: true,
+    };
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(filter_fn(|meta| meta.target() == AUDIT)))
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clf_line_has_the_classic_shape() {
+        let map = serde_json::json!({
+            "client": "198.18.0.7", "time": "2026-11-28T03:00:00.000Z", "method": "GET",
+            "path": "/api/x", "tls": "TLSv1.3", "status": 200, "bytes_out": 12,
+        });
+        let Value::Object(map) = map else {
+            unreachable!("a JSON object literal")
+        };
+        assert_eq!(
+            common_log_format(&map),
+            "198.18.0.7 - - [2026-11-28T03:00:00.000Z] \"GET /api/x TLSv1.3\" 200 12"
+        );
+    }
+
+    #[test]
+    fn files_reopen_at_their_path_after_a_rename() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("access.log");
+        let sink = Sink::new(&LogOutput::File(path.clone()), true).expect("open");
+        sink.write_line("one\n");
+        std::fs::rename(&path, dir.path().join("access.log.1")).expect("rename");
+        sink.write_line("two\n");
+        assert!(reopen().is_empty());
+        sink.write_line("three\n");
+        let rotated = std::fs::read_to_string(dir.path().join("access.log.1")).expect("old");
+        let current = std::fs::read_to_string(&path).expect("new");
+        assert_eq!(rotated, "one\ntwo\n");
+        assert_eq!(current, "three\n");
+    }
+}

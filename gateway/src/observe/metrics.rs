@@ -1,0 +1,195 @@
+//! Prometheus metrics. The recorder is installed once per process; requests
+//! record through the `metrics` facade as they finish, and what the gateway
+//! can read at any moment (endpoint health, breaker slots, the XDP counters and
+//! map fill) is read when `/metrics` is scraped, so it is never stale and costs
+//! nothing between scrapes.
+//!
+//! Names: `gateway_<area>_<what>[_total|_seconds]`; labels are bounded sets
+//! (routes, pools and endpoints from the config, status codes, error codes,
+//! XDP reasons).
+
+use std::{collections::BTreeMap, sync::OnceLock, time::Duration};
+
+use gateway_common::consts::{Reason, map_names};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::{
+    upstream::Upstreams,
+    xdp::{KernelMaps, XdpError},
+};
+
+/// Latency buckets in seconds: 1 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The maps whose fill is exported.
+const FILLED_MAPS: &[&str] = &[
+    map_names::BLOCKLIST,
+    map_names::CIDR_BLOCKLIST,
+    map_names::ALLOWLIST,
+    map_names::RATE_LIMIT,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's Prometheus recorder, installed on first use. A process that
+/// already has another global recorder (a test harness) gets a detached one,
+/// so rendering still works.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = || {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+        };
+        builder()
+            .install_recorder()
+            .unwrap_or_else(|_| builder().build_recorder().handle())
+    })
+}
+
+/// One finished request, as [`record_request`] needs it.
+pub struct RequestRecord<'a> {
+    pub listener: &'a str,
+    /// The matched route; `None` when none matched.
+    pub route: Option<&'a str>,
+    /// The upstream pool, when the request got that far.
+    pub upstream: Option<&'a str>,
+    pub status: u16,
+    /// The gateway's error code when it answered itself (`no_route`, …).
+    pub error_code: Option<&'static str>,
+    pub latency: Duration,
+    pub upstream_latency: Option<Duration>,
+    pub retries: u32,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// Records one request: called once, from the request's outcome.
+pub fn record_request(record: &RequestRecord<'_>) {
+    let route = record.route.unwrap_or("none").to_owned();
+    metrics::counter!(
+        "gateway_requests_total",
+        "listener" => record.listener.to_owned(),
+        "route" => route.clone(),
+        "status" => record.status.to_string(),
+    )
+    .increment(1);
+    metrics::histogram!("gateway_request_duration_seconds", "route" => route.clone())
+        .record(record.latency.as_secs_f64());
+    metrics::counter!("gateway_request_bytes_total", "route" => route.clone())
+        .increment(record.bytes_in);
+    metrics::counter!("gateway_response_bytes_total", "route" => route.clone())
+        .increment(record.bytes_out);
+    if let Some(code) = record.error_code {
+        metrics::counter!(
+            "gateway_request_errors_total",
+            "route" => route.clone(),
+            "code" => code,
+        )
+        .increment(1);
+    }
+    if let Some(upstream) = record.upstream {
+        if let Some(latency) = record.upstream_latency {
+            metrics::histogram!(
+                "gateway_upstream_duration_seconds",
+                "route" => route,
+                "upstream" => upstream.to_owned(),
+            )
+            .record(latency.as_secs_f64());
+        }
+        // Recorded at zero too, so the series exists before the first retry.
+        metrics::counter!("gateway_upstream_retries_total", "upstream" => upstream.to_owned())
+            .increment(u64::from(record.retries));
+    }
+}
+
+/// Sets the pool gauges from the pools as they are now.
+pub fn record_upstreams(upstreams: &Upstreams) {
+    for pool in upstreams.iter() {
+        let endpoints = pool.endpoints();
+        let mut healthy = 0;
+        for endpoint in endpoints.iter() {
+            let up = endpoint.is_healthy();
+            healthy += usize::from(up);
+            let labels = [
+                ("upstream", pool.name.clone()),
+                ("endpoint", endpoint.addr.to_string()),
+            ];
+            metrics::gauge!("gateway_upstream_endpoint_healthy", &labels)
+                .set(f64::from(u8::from(up)));
+            metrics::gauge!("gateway_upstream_endpoint_in_flight", &labels)
+                .set(endpoint.in_flight() as f64);
+        }
+        let name = pool.name.clone();
+        metrics::gauge!("gateway_upstream_endpoints", "upstream" => name.clone())
+            .set(endpoints.len() as f64);
+        metrics::gauge!("gateway_upstream_healthy_endpoints", "upstream" => name.clone())
+            .set(healthy as f64);
+        let breaker = pool.breaker();
+        metrics::gauge!("gateway_upstream_breaker_open", "upstream" => name.clone())
+            .set(f64::from(u8::from(breaker.is_open())));
+        metrics::gauge!("gateway_upstream_breaker_in_flight", "upstream" => name.clone())
+            .set(breaker.in_flight() as f64);
+        metrics::gauge!("gateway_upstream_breaker_pending", "upstream" => name)
+            .set(breaker.pending() as f64);
+    }
+}
+
+/// Copies the XDP verdict counters (summed over CPUs) and the map fill.
+pub fn record_xdp(maps: &KernelMaps) -> Result<(), XdpError> {
+    for (reason, counter) in Reason::ALL.iter().zip(maps.counters()?) {
+        let name = reason.name();
+        // `drop`, `pass` or `monitor`, so one label picks every drop.
+        let verdict = name.split('_').next().unwrap_or(name);
+        let labels = [("reason", name), ("verdict", verdict)];
+        metrics::counter!("gateway_xdp_packets_total", &labels).absolute(counter.packets);
+        metrics::counter!("gateway_xdp_bytes_total", &labels).absolute(counter.bytes);
+    }
+    for &name in FILLED_MAPS {
+        if let Some(entries) = maps.entry_count(name)? {
+            metrics::gauge!("gateway_xdp_map_entries", "map" => name).set(entries as f64);
+        }
+        metrics::gauge!("gateway_xdp_map_capacity", "map" => name)
+            .set(f64::from(maps.capacity(name)?));
+    }
+    Ok(())
+}
+
+/// A metric's samples by their label sets.
+pub type Series = BTreeMap<Vec<(String, String)>, f64>;
+
+/// The samples of a Prometheus text exposition, by name and label set.
+pub fn parse_text(text: &str) -> BTreeMap<String, Series> {
+    let mut metrics: BTreeMap<String, Series> = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (
+                name,
+                rest.trim_end_matches('}')
+                    .split("\",")
+                    .filter_map(|pair| {
+                        let (key, value) = pair.split_once("=\"")?;
+                        Some((key.to_owned(), value.trim_end_matches('"').to_owned()))
+                    })
+                    .collect(),
+            ),
+            None => (series, Vec::new()),
+        };
+        metrics
+            .entry(name.to_owned())
+            .or_default()
+            .insert(labels, value);
+    }
+    metrics
+}
