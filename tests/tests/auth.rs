@@ -93,9 +93,15 @@ fn config(fleet: &Fleet, idp: &Idp) -> Config {
         token_cookie: Some("session".to_owned()),
         ..RouteAuth::default()
     };
+    let mut forwarding = route("forwarding", "/forwarding");
+    forwarding.auth = RouteAuth {
+        token_header: Some("x-api-token".to_owned()),
+        forward_authorization: true,
+        ..required(&[])
+    };
     let mut all = route("all", "/");
     all.auth = required(&[]);
-    config.routes = vec![pay, open, maybe, all];
+    config.routes = vec![pay, open, maybe, forwarding, all];
     config
 }
 
@@ -433,6 +439,13 @@ async fn forged_expired_and_foreign_tokens_never_reach_the_upstream() {
         &with_token(&fleet, &client, "/maybe", &cases[0].2).await,
         "optional with a forged token",
     );
+    // A route that takes the token from its own header and forwards it.
+    let forwarded = echo(
+        &send(&fleet, &client, "/forwarding", &[("x-api-token", &valid)]).await,
+        "token header",
+    );
+    assert_eq!(forwarded["headers"]["x-auth-subject"], "alice");
+    assert_eq!(forwarded["headers"]["x-api-token"], valid.as_str());
     // None: no token looked at, but nobody can claim an identity.
     let open = echo(
         &send(
