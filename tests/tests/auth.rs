@@ -93,9 +93,15 @@ fn config(fleet: &Fleet, idp: &Idp) -> Config {
         token_cookie: Some("session".to_owned()),
         ..RouteAuth::default()
     };
+    let mut forwarding = route("forwarding", "/forwarding");
+    forwarding.auth = RouteAuth {
+        token_header: Some("x-api-token".to_owned()),
+        forward_authorization: true,
+        ..required(&[])
+    };
     let mut all = route("all", "/");
     all.auth = required(&[]);
-    config.routes = vec![pay, open, maybe, all];
+    config.routes = vec![pay, open, maybe, forwarding, all];
     config
 }
 
@@ -123,6 +129,21 @@ async fn with_token(fleet: &Fleet, client: &Client, path: &str, token: &str) -> 
         &[("authorization", &format!("Bearer {token}"))],
     )
     .await
+}
+
+/// Starts the gateway and waits until its pool has a healthy endpoint (the
+/// `/open` route needs no token), so a slow first health check on a busy
+/// machine is not mistaken for an auth answer.
+async fn start(fleet: &Fleet, config: &Config) -> Daemon {
+    let daemon = fleet.start(config);
+    let client = fleet.client(Protocol::Http1);
+    for _ in 0..100 {
+        if send(fleet, &client, "/open", &[]).await.status() == StatusCode::OK {
+            return daemon;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the upstream never became healthy; log:\n{}", daemon.log());
 }
 
 fn body(response: &Response<Bytes>) -> Value {
@@ -202,8 +223,9 @@ async fn forged_expired_and_foreign_tokens_never_reach_the_upstream() {
     let ed = SigningKey::generate(Algorithm::EdDSA, "ed-1");
     idp.publish(&[&es, &rs, &ed]);
     let fleet = Fleet::new(1);
-    let _daemon: Daemon = fleet.start(&config(&fleet, &idp));
+    let _daemon = start(&fleet, &config(&fleet, &idp)).await;
     let client = fleet.client(Protocol::Http1);
+    let baseline = upstream_count(&fleet).await;
     let attacker = SigningKey::generate(Algorithm::ES256, "es-1");
 
     let good = claims(&idp, "alice", "payments:write");
@@ -370,7 +392,7 @@ async fn forged_expired_and_foreign_tokens_never_reach_the_upstream() {
     }
     assert_eq!(
         upstream_count(&fleet).await,
-        0,
+        baseline,
         "nothing refused reached the upstream"
     );
 
@@ -417,6 +439,13 @@ async fn forged_expired_and_foreign_tokens_never_reach_the_upstream() {
         &with_token(&fleet, &client, "/maybe", &cases[0].2).await,
         "optional with a forged token",
     );
+    // A route that takes the token from its own header and forwards it.
+    let forwarded = echo(
+        &send(&fleet, &client, "/forwarding", &[("x-api-token", &valid)]).await,
+        "token header",
+    );
+    assert_eq!(forwarded["headers"]["x-auth-subject"], "alice");
+    assert_eq!(forwarded["headers"]["x-api-token"], valid.as_str());
     // None: no token looked at, but nobody can claim an identity.
     let open = echo(
         &send(
@@ -443,10 +472,13 @@ async fn keys_rotate_without_restart_random_kids_are_bounded_and_survive_an_outa
     let fleet = Fleet::new(1);
     let mut config = config(&fleet, &idp);
     let main = config.auth.issuers.get_mut("main").expect("issuer");
+    // The key set by its URL (the other tests find it through discovery).
+    main.discovery_url = None;
+    main.jwks_url = Some(idp.url("/jwks"));
     // Refresh every second, so the outage below meets a failing refresh.
     main.min_refresh_interval = Duration::from_secs(1);
     main.max_refresh_interval = Duration::from_secs(1);
-    let daemon = fleet.start(&config);
+    let daemon = start(&fleet, &config).await;
     let client = fleet.client(Protocol::Http1);
     assert!(idp.jwks_fetches() >= 1, "keys were fetched before traffic");
 
@@ -515,8 +547,8 @@ async fn opaque_tokens_are_introspected_cached_and_fail_closed() {
     config.auth.issuers.insert("opaque".to_owned(), opaque);
     let mut all = route("all", "/");
     all.auth = required(&["read"]);
-    config.routes = vec![all];
-    let _daemon = fleet.start(&config);
+    config.routes = vec![route("open", "/open"), all];
+    let daemon = start(&fleet, &config).await;
     let client = fleet.client(Protocol::Http1);
 
     idp.add_opaque(
@@ -559,6 +591,29 @@ async fn opaque_tokens_are_introspected_cached_and_fail_closed() {
         "cached while down",
     );
     assert_eq!(upstream_count(&fleet).await, before + 1);
+    idp.set_down(false);
+
+    // The endpoint requires client authentication: with a wrong secret the
+    // provider refuses the gateway, and the gateway fails closed.
+    let mut wrong = config.clone();
+    if let Some(introspection) = wrong
+        .auth
+        .issuers
+        .get_mut("opaque")
+        .and_then(|i| i.introspection.as_mut())
+    {
+        introspection.client_secret = "guessed".to_owned();
+    }
+    fleet.rewrite(&wrong);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("configuration reloaded", Duration::from_secs(10));
+    let response = with_token(&fleet, &client, "/x", "opaque-active").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        daemon.log().contains("401 Unauthorized"),
+        "the log says why: {}",
+        daemon.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,7 +623,7 @@ async fn revocation_by_jti_and_subject_applies_to_cached_tokens_and_survives_a_r
     idp.publish(&[&key]);
     let fleet = Fleet::new(1);
     let config = config(&fleet, &idp);
-    let daemon = fleet.start(&config);
+    let daemon = start(&fleet, &config).await;
     let client = fleet.client(Protocol::Http1);
 
     let dave = claims(&idp, "dave", "");
@@ -606,7 +661,7 @@ async fn revocation_by_jti_and_subject_applies_to_cached_tokens_and_survives_a_r
 
     // A restart keeps both revocations.
     daemon.stop();
-    let daemon = fleet.start(&config);
+    let daemon = start(&fleet, &config).await;
     assert_invalid(
         &with_token(&fleet, &client, "/", &dave_token).await,
         "jti after restart",

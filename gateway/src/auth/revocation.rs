@@ -125,6 +125,11 @@ impl Revocations {
     /// Re-reads the file now (SIGUSR2 from the CLI).
     pub fn reload(&self) {
         if let Some(path) = &self.path {
+            *self
+                .modified
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                std::fs::metadata(path).and_then(|m| m.modified()).ok();
             self.load(path, true);
         }
     }
