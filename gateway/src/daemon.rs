@@ -215,7 +215,6 @@ async fn start_admin(
     proxy: Option<&Proxy>,
     kernel: Option<(PinDir, StateDir)>,
 ) -> Result<Arc<AdminState>, DaemonError> {
-    // More readiness conditions plug in here: `state.add_ready_check(name, check)`.
     let state = AdminState::new(config, proxy.map(Proxy::snapshots), kernel);
     let state = Arc::new(state);
     if config.admin.enabled {

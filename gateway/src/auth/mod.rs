@@ -157,6 +157,21 @@ pub struct Auth {
 }
 
 impl Auth {
+    /// Issuers with a key source but no key yet (the provider was down at start):
+    /// their tokens are refused until keys arrive, so `/readyz` names them.
+    pub fn issuers_without_keys(&self) -> Vec<&str> {
+        self.issuers
+            .values()
+            .filter(|issuer| {
+                issuer.keys.as_ref().is_some_and(|keys| {
+                    let current = keys.current();
+                    current.by_kid.is_empty() && current.unnamed.is_empty()
+                })
+            })
+            .map(|issuer| issuer.name.as_str())
+            .collect()
+    }
+
     /// Builds the issuers (fetching their keys before traffic is accepted).
     pub async fn build(
         section: &AuthSection,

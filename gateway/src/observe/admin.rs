@@ -58,7 +58,9 @@ impl AdminState {
             checks: Vec::new(),
         };
         if let Some(proxy) = proxy {
+            let keys = proxy.clone();
             state.add_ready_check("upstreams", Box::new(move || pools_ready(&proxy)));
+            state.add_ready_check("keys", Box::new(move || keys_ready(&keys)));
         }
         if let Some(pins) = pins {
             state.add_ready_check("xdp", Box::new(move || xdp_ready(&pins)));
@@ -66,7 +68,7 @@ impl AdminState {
         state
     }
 
-    /// One more condition for `/readyz`.
+    /// One more condition for `/readyz` (a hook for later stages).
     pub fn add_ready_check(&mut self, name: &'static str, check: ReadyCheck) {
         self.checks.push((name, check));
     }
@@ -227,6 +229,19 @@ fn pools_ready(proxy: &Snapshots) -> Result<(), String> {
         "no healthy endpoint in pool(s) {}",
         empty.join(", ")
     ))
+}
+
+fn keys_ready(proxy: &Snapshots) -> Result<(), String> {
+    let snapshot = proxy.current();
+    let missing = snapshot.auth.issuers_without_keys();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "no signing keys yet for issuer(s) {}",
+            missing.join(", ")
+        ))
+    }
 }
 
 fn xdp_ready(pins: &PinDir) -> Result<(), String> {

@@ -138,8 +138,8 @@ pub async fn handle(
     response
 }
 
-/// The stages in order. Authentication and policy stages plug in between
-/// routing and forwarding.
+/// The stages in order: limits, normalization, routing, authentication, body,
+/// forwarding.
 async fn proxy(
     snapshot: &Snapshot,
     conn: &ConnInfo,
@@ -166,6 +166,7 @@ async fn proxy(
         .auth
         .authenticate(&route.auth, &parts.headers)
         .await?;
+    outcome.identity = verified.as_ref().map(|v| v.identity.clone());
     snapshot
         .auth
         .forward(&route.auth, verified.as_deref(), &mut parts.headers);
