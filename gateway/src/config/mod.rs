@@ -2,8 +2,11 @@
 //! default where a safe one exists, and [`Config::validate`] reports every problem
 //! with its key path at once.
 
+pub mod abuse;
 mod duration;
+pub mod limits;
 pub mod proxy;
+pub mod waf;
 pub mod xdp;
 
 use std::{
@@ -14,11 +17,14 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use self::{
+    abuse::AbuseSection,
+    limits::{LimitConfig, LimitKey},
     proxy::{
         Balance, BreakerConfig, CertificateConfig, ClientAuth, ForwardedStyle, HealthConfig,
         ListenerConfig, ListenerLimits, ListenerTimeouts, OutlierConfig, ProxySection, RetryConfig,
         RouteConfig, UpstreamConfig,
     },
+    waf::{CustomRule, Operator, RouteWaf, WafMode},
     xdp::{Monitor, XdpSection, rate_limit_problems},
 };
 
@@ -58,6 +64,9 @@ pub struct Config {
     /// `[upstream.NAME]`: the fleet's pools.
     #[serde(default, rename = "upstream")]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// `[abuse]`: when misbehaving clients are pushed into the XDP blocklist.
+    #[serde(default)]
+    pub abuse: AbuseSection,
 }
 
 impl Config {
@@ -108,6 +117,7 @@ impl Config {
             &self.routes,
             &self.upstreams,
         ));
+        problems.extend(self.abuse.problems());
         if !self.xdp.enabled && self.listeners.is_empty() {
             problems.push(
                 "xdp.enabled is false and there is no [[listener]]: nothing to run".to_owned(),

@@ -182,6 +182,12 @@ pub struct RouteConfig {
     /// Whole-request deadline, retries included → 504.
     #[serde(default = "default_route_timeout", with = "duration")]
     pub timeout: Duration,
+    /// `[route.waf]`: inspection of this route's requests.
+    #[serde(default)]
+    pub waf: super::waf::RouteWaf,
+    /// `[[route.limits]]`: L7 rate limits, each with its own key.
+    #[serde(default)]
+    pub limits: Vec<super::limits::LimitConfig>,
 }
 
 fn root_prefix() -> String {
@@ -429,6 +435,8 @@ pub fn problems(
     let mut route_names = HashSet::new();
     for (i, route) in routes.iter().enumerate() {
         let key = format!("route[{i}]");
+        problems.extend(route.waf.problems(&format!("{key}.waf")));
+        problems.extend(super::limits::problems(&key, &route.limits));
         if route.name.is_empty() || !route_names.insert(&route.name) {
             problems.push(format!("{key}.name: must be set and unique"));
         }

@@ -1,3 +1,5 @@
 //! Request policy: route matching now; later scopes, the WAF and rate limits.
 
+pub mod ratelimit;
 pub mod routes;
+pub mod waf;

@@ -259,6 +259,8 @@ mod tests {
             upstream_host: None,
             max_body_bytes: None,
             timeout: Duration::from_secs(30),
+            waf: Default::default(),
+            limits: Vec::new(),
         }
     }
 

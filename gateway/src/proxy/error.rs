@@ -9,7 +9,10 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full};
 
 use super::normalize::PathError;
-use crate::upstream::{BoxBody, UpstreamError, breaker::BreakerOpen};
+use crate::{
+    policy::{ratelimit::Rejection, waf::Verdict},
+    upstream::{BoxBody, UpstreamError, breaker::BreakerOpen},
+};
 
 /// Why the gateway answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +39,24 @@ pub enum ProxyError {
     Upstream(#[from] UpstreamError),
     #[error("no response from the upstream within {0:?}")]
     Timeout(Duration),
+    #[error("rate limit {} exceeded; retry in {} s", .0.policy, .0.retry_secs())]
+    RateLimited(Rejection),
+    #[error("request blocked by WAF rule {rule}")]
+    WafBlocked { rule: String, class: &'static str },
+    #[error("request refused: {0}")]
+    ProtocolAnomaly(&'static str),
+    #[error("content type {0:?} is not accepted on this route")]
+    ContentTypeNotAllowed(String),
+}
+
+impl From<Verdict> for ProxyError {
+    fn from(verdict: Verdict) -> Self {
+        match verdict {
+            Verdict::Block { rule, class } => Self::WafBlocked { rule, class },
+            Verdict::Anomaly(what) => Self::ProtocolAnomaly(what),
+            Verdict::ContentType(media) => Self::ContentTypeNotAllowed(media),
+        }
+    }
 }
 
 impl ProxyError {
@@ -57,6 +78,10 @@ impl ProxyError {
             Self::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::WafBlocked { .. } => StatusCode::FORBIDDEN,
+            Self::ProtocolAnomaly(_) => StatusCode::BAD_REQUEST,
+            Self::ContentTypeNotAllowed(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -77,6 +102,19 @@ impl ProxyError {
             Self::Upstream(UpstreamError::ClientBody(_)) => "bad_body",
             Self::Upstream(_) => "upstream_error",
             Self::Timeout(_) => "upstream_timeout",
+            Self::RateLimited(_) => "rate_limited",
+            Self::WafBlocked { .. } => "waf_blocked",
+            Self::ProtocolAnomaly(_) => "protocol_anomaly",
+            Self::ContentTypeNotAllowed(_) => "content_type_not_allowed",
+        }
+    }
+
+    /// The WAF rule that refused the request, for the response and the abuse
+    /// loop's evidence.
+    pub fn rule_id(&self) -> Option<&str> {
+        match self {
+            Self::WafBlocked { rule, .. } => Some(rule),
+            _ => None,
         }
     }
 
@@ -106,6 +144,7 @@ impl ProxyError {
                 Some(wait.as_secs().max(1))
             }
             Self::Upstream(UpstreamError::BreakerOpen(_)) => Some(1),
+            Self::RateLimited(rejection) => Some(rejection.retry_secs()),
             _ => None,
         }
     }
@@ -114,12 +153,15 @@ impl ProxyError {
 /// The response for `error`: a small JSON body naming the request id.
 pub fn respond(error: &ProxyError, request_id: &HeaderValue) -> Response<BoxBody> {
     let status = error.status();
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": status.as_u16(),
         "error": error.code(),
         "message": error.public_message(),
         "request_id": request_id.to_str().unwrap_or_default(),
     });
+    if let Some(rule) = error.rule_id() {
+        body["rule"] = rule.into();
+    }
     let mut response = Response::new(
         Full::new(Bytes::from(body.to_string()))
             .map_err(|never| match never {})
@@ -136,6 +178,16 @@ pub fn respond(error: &ProxyError, request_id: &HeaderValue) -> Response<BoxBody
         && let Ok(value) = HeaderValue::from_str(allow)
     {
         headers.insert(header::ALLOW, value);
+    }
+    if let ProxyError::RateLimited(rejection) = error {
+        for (name, value) in [
+            ("ratelimit-policy", rejection.policy_header()),
+            ("ratelimit", rejection.limit_header()),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
     }
     if let Some(seconds) = error.retry_after() {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));

@@ -30,8 +30,9 @@ use tracing::{error, info, warn};
 
 use self::{listener::Acceptor, tls::ServerTls};
 use crate::{
+    abuse::Abuse,
     config::{Config, ListenerConfig, ProxySection},
-    policy::routes::RouteTable,
+    policy::{ratelimit::RateLimits, routes::RouteTable, waf::Waf},
     tls::TlsFileError,
     upstream::{PoolError, Upstreams},
 };
@@ -57,11 +58,19 @@ pub struct Snapshot {
     pub proxy: ProxySection,
     pub routes: RouteTable,
     pub upstreams: Upstreams,
+    pub limits: RateLimits,
+    pub waf: Waf,
+    /// The abuse loop's signal windows; one for the proxy's lifetime.
+    pub abuse: Arc<Abuse>,
     listeners: HashMap<Arc<str>, ListenerConfig>,
 }
 
 impl Snapshot {
-    async fn build(config: &Config, previous: Option<&Snapshot>) -> Result<Self, ProxyStartError> {
+    async fn build(
+        config: &Config,
+        previous: Option<&Snapshot>,
+        abuse: Arc<Abuse>,
+    ) -> Result<Self, ProxyStartError> {
         // Listeners a reload dropped keep serving (that needs a restart), so
         // they keep their last settings.
         let mut listeners = previous.map(|p| p.listeners.clone()).unwrap_or_default();
@@ -71,7 +80,10 @@ impl Snapshot {
         Ok(Self {
             proxy: config.proxy.clone(),
             routes: RouteTable::new(&config.routes),
+            limits: RateLimits::new(&config.routes, previous.map(|p| &p.limits)),
+            waf: Waf::new(&config.routes),
             upstreams: Upstreams::build(config, previous.map(|p| &p.upstreams)).await?,
+            abuse,
             listeners,
         })
     }
@@ -112,8 +124,9 @@ pub struct Proxy {
 impl Proxy {
     /// Builds the pools (first health checks included), loads certificates and
     /// binds every listener; traffic is accepted only once all of that worked.
-    pub async fn start(config: &Config) -> Result<Self, ProxyStartError> {
-        let snapshot = Snapshot::build(config, None).await?;
+    /// Misbehaving clients are reported to `abuse`.
+    pub async fn start(config: &Config, abuse: Arc<Abuse>) -> Result<Self, ProxyStartError> {
+        let snapshot = Snapshot::build(config, None, abuse).await?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
         });
@@ -196,7 +209,8 @@ impl Proxy {
                 warn!(listener = %listener.name, "adding a listener needs a restart");
             }
         }
-        let snapshot = Snapshot::build(config, Some(&previous)).await?;
+        let snapshot = Snapshot::build(config, Some(&previous), previous.abuse.clone()).await?;
+        snapshot.abuse.reconfigure(config);
         for (running, listener, _) in new_tls {
             if let Err(err) = running.tls.update(listener) {
                 error!(listener = %running.name, %err, "keeping the previous certificates");

@@ -21,9 +21,13 @@ use super::{
     normalize::normalize_path,
 };
 use crate::{
+    abuse::{Evidence, Signal},
     config::{Balance, ListenerConfig},
-    policy::routes::{Route, RouteError},
-    upstream::{BoxBody, Forwarded, UpstreamError, balance::hash_key},
+    policy::{
+        routes::{Route, RouteError},
+        waf::{Head, RouteWafPolicy},
+    },
+    upstream::{BoxBody, Forwarded, RequestBody, UpstreamError, balance::hash_key},
 };
 
 /// What the connection knows about its client, fixed for its lifetime.
@@ -46,6 +50,8 @@ struct Outcome {
     retries: u32,
     upstream_latency: Option<Duration>,
     error: Option<String>,
+    /// The hash of the caller's token id, once the authentication stage knows it.
+    token_id: Option<String>,
 }
 
 /// Serves one request against the configuration that was active when it
@@ -66,6 +72,7 @@ pub async fn handle(
         Ok(response) => response,
         Err(err) => {
             outcome.error = Some(err.to_string());
+            report_abuse(&snapshot, &conn, &err, &outcome, &request_id);
             error::respond(&err, &request_id)
         }
     };
@@ -95,6 +102,32 @@ pub async fn handle(
     response
 }
 
+/// The one place where a request's outcome becomes an abuse signal: the
+/// answer's code says what the client did (see [`Signal::from_code`]).
+fn report_abuse(
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    err: &ProxyError,
+    outcome: &Outcome,
+    request_id: &HeaderValue,
+) {
+    let Some(signal) = Signal::from_code(err.code()) else {
+        return;
+    };
+    snapshot.abuse.record(
+        conn.client.ip(),
+        signal,
+        Evidence {
+            code: Some(err.code().to_owned()),
+            route: outcome.route.clone(),
+            rule: err.rule_id().map(str::to_owned),
+            token_id: outcome.token_id.clone(),
+            request_id: request_id.to_str().ok().map(str::to_owned),
+            ..Evidence::new(signal)
+        },
+    );
+}
+
 /// The stages in order. Authentication and policy stages plug in between
 /// routing and forwarding.
 async fn proxy(
@@ -118,11 +151,22 @@ async fn proxy(
     outcome.route = Some(route.name.clone());
     outcome.upstream = Some(route.upstream.clone());
 
+    // Authentication's `Identity` is what subject-keyed limits count by.
+    snapshot
+        .limits
+        .check(&route.name, conn.client.ip(), None, request.headers())
+        .map_err(ProxyError::RateLimited)?;
+    let waf = snapshot.waf.route(&route.name);
+    if let Some(waf) = waf {
+        waf.check_head(&route.name, &waf_head(&request))?;
+    }
+
     let (parts, body) = request.into_parts();
     let pool = snapshot
         .upstreams
         .get(&route.upstream)
         .ok_or_else(|| UpstreamError::Internal(format!("route {} names no pool", route.name)))?;
+    let retry_buffer = pool.config().retry.buffer_bytes;
     let body = ClientBody::prepare(
         body,
         &parts.headers,
@@ -130,9 +174,14 @@ async fn proxy(
             .max_body_bytes
             .unwrap_or(listener.limits.max_body_bytes),
         listener.timeouts.body_read,
-        pool.config().retry.buffer_bytes,
+        waf.map_or(retry_buffer, |waf| {
+            retry_buffer.max(waf.inspect_body_bytes())
+        }),
     )
     .await?;
+    if let Some(waf) = waf {
+        inspect_body(waf, &route.name, &parts, &body)?;
+    }
 
     let upstream_parts = upstream_request(snapshot, conn, parts, route, request_id);
     let path_and_query = match upstream_parts.uri.query() {
@@ -171,6 +220,44 @@ async fn proxy(
         parts,
         body.map_err(Into::into).boxed_unsync(),
     ))
+}
+
+/// What the WAF reads of a request head: the path as sent, before
+/// normalization, so encoded traversal is seen for what it was.
+fn waf_head<B>(request: &Request<B>) -> Head<'_> {
+    Head {
+        method: request.method(),
+        raw_path: request.uri().path(),
+        query: request.uri().query(),
+        headers: request.headers(),
+    }
+}
+
+/// The WAF's look at a buffered body; bodies too large to buffer stream on
+/// uninspected (counted, so an operator sees how many).
+fn inspect_body(
+    waf: &RouteWafPolicy,
+    route: &str,
+    parts: &Parts,
+    body: &RequestBody,
+) -> Result<(), ProxyError> {
+    match body {
+        RequestBody::Replayable(bytes) if !bytes.is_empty() => {
+            let head = Head {
+                method: &parts.method,
+                raw_path: parts.uri.path(),
+                query: parts.uri.query(),
+                headers: &parts.headers,
+            };
+            Ok(waf.check_body(route, &head, bytes)?)
+        }
+        RequestBody::Replayable(_) => Ok(()),
+        RequestBody::Streaming(_) => {
+            metrics::counter!("gateway_waf_bodies_uninspected_total", "route" => route.to_owned())
+                .increment(1);
+            Ok(())
+        }
+    }
 }
 
 /// The `Host` header (HTTP/1.1) or the `:authority` (HTTP/2).

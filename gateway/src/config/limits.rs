@@ -1,0 +1,96 @@
+//! `[[route.limits]]`: L7 rate limits, GCRA with a burst, keyed per client
+//! address, per verified subject, per header value (an API key) or per route.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration;
+
+/// Who shares one budget.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum LimitKey {
+    /// Each client address.
+    Client,
+    /// Each verified token subject; requests without one share the client
+    /// address's budget.
+    Subject,
+    /// Each value of this header; requests without it share one budget.
+    Header(String),
+    /// The whole route.
+    Route,
+}
+
+impl TryFrom<String> for LimitKey {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        match text.as_str() {
+            "client" => Ok(Self::Client),
+            "subject" => Ok(Self::Subject),
+            "route" => Ok(Self::Route),
+            other => match other.strip_prefix("header:") {
+                Some(name) if http::HeaderName::try_from(name).is_ok() => {
+                    Ok(Self::Header(name.to_ascii_lowercase()))
+                }
+                _ => Err(format!(
+                    "{other:?} is not a limit key; use \"client\", \"subject\", \"route\" or \"header:NAME\""
+                )),
+            },
+        }
+    }
+}
+
+impl From<LimitKey> for String {
+    fn from(key: LimitKey) -> Self {
+        match key {
+            LimitKey::Client => "client".to_owned(),
+            LimitKey::Subject => "subject".to_owned(),
+            LimitKey::Route => "route".to_owned(),
+            LimitKey::Header(name) => format!("header:{name}"),
+        }
+    }
+}
+
+/// One limit: `requests` per `per`, up to `burst` back to back.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// The policy name in the `RateLimit-Policy` header.
+    pub name: String,
+    pub key: LimitKey,
+    /// Requests per `per`.
+    pub requests: u32,
+    #[serde(with = "duration")]
+    pub per: Duration,
+    /// Requests allowed back to back; default `requests`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// Problems of one route's limits, under `route` (e.g. `route[1]`).
+pub fn problems(route: &str, limits: &[LimitConfig]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, limit) in limits.iter().enumerate() {
+        let key = format!("{route}.limits[{i}]");
+        if limit.name.is_empty()
+            || !limit
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            problems.push(format!("{key}.name: must be letters, digits, '-' or '_'"));
+        }
+        if limit.requests == 0 {
+            problems.push(format!("{key}.requests: must be at least 1"));
+        }
+        if limit.per.is_zero() {
+            problems.push(format!("{key}.per: must be longer than zero"));
+        }
+        if limit.burst == Some(0) {
+            problems.push(format!("{key}.burst: must be at least 1"));
+        }
+    }
+    problems
+}
