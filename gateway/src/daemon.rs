@@ -340,6 +340,9 @@ fn block(
         }
     });
     request.provenance.kernel = applied;
+    // Saved before the audit line, so whoever reads that line can explain it.
+    provenance.push(request.cidr, request.provenance.clone());
+    save_provenance(state, provenance);
     let p = &request.provenance;
     warn!(
         target: "audit",
@@ -362,8 +365,6 @@ fn block(
         if kernel.is_some() { "" } else { " (decision only: the kernel plane is off)" }
     );
     metrics::counter!("gateway_abuse_blocks_total", "applied" => if applied { "true" } else { "false" }).increment(1);
-    provenance.push(request.cidr, request.provenance);
-    save_provenance(state, provenance);
 }
 
 /// Ends the open blocks whose TTL ran out or that someone removed from the

@@ -1,0 +1,184 @@
+//! Abuse control end to end on loopback: the real gateway in front of real
+//! upstreams, XDP off. The WAF answers 403 with its rule id, monitor mode and
+//! benign lookalikes pass, L7 limits answer 429 with the draft headers, and
+//! the abuse loop decides a block whose provenance `gateway explain` shows.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway::config::{AbuseSection, LimitConfig, LimitKey, WafMode};
+use gateway_tests::{
+    fleet::{Fleet, route},
+    http::{Client, Protocol},
+};
+use http::{Request, Response, StatusCode};
+
+async fn within<T>(seconds: u64, what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(seconds), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {seconds} s"))
+}
+
+async fn send(fleet: &Fleet, client: &Client, request: Request<Bytes>) -> Response<Bytes> {
+    let what = format!("{} {}", request.method(), request.uri());
+    within(15, &what, client.send(fleet.listen, request))
+        .await
+        .unwrap_or_else(|err| panic!("{what}: {err}"))
+}
+
+async fn get(fleet: &Fleet, client: &Client, uri: &str) -> Response<Bytes> {
+    send(
+        fleet,
+        client,
+        Request::get(uri).body(Bytes::new()).expect("request"),
+    )
+    .await
+}
+
+fn json(response: &Response<Bytes>) -> serde_json::Value {
+    serde_json::from_slice(response.body()).unwrap_or_else(|err| {
+        panic!(
+            "invalid JSON ({err}) with status {}: {}",
+            response.status(),
+            String::from_utf8_lossy(response.body())
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waf_blocks_with_rule_id_lookalikes_pass_and_the_loop_decides_a_block() {
+    let fleet = Fleet::new(1);
+    let mut config = fleet.config();
+    let mut watch = route("watch", "/watch/");
+    watch.waf.mode = WafMode::Monitor;
+    let mut api = route("api", "/api/");
+    api.waf.renders_html = false;
+    api.waf.content_types = vec!["application/json".to_owned()];
+    config.routes.extend([watch, api]);
+    config.abuse = AbuseSection {
+        enabled: true,
+        threshold: 10,
+        ..AbuseSection::default()
+    };
+    let daemon = fleet.start(&config);
+    daemon.wait_for_log("gateway running", Duration::from_secs(20));
+    let client = fleet.client(Protocol::Http1);
+
+    let blocked = get(
+        &fleet,
+        &client,
+        "/search?q=%3Cscript%3Ealert(1)%3C/script%3E",
+    )
+    .await;
+    assert_eq!(blocked.status(), StatusCode::FORBIDDEN);
+    let body = json(&blocked);
+    assert_eq!(body["error"], "waf_blocked");
+    assert_eq!(body["rule"], "xss-001");
+    assert!(
+        !body["request_id"].as_str().unwrap_or_default().is_empty(),
+        "{body}"
+    );
+
+    let watched = get(
+        &fleet,
+        &client,
+        "/watch/?q=%3Cscript%3Ealert(1)%3C/script%3E",
+    )
+    .await;
+    assert_eq!(watched.status(), StatusCode::OK, "monitor mode passes");
+    for benign in [
+        "/search?q=select+shoes",
+        "/people?name=O%27Brien",
+        "/versions?range=1..5",
+    ] {
+        assert_eq!(
+            get(&fleet, &client, benign).await.status(),
+            StatusCode::OK,
+            "{benign}"
+        );
+    }
+    let post = Request::post("/api/people")
+        .header("content-type", "application/json")
+        .body(Bytes::from_static(
+            br#"{"name": "O'Brien", "bio": "<b>bold</b> and select shoes"}"#,
+        ))
+        .expect("request");
+    assert_eq!(send(&fleet, &client, post).await.status(), StatusCode::OK);
+    let xml = Request::post("/api/people")
+        .header("content-type", "text/xml")
+        .body(Bytes::from_static(b"<a/>"))
+        .expect("request");
+    assert_eq!(
+        send(&fleet, &client, xml).await.status(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    let sqli = Request::post("/api/people")
+        .header("content-type", "application/json")
+        .body(Bytes::from_static(br#"{"name": "x' OR '1'='1"}"#))
+        .expect("request");
+    let response = send(&fleet, &client, sqli).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(json(&response)["rule"], "sqli-002");
+
+    // Two WAF blocks (weight 5 each) plus the 415 reach the threshold of 10.
+    daemon.wait_for_log("abuse_block", Duration::from_secs(5));
+    let log = daemon.log();
+    assert!(log.contains("the kernel plane is off"), "{log}");
+    let explained = fleet.gateway.json(&["explain", "127.0.0.1"]);
+    let block = &explained["blocks"][0]["history"][0];
+    assert_eq!(block["signals"]["waf_block"], 2, "{explained}");
+    assert_eq!(block["first"]["rule"], "xss-001", "{explained}");
+    assert_eq!(block["last"]["route"], "api", "{explained}");
+    assert_eq!(block["offence"], 1);
+    assert_eq!(block["kernel"], false);
+    let text = fleet.gateway.ok(&["explain", "127.0.0.1"]);
+    assert!(
+        text.contains("rule=xss-001") && text.contains("waf_block=2"),
+        "{text}"
+    );
+    daemon.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limit_answers_429_with_retry_after_and_ratelimit_headers() {
+    let fleet = Fleet::new(1);
+    let mut config = fleet.config();
+    config.routes[0].limits = vec![LimitConfig {
+        name: "per-client".to_owned(),
+        key: LimitKey::Client,
+        requests: 3,
+        per: Duration::from_secs(3600),
+        burst: None,
+    }];
+    let daemon = fleet.start(&config);
+    daemon.wait_for_log("gateway running", Duration::from_secs(20));
+    let client = fleet.client(Protocol::Http2);
+    for _ in 0..3 {
+        assert_eq!(get(&fleet, &client, "/").await.status(), StatusCode::OK);
+    }
+    let limited = get(&fleet, &client, "/").await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(json(&limited)["error"], "rate_limited");
+    let header = |name: &str| {
+        limited
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("no {name} header"))
+            .to_owned()
+    };
+    let retry: u64 = header("retry-after").parse().expect("seconds");
+    assert!((1000..=3600).contains(&retry), "retry-after {retry}");
+    assert_eq!(header("ratelimit-policy"), "\"per-client\";q=3;w=3600");
+    assert_eq!(header("ratelimit"), format!("\"per-client\";r=0;t={retry}"));
+
+    // A reload that keeps the limit keeps its budget.
+    fleet.rewrite(&config);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("configuration reloaded", Duration::from_secs(10));
+    assert_eq!(
+        get(&fleet, &client, "/").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    daemon.stop();
+}
