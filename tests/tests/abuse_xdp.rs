@@ -1,0 +1,187 @@
+//! The abuse loop for real, as root: a client namespace talks HTTPS to the
+//! gateway in its own namespace with the XDP program attached. A client that
+//! trips the WAF past the threshold cannot open a TCP connection any more
+//! (dropped at XDP, counted as `drop_blocked`) while other clients and the
+//! allowlisted address connect; the block lifts when its TTL ends, a second
+//! offence gets a doubled TTL, and `gateway explain` shows the evidence.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use gateway::config::{AbuseSection, XdpSection};
+use gateway_tests::{
+    fleet::{EDGE_NAME, FLEET_NAME, Fleet, render},
+    gateway::Gateway,
+    http::Client,
+    net::{GATEWAY_V4, NetNs, Topology},
+    require_root,
+    upstream::Upstream,
+};
+use http::{Request, StatusCode};
+use socket2::{Domain, Protocol, Socket, Type};
+
+const BAD: &str = "198.18.0.20";
+const GOOD: &str = "198.18.0.21";
+const ALLOWED: &str = "198.18.0.22";
+const PORT: u16 = 8443;
+
+fn listen() -> SocketAddr {
+    SocketAddr::new(GATEWAY_V4.parse().expect("address"), PORT)
+}
+
+/// Whether a TCP handshake from `source` to the gateway completes in `timeout`.
+fn connects(ns: &NetNs, source: &str, timeout: Duration) -> bool {
+    let source: IpAddr = source.parse().expect("address");
+    ns.run(move || {
+        let socket =
+            Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("TCP socket");
+        socket
+            .bind(&SocketAddr::new(source, 0).into())
+            .unwrap_or_else(|err| panic!("binding {source}: {err}"));
+        socket.connect_timeout(&listen().into(), timeout).is_ok()
+    })
+}
+
+/// `n` WAF-tripping requests from the client namespace's first address (BAD),
+/// each answered 403; run in a thread inside the namespace so the client's
+/// sockets belong to it.
+fn trip_waf(ns: &NetNs, ca_pem: String, n: usize) {
+    ns.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let client = Client::builder(&ca_pem, EDGE_NAME).build();
+            for i in 0..n {
+                let request = Request::get("/search?q=%3Cscript%3Ealert(1)%3C/script%3E")
+                    .body(Bytes::new())
+                    .expect("request");
+                let response =
+                    tokio::time::timeout(Duration::from_secs(10), client.send(listen(), request))
+                        .await
+                        .unwrap_or_else(|_| panic!("request {i} timed out"))
+                        .unwrap_or_else(|err| panic!("request {i}: {err}"));
+                assert_eq!(response.status(), StatusCode::FORBIDDEN, "request {i}");
+            }
+        });
+    });
+}
+
+/// Polls until `connects` returns `want`, at most `limit`; returns how long it took.
+fn until_connects(ns: &NetNs, source: &str, want: bool, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if connects(ns, source, Duration::from_millis(300)) == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{source}: connecting did not become {want} within {limit:?}"
+        );
+    }
+}
+
+#[test]
+fn waf_offender_is_dropped_at_xdp_and_explained() {
+    require_root();
+    // BAD first: it is the source address the HTTP client's connections get.
+    let topology = Topology::new(&[BAD, GOOD, ALLOWED]);
+    let fleet = Fleet::new(0);
+    let server = fleet.fleet_ca.issue_server(&[FLEET_NAME]);
+    let upstream = Upstream::builder("up-0", &server, fleet.fleet_ca.cert_pem())
+        .netns(&topology.gateway)
+        .start();
+    let mut config = fleet.config();
+    config.listeners[0].address = listen();
+    config.upstreams.get_mut("fleet").expect("pool").endpoints = vec![upstream.addr().to_string()];
+    config.xdp = XdpSection {
+        enabled: true,
+        interface: topology.gw_iface.clone(),
+        allowlist: vec![ALLOWED.parse().expect("cidr")],
+        ..XdpSection::default()
+    };
+    // The bare TCP probes below never finish a TLS handshake; they are not
+    // what this test is about.
+    let mut weights = gateway::config::abuse::Weights::default();
+    weights.tls_handshake_failure = 0;
+    config.abuse = AbuseSection {
+        enabled: true,
+        weights,
+        threshold: 10,
+        block_ttl: Duration::from_secs(3),
+        max_block_ttl: Duration::from_secs(60),
+        ..AbuseSection::default()
+    };
+    let gateway = Gateway::new(&topology.gateway);
+    let daemon = gateway.spawn_daemon(&render(&config));
+    topology.wait_until_settled();
+    for source in [BAD, GOOD, ALLOWED] {
+        assert!(
+            connects(&topology.client, source, Duration::from_secs(2)),
+            "{source} connects before any offence"
+        );
+    }
+
+    // Two WAF blocks (weight 5) reach the threshold of 10.
+    let (dropped_before, _) = gateway.stat("drop_blocked");
+    trip_waf(&topology.client, fleet.edge_ca.cert_pem().to_owned(), 2);
+    // The first SYN after the threshold-crossing 403 is already dropped: the
+    // block is in the kernel before the client can try again.
+    let attempt = Instant::now();
+    assert!(
+        !connects(&topology.client, BAD, Duration::from_millis(500)),
+        "the offender's next connection attempt is dropped"
+    );
+    println!(
+        "threshold-crossing response → first attempt failed after its {:?} timeout",
+        attempt.elapsed()
+    );
+    assert!(
+        gateway.stat("drop_blocked").0 > dropped_before,
+        "the SYNs were dropped as blocked"
+    );
+    assert!(
+        connects(&topology.client, GOOD, Duration::from_secs(2)),
+        "another client is unaffected"
+    );
+    assert!(
+        connects(&topology.client, ALLOWED, Duration::from_secs(2)),
+        "the allowlisted address is unaffected"
+    );
+
+    let explained = gateway.json(&["explain", BAD]);
+    let block = &explained["blocks"][0]["history"][0];
+    assert_eq!(block["first"]["rule"], "xss-001", "{explained}");
+    assert_eq!(block["signals"]["waf_block"], 2, "{explained}");
+    assert_eq!(block["offence"], 1);
+    assert_eq!(block["ttl_secs"], 3);
+    assert_eq!(block["kernel"], true);
+    let hits = explained["kernel"]["entries"][0]["hits"]
+        .as_u64()
+        .unwrap_or_default();
+    assert!(hits > 0, "the kernel counted the dropped SYNs: {explained}");
+    let text = gateway.ok(&["explain", BAD]);
+    assert!(
+        text.contains("rule=xss-001") && text.contains("dropped"),
+        "{text}"
+    );
+
+    // The TTL ends, the address is back; a second offence blocks for twice as long.
+    until_connects(&topology.client, BAD, true, Duration::from_secs(6));
+    daemon.wait_for_log("abuse_unblock", Duration::from_secs(3));
+    trip_waf(&topology.client, fleet.edge_ca.cert_pem().to_owned(), 2);
+    until_connects(&topology.client, BAD, false, Duration::from_secs(3));
+    let explained = gateway.json(&["explain", BAD]);
+    let second = &explained["blocks"][0]["history"][1];
+    assert_eq!(second["offence"], 2, "{explained}");
+    assert_eq!(second["ttl_secs"], 6, "{explained}");
+    assert_eq!(
+        explained["blocks"][0]["history"][0]["unblock_reason"],
+        "expired"
+    );
+    daemon.stop();
+}
