@@ -106,8 +106,10 @@ fn waf_offender_is_dropped_at_xdp_and_explained() {
     };
     // The bare TCP probes below never finish a TLS handshake; they are not
     // what this test is about.
-    let mut weights = gateway::config::abuse::Weights::default();
-    weights.tls_handshake_failure = 0;
+    let weights = gateway::config::abuse::Weights {
+        tls_handshake_failure: 0,
+        ..Default::default()
+    };
     config.abuse = AbuseSection {
         enabled: true,
         weights,
