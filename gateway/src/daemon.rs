@@ -23,6 +23,7 @@ use crate::{
     clock,
     config::Config,
     lists::{ListError, ListKind, Lists},
+    policy::quota::Quotas,
     proxy::{Proxy, ProxyStartError},
     state::{Source, StateDir, StateError},
     xdp::{self, KernelMaps, PinDir, XdpError},
@@ -119,10 +120,11 @@ pub async fn run(
     let (abuse, mut block_requests) = Abuse::new(&config);
     let mut provenance = ProvenanceFile::load(state)?;
     abuse.restore(&provenance);
+    let quotas = Arc::new(Quotas::load(state)?);
     let proxy = if config.listeners.is_empty() {
         None
     } else {
-        Some(Proxy::start(&config, abuse.clone()).await?)
+        Some(Proxy::start(&config, abuse.clone(), quotas.clone()).await?)
     };
 
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
@@ -152,6 +154,7 @@ pub async fn run(
                     sweep_once(&Lists::new(&kernel.maps, state));
                 }
                 end_blocks(kernel.as_ref(), state, &mut provenance);
+                save_quotas(&quotas, state);
             }
             _ = certificates.tick(), if proxy.is_some() => {
                 if let Some(proxy) = &proxy {
@@ -176,6 +179,7 @@ pub async fn run(
             warn!("drain deadline passed; closing the remaining connections");
         }
     }
+    save_quotas(&quotas, state);
     if let Some(kernel) = &kernel {
         sweep_once(&Lists::new(&kernel.maps, state));
         info!("stopping; the XDP program stays attached and keeps filtering");
@@ -415,6 +419,12 @@ fn end_blocks(kernel: Option<&KernelPlane>, state: &StateDir, provenance: &mut P
     }
     if changed {
         save_provenance(state, provenance);
+    }
+}
+
+fn save_quotas(quotas: &Quotas, state: &StateDir) {
+    if let Err(err) = quotas.save(state) {
+        error!(%err, "saving the quota counts failed; retrying in a second");
     }
 }
 

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway::config::{AbuseSection, LimitConfig, LimitKey, WafMode};
+use gateway::config::{AbuseSection, LimitConfig, LimitKey, Period, QuotaConfig, WafMode};
 use gateway_tests::{
     fleet::{Fleet, route},
     http::{Client, Protocol},
@@ -179,6 +179,66 @@ async fn rate_limit_answers_429_with_retry_after_and_ratelimit_headers() {
     assert_eq!(
         get(&fleet, &client, "/").await.status(),
         StatusCode::TOO_MANY_REQUESTS
+    );
+    daemon.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quota_counts_survive_a_restart_exactly() {
+    let fleet = Fleet::new(1);
+    let mut config = fleet.config();
+    // No identity on this route: a subject quota counts per client address.
+    config.routes[0].quotas = vec![QuotaConfig {
+        name: "daily".to_owned(),
+        key: LimitKey::Subject,
+        requests: 5,
+        period: Period::Day,
+    }];
+    let remaining = |response: &Response<Bytes>| {
+        response
+            .headers()
+            .get("quota-remaining")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no quota-remaining in {:?}", response.headers()))
+    };
+    let daemon = fleet.start(&config);
+    let client = fleet.client(Protocol::Http1);
+    for expected in [4, 3, 2] {
+        let response = get(&fleet, &client, "/").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(remaining(&response), expected);
+    }
+    daemon.stop();
+
+    let daemon = fleet.start(&config);
+    let client = fleet.client(Protocol::Http1);
+    for expected in [1, 0] {
+        let response = get(&fleet, &client, "/").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            remaining(&response),
+            expected,
+            "the restart neither forgot nor double-counted"
+        );
+    }
+    let spent = get(&fleet, &client, "/").await;
+    assert_eq!(spent.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(json(&spent)["error"], "quota_exceeded");
+    assert_eq!(remaining(&spent), 0);
+    let reset: u64 = spent.headers()["quota-reset"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    let retry: u64 = spent.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(
+        reset <= 86_400 && retry == reset.max(1),
+        "reset {reset}, retry {retry}"
     );
     daemon.stop();
 }

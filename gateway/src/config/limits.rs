@@ -94,3 +94,50 @@ pub fn problems(route: &str, limits: &[LimitConfig]) -> Vec<String> {
     }
     problems
 }
+
+/// A calendar period in UTC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    Hour,
+    Day,
+    Month,
+}
+
+/// A quota: at most `requests` per calendar `period` per key, counted in the
+/// state directory so a restart neither forgets nor double-counts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Names the quota in headers and in the state file.
+    pub name: String,
+    /// Usually `subject`; `client`, `header:NAME` and `route` work as for limits.
+    #[serde(default = "subject")]
+    pub key: LimitKey,
+    pub requests: u64,
+    pub period: Period,
+}
+
+fn subject() -> LimitKey {
+    LimitKey::Subject
+}
+
+/// Problems of one route's quotas, under `route` (e.g. `route[1]`).
+pub fn quota_problems(route: &str, quotas: &[QuotaConfig]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, quota) in quotas.iter().enumerate() {
+        let key = format!("{route}.quotas[{i}]");
+        if quota.name.is_empty()
+            || !quota
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            problems.push(format!("{key}.name: must be letters, digits, '-' or '_'"));
+        }
+        if quota.requests == 0 {
+            problems.push(format!("{key}.requests: must be at least 1"));
+        }
+    }
+    problems
+}

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     abuse::AbuseSection,
-    limits::{LimitConfig, LimitKey},
+    limits::{LimitConfig, LimitKey, Period, QuotaConfig},
     proxy::{
         Balance, BreakerConfig, CertificateConfig, ClientAuth, ForwardedStyle, HealthConfig,
         ListenerConfig, ListenerLimits, ListenerTimeouts, OutlierConfig, ProxySection, RetryConfig,

@@ -188,6 +188,9 @@ pub struct RouteConfig {
     /// `[[route.limits]]`: L7 rate limits, each with its own key.
     #[serde(default)]
     pub limits: Vec<super::limits::LimitConfig>,
+    /// `[[route.quotas]]`: requests per calendar hour, day or month.
+    #[serde(default)]
+    pub quotas: Vec<super::limits::QuotaConfig>,
 }
 
 fn root_prefix() -> String {
@@ -437,6 +440,7 @@ pub fn problems(
         let key = format!("route[{i}]");
         problems.extend(route.waf.problems(&format!("{key}.waf")));
         problems.extend(super::limits::problems(&key, &route.limits));
+        problems.extend(super::limits::quota_problems(&key, &route.quotas));
         if route.name.is_empty() || !route_names.insert(&route.name) {
             problems.push(format!("{key}.name: must be set and unique"));
         }

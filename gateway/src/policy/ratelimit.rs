@@ -130,18 +130,7 @@ impl RateLimits {
             return Ok(());
         };
         for limit in limits {
-            let key = match &limit.config.key {
-                LimitKey::Client => client.to_canonical().to_string(),
-                LimitKey::Subject => match identity {
-                    Some(identity) => format!("sub:{}", identity.subject),
-                    None => client.to_canonical().to_string(),
-                },
-                LimitKey::Header(name) => headers
-                    .get(name.as_str())
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                    .unwrap_or_default(),
-                LimitKey::Route => String::new(),
-            };
+            let key = key_for(&limit.config.key, client, identity, headers);
             if limit.checks.fetch_add(1, Ordering::Relaxed) % RETAIN_EVERY == RETAIN_EVERY - 1 {
                 limit.limiter.retain_recent();
             }
@@ -156,6 +145,28 @@ impl RateLimits {
             }
         }
         Ok(())
+    }
+}
+
+/// The budget a request draws on: its client address, its verified subject
+/// (the address when there is none), a header's value, or the route's one.
+pub fn key_for(
+    key: &LimitKey,
+    client: IpAddr,
+    identity: Option<&Identity>,
+    headers: &HeaderMap,
+) -> String {
+    match key {
+        LimitKey::Client => client.to_canonical().to_string(),
+        LimitKey::Subject => match identity {
+            Some(identity) => format!("sub:{}", identity.subject),
+            None => client.to_canonical().to_string(),
+        },
+        LimitKey::Header(name) => headers
+            .get(name.as_str())
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default(),
+        LimitKey::Route => String::new(),
     }
 }
 

@@ -261,6 +261,7 @@ mod tests {
             timeout: Duration::from_secs(30),
             waf: Default::default(),
             limits: Vec::new(),
+            quotas: Vec::new(),
         }
     }
 

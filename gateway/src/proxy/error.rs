@@ -10,9 +10,14 @@ use http_body_util::{BodyExt as _, Full};
 
 use super::normalize::PathError;
 use crate::{
-    policy::{ratelimit::Rejection, waf::Verdict},
+    policy::{quota::Exhausted, ratelimit::Rejection, waf::Verdict},
     upstream::{BoxBody, UpstreamError, breaker::BreakerOpen},
 };
+
+/// What is left of the tightest quota of the route, on every answer.
+pub const QUOTA_REMAINING: &str = "quota-remaining";
+/// Seconds until that quota's calendar period ends.
+pub const QUOTA_RESET: &str = "quota-reset";
 
 /// Why the gateway answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +46,8 @@ pub enum ProxyError {
     Timeout(Duration),
     #[error("rate limit {} exceeded; retry in {} s", .0.policy, .0.retry_secs())]
     RateLimited(Rejection),
+    #[error("quota {} of {} requests is spent; it resets in {} s", .0.quota, .0.limit, .0.reset_secs)]
+    QuotaExceeded(Exhausted),
     #[error("request blocked by WAF rule {rule}")]
     WafBlocked { rule: String, class: &'static str },
     #[error("request refused: {0}")]
@@ -78,7 +85,7 @@ impl ProxyError {
             Self::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited(_) | Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::WafBlocked { .. } => StatusCode::FORBIDDEN,
             Self::ProtocolAnomaly(_) => StatusCode::BAD_REQUEST,
             Self::ContentTypeNotAllowed(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -103,6 +110,7 @@ impl ProxyError {
             Self::Upstream(_) => "upstream_error",
             Self::Timeout(_) => "upstream_timeout",
             Self::RateLimited(_) => "rate_limited",
+            Self::QuotaExceeded(_) => "quota_exceeded",
             Self::WafBlocked { .. } => "waf_blocked",
             Self::ProtocolAnomaly(_) => "protocol_anomaly",
             Self::ContentTypeNotAllowed(_) => "content_type_not_allowed",
@@ -145,6 +153,7 @@ impl ProxyError {
             }
             Self::Upstream(UpstreamError::BreakerOpen(_)) => Some(1),
             Self::RateLimited(rejection) => Some(rejection.retry_secs()),
+            Self::QuotaExceeded(spent) => Some(spent.reset_secs.max(1)),
             _ => None,
         }
     }
@@ -188,6 +197,10 @@ pub fn respond(error: &ProxyError, request_id: &HeaderValue) -> Response<BoxBody
                 headers.insert(name, value);
             }
         }
+    }
+    if let ProxyError::QuotaExceeded(spent) = error {
+        headers.insert(QUOTA_REMAINING, HeaderValue::from(0u64));
+        headers.insert(QUOTA_RESET, HeaderValue::from(spent.reset_secs));
     }
     if let Some(seconds) = error.retry_after() {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));

@@ -32,7 +32,12 @@ use self::{listener::Acceptor, tls::ServerTls};
 use crate::{
     abuse::Abuse,
     config::{Config, ListenerConfig, ProxySection},
-    policy::{ratelimit::RateLimits, routes::RouteTable, waf::Waf},
+    policy::{
+        quota::{Quotas, RouteQuotas},
+        ratelimit::RateLimits,
+        routes::RouteTable,
+        waf::Waf,
+    },
     tls::TlsFileError,
     upstream::{PoolError, Upstreams},
 };
@@ -59,6 +64,7 @@ pub struct Snapshot {
     pub routes: RouteTable,
     pub upstreams: Upstreams,
     pub limits: RateLimits,
+    pub quotas: RouteQuotas,
     pub waf: Waf,
     /// The abuse loop's signal windows; one for the proxy's lifetime.
     pub abuse: Arc<Abuse>,
@@ -70,6 +76,7 @@ impl Snapshot {
         config: &Config,
         previous: Option<&Snapshot>,
         abuse: Arc<Abuse>,
+        quotas: Arc<Quotas>,
     ) -> Result<Self, ProxyStartError> {
         // Listeners a reload dropped keep serving (that needs a restart), so
         // they keep their last settings.
@@ -81,6 +88,7 @@ impl Snapshot {
             proxy: config.proxy.clone(),
             routes: RouteTable::new(&config.routes),
             limits: RateLimits::new(&config.routes, previous.map(|p| &p.limits)),
+            quotas: RouteQuotas::new(&config.routes, quotas),
             waf: Waf::new(&config.routes),
             upstreams: Upstreams::build(config, previous.map(|p| &p.upstreams)).await?,
             abuse,
@@ -124,9 +132,14 @@ pub struct Proxy {
 impl Proxy {
     /// Builds the pools (first health checks included), loads certificates and
     /// binds every listener; traffic is accepted only once all of that worked.
-    /// Misbehaving clients are reported to `abuse`.
-    pub async fn start(config: &Config, abuse: Arc<Abuse>) -> Result<Self, ProxyStartError> {
-        let snapshot = Snapshot::build(config, None, abuse).await?;
+    /// Misbehaving clients are reported to `abuse`; quota counts live in
+    /// `quotas` (the daemon saves them).
+    pub async fn start(
+        config: &Config,
+        abuse: Arc<Abuse>,
+        quotas: Arc<Quotas>,
+    ) -> Result<Self, ProxyStartError> {
+        let snapshot = Snapshot::build(config, None, abuse, quotas).await?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
         });
@@ -209,7 +222,13 @@ impl Proxy {
                 warn!(listener = %listener.name, "adding a listener needs a restart");
             }
         }
-        let snapshot = Snapshot::build(config, Some(&previous), previous.abuse.clone()).await?;
+        let snapshot = Snapshot::build(
+            config,
+            Some(&previous),
+            previous.abuse.clone(),
+            previous.quotas.counts().clone(),
+        )
+        .await?;
         snapshot.abuse.reconfigure(config);
         for (running, listener, _) in new_tls {
             if let Err(err) = running.tls.update(listener) {

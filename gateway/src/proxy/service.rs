@@ -156,6 +156,10 @@ async fn proxy(
         .limits
         .check(&route.name, conn.client.ip(), None, request.headers())
         .map_err(ProxyError::RateLimited)?;
+    let quota = snapshot
+        .quotas
+        .check(&route.name, conn.client.ip(), None, request.headers())
+        .map_err(ProxyError::QuotaExceeded)?;
     let waf = snapshot.waf.route(&route.name);
     if let Some(waf) = waf {
         waf.check_head(&route.name, &waf_head(&request))?;
@@ -216,6 +220,14 @@ async fn proxy(
 
     let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
+    if let Some(quota) = quota {
+        parts
+            .headers
+            .insert(error::QUOTA_REMAINING, HeaderValue::from(quota.remaining));
+        parts
+            .headers
+            .insert(error::QUOTA_RESET, HeaderValue::from(quota.reset_secs));
+    }
     Ok(Response::from_parts(
         parts,
         body.map_err(Into::into).boxed_unsync(),
