@@ -8,10 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use gateway::config::{AbuseSection, LimitConfig, LimitKey, Period, QuotaConfig, WafMode};
 use gateway_tests::{
-    fleet::{Fleet, route},
-    http::{Client, Protocol},
+    fleet::{EDGE_NAME, FLEET_NAME, Fleet, route},
+    http::{Client, Protocol, raw_tls},
 };
 use http::{Request, Response, StatusCode};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 async fn within<T>(seconds: u64, what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(seconds), future)
@@ -239,6 +240,117 @@ async fn quota_counts_survive_a_restart_exactly() {
     assert!(
         reset <= 86_400 && retry == reset.max(1),
         "reset {reset}, retry {retry}"
+    );
+    daemon.stop();
+}
+
+/// Requests an upstream has counted, asked directly with the gateway's identity.
+async fn upstream_count(fleet: &Fleet) -> u64 {
+    let client = Client::builder(fleet.fleet_ca.cert_pem(), FLEET_NAME)
+        .identity(&fleet.fleet_ca.issue_client("gateway"))
+        .build();
+    let response = within(
+        10,
+        "GET /count",
+        client.get(fleet.upstreams[0].addr(), "/count"),
+    )
+    .await
+    .expect("the upstream answers /count");
+    json(&response)["count"].as_u64().expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn smuggling_attempts_are_refused_or_closed_and_never_forwarded_twice() {
+    let fleet = Fleet::new(1);
+    let daemon = fleet.start(&fleet.config());
+    let before = upstream_count(&fleet).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: api.test\r\n\r\n";
+    let attempts = [
+        // CL.TE: a front end reading Content-Length forwards the smuggled request as body.
+        format!(
+            "POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}",
+            5 + smuggled.len()
+        ),
+        // TE.CL: the chunk holds the smuggled request for a back end reading Content-Length.
+        format!(
+            "POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
+            smuggled.len()
+        ),
+        // TE.TE with obfuscated codings.
+        format!(
+            "POST / HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n0\r\n\r\n{smuggled}"
+        ),
+        format!(
+            "POST / HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{smuggled}"
+        ),
+        format!(
+            "POST / HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n{smuggled}"
+        ),
+        format!(
+            "POST / HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding:\tchunked, identity\r\n\r\n0\r\n\r\n{smuggled}"
+        ),
+        // Duplicate, differing and invalid Content-Length.
+        format!(
+            "POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 0\r\nContent-Length: {}\r\n\r\n{smuggled}",
+            smuggled.len()
+        ),
+        format!(
+            "POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: 0, {}\r\n\r\n{smuggled}",
+            smuggled.len()
+        ),
+        format!("POST / HTTP/1.1\r\nHost: api.test\r\nContent-Length: +0\r\n\r\n{smuggled}"),
+        // Obsolete line folding.
+        format!(
+            "POST / HTTP/1.1\r\nHost: api.test\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n{smuggled}"
+        ),
+    ];
+    let mut forwarded = Vec::new();
+    for (i, attempt) in attempts.iter().enumerate() {
+        let mut tls = raw_tls(fleet.listen, EDGE_NAME, fleet.edge_ca.cert_pem()).await;
+        within(10, "writing", tls.write_all(attempt.as_bytes()))
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        // The gateway answers and closes (or closes at once); read to the end.
+        let _ = within(10, "reading the answer", tls.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        let status_lines = answer
+            .lines()
+            .filter(|line| line.starts_with("HTTP/1.1 "))
+            .count();
+        assert!(
+            status_lines <= 1,
+            "{attempt:?} was answered twice: {answer}"
+        );
+        assert!(
+            !answer.contains("/smuggled"),
+            "{attempt:?} smuggled: {answer}"
+        );
+        if answer.starts_with("HTTP/1.1 200") {
+            // Both framing headers (CL.TE, TE.CL): hyper drops Content-Length,
+            // reads the body as chunked and closes the connection after the
+            // answer (RFC 9112 §6.3), so the rest is never read as a request.
+            assert!(
+                answer.contains("connection: close"),
+                "{attempt:?}: {answer}"
+            );
+            forwarded.push(i);
+        } else {
+            assert!(
+                answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+                "{attempt:?} got {answer}"
+            );
+        }
+    }
+    assert_eq!(
+        forwarded,
+        [0, 1],
+        "only CL.TE and TE.CL are forwarded, as one request each"
+    );
+    assert_eq!(
+        upstream_count(&fleet).await,
+        before + 2,
+        "no smuggled request reached the upstream"
     );
     daemon.stop();
 }

@@ -230,7 +230,6 @@ impl RouteWafPolicy {
     /// Checks the head: anomalies, content type, then signatures and custom
     /// rules on the path, query and header values.
     pub fn check_head(&self, route: &str, head: &Head<'_>) -> Result<(), Verdict> {
-        check_protocol(head.headers)?;
         self.check_content_type(head.headers)?;
         let mut values = vec![(Place::Path, decode(head.raw_path.as_bytes(), false))];
         if let Some(query) = head.query {
@@ -401,8 +400,10 @@ fn verdict(route: &str, id: &str, class: &'static str, mode: WafMode) -> Result<
 }
 
 /// Request smuggling shapes hyper may let through: both framing headers,
-/// several lengths, or a transfer coding other than plain `chunked`.
-fn check_protocol(headers: &HeaderMap) -> Result<(), Verdict> {
+/// several lengths, or a transfer coding other than plain `chunked`. Checked
+/// on every route, whatever its WAF mode: a message whose framing two parsers
+/// could read differently is never forwarded.
+pub fn check_protocol(headers: &HeaderMap) -> Result<(), Verdict> {
     let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
     let codings: Vec<_> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
     if lengths > 0 && !codings.is_empty() {

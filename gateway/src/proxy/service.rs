@@ -25,7 +25,7 @@ use crate::{
     config::{Balance, ListenerConfig},
     policy::{
         routes::{Route, RouteError},
-        waf::{Head, RouteWafPolicy},
+        waf::{self, Head, RouteWafPolicy},
     },
     upstream::{BoxBody, Forwarded, RequestBody, UpstreamError, balance::hash_key},
 };
@@ -139,6 +139,7 @@ async fn proxy(
 ) -> Result<Response<BoxBody>, ProxyError> {
     let listener = snapshot.listener(&conn.listener);
     check_head_limits(&request, listener)?;
+    waf::check_protocol(request.headers())?;
     let path = normalize_path(request.uri().path())?;
     outcome.path = Some(path.clone());
     let route = snapshot

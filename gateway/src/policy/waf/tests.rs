@@ -273,7 +273,6 @@ fn monitor_mode_and_rule_modes_pass_but_block_mode_blocks() {
 
 #[test]
 fn smuggling_shapes_are_anomalies() {
-    let waf = policy(RouteWaf::default());
     for headers in [
         vec![("content-length", "5"), ("transfer-encoding", "chunked")],
         vec![("content-length", "5"), ("content-length", "6")],
