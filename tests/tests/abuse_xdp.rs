@@ -11,10 +11,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use gateway::config::{AbuseSection, XdpSection};
+use gateway::config::{AbuseSection, LimitConfig, LimitKey, RouteConfig, XdpSection};
 use gateway_tests::{
     fleet::{EDGE_NAME, FLEET_NAME, Fleet, render},
-    gateway::Gateway,
+    gateway::{Daemon, Gateway},
     http::Client,
     net::{GATEWAY_V4, NetNs, Topology},
     require_root,
@@ -46,9 +46,27 @@ fn connects(ns: &NetNs, source: &str, timeout: Duration) -> bool {
 }
 
 /// `n` WAF-tripping requests from the client namespace's first address (BAD),
-/// each answered 403; run in a thread inside the namespace so the client's
-/// sockets belong to it.
+/// each answered 403.
 fn trip_waf(ns: &NetNs, ca_pem: String, n: usize) {
+    send_n(
+        ns,
+        ca_pem,
+        n,
+        "/search?q=%3Cscript%3Ealert(1)%3C/script%3E",
+        |_| StatusCode::FORBIDDEN,
+    );
+}
+
+/// `n` requests for `path` from the client namespace's first address (BAD),
+/// the i-th answered `expected(i)`; run in a thread inside the namespace so
+/// the client's sockets belong to it.
+fn send_n(
+    ns: &NetNs,
+    ca_pem: String,
+    n: usize,
+    path: &'static str,
+    expected: fn(usize) -> StatusCode,
+) {
     ns.run(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -57,15 +75,13 @@ fn trip_waf(ns: &NetNs, ca_pem: String, n: usize) {
         runtime.block_on(async move {
             let client = Client::builder(&ca_pem, EDGE_NAME).build();
             for i in 0..n {
-                let request = Request::get("/search?q=%3Cscript%3Ealert(1)%3C/script%3E")
-                    .body(Bytes::new())
-                    .expect("request");
+                let request = Request::get(path).body(Bytes::new()).expect("request");
                 let response =
                     tokio::time::timeout(Duration::from_secs(10), client.send(listen(), request))
                         .await
                         .unwrap_or_else(|_| panic!("request {i} timed out"))
                         .unwrap_or_else(|err| panic!("request {i}: {err}"));
-                assert_eq!(response.status(), StatusCode::FORBIDDEN, "request {i}");
+                assert_eq!(response.status(), expected(i), "request {i}");
             }
         });
     });
@@ -85,42 +101,78 @@ fn until_connects(ns: &NetNs, source: &str, want: bool, limit: Duration) -> Dura
     }
 }
 
+/// The gateway (XDP attached, abuse loop on with a 3 s first block) in front
+/// of one upstream, all in the gateway namespace; `route` shapes route `all`.
+/// Fields drop in order: the daemon first, the namespaces last.
+struct Rig {
+    daemon: Daemon,
+    gateway: Gateway,
+    _upstream: Upstream,
+    fleet: Fleet,
+    topology: Topology,
+}
+
+impl Rig {
+    fn new(route: impl FnOnce(&mut RouteConfig)) -> Self {
+        require_root();
+        // BAD first: it is the source address the HTTP client's connections get.
+        let topology = Topology::new(&[BAD, GOOD, ALLOWED]);
+        let fleet = Fleet::new(0);
+        let server = fleet.fleet_ca.issue_server(&[FLEET_NAME]);
+        let upstream = Upstream::builder("up-0", &server, fleet.fleet_ca.cert_pem())
+            .netns(&topology.gateway)
+            .start();
+        let mut config = fleet.config();
+        config.listeners[0].address = listen();
+        config.upstreams.get_mut("fleet").expect("pool").endpoints =
+            vec![upstream.addr().to_string()];
+        config.xdp = XdpSection {
+            enabled: true,
+            interface: topology.gw_iface.clone(),
+            allowlist: vec![ALLOWED.parse().expect("cidr")],
+            ..XdpSection::default()
+        };
+        // The bare TCP probes below never finish a TLS handshake; they are not
+        // what this test is about.
+        let weights = gateway::config::abuse::Weights {
+            tls_handshake_failure: 0,
+            ..Default::default()
+        };
+        config.abuse = AbuseSection {
+            enabled: true,
+            weights,
+            threshold: 10,
+            block_ttl: Duration::from_secs(3),
+            max_block_ttl: Duration::from_secs(60),
+            ..AbuseSection::default()
+        };
+        let gateway = Gateway::new(&topology.gateway);
+        route(&mut config.routes[0]);
+        let daemon = gateway.spawn_daemon(&render(&config));
+        topology.wait_until_settled();
+        Self {
+            daemon,
+            gateway,
+            _upstream: upstream,
+            fleet,
+            topology,
+        }
+    }
+
+    fn ca(&self) -> String {
+        self.fleet.edge_ca.cert_pem().to_owned()
+    }
+}
+
 #[test]
 fn waf_offender_is_dropped_at_xdp_and_explained() {
-    require_root();
-    // BAD first: it is the source address the HTTP client's connections get.
-    let topology = Topology::new(&[BAD, GOOD, ALLOWED]);
-    let fleet = Fleet::new(0);
-    let server = fleet.fleet_ca.issue_server(&[FLEET_NAME]);
-    let upstream = Upstream::builder("up-0", &server, fleet.fleet_ca.cert_pem())
-        .netns(&topology.gateway)
-        .start();
-    let mut config = fleet.config();
-    config.listeners[0].address = listen();
-    config.upstreams.get_mut("fleet").expect("pool").endpoints = vec![upstream.addr().to_string()];
-    config.xdp = XdpSection {
-        enabled: true,
-        interface: topology.gw_iface.clone(),
-        allowlist: vec![ALLOWED.parse().expect("cidr")],
-        ..XdpSection::default()
-    };
-    // The bare TCP probes below never finish a TLS handshake; they are not
-    // what this test is about.
-    let weights = gateway::config::abuse::Weights {
-        tls_handshake_failure: 0,
-        ..Default::default()
-    };
-    config.abuse = AbuseSection {
-        enabled: true,
-        weights,
-        threshold: 10,
-        block_ttl: Duration::from_secs(3),
-        max_block_ttl: Duration::from_secs(60),
-        ..AbuseSection::default()
-    };
-    let gateway = Gateway::new(&topology.gateway);
-    let daemon = gateway.spawn_daemon(&render(&config));
-    topology.wait_until_settled();
+    let rig = Rig::new(|_| {});
+    let Rig {
+        topology,
+        gateway,
+        daemon,
+        ..
+    } = &rig;
     for source in [BAD, GOOD, ALLOWED] {
         assert!(
             connects(&topology.client, source, Duration::from_secs(2)),
@@ -130,7 +182,7 @@ fn waf_offender_is_dropped_at_xdp_and_explained() {
 
     // Two WAF blocks (weight 5) reach the threshold of 10.
     let (dropped_before, _) = gateway.stat("drop_blocked");
-    trip_waf(&topology.client, fleet.edge_ca.cert_pem().to_owned(), 2);
+    trip_waf(&topology.client, rig.ca(), 2);
     // The first SYN after the threshold-crossing 403 is already dropped: the
     // block is in the kernel before the client can try again.
     let attempt = Instant::now();
@@ -175,7 +227,7 @@ fn waf_offender_is_dropped_at_xdp_and_explained() {
     // The TTL ends, the address is back; a second offence blocks for twice as long.
     until_connects(&topology.client, BAD, true, Duration::from_secs(6));
     daemon.wait_for_log("abuse_unblock", Duration::from_secs(3));
-    trip_waf(&topology.client, fleet.edge_ca.cert_pem().to_owned(), 2);
+    trip_waf(&topology.client, rig.ca(), 2);
     until_connects(&topology.client, BAD, false, Duration::from_secs(3));
     let explained = gateway.json(&["explain", BAD]);
     let second = &explained["blocks"][0]["history"][1];
@@ -185,5 +237,41 @@ fn waf_offender_is_dropped_at_xdp_and_explained() {
         explained["blocks"][0]["history"][0]["unblock_reason"],
         "expired"
     );
-    daemon.stop();
+}
+
+#[test]
+fn rate_limited_client_is_dropped_at_xdp() {
+    let rig = Rig::new(|route| {
+        route.limits = vec![LimitConfig {
+            name: "per-client".to_owned(),
+            key: LimitKey::Client,
+            requests: 2,
+            per: Duration::from_secs(3600),
+            burst: None,
+        }];
+    });
+    let Rig {
+        topology, gateway, ..
+    } = &rig;
+    // 2 pass, then 10 answers of 429 (weight 1 each) reach the threshold of 10.
+    send_n(&topology.client, rig.ca(), 12, "/", |i| {
+        if i < 2 {
+            StatusCode::OK
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        }
+    });
+    assert!(
+        !connects(&topology.client, BAD, Duration::from_millis(500)),
+        "the client that kept hitting the limit is dropped on its next SYN"
+    );
+    assert!(
+        connects(&topology.client, GOOD, Duration::from_secs(2)),
+        "another client is unaffected"
+    );
+    let explained = gateway.json(&["explain", BAD]);
+    let block = &explained["blocks"][0]["history"][0];
+    assert_eq!(block["signals"]["rate_limited"], 10, "{explained}");
+    assert_eq!(block["last"]["code"], "rate_limited", "{explained}");
+    assert_eq!(block["kernel"], true);
 }
