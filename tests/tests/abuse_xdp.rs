@@ -101,6 +101,38 @@ fn until_connects(ns: &NetNs, source: &str, want: bool, limit: Duration) -> Dura
     }
 }
 
+/// When the daemon logged the last 403 before the block and the block's
+/// audit event (the block is in the kernel map before that line is written).
+fn loop_timestamps(log: &str) -> (Duration, Duration) {
+    let at = |line: &serde_json::Value| {
+        let stamp = line["timestamp"].as_str().expect("timestamp");
+        let time = stamp
+            .split('T')
+            .nth(1)
+            .expect("RFC 3339")
+            .trim_end_matches('Z');
+        let seconds: f64 = time
+            .split(':')
+            .map(|part| part.parse::<f64>().expect("number"))
+            .fold(0.0, |acc, part| acc * 60.0 + part);
+        Duration::from_secs_f64(seconds)
+    };
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let block = lines
+        .iter()
+        .position(|line| line["event"] == "abuse_block")
+        .expect("an abuse_block event");
+    let request = lines[..block]
+        .iter()
+        .rev()
+        .find(|line| line["status"] == 403)
+        .expect("a 403 before the block");
+    (at(request), at(&lines[block]))
+}
+
 /// The gateway (XDP attached, abuse loop on with a 3 s first block) in front
 /// of one upstream, all in the gateway namespace; `route` shapes route `all`.
 /// Fields drop in order: the daemon first, the namespaces last.
@@ -193,6 +225,11 @@ fn waf_offender_is_dropped_at_xdp_and_explained() {
     println!(
         "threshold-crossing response → first attempt failed after its {:?} timeout",
         attempt.elapsed()
+    );
+    let (request_at, block_at) = loop_timestamps(&daemon.log());
+    println!(
+        "daemon log: threshold-crossing request logged → block applied and audited: {:?}",
+        block_at.saturating_sub(request_at)
     );
     assert!(
         gateway.stat("drop_blocked").0 > dropped_before,
