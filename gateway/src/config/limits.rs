@@ -74,14 +74,7 @@ pub fn problems(route: &str, limits: &[LimitConfig]) -> Vec<String> {
     let mut problems = Vec::new();
     for (i, limit) in limits.iter().enumerate() {
         let key = format!("{route}.limits[{i}]");
-        if limit.name.is_empty()
-            || !limit
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            problems.push(format!("{key}.name: must be letters, digits, '-' or '_'"));
-        }
+        problems.extend(name_problem(&key, &limit.name));
         if limit.requests == 0 {
             problems.push(format!("{key}.requests: must be at least 1"));
         }
@@ -127,17 +120,19 @@ pub fn quota_problems(route: &str, quotas: &[QuotaConfig]) -> Vec<String> {
     let mut problems = Vec::new();
     for (i, quota) in quotas.iter().enumerate() {
         let key = format!("{route}.quotas[{i}]");
-        if quota.name.is_empty()
-            || !quota
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            problems.push(format!("{key}.name: must be letters, digits, '-' or '_'"));
-        }
+        problems.extend(name_problem(&key, &quota.name));
         if quota.requests == 0 {
             problems.push(format!("{key}.requests: must be at least 1"));
         }
     }
     problems
+}
+
+/// Limit and quota names appear in response headers and state-file keys.
+fn name_problem(key: &str, name: &str) -> Option<String> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (!valid).then(|| format!("{key}.name: {name:?} must be letters, digits, '-' or '_'"))
 }

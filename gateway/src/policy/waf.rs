@@ -15,7 +15,10 @@ use http::{HeaderMap, Method, header};
 use regex::{Regex, RegexBuilder};
 use tracing::warn;
 
-use crate::config::{CustomRule, Operator, RouteConfig, RouteWaf, WafMode};
+use crate::{
+    config::{CustomRule, Operator, RouteConfig, RouteWaf, WafMode},
+    proxy::normalize::hex_value,
+};
 
 /// What a request did to the WAF.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -466,14 +469,16 @@ fn decode(input: &[u8], plus_is_space: bool) -> Vec<u8> {
         let mut i = 0;
         while i < current.len() {
             match current[i] {
-                b'%' if i + 2 < current.len() => match (hex(current[i + 1]), hex(current[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 3;
-                        continue;
+                b'%' if i + 2 < current.len() => {
+                    match (hex_value(current[i + 1]), hex_value(current[i + 2])) {
+                        (Some(h), Some(l)) => {
+                            out.push(h << 4 | l);
+                            i += 3;
+                            continue;
+                        }
+                        _ => out.push(b'%'),
                     }
-                    _ => out.push(b'%'),
-                },
+                }
                 b'+' if plus_is_space && round == 0 => out.push(b' '),
                 b => out.push(b),
             }
@@ -485,15 +490,6 @@ fn decode(input: &[u8], plus_is_space: bool) -> Vec<u8> {
         current = out;
     }
     current
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
