@@ -136,3 +136,76 @@ fn name_problem(key: &str, name: &str) -> Option<String> {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     (!valid).then(|| format!("{key}.name: {name:?} must be letters, digits, '-' or '_'"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    #[test]
+    fn policy_problems_name_their_keys() {
+        let text = r#"
+[xdp]
+enabled = false
+[abuse]
+threshold = 0
+block_ttl = "10m"
+max_block_ttl = "5m"
+[[listener]]
+name = "public"
+address = "127.0.0.1:8443"
+[[listener.certificates]]
+cert = "a.pem"
+key = "a.key"
+server_names = ["api.test"]
+[[route]]
+name = "api"
+upstream = "fleet"
+[[route.limits]]
+name = "per client"
+key = "client"
+requests = 0
+per = "0s"
+[[route.quotas]]
+name = "daily"
+requests = 0
+period = "day"
+[route.waf]
+disabled_rules = ["sqli-999"]
+[[route.waf.rules]]
+id = "xss-001"
+field = "cookie"
+operator = "regex"
+value = "("
+[upstream.fleet]
+endpoints = ["127.0.0.1:9000"]
+server_name = "fleet.internal"
+ca = "ca.pem"
+client_cert = "c.pem"
+client_key = "c.key"
+"#;
+        let err = Config::parse(Path::new("t.toml"), text).expect_err("invalid");
+        let text = err.to_string();
+        for needle in [
+            "abuse.threshold",
+            "abuse.max_block_ttl",
+            "route[0].limits[0].name",
+            "route[0].limits[0].requests",
+            "route[0].limits[0].per",
+            "route[0].quotas[0].requests",
+            "route[0].waf: no built-in WAF rule \"sqli-999\"",
+            "route[0].waf.rules[0].id",
+            "route[0].waf.rules[0].field",
+            "route[0].waf.rules[0].value: not a valid regex",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+        let bad_key = Config::parse(
+            Path::new("t.toml"),
+            "[xdp]\ninterface = \"eth0\"\n[[route]]\nname = \"a\"\nupstream = \"f\"\n[[route.limits]]\nname = \"x\"\nkey = \"ip\"\nrequests = 1\nper = \"1s\"\n",
+        )
+        .expect_err("bad key");
+        assert!(bad_key.to_string().contains("\"ip\" is not a limit key"), "{bad_key}");
+    }
+}
