@@ -354,3 +354,43 @@ async fn smuggling_attempts_are_refused_or_closed_and_never_forwarded_twice() {
     );
     daemon.stop();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_schema_failures_answer_400_with_the_failing_path() {
+    let fleet = Fleet::new(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let schema = dir.path().join("order.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "required": ["item", "quantity"],
+            "properties": {"item": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1}}}"#,
+    )
+    .expect("schema file");
+    let mut config = fleet.config();
+    config.routes[0].waf.json_schema = Some(schema);
+    let daemon = fleet.start(&config);
+    let client = fleet.client(Protocol::Http2);
+    let post = |body: &'static str| {
+        Request::post("/orders")
+            .header("content-type", "application/json")
+            .body(Bytes::from_static(body.as_bytes()))
+            .expect("request")
+    };
+    let ok = send(
+        &fleet,
+        &client,
+        post(r#"{"item": "select shoes", "quantity": 2}"#),
+    )
+    .await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    let bad = send(&fleet, &client, post(r#"{"item": "shoes", "quantity": 0}"#)).await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let body = json(&bad);
+    assert_eq!(body["error"], "schema_invalid");
+    assert_eq!(body["path"], "/quantity");
+    assert!(
+        !body["request_id"].as_str().unwrap_or_default().is_empty(),
+        "{body}"
+    );
+    daemon.stop();
+}

@@ -79,7 +79,8 @@ impl Signal {
             | "invalid_path"
             | "bad_body"
             | "protocol_anomaly"
-            | "content_type_not_allowed" => Signal::Malformed,
+            | "content_type_not_allowed"
+            | "schema_invalid" => Signal::Malformed,
             _ => return None,
         })
     }

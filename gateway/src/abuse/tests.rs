@@ -217,6 +217,7 @@ fn answer_codes_map_to_signals() {
         ("rate_limited", Some(Signal::RateLimited)),
         ("quota_exceeded", Some(Signal::RateLimited)),
         ("headers_too_large", Some(Signal::Malformed)),
+        ("schema_invalid", Some(Signal::Malformed)),
         ("auth_unavailable", None),
         ("no_route", None),
         ("upstream_timeout", None),

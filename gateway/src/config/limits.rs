@@ -206,6 +206,9 @@ client_key = "c.key"
             "[xdp]\ninterface = \"eth0\"\n[[route]]\nname = \"a\"\nupstream = \"f\"\n[[route.limits]]\nname = \"x\"\nkey = \"ip\"\nrequests = 1\nper = \"1s\"\n",
         )
         .expect_err("bad key");
-        assert!(bad_key.to_string().contains("\"ip\" is not a limit key"), "{bad_key}");
+        assert!(
+            bad_key.to_string().contains("\"ip\" is not a limit key"),
+            "{bad_key}"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! `[route.waf]`: which requests a route's WAF blocks, watches or lets through.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +40,9 @@ pub struct RouteWaf {
     /// `[[route.waf.rules]]`: the operator's own rules, checked after the
     /// built-in ones.
     pub rules: Vec<CustomRule>,
+    /// A JSON Schema file every request body must match (400 with the failing
+    /// path otherwise); bodies over `inspect_body_bytes` are refused then.
+    pub json_schema: Option<PathBuf>,
 }
 
 impl Default for RouteWaf {
@@ -52,6 +55,7 @@ impl Default for RouteWaf {
             disabled_rules: Vec::new(),
             rule_modes: BTreeMap::new(),
             rules: Vec::new(),
+            json_schema: None,
         }
     }
 }
@@ -90,6 +94,11 @@ impl RouteWaf {
                 problems.push(format!("{prefix}: no built-in WAF rule {id:?}"));
             }
         }
+        if let Some(path) = &self.json_schema
+            && let Err(err) = load_schema(path)
+        {
+            problems.push(format!("{prefix}.json_schema: {err}"));
+        }
         for (i, rule) in self.rules.iter().enumerate() {
             let key = format!("{prefix}.rules[{i}]");
             if crate::policy::waf::is_builtin(&rule.id) {
@@ -117,4 +126,14 @@ impl RouteWaf {
         }
         problems
     }
+}
+
+/// Reads and compiles a JSON Schema file.
+pub fn load_schema(path: &std::path::Path) -> Result<jsonschema::Validator, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    let schema: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|err| format!("{} is not JSON: {err}", path.display()))?;
+    jsonschema::validator_for(&schema)
+        .map_err(|err| format!("{} is not a valid JSON Schema: {err}", path.display()))
 }

@@ -16,7 +16,7 @@ use regex::{Regex, RegexBuilder};
 use tracing::warn;
 
 use crate::{
-    config::{CustomRule, Operator, RouteConfig, RouteWaf, WafMode},
+    config::{CustomRule, Operator, RouteConfig, RouteWaf, WafMode, waf::load_schema},
     proxy::normalize::hex_value,
 };
 
@@ -29,6 +29,8 @@ pub enum Verdict {
     Anomaly(&'static str),
     /// A body of a type the route does not take (415).
     ContentType(String),
+    /// A body that does not match the route's JSON Schema (400): where, and why.
+    Schema { path: String, message: String },
 }
 
 /// Where a value came from; rules pick the places they look at.
@@ -171,6 +173,7 @@ struct Custom {
 pub struct RouteWafPolicy {
     config: RouteWaf,
     custom: Vec<Custom>,
+    schema: Option<jsonschema::Validator>,
 }
 
 /// The WAF of every route, by route name.
@@ -195,11 +198,21 @@ impl Waf {
                         rule: rule.clone(),
                     })
                     .collect();
+                // Validation loaded this file already; if it vanished since,
+                // say so loudly rather than fail the whole reload.
+                let schema = route.waf.json_schema.as_deref().and_then(|path| {
+                    load_schema(path)
+                        .inspect_err(|err| {
+                            tracing::error!(route = %route.name, %err, "JSON Schema not applied")
+                        })
+                        .ok()
+                });
                 (
                     route.name.clone(),
                     RouteWafPolicy {
                         config: route.waf.clone(),
                         custom,
+                        schema,
                     },
                 )
             })
@@ -209,9 +222,11 @@ impl Waf {
 
     /// The route's WAF, unless it is off.
     pub fn route(&self, name: &str) -> Option<&RouteWafPolicy> {
-        self.routes
-            .get(name)
-            .filter(|policy| policy.config.mode != WafMode::Off || !policy.custom.is_empty())
+        self.routes.get(name).filter(|policy| {
+            policy.config.mode != WafMode::Off
+                || !policy.custom.is_empty()
+                || policy.schema.is_some()
+        })
     }
 }
 
@@ -252,6 +267,9 @@ impl RouteWafPolicy {
 
     /// Checks a buffered body (at most [`Self::inspect_body_bytes`] of it).
     pub fn check_body(&self, route: &str, head: &Head<'_>, body: &Bytes) -> Result<(), Verdict> {
+        if let Some(schema) = &self.schema {
+            check_schema(schema, body)?;
+        }
         let body = &body[..body.len().min(self.config.inspect_body_bytes)];
         let content_type = media_type(head.headers);
         let values: Vec<Vec<u8>> = match content_type.as_deref() {
@@ -282,6 +300,11 @@ impl RouteWafPolicy {
             self.check_value(route, Place::Body, value)?;
         }
         self.check_custom(route, head, Some(body))
+    }
+
+    /// Whether every body must be seen whole (a JSON Schema is configured).
+    pub fn needs_whole_body(&self) -> bool {
+        self.schema.is_some()
     }
 
     fn check_content_type(&self, headers: &HeaderMap) -> Result<(), Verdict> {
@@ -382,6 +405,17 @@ impl RouteWafPolicy {
         }
         Ok(())
     }
+}
+
+fn check_schema(schema: &jsonschema::Validator, body: &[u8]) -> Result<(), Verdict> {
+    let json: serde_json::Value = serde_json::from_slice(body).map_err(|err| Verdict::Schema {
+        path: String::new(),
+        message: format!("the body is not JSON ({err})"),
+    })?;
+    schema.validate(&json).map_err(|err| Verdict::Schema {
+        path: err.instance_path().to_string(),
+        message: err.to_string(),
+    })
 }
 
 fn verdict(route: &str, id: &str, class: &'static str, mode: WafMode) -> Result<(), Verdict> {

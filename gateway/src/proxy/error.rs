@@ -54,6 +54,8 @@ pub enum ProxyError {
     ProtocolAnomaly(&'static str),
     #[error("content type {0:?} is not accepted on this route")]
     ContentTypeNotAllowed(String),
+    #[error("the request body does not match the route's schema at {path:?}: {message}")]
+    SchemaInvalid { path: String, message: String },
 }
 
 impl From<Verdict> for ProxyError {
@@ -62,6 +64,7 @@ impl From<Verdict> for ProxyError {
             Verdict::Block { rule, class } => Self::WafBlocked { rule, class },
             Verdict::Anomaly(what) => Self::ProtocolAnomaly(what),
             Verdict::ContentType(media) => Self::ContentTypeNotAllowed(media),
+            Verdict::Schema { path, message } => Self::SchemaInvalid { path, message },
         }
     }
 }
@@ -87,7 +90,7 @@ impl ProxyError {
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::RateLimited(_) | Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::WafBlocked { .. } => StatusCode::FORBIDDEN,
-            Self::ProtocolAnomaly(_) => StatusCode::BAD_REQUEST,
+            Self::ProtocolAnomaly(_) | Self::SchemaInvalid { .. } => StatusCode::BAD_REQUEST,
             Self::ContentTypeNotAllowed(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
@@ -114,6 +117,7 @@ impl ProxyError {
             Self::WafBlocked { .. } => "waf_blocked",
             Self::ProtocolAnomaly(_) => "protocol_anomaly",
             Self::ContentTypeNotAllowed(_) => "content_type_not_allowed",
+            Self::SchemaInvalid { .. } => "schema_invalid",
         }
     }
 
@@ -170,6 +174,9 @@ pub fn respond(error: &ProxyError, request_id: &HeaderValue) -> Response<BoxBody
     });
     if let Some(rule) = error.rule_id() {
         body["rule"] = rule.into();
+    }
+    if let ProxyError::SchemaInvalid { path, .. } = error {
+        body["path"] = path.as_str().into();
     }
     let mut response = Response::new(
         Full::new(Bytes::from(body.to_string()))

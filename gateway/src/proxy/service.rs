@@ -265,6 +265,13 @@ fn inspect_body(
             Ok(waf.check_body(route, &head, bytes)?)
         }
         RequestBody::Replayable(_) => Ok(()),
+        RequestBody::Streaming(_) if waf.needs_whole_body() => Err(ProxyError::SchemaInvalid {
+            path: String::new(),
+            message: format!(
+                "a body over {} bytes cannot be validated",
+                waf.inspect_body_bytes()
+            ),
+        }),
         RequestBody::Streaming(_) => {
             metrics::counter!("gateway_waf_bodies_uninspected_total", "route" => route.to_owned())
                 .increment(1);

@@ -354,3 +354,56 @@ fn content_types_and_custom_rules() {
         Some("no-debug")
     );
 }
+
+#[test]
+fn json_schema_failures_name_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("person.json");
+    std::fs::write(
+        &path,
+        r#"{"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}}}"#,
+    )
+    .expect("schema file");
+    let waf = policy(RouteWaf {
+        json_schema: Some(path),
+        renders_html: false,
+        ..RouteWaf::default()
+    });
+    assert!(waf.needs_whole_body());
+    assert_eq!(
+        body_check(
+            &waf,
+            "application/json",
+            r#"{"name": "O'Brien", "tags": ["a"]}"#
+        ),
+        Ok(())
+    );
+    match body_check(
+        &waf,
+        "application/json",
+        r#"{"name": "x", "tags": ["a", 7]}"#,
+    ) {
+        Err(Verdict::Schema { path, message }) => {
+            assert_eq!(path, "/tags/1");
+            assert!(message.contains("string"), "{message}");
+        }
+        other => panic!("expected a schema failure, got {other:?}"),
+    }
+    assert!(matches!(
+        body_check(&waf, "application/json", "{\"tags\": []}"),
+        Err(Verdict::Schema { .. })
+    ));
+    assert!(matches!(
+        body_check(&waf, "application/json", "not json"),
+        Err(Verdict::Schema { path, .. }) if path.is_empty()
+    ));
+    let problems = RouteWaf {
+        json_schema: Some(dir.path().join("missing.json")),
+        ..RouteWaf::default()
+    }
+    .problems("route[0].waf");
+    assert!(
+        problems[0].starts_with("route[0].waf.json_schema: cannot read"),
+        "{problems:?}"
+    );
+}
