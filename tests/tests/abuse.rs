@@ -394,3 +394,79 @@ async fn json_schema_failures_answer_400_with_the_failing_path() {
     );
     daemon.stop();
 }
+
+/// Requests wrk completed and how many of them were not 2xx, from its report.
+fn wrk_counts(report: &str) -> (u64, u64) {
+    let number = |line: &str| {
+        line.split_whitespace()
+            .find_map(|word| word.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no number in {line:?}"))
+    };
+    let total = report
+        .lines()
+        .find(|line| line.contains("requests in"))
+        .map(number)
+        .unwrap_or_else(|| panic!("no request count in wrk's report:\n{report}"));
+    let refused = report
+        .lines()
+        .find(|line| line.contains("Non-2xx"))
+        .map_or(0, number);
+    (total, refused)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limit_holds_within_ten_percent_under_wrk() {
+    if std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("wrk is not installed: apt-get install wrk");
+    }
+    let fleet = Fleet::new(1);
+    let mut config = fleet.config();
+    let (rate, burst, seconds) = (200u64, 20u64, 4u64);
+    config.routes[0].limits = vec![LimitConfig {
+        name: "route".to_owned(),
+        key: LimitKey::Route,
+        requests: rate as u32,
+        per: Duration::from_secs(1),
+        burst: Some(burst as u32),
+    }];
+    let daemon = fleet.start(&config);
+    let output = tokio::task::spawn_blocking({
+        let url = format!("https://{}/", fleet.listen);
+        move || {
+            std::process::Command::new("wrk")
+                .args([
+                    "-t1",
+                    "-c8",
+                    &format!("-d{seconds}s"),
+                    "--timeout",
+                    "5s",
+                    &url,
+                ])
+                .output()
+                .expect("running wrk")
+        }
+    })
+    .await
+    .expect("wrk thread");
+    let report = String::from_utf8_lossy(&output.stdout);
+    let (total, refused) = wrk_counts(&report);
+    let passed = total - refused;
+    let expected = rate * seconds + burst;
+    println!(
+        "wrk: {total} requests in {seconds} s, {passed} passed (limit {rate}/s + burst {burst} = {expected})"
+    );
+    assert!(
+        refused > 0,
+        "wrk must have pushed past the limit:\n{report}"
+    );
+    let error = passed.abs_diff(expected) as f64 / expected as f64;
+    assert!(
+        error <= 0.10,
+        "{passed} passed, expected {expected} ±10%:\n{report}"
+    );
+    daemon.stop();
+}
