@@ -14,6 +14,10 @@ use gateway_tests::{
 use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+/// The wrk test saturates the machine; the others wait for it (and it for
+/// them), or their health checks would time out under its load.
+static LOAD: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 async fn within<T>(seconds: u64, what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(seconds), future)
         .await
@@ -48,6 +52,7 @@ fn json(response: &Response<Bytes>) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn waf_blocks_with_rule_id_lookalikes_pass_and_the_loop_decides_a_block() {
+    let _shared = LOAD.read().await;
     let fleet = Fleet::new(1);
     let mut config = fleet.config();
     let mut watch = route("watch", "/watch/");
@@ -142,6 +147,7 @@ async fn waf_blocks_with_rule_id_lookalikes_pass_and_the_loop_decides_a_block() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rate_limit_answers_429_with_retry_after_and_ratelimit_headers() {
+    let _shared = LOAD.read().await;
     let fleet = Fleet::new(1);
     let mut config = fleet.config();
     config.routes[0].limits = vec![LimitConfig {
@@ -186,6 +192,7 @@ async fn rate_limit_answers_429_with_retry_after_and_ratelimit_headers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn quota_counts_survive_a_restart_exactly() {
+    let _shared = LOAD.read().await;
     let fleet = Fleet::new(1);
     let mut config = fleet.config();
     // No identity on this route: a subject quota counts per client address.
@@ -261,6 +268,7 @@ async fn upstream_count(fleet: &Fleet) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn smuggling_attempts_are_refused_or_closed_and_never_forwarded_twice() {
+    let _shared = LOAD.read().await;
     let fleet = Fleet::new(1);
     let daemon = fleet.start(&fleet.config());
     let before = upstream_count(&fleet).await;
@@ -357,6 +365,7 @@ async fn smuggling_attempts_are_refused_or_closed_and_never_forwarded_twice() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_schema_failures_answer_400_with_the_failing_path() {
+    let _shared = LOAD.read().await;
     let fleet = Fleet::new(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let schema = dir.path().join("order.json");
@@ -416,6 +425,7 @@ fn wrk_counts(report: &str) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rate_limit_holds_within_ten_percent_under_wrk() {
+    let _exclusive = LOAD.write().await;
     if std::process::Command::new("wrk")
         .arg("--version")
         .output()

@@ -233,8 +233,8 @@ impl Waf {
 /// The request head as the WAF sees it.
 pub struct Head<'a> {
     pub method: &'a Method,
-    /// The path as the client sent it (before normalization).
-    pub raw_path: &'a str,
+    /// The normalized path.
+    pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
 }
@@ -249,7 +249,7 @@ impl RouteWafPolicy {
     /// rules on the path, query and header values.
     pub fn check_head(&self, route: &str, head: &Head<'_>) -> Result<(), Verdict> {
         self.check_content_type(head.headers)?;
-        let mut values = vec![(Place::Path, decode(head.raw_path.as_bytes(), false))];
+        let mut values = vec![(Place::Path, decode(head.path.as_bytes(), false))];
         if let Some(query) = head.query {
             values.extend(form_values(query).map(|v| (Place::Query, v)));
         }
@@ -383,7 +383,7 @@ impl RouteWafPolicy {
             let value: Option<String> = match (rule.field.as_str(), body) {
                 ("body", Some(body)) => Some(String::from_utf8_lossy(body).into_owned()),
                 ("body", None) | (_, Some(_)) => None,
-                ("path", None) => Some(head.raw_path.to_owned()),
+                ("path", None) => Some(head.path.to_owned()),
                 ("query", None) => head.query.map(str::to_owned),
                 ("method", None) => Some(head.method.as_str().to_owned()),
                 (field, None) => field

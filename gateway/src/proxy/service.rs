@@ -163,7 +163,7 @@ async fn proxy(
         .map_err(ProxyError::QuotaExceeded)?;
     let waf = snapshot.waf.route(&route.name);
     if let Some(waf) = waf {
-        waf.check_head(&route.name, &waf_head(&request))?;
+        waf.check_head(&route.name, &waf_head(&request, &path))?;
     }
 
     let (parts, body) = request.into_parts();
@@ -185,7 +185,7 @@ async fn proxy(
     )
     .await?;
     if let Some(waf) = waf {
-        inspect_body(waf, &route.name, &parts, &body)?;
+        inspect_body(waf, &route.name, &parts, &path, &body)?;
     }
 
     let upstream_parts = upstream_request(snapshot, conn, parts, route, request_id);
@@ -235,12 +235,13 @@ async fn proxy(
     ))
 }
 
-/// What the WAF reads of a request head: the path as sent, before
-/// normalization, so encoded traversal is seen for what it was.
-fn waf_head<B>(request: &Request<B>) -> Head<'_> {
+/// What the WAF reads of a request head. The path is the normalized one the
+/// upstream gets: dot segments are already resolved inside the route, so only
+/// what survives normalization (`%252e`, overlong UTF-8) can still climb.
+fn waf_head<'a, B>(request: &'a Request<B>, path: &'a str) -> Head<'a> {
     Head {
         method: request.method(),
-        raw_path: request.uri().path(),
+        path,
         query: request.uri().query(),
         headers: request.headers(),
     }
@@ -252,13 +253,14 @@ fn inspect_body(
     waf: &RouteWafPolicy,
     route: &str,
     parts: &Parts,
+    path: &str,
     body: &RequestBody,
 ) -> Result<(), ProxyError> {
     match body {
         RequestBody::Replayable(bytes) if !bytes.is_empty() => {
             let head = Head {
                 method: &parts.method,
-                raw_path: parts.uri.path(),
+                path,
                 query: parts.uri.query(),
                 headers: &parts.headers,
             };

@@ -35,7 +35,7 @@ fn head_check(
         "api",
         &Head {
             method: &Method::GET,
-            raw_path: path,
+            path: path,
             query,
             headers: &map,
         },
@@ -52,7 +52,7 @@ fn body_check(policy: &RouteWafPolicy, content_type: &str, body: &str) -> Result
         "api",
         &Head {
             method: &Method::POST,
-            raw_path: "/",
+            path: "/",
             query: None,
             headers: &map,
         },
