@@ -45,8 +45,8 @@ fn connects(ns: &NetNs, source: &str, timeout: Duration) -> bool {
     })
 }
 
-/// `n` WAF-tripping requests from the client namespace's first address (BAD),
-/// each answered 403.
+/// `n` WAF-tripping requests from the client namespace's first address, each
+/// answered 403.
 fn trip_waf(ns: &NetNs, ca_pem: String, n: usize) {
     send_n(
         ns,
@@ -57,7 +57,7 @@ fn trip_waf(ns: &NetNs, ca_pem: String, n: usize) {
     );
 }
 
-/// `n` requests for `path` from the client namespace's first address (BAD),
+/// `n` requests for `path` from the client namespace's first address,
 /// the i-th answered `expected(i)`; run in a thread inside the namespace so
 /// the client's sockets belong to it.
 fn send_n(
@@ -146,9 +146,13 @@ struct Rig {
 
 impl Rig {
     fn new(route: impl FnOnce(&mut RouteConfig)) -> Self {
+        Self::with_sources(&[BAD, GOOD, ALLOWED], route)
+    }
+
+    /// The first of `sources` is the address the HTTP client's connections get.
+    fn with_sources(sources: &[&str], route: impl FnOnce(&mut RouteConfig)) -> Self {
         require_root();
-        // BAD first: it is the source address the HTTP client's connections get.
-        let topology = Topology::new(&[BAD, GOOD, ALLOWED]);
+        let topology = Topology::new(sources);
         let fleet = Fleet::new(0);
         let server = fleet.fleet_ca.issue_server(&[FLEET_NAME]);
         let upstream = Upstream::builder("up-0", &server, fleet.fleet_ca.cert_pem())
@@ -304,4 +308,20 @@ fn rate_limited_client_is_dropped_at_xdp() {
     assert_eq!(block["signals"]["rate_limited"], 10, "{explained}");
     assert_eq!(block["last"]["code"], "rate_limited", "{explained}");
     assert_eq!(block["kernel"], true);
+}
+
+#[test]
+fn allowlisted_address_is_never_blocked() {
+    // ALLOWED first: the HTTP client's connections come from it.
+    let rig = Rig::with_sources(&[ALLOWED, BAD, GOOD], |_| {});
+    let Rig {
+        topology, gateway, ..
+    } = &rig;
+    trip_waf(&topology.client, rig.ca(), 10);
+    assert!(
+        connects(&topology.client, ALLOWED, Duration::from_secs(2)),
+        "ten WAF blocks from an allowlisted address block nothing"
+    );
+    let stderr = gateway.fails(&["explain", ALLOWED]);
+    assert!(stderr.contains("never blocked"), "{stderr}");
 }
