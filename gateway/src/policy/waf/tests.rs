@@ -35,7 +35,7 @@ fn head_check(
         "api",
         &Head {
             method: &Method::GET,
-            path: path,
+            path,
             query,
             headers: &map,
         },
