@@ -36,6 +36,13 @@ impl Cidr {
         Self(IpNet::from(addr))
     }
 
+    /// The /`prefix_len` network around `addr` (the whole prefix when longer
+    /// than the family allows).
+    pub fn network_of(addr: IpAddr, prefix_len: u8) -> Self {
+        let addr = addr.to_canonical();
+        IpNet::new(addr, prefix_len).map_or_else(|_| Self::host(addr), |net| Self(net.trunc()))
+    }
+
     /// The network address.
     pub fn addr(&self) -> IpAddr {
         self.0.addr()

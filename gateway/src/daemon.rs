@@ -18,12 +18,15 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    addr::{self, ipv6_mask},
+    abuse::{Abuse, BlockRequest, Evidence, ProvenanceFile, Signal},
+    addr::{self, Cidr, ipv6_mask},
+    clock,
     config::Config,
-    lists::{ListError, Lists},
+    lists::{ListError, ListKind, Lists},
     observe::admin::{self, AdminState},
+    policy::quota::Quotas,
     proxy::{Proxy, ProxyStartError},
-    state::{StateDir, StateError},
+    state::{Source, StateDir, StateError},
     xdp::{self, KernelMaps, PinDir, XdpError},
 };
 
@@ -128,10 +131,22 @@ pub async fn run(
         );
         None
     };
+    let (abuse, mut block_requests) = Abuse::new(&config);
+    let mut provenance = ProvenanceFile::load(state)?;
+    abuse.restore(&provenance);
+    let quotas = Arc::new(Quotas::load(state)?);
     let proxy = if config.listeners.is_empty() {
         None
     } else {
-        Some(Proxy::start(&config, Some(state.revocations_path()?)).await?)
+        Some(
+            Proxy::start(
+                &config,
+                Some(state.revocations_path()?),
+                abuse.clone(),
+                quotas.clone(),
+            )
+            .await?,
+        )
     };
 
     let admin = start_admin(
@@ -160,13 +175,19 @@ pub async fn run(
                 reopen_logs();
                 if let Some(new) = reload(config_path, &config, kernel.as_ref(), proxy.as_ref(), state).await {
                     admin.set_config(&new);
+                    abuse.reconfigure(&new);
                     config = new;
                 }
             }
-            _ = sweep.tick(), if kernel.is_some() => {
+            Some(request) = block_requests.recv() => {
+                block(kernel.as_ref(), state, &mut provenance, request);
+            }
+            _ = sweep.tick() => {
                 if let Some(kernel) = &kernel {
                     sweep_once(&Lists::new(&kernel.maps, state));
                 }
+                end_blocks(kernel.as_ref(), state, &mut provenance);
+                save_quotas(&quotas, state);
             }
             _ = user2.recv() => {
                 if let Some(proxy) = &proxy {
@@ -185,7 +206,7 @@ pub async fn run(
             }
             ready = events_ready(&mut kernel) => match ready {
                 Ok(mut guard) => {
-                    drain_events(guard.get_inner_mut());
+                    drain_events(guard.get_inner_mut(), &abuse);
                     guard.clear_ready();
                 }
                 Err(err) => error!(%err, "polling the event ring buffer failed"),
@@ -201,6 +222,7 @@ pub async fn run(
             warn!("drain deadline passed; closing the remaining connections");
         }
     }
+    save_quotas(&quotas, state);
     if let Some(kernel) = &kernel {
         sweep_once(&Lists::new(&kernel.maps, state));
         info!("stopping; the XDP program stays attached and keeps filtering");
@@ -374,7 +396,129 @@ fn sweep_once(lists: &Lists<'_>) {
     }
 }
 
-fn drain_events(ring: &mut RingBuf<MapData>) {
+/// Puts an abuse block into the kernel (when the kernel plane runs), records
+/// why, and says so in the audit log. With XDP off the block is still decided
+/// and recorded, so the operator sees what the loop would have done.
+fn block(
+    kernel: Option<&KernelPlane>,
+    state: &StateDir,
+    provenance: &mut ProvenanceFile,
+    mut request: BlockRequest,
+) {
+    let signals: Vec<String> = request
+        .provenance
+        .signals
+        .iter()
+        .map(|(signal, count)| format!("{signal}={count}"))
+        .collect();
+    let reason = format!("abuse: {}", signals.join(" "));
+    let applied = kernel.is_some_and(|kernel| {
+        match Lists::new(&kernel.maps, state).add(
+            ListKind::Block,
+            &[request.cidr],
+            Some(request.ttl),
+            &reason,
+            Source::Daemon,
+        ) {
+            Ok(()) => true,
+            Err(err) => {
+                error!(address = %request.cidr, %err, "putting an abuse block into the kernel failed");
+                false
+            }
+        }
+    });
+    request.provenance.kernel = applied;
+    // Saved before the audit line, so whoever reads that line can explain it.
+    provenance.push(request.cidr, request.provenance.clone());
+    save_provenance(state, provenance);
+    let p = &request.provenance;
+    warn!(
+        target: "audit",
+        event = "abuse_block",
+        address = %request.cidr,
+        ttl_secs = p.ttl_secs,
+        offence = p.offence,
+        score = p.score,
+        threshold = p.threshold,
+        signals = %signals.join(" "),
+        first_route = p.first.route.as_deref(),
+        first_rule = p.first.rule.as_deref(),
+        last_route = p.last.route.as_deref(),
+        last_rule = p.last.rule.as_deref(),
+        last_token_id = p.last.token_id.as_deref(),
+        aggregated_from = p.aggregated_from.map(|c| c.to_string()),
+        kernel_plane = if kernel.is_some() { "on" } else { "off" },
+        applied,
+        "address blocked for abuse{}",
+        if kernel.is_some() { "" } else { " (decision only: the kernel plane is off)" }
+    );
+    metrics::counter!("gateway_abuse_blocks_total", "applied" => if applied { "true" } else { "false" }).increment(1);
+}
+
+/// Ends the open blocks whose TTL ran out or that someone removed from the
+/// blocklist, each with an audit event.
+fn end_blocks(kernel: Option<&KernelPlane>, state: &StateDir, provenance: &mut ProvenanceFile) {
+    let now = clock::unix_now();
+    let open: Vec<(Cidr, u64)> = provenance
+        .blocks
+        .iter()
+        .filter_map(|(cidr, history)| {
+            let last = history.last()?;
+            last.unblocked_at
+                .is_none()
+                .then_some((*cidr, last.expires_at))
+        })
+        .collect();
+    if open.is_empty() {
+        return;
+    }
+    let live: Option<Vec<Cidr>> = kernel.and_then(|kernel| {
+        Lists::new(&kernel.maps, state)
+            .list(ListKind::Block)
+            .map(|entries| entries.into_iter().map(|e| e.cidr).collect())
+            .inspect_err(|err| error!(%err, "reading the blocklist failed"))
+            .ok()
+    });
+    let mut changed = false;
+    for (cidr, expires_at) in open {
+        let reason = if expires_at <= now {
+            "expired"
+        } else if live.as_ref().is_some_and(|live| !live.contains(&cidr)) {
+            "removed"
+        } else {
+            continue;
+        };
+        if let Some(ended) = provenance.end(&cidr, now, reason) {
+            info!(
+                target: "audit",
+                event = "abuse_unblock",
+                address = %cidr,
+                reason,
+                offence = ended.offence,
+                blocked_at = ended.blocked_at,
+                "abuse block ended"
+            );
+            changed = true;
+        }
+    }
+    if changed {
+        save_provenance(state, provenance);
+    }
+}
+
+fn save_quotas(quotas: &Quotas, state: &StateDir) {
+    if let Err(err) = quotas.save(state) {
+        error!(%err, "saving the quota counts failed; retrying in a second");
+    }
+}
+
+fn save_provenance(state: &StateDir, provenance: &ProvenanceFile) {
+    if let Err(err) = provenance.save(state) {
+        error!(%err, "saving the abuse provenance failed; `gateway explain` may miss this block");
+    }
+}
+
+fn drain_events(ring: &mut RingBuf<MapData>, abuse: &Arc<Abuse>) {
     while let Some(item) = ring.next() {
         let Some(event) = parse_event(&item) else {
             warn!(
@@ -387,9 +531,18 @@ fn drain_events(ring: &mut RingBuf<MapData>) {
             event_kind::SYN_RATE_LIMIT => "syn",
             _ => "packets",
         };
+        let source = addr::addr_to_ip(event.addr);
+        abuse.record(
+            source,
+            Signal::XdpRateExceeded,
+            Evidence {
+                code: Some(format!("xdp_{kind}_rate_exceeded")),
+                ..Evidence::new(Signal::XdpRateExceeded)
+            },
+        );
         warn!(
             event = "rate_limit_exceeded",
-            source = %addr::addr_to_ip(event.addr),
+            %source,
             limit = kind,
             "source ran out of rate-limit tokens; its excess packets are dropped in XDP"
         );

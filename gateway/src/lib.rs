@@ -11,8 +11,10 @@
 //! - [`observe`]: metrics, the admin endpoint, log streams.
 //! - [`tls`]: certificate, key and CA files.
 //! - [`config`]: the daemon's configuration file.
+//! - [`abuse`]: signals about misbehaving clients, and the blocks they lead to.
 //! - [`daemon`]: `gateway run`.
 
+pub mod abuse;
 pub mod addr;
 pub mod auth;
 pub mod clock;

@@ -6,6 +6,8 @@
 //! - `attachment.json`: where the program was attached, for `gateway xdp status`.
 //! - `revocations.json`: revoked token ids and subjects (`gateway token revoke`),
 //!   read by the daemon on change.
+//! - `abuse.json`: why the abuse loop blocked each address (see `abuse`).
+//! - `quota.json`: the quota counts (see `policy::quota`).
 //! - `lists.lock`: serialises the CLI and the daemon, so concurrent changes are not
 //!   lost between reading and rewriting `lists.json`.
 
@@ -205,6 +207,18 @@ impl StateDir {
     /// Where the program was attached, if this state directory knows.
     pub fn attachment(&self) -> Result<Option<Attachment>, StateError> {
         read_json(&self.0.join("attachment.json"))
+    }
+
+    /// Another module's JSON state file `name` (e.g. `abuse.json`, `quota.json`);
+    /// `None` when it does not exist yet.
+    pub fn read_file<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
+        read_json(&self.0.join(name))
+    }
+
+    /// Replaces another module's JSON state file `name` atomically.
+    pub fn write_file<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+        self.create()?;
+        write_json(&self.0.join(name), value)
     }
 
     /// Forgets the attachment (after a detach).

@@ -1,5 +1,6 @@
 //! The command line: clap definitions and one module per command group.
 
+mod explain;
 mod lists;
 mod ratelimit;
 mod stats;
@@ -81,6 +82,12 @@ enum Command {
     /// daemon's next request and survives restarts.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Why an address is (or was) blocked by the abuse loop: the signals, the
+    /// first and last evidence, the TTL, and the kernel's drop counter.
+    Explain {
+        /// The client address.
+        address: std::net::IpAddr,
+    },
     /// Packets and bytes per verdict reason.
     Stats {
         /// Refresh every --interval and show rates.
@@ -280,6 +287,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Allowlist(command) => lists::run(&ctx, gateway::lists::ListKind::Allow, command),
         Command::Ratelimit(command) => ratelimit::run(&ctx, command),
         Command::Token(command) => token::run(&ctx, command),
+        Command::Explain { address } => explain::run(&ctx, address),
         Command::Stats {
             watch,
             interval,

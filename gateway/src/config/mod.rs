@@ -2,10 +2,13 @@
 //! default where a safe one exists, and [`Config::validate`] reports every problem
 //! with its key path at once.
 
+pub mod abuse;
 pub mod auth;
 mod duration;
+pub mod limits;
 pub mod observe;
 pub mod proxy;
+pub mod waf;
 pub mod xdp;
 
 use std::{
@@ -16,7 +19,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use self::{
+    abuse::AbuseSection,
     auth::{AuthMode, AuthSection, IntrospectionConfig, IssuerConfig, RouteAuth},
+    limits::{LimitConfig, LimitKey, Period, QuotaConfig},
     observe::{
         AccessFormat, AdminSection, AlertCondition, AlertRule, LogOutput, LogSection, Severity,
     },
@@ -25,6 +30,7 @@ pub use self::{
         ListenerConfig, ListenerLimits, ListenerTimeouts, OutlierConfig, ProxySection, RetryConfig,
         RouteConfig, UpstreamConfig,
     },
+    waf::{CustomRule, Operator, RouteWaf, WafMode},
     xdp::{Monitor, XdpSection, rate_limit_problems},
 };
 
@@ -76,6 +82,9 @@ pub struct Config {
     /// `[[alert]]`: conditions on metrics that notify a webhook.
     #[serde(default, rename = "alert")]
     pub alerts: Vec<AlertRule>,
+    /// `[abuse]`: when misbehaving clients are pushed into the XDP blocklist.
+    #[serde(default)]
+    pub abuse: AbuseSection,
 }
 
 impl Config {
@@ -128,6 +137,7 @@ impl Config {
         ));
         problems.extend(auth::problems(&self.auth, &self.routes));
         problems.extend(observe::problems(&self.admin, &self.log, &self.listeners));
+        problems.extend(self.abuse.problems());
         if !self.xdp.enabled && self.listeners.is_empty() {
             problems.push(
                 "xdp.enabled is false and there is no [[listener]]: nothing to run".to_owned(),

@@ -185,6 +185,15 @@ pub struct RouteConfig {
     /// `[route.auth]`: who may call this route (default: anyone).
     #[serde(default)]
     pub auth: super::RouteAuth,
+    /// `[route.waf]`: inspection of this route's requests.
+    #[serde(default)]
+    pub waf: super::waf::RouteWaf,
+    /// `[[route.limits]]`: L7 rate limits, each with its own key.
+    #[serde(default)]
+    pub limits: Vec<super::limits::LimitConfig>,
+    /// `[[route.quotas]]`: requests per calendar hour, day or month.
+    #[serde(default)]
+    pub quotas: Vec<super::limits::QuotaConfig>,
 }
 
 fn root_prefix() -> String {
@@ -432,6 +441,9 @@ pub fn problems(
     let mut route_names = HashSet::new();
     for (i, route) in routes.iter().enumerate() {
         let key = format!("route[{i}]");
+        problems.extend(route.waf.problems(&format!("{key}.waf")));
+        problems.extend(super::limits::problems(&key, &route.limits));
+        problems.extend(super::limits::quota_problems(&key, &route.quotas));
         if route.name.is_empty() || !route_names.insert(&route.name) {
             problems.push(format!("{key}.name: must be set and unique"));
         }

@@ -1,3 +1,6 @@
 //! Request policy: route matching now; later scopes, the WAF and rate limits.
 
+pub mod quota;
+pub mod ratelimit;
 pub mod routes;
+pub mod waf;

@@ -263,6 +263,9 @@ mod tests {
             max_body_bytes: None,
             timeout: Duration::from_secs(30),
             auth: Default::default(),
+            waf: Default::default(),
+            limits: Vec::new(),
+            quotas: Vec::new(),
         }
     }
 

@@ -9,8 +9,16 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full};
 
 use super::normalize::PathError;
-use crate::auth::AuthError;
-use crate::upstream::{BoxBody, UpstreamError, breaker::BreakerOpen};
+use crate::{
+    auth::AuthError,
+    policy::{quota::Exhausted, ratelimit::Rejection, waf::Verdict},
+    upstream::{BoxBody, UpstreamError, breaker::BreakerOpen},
+};
+
+/// What is left of the tightest quota of the route, on every answer.
+pub const QUOTA_REMAINING: &str = "quota-remaining";
+/// Seconds until that quota's calendar period ends.
+pub const QUOTA_RESET: &str = "quota-reset";
 
 /// Why the gateway answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +47,29 @@ pub enum ProxyError {
     Timeout(Duration),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error("rate limit {} exceeded; retry in {} s", .0.policy, .0.retry_secs())]
+    RateLimited(Rejection),
+    #[error("quota {} of {} requests is spent; it resets in {} s", .0.quota, .0.limit, .0.reset_secs)]
+    QuotaExceeded(Exhausted),
+    #[error("request blocked by WAF rule {rule}")]
+    WafBlocked { rule: String, class: &'static str },
+    #[error("request refused: {0}")]
+    ProtocolAnomaly(&'static str),
+    #[error("content type {0:?} is not accepted on this route")]
+    ContentTypeNotAllowed(String),
+    #[error("the request body does not match the route's schema at {path:?}: {message}")]
+    SchemaInvalid { path: String, message: String },
+}
+
+impl From<Verdict> for ProxyError {
+    fn from(verdict: Verdict) -> Self {
+        match verdict {
+            Verdict::Block { rule, class } => Self::WafBlocked { rule, class },
+            Verdict::Anomaly(what) => Self::ProtocolAnomaly(what),
+            Verdict::ContentType(media) => Self::ContentTypeNotAllowed(media),
+            Verdict::Schema { path, message } => Self::SchemaInvalid { path, message },
+        }
+    }
 }
 
 impl ProxyError {
@@ -65,6 +96,10 @@ impl ProxyError {
             }
             Self::Auth(AuthError::InsufficientScope { .. }) => StatusCode::FORBIDDEN,
             Self::Auth(AuthError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited(_) | Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::WafBlocked { .. } => StatusCode::FORBIDDEN,
+            Self::ProtocolAnomaly(_) | Self::SchemaInvalid { .. } => StatusCode::BAD_REQUEST,
+            Self::ContentTypeNotAllowed(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -86,6 +121,21 @@ impl ProxyError {
             Self::Upstream(_) => "upstream_error",
             Self::Timeout(_) => "upstream_timeout",
             Self::Auth(err) => err.code(),
+            Self::RateLimited(_) => "rate_limited",
+            Self::QuotaExceeded(_) => "quota_exceeded",
+            Self::WafBlocked { .. } => "waf_blocked",
+            Self::ProtocolAnomaly(_) => "protocol_anomaly",
+            Self::ContentTypeNotAllowed(_) => "content_type_not_allowed",
+            Self::SchemaInvalid { .. } => "schema_invalid",
+        }
+    }
+
+    /// The WAF rule that refused the request, for the response and the abuse
+    /// loop's evidence.
+    pub fn rule_id(&self) -> Option<&str> {
+        match self {
+            Self::WafBlocked { rule, .. } => Some(rule),
+            _ => None,
         }
     }
 
@@ -117,6 +167,8 @@ impl ProxyError {
             Self::Upstream(UpstreamError::BreakerOpen(_)) | Self::Auth(AuthError::Unavailable) => {
                 Some(1)
             }
+            Self::RateLimited(rejection) => Some(rejection.retry_secs()),
+            Self::QuotaExceeded(spent) => Some(spent.reset_secs.max(1)),
             _ => None,
         }
     }
@@ -125,12 +177,18 @@ impl ProxyError {
 /// The response for `error`: a small JSON body naming the request id.
 pub fn respond(error: &ProxyError, request_id: &HeaderValue) -> Response<BoxBody> {
     let status = error.status();
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": status.as_u16(),
         "error": error.code(),
         "message": error.public_message(),
         "request_id": request_id.to_str().unwrap_or_default(),
     });
+    if let Some(rule) = error.rule_id() {
+        body["rule"] = rule.into();
+    }
+    if let ProxyError::SchemaInvalid { path, .. } = error {
+        body["path"] = path.as_str().into();
+    }
     let mut response = Response::new(
         Full::new(Bytes::from(body.to_string()))
             .map_err(|never| match never {})
@@ -153,6 +211,20 @@ pub fn respond(error: &ProxyError, request_id: &HeaderValue) -> Response<BoxBody
         && let Ok(value) = HeaderValue::from_str(&challenge)
     {
         headers.insert(header::WWW_AUTHENTICATE, value);
+    }
+    if let ProxyError::RateLimited(rejection) = error {
+        for (name, value) in [
+            ("ratelimit-policy", rejection.policy_header()),
+            ("ratelimit", rejection.limit_header()),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
+    }
+    if let ProxyError::QuotaExceeded(spent) = error {
+        headers.insert(QUOTA_REMAINING, HeaderValue::from(0u64));
+        headers.insert(QUOTA_RESET, HeaderValue::from(spent.reset_secs));
     }
     if let Some(seconds) = error.retry_after() {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));

@@ -4,6 +4,7 @@
 
 use std::{
     convert::Infallible,
+    net::SocketAddr,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicUsize, Ordering},
@@ -23,10 +24,11 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::{
-    Shared,
+    Shared, Snapshot,
     service::{self, ConnInfo},
     tls::ServerTls,
 };
+use crate::abuse::{Evidence, Signal};
 
 /// How often a connection checks whether it has been idle too long.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
@@ -114,10 +116,12 @@ impl Connection {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(err)) => {
                     debug!(listener = &*self.name, %client, %err, "TLS handshake failed");
+                    report_handshake_failure(&snapshot, client, "tls_handshake_failed");
                     return;
                 }
                 Err(_) => {
                     debug!(listener = &*self.name, %client, "TLS handshake timed out");
+                    report_handshake_failure(&snapshot, client, "tls_handshake_timeout");
                     return;
                 }
             };
@@ -194,4 +198,17 @@ impl Connection {
             }
         }
     }
+}
+
+/// A failed handshake is one of the abuse loop's signals (scanners, TLS
+/// floods); its evidence names how it failed.
+fn report_handshake_failure(snapshot: &Snapshot, client: SocketAddr, code: &str) {
+    snapshot.abuse.record(
+        client.ip(),
+        Signal::TlsHandshakeFailure,
+        Evidence {
+            code: Some(code.to_owned()),
+            ..Evidence::new(Signal::TlsHandshakeFailure)
+        },
+    );
 }

@@ -30,9 +30,15 @@ use tracing::{error, info, warn};
 
 use self::{listener::Acceptor, tls::ServerTls};
 use crate::{
+    abuse::Abuse,
     auth::{Auth, AuthStartError, revocation::Revocations},
     config::{Config, ListenerConfig, ProxySection},
-    policy::routes::RouteTable,
+    policy::{
+        quota::{Quotas, RouteQuotas},
+        ratelimit::RateLimits,
+        routes::RouteTable,
+        waf::Waf,
+    },
     tls::TlsFileError,
     upstream::{PoolError, Upstreams},
 };
@@ -61,6 +67,11 @@ pub struct Snapshot {
     pub routes: RouteTable,
     pub upstreams: Upstreams,
     pub auth: Auth,
+    pub limits: RateLimits,
+    pub quotas: RouteQuotas,
+    pub waf: Waf,
+    /// The abuse loop's signal windows; one for the proxy's lifetime.
+    pub abuse: Arc<Abuse>,
     listeners: HashMap<Arc<str>, ListenerConfig>,
 }
 
@@ -69,6 +80,8 @@ impl Snapshot {
         config: &Config,
         previous: Option<&Snapshot>,
         revocations: &Arc<Revocations>,
+        abuse: Arc<Abuse>,
+        quotas: Arc<Quotas>,
     ) -> Result<Self, ProxyStartError> {
         // Listeners a reload dropped keep serving (that needs a restart), so
         // they keep their last settings.
@@ -79,8 +92,12 @@ impl Snapshot {
         Ok(Self {
             proxy: config.proxy.clone(),
             routes: RouteTable::new(&config.routes),
+            limits: RateLimits::new(&config.routes, previous.map(|p| &p.limits)),
+            quotas: RouteQuotas::new(&config.routes, quotas),
+            waf: Waf::new(&config.routes),
             upstreams: Upstreams::build(config, previous.map(|p| &p.upstreams)).await?,
             auth: Auth::build(&config.auth, previous.map(|p| &p.auth), revocations.clone()).await?,
+            abuse,
             listeners,
         })
     }
@@ -134,13 +151,16 @@ impl Proxy {
     /// Builds the pools (first health checks included) and the token issuers
     /// (keys fetched), loads certificates and binds every listener; traffic is
     /// accepted only once all of that worked. `revocations` is the token
-    /// denylist file in the state directory.
+    /// denylist file in the state directory; misbehaving clients are reported
+    /// to `abuse`; quota counts live in `quotas` (the daemon saves them).
     pub async fn start(
         config: &Config,
         revocations: Option<std::path::PathBuf>,
+        abuse: Arc<Abuse>,
+        quotas: Arc<Quotas>,
     ) -> Result<Self, ProxyStartError> {
         let revocations = Arc::new(Revocations::open(revocations));
-        let snapshot = Snapshot::build(config, None, &revocations).await?;
+        let snapshot = Snapshot::build(config, None, &revocations, abuse, quotas).await?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
         });
@@ -229,7 +249,15 @@ impl Proxy {
                 warn!(listener = %listener.name, "adding a listener needs a restart");
             }
         }
-        let snapshot = Snapshot::build(config, Some(&previous), &self.revocations).await?;
+        let snapshot = Snapshot::build(
+            config,
+            Some(&previous),
+            &self.revocations,
+            previous.abuse.clone(),
+            previous.quotas.counts().clone(),
+        )
+        .await?;
+        snapshot.abuse.reconfigure(config);
         for (running, listener, _) in new_tls {
             if let Err(err) = running.tls.update(listener) {
                 error!(listener = %running.name, %err, "keeping the previous certificates");

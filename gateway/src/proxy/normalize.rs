@@ -89,7 +89,8 @@ fn decode_unreserved(bytes: &[u8]) -> Result<String, PathError> {
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
-fn hex_value(b: u8) -> Option<u8> {
+/// The value of one hex digit (also for the WAF's decoding).
+pub(crate) fn hex_value(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),

@@ -22,11 +22,15 @@ use super::{
     normalize::normalize_path,
 };
 use crate::{
+    abuse::{Evidence, Signal},
     auth::Identity,
     config::{Balance, ListenerConfig},
     observe,
-    policy::routes::{Route, RouteError},
-    upstream::{BoxBody, Forwarded, UpstreamError, balance::hash_key},
+    policy::{
+        routes::{Route, RouteError},
+        waf::{self, Head, RouteWafPolicy},
+    },
+    upstream::{BoxBody, Forwarded, RequestBody, UpstreamError, balance::hash_key},
 };
 
 /// What the connection knows about its client, fixed for its lifetime.
@@ -88,6 +92,7 @@ pub async fn handle(
         Err(err) => {
             outcome.error = Some(err.to_string());
             outcome.code = Some(err.code());
+            report_abuse(&snapshot, &conn, &err, &outcome, &request_id);
             error::respond(&err, &request_id)
         }
     };
@@ -138,6 +143,32 @@ pub async fn handle(
     response
 }
 
+/// The one place where a request's outcome becomes an abuse signal: the
+/// answer's code says what the client did (see [`Signal::from_code`]).
+fn report_abuse(
+    snapshot: &Snapshot,
+    conn: &ConnInfo,
+    err: &ProxyError,
+    outcome: &Outcome,
+    request_id: &HeaderValue,
+) {
+    let Some(signal) = Signal::from_code(err.code()) else {
+        return;
+    };
+    snapshot.abuse.record(
+        conn.client.ip(),
+        signal,
+        Evidence {
+            code: Some(err.code().to_owned()),
+            route: outcome.route.clone(),
+            rule: err.rule_id().map(str::to_owned),
+            token_id: outcome.identity.as_ref().and_then(|i| i.token_id.clone()),
+            request_id: request_id.to_str().ok().map(str::to_owned),
+            ..Evidence::new(signal)
+        },
+    );
+}
+
 /// The stages in order: limits, normalization, routing, authentication, body,
 /// forwarding.
 async fn proxy(
@@ -149,6 +180,7 @@ async fn proxy(
 ) -> Result<Response<BoxBody>, ProxyError> {
     let listener = snapshot.listener(&conn.listener);
     check_head_limits(&request, listener)?;
+    waf::check_protocol(request.headers())?;
     let path = normalize_path(request.uri().path())?;
     outcome.path = Some(path.clone());
     let route = snapshot
@@ -166,7 +198,20 @@ async fn proxy(
         .auth
         .authenticate(&route.auth, &parts.headers)
         .await?;
-    outcome.identity = verified.as_ref().map(|v| v.identity.clone());
+    let identity = verified.as_ref().map(|v| &v.identity);
+    outcome.identity = identity.cloned();
+    snapshot
+        .limits
+        .check(&route.name, conn.client.ip(), identity, &parts.headers)
+        .map_err(ProxyError::RateLimited)?;
+    let quota = snapshot
+        .quotas
+        .check(&route.name, conn.client.ip(), identity, &parts.headers)
+        .map_err(ProxyError::QuotaExceeded)?;
+    let waf = snapshot.waf.route(&route.name);
+    if let Some(waf) = waf {
+        waf.check_head(&route.name, &waf_head(&parts, &path))?;
+    }
     snapshot
         .auth
         .forward(&route.auth, verified.as_deref(), &mut parts.headers);
@@ -174,6 +219,7 @@ async fn proxy(
         .upstreams
         .get(&route.upstream)
         .ok_or_else(|| UpstreamError::Internal(format!("route {} names no pool", route.name)))?;
+    let retry_buffer = pool.config().retry.buffer_bytes;
     let body = ClientBody::prepare(
         body,
         &parts.headers,
@@ -181,9 +227,14 @@ async fn proxy(
             .max_body_bytes
             .unwrap_or(listener.limits.max_body_bytes),
         listener.timeouts.body_read,
-        pool.config().retry.buffer_bytes,
+        waf.map_or(retry_buffer, |waf| {
+            retry_buffer.max(waf.inspect_body_bytes())
+        }),
     )
     .await?;
+    if let Some(waf) = waf {
+        inspect_body(waf, &route.name, &parts, &path, &body)?;
+    }
 
     let upstream_parts = upstream_request(snapshot, conn, parts, route, request_id);
     let path_and_query = match upstream_parts.uri.query() {
@@ -218,10 +269,59 @@ async fn proxy(
 
     let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
+    if let Some(quota) = quota {
+        parts
+            .headers
+            .insert(error::QUOTA_REMAINING, HeaderValue::from(quota.remaining));
+        parts
+            .headers
+            .insert(error::QUOTA_RESET, HeaderValue::from(quota.reset_secs));
+    }
     Ok(Response::from_parts(
         parts,
         body.map_err(Into::into).boxed_unsync(),
     ))
+}
+
+/// What the WAF reads of a request head. The path is the normalized one the
+/// upstream gets: dot segments are already resolved inside the route, so only
+/// what survives normalization (`%252e`, overlong UTF-8) can still climb.
+fn waf_head<'a>(parts: &'a Parts, path: &'a str) -> Head<'a> {
+    Head {
+        method: &parts.method,
+        path,
+        query: parts.uri.query(),
+        headers: &parts.headers,
+    }
+}
+
+/// The WAF's look at a buffered body; bodies too large to buffer stream on
+/// uninspected (counted, so an operator sees how many).
+fn inspect_body(
+    waf: &RouteWafPolicy,
+    route: &str,
+    parts: &Parts,
+    path: &str,
+    body: &RequestBody,
+) -> Result<(), ProxyError> {
+    match body {
+        RequestBody::Replayable(bytes) if !bytes.is_empty() => {
+            Ok(waf.check_body(route, &waf_head(parts, path), bytes)?)
+        }
+        RequestBody::Replayable(_) => Ok(()),
+        RequestBody::Streaming(_) if waf.needs_whole_body() => Err(ProxyError::SchemaInvalid {
+            path: String::new(),
+            message: format!(
+                "a body over {} bytes cannot be validated",
+                waf.inspect_body_bytes()
+            ),
+        }),
+        RequestBody::Streaming(_) => {
+            metrics::counter!("gateway_waf_bodies_uninspected_total", "route" => route.to_owned())
+                .increment(1);
+            Ok(())
+        }
+    }
 }
 
 /// The `Host` header (HTTP/1.1) or the `:authority` (HTTP/2).

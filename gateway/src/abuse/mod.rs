@@ -1,0 +1,240 @@
+//! The feedback loop: what the proxy learns about a client reaches the kernel.
+//!
+//! Every request outcome that says "this client misbehaves" (a failed token, a
+//! WAF block, a 429, a malformed request), every failed TLS handshake and every
+//! XDP "rate exceeded" event is a weighted [`Signal`] for the client address.
+//! [`Abuse::record`] adds it to a sliding window; once the window's weight
+//! reaches `abuse.threshold`, a [`BlockRequest`] goes over a channel to the
+//! daemon, which owns the kernel maps and puts the address on the dynamic
+//! blocklist with a TTL that doubles for repeat offenders. Each block keeps its
+//! [`Provenance`] in the state directory for `gateway explain`.
+//!
+//! The proxy runs on tokio worker threads and must never wait on the kernel, so
+//! recording is a short critical section and the block itself is the daemon's.
+
+pub mod provenance;
+mod tracker;
+
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+pub use self::provenance::{Provenance, ProvenanceFile};
+use self::tracker::Tracker;
+use crate::{
+    addr::Cidr,
+    clock,
+    config::{AbuseSection, Config, abuse::Weights},
+};
+
+/// One kind of evidence against a client address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Signal {
+    AuthFailure,
+    AuthzFailure,
+    WafBlock,
+    RateLimited,
+    Malformed,
+    TlsHandshakeFailure,
+    XdpRateExceeded,
+}
+
+impl Signal {
+    /// The name in provenance, logs and metrics; the same as its weight's key.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::AuthFailure => "auth_failure",
+            Signal::AuthzFailure => "authz_failure",
+            Signal::WafBlock => "waf_block",
+            Signal::RateLimited => "rate_limited",
+            Signal::Malformed => "malformed",
+            Signal::TlsHandshakeFailure => "tls_handshake_failure",
+            Signal::XdpRateExceeded => "xdp_rate_exceeded",
+        }
+    }
+
+    /// The signal a gateway answer stands for, from its `ProxyError::code()`.
+    /// Failures that are the gateway's or the fleet's (5xx, `auth_unavailable`)
+    /// and ordinary client mistakes (404, 405) are no evidence of abuse.
+    pub fn from_code(code: &str) -> Option<Signal> {
+        Some(match code {
+            "invalid_token"
+            | "missing_token"
+            | "expired_token"
+            | "revoked_token"
+            | "invalid_credentials"
+            | "unauthenticated" => Signal::AuthFailure,
+            "insufficient_scope" | "forbidden" | "access_denied" => Signal::AuthzFailure,
+            "waf_blocked" => Signal::WafBlock,
+            "rate_limited" | "quota_exceeded" => Signal::RateLimited,
+            "uri_too_long"
+            | "headers_too_large"
+            | "invalid_path"
+            | "bad_body"
+            | "protocol_anomaly"
+            | "content_type_not_allowed"
+            | "schema_invalid" => Signal::Malformed,
+            _ => return None,
+        })
+    }
+
+    fn weight(self, weights: &Weights) -> u32 {
+        match self {
+            Signal::AuthFailure => weights.auth_failure,
+            Signal::AuthzFailure => weights.authz_failure,
+            Signal::WafBlock => weights.waf_block,
+            Signal::RateLimited => weights.rate_limited,
+            Signal::Malformed => weights.malformed,
+            Signal::TlsHandshakeFailure => weights.tls_handshake_failure,
+            Signal::XdpRateExceeded => weights.xdp_rate_exceeded,
+        }
+    }
+}
+
+/// What was seen, for the provenance of a block.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Evidence {
+    /// [`Signal::name`].
+    pub signal: String,
+    /// Unix seconds.
+    pub at: u64,
+    /// The gateway's answer code (`waf_blocked`, `invalid_token`…), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// The WAF rule that matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The hash of the token's `jti` (never the token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl Evidence {
+    /// Evidence of `signal`, seen now.
+    pub fn new(signal: Signal) -> Self {
+        Self {
+            signal: signal.name().to_owned(),
+            at: clock::unix_now(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A decision to block, on its way to the daemon.
+#[derive(Clone, Debug)]
+pub struct BlockRequest {
+    pub cidr: Cidr,
+    pub ttl: Duration,
+    pub provenance: Provenance,
+}
+
+/// The settings in force: `[abuse]` plus the addresses that are never blocked.
+struct Settings {
+    config: AbuseSection,
+    never: Vec<Cidr>,
+}
+
+impl Settings {
+    fn from_config(config: &Config) -> Self {
+        let mut never = config.abuse.exempt.clone();
+        never.extend(config.xdp.allowlist.iter().copied());
+        never.extend(config.proxy.trusted_proxies.iter().copied());
+        Self {
+            config: config.abuse.clone(),
+            never,
+        }
+    }
+}
+
+/// Signal windows for every client address, shared by all connections.
+pub struct Abuse {
+    settings: ArcSwap<Settings>,
+    tracker: Mutex<Tracker>,
+    blocks: mpsc::UnboundedSender<BlockRequest>,
+}
+
+impl Abuse {
+    /// The loop's front half; the daemon reads the returned receiver.
+    pub fn new(config: &Config) -> (Arc<Self>, mpsc::UnboundedReceiver<BlockRequest>) {
+        let (blocks, receiver) = mpsc::unbounded_channel();
+        let abuse = Arc::new(Self {
+            settings: ArcSwap::from_pointee(Settings::from_config(config)),
+            tracker: Mutex::new(Tracker::default()),
+            blocks,
+        });
+        (abuse, receiver)
+    }
+
+    /// Takes a reloaded config's thresholds and exemptions; windows and offence
+    /// counts carry over.
+    pub fn reconfigure(&self, config: &Config) {
+        self.settings.store(Arc::new(Settings::from_config(config)));
+    }
+
+    /// Remembers earlier offences (from the state directory) so a restart does
+    /// not reset escalation.
+    pub fn restore(&self, file: &ProvenanceFile) {
+        let now_unix = clock::unix_now();
+        let now = Instant::now();
+        let mut tracker = self.lock();
+        for (cidr, history) in &file.blocks {
+            if let Some(last) = history.last() {
+                let ago = Duration::from_secs(now_unix.saturating_sub(last.blocked_at));
+                let remaining = match last.unblocked_at {
+                    Some(_) => Duration::ZERO,
+                    None => Duration::from_secs(last.expires_at.saturating_sub(now_unix)),
+                };
+                tracker.restore(
+                    cidr.addr(),
+                    last.offence,
+                    now.checked_sub(ago).unwrap_or(now),
+                    now + remaining,
+                );
+            }
+        }
+    }
+
+    /// Counts `signal` against `client`; past the threshold, asks the daemon to
+    /// block it.
+    pub fn record(&self, client: IpAddr, signal: Signal, evidence: Evidence) {
+        let settings = self.settings.load();
+        if !settings.config.enabled {
+            return;
+        }
+        let weight = signal.weight(&settings.config.weights);
+        if weight == 0 {
+            return;
+        }
+        metrics::counter!("gateway_abuse_signals_total", "signal" => signal.name()).increment(1);
+        if settings.never.iter().any(|cidr| cidr.contains(client)) {
+            return;
+        }
+        let decision =
+            self.lock()
+                .record(&settings.config, client, weight, evidence, Instant::now());
+        if let Some(request) = decision
+            && self.blocks.send(request).is_err()
+        {
+            warn!(%client, "the daemon no longer takes block requests; not blocking");
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests;

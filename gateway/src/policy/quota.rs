@@ -1,0 +1,364 @@
+//! Quotas: requests per key (usually the verified subject) per calendar hour,
+//! day or month in UTC. Counts live in memory and in `quota.json` in the state
+//! directory; the daemon writes them every second and when it stops, so a
+//! restart neither forgets nor double-counts (a crash loses at most the last
+//! second's counts, in the client's favour).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use http::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+use super::ratelimit::key_for;
+use crate::{
+    auth::Identity,
+    clock,
+    config::{Period, QuotaConfig, RouteConfig},
+    state::{StateDir, StateError},
+};
+
+/// The state file's name.
+pub const FILE: &str = "quota.json";
+
+/// One key's use of one quota in one period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Count {
+    /// Unix seconds at which the counted period began.
+    pub period_start: u64,
+    pub used: u64,
+}
+
+/// The contents of `quota.json`: `route/quota/key` → count.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaFile {
+    pub counts: BTreeMap<String, Count>,
+}
+
+/// A spent quota: 429 until `reset_secs` from now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exhausted {
+    pub quota: String,
+    pub limit: u64,
+    pub reset_secs: u64,
+}
+
+/// What a passed request has left, for the `Quota-Remaining` header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remaining {
+    pub quota: String,
+    pub remaining: u64,
+    pub reset_secs: u64,
+}
+
+/// Every quota's counts, shared by all snapshots (a reload keeps them).
+#[derive(Default)]
+pub struct Quotas {
+    counts: Mutex<QuotaFile>,
+    dirty: AtomicBool,
+}
+
+impl Quotas {
+    /// The counts saved in `state`.
+    pub fn load(state: &StateDir) -> Result<Self, StateError> {
+        Ok(Self {
+            counts: Mutex::new(state.read_file(FILE)?.unwrap_or_default()),
+            dirty: AtomicBool::new(false),
+        })
+    }
+
+    /// Writes the counts when they changed since the last save.
+    pub fn save(&self, state: &StateDir) -> Result<(), StateError> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let snapshot = self.lock().clone();
+        state.write_file(FILE, &snapshot).inspect_err(|_| {
+            self.dirty.store(true, Ordering::Release);
+        })
+    }
+
+    /// Counts one request against every quota of `route`; refuses it, without
+    /// counting, when one is spent. Returns the tightest remaining quota.
+    pub fn check(
+        &self,
+        route: &str,
+        quotas: &[QuotaConfig],
+        client: IpAddr,
+        identity: Option<&Identity>,
+        headers: &HeaderMap,
+    ) -> Result<Option<Remaining>, Exhausted> {
+        if quotas.is_empty() {
+            return Ok(None);
+        }
+        self.check_at(route, quotas, clock::unix_now(), |quota| {
+            key_for(&quota.key, client, identity, headers)
+        })
+    }
+
+    fn check_at(
+        &self,
+        route: &str,
+        quotas: &[QuotaConfig],
+        now: u64,
+        key: impl Fn(&QuotaConfig) -> String,
+    ) -> Result<Option<Remaining>, Exhausted> {
+        let mut file = self.lock();
+        let slots: Vec<(String, u64, u64)> = quotas
+            .iter()
+            .map(|quota| {
+                let (start, end) = period_bounds(quota.period, now);
+                (format!("{route}/{}/{}", quota.name, key(quota)), start, end)
+            })
+            .collect();
+        for (quota, (slot, start, end)) in quotas.iter().zip(&slots) {
+            let used = file
+                .counts
+                .get(slot)
+                .filter(|count| count.period_start == *start)
+                .map_or(0, |count| count.used);
+            if used >= quota.requests {
+                metrics::counter!("gateway_quota_exhausted_total", "route" => route.to_owned(), "quota" => quota.name.clone()).increment(1);
+                return Err(Exhausted {
+                    quota: quota.name.clone(),
+                    limit: quota.requests,
+                    reset_secs: end - now,
+                });
+            }
+        }
+        let mut tightest: Option<Remaining> = None;
+        for (quota, (slot, start, end)) in quotas.iter().zip(slots) {
+            let count = file.counts.entry(slot).or_default();
+            if count.period_start != start {
+                *count = Count {
+                    period_start: start,
+                    used: 0,
+                };
+            }
+            count.used += 1;
+            let remaining = quota.requests - count.used;
+            if tightest.as_ref().is_none_or(|t| remaining < t.remaining) {
+                tightest = Some(Remaining {
+                    quota: quota.name.clone(),
+                    remaining,
+                    reset_secs: end - now,
+                });
+            }
+        }
+        self.dirty.store(true, Ordering::Release);
+        Ok(tightest)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QuotaFile> {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One configuration's quotas per route, over the counts every
+/// configuration shares.
+pub struct RouteQuotas {
+    routes: HashMap<String, Vec<QuotaConfig>>,
+    counts: Arc<Quotas>,
+}
+
+impl RouteQuotas {
+    pub fn new(routes: &[RouteConfig], counts: Arc<Quotas>) -> Self {
+        Self {
+            routes: routes
+                .iter()
+                .filter(|route| !route.quotas.is_empty())
+                .map(|route| (route.name.clone(), route.quotas.clone()))
+                .collect(),
+            counts,
+        }
+    }
+
+    /// The counts, to carry into the next configuration.
+    pub fn counts(&self) -> &Arc<Quotas> {
+        &self.counts
+    }
+
+    /// See [`Quotas::check`].
+    pub fn check(
+        &self,
+        route: &str,
+        client: IpAddr,
+        identity: Option<&Identity>,
+        headers: &HeaderMap,
+    ) -> Result<Option<Remaining>, Exhausted> {
+        match self.routes.get(route) {
+            Some(quotas) => self.counts.check(route, quotas, client, identity, headers),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The UTC calendar period around `now`: `[start, end)` in Unix seconds.
+fn period_bounds(period: Period, now: u64) -> (u64, u64) {
+    match period {
+        Period::Hour => {
+            let start = now - now % 3600;
+            (start, start + 3600)
+        }
+        Period::Day => {
+            let start = now - now % 86_400;
+            (start, start + 86_400)
+        }
+        Period::Month => {
+            let (year, month, _) = civil_from_days(now / 86_400);
+            let start = days_from_civil(year, month, 1) * 86_400;
+            let (next_year, next_month) = if month == 12 {
+                (year + 1, 1)
+            } else {
+                (year, month + 1)
+            };
+            (start, days_from_civil(next_year, next_month, 1) * 86_400)
+        }
+    }
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard
+/// Hinnant's algorithm, for dates after 1970).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// (year, month, day) → days since 1970-01-01, the inverse of the above.
+fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year / 400;
+    let yoe = year - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quota(requests: u64, period: Period) -> QuotaConfig {
+        QuotaConfig {
+            name: "q".to_owned(),
+            key: crate::config::LimitKey::Subject,
+            requests,
+            period,
+        }
+    }
+
+    /// 2026-02-28T23:59:59Z.
+    const FEB_END: u64 = 1_772_323_199;
+
+    #[test]
+    fn calendar_periods_in_utc() {
+        assert_eq!(
+            period_bounds(Period::Hour, FEB_END),
+            (FEB_END - 3599, FEB_END + 1)
+        );
+        assert_eq!(
+            period_bounds(Period::Day, FEB_END),
+            (FEB_END - 86_399, FEB_END + 1)
+        );
+        // February 2026 has 28 days; March starts one second later.
+        let (start, end) = period_bounds(Period::Month, FEB_END);
+        assert_eq!(end, FEB_END + 1);
+        assert_eq!(end - start, 28 * 86_400);
+        let (start, end) = period_bounds(Period::Month, FEB_END + 1);
+        assert_eq!((start, end - start), (FEB_END + 1, 31 * 86_400));
+        // A leap February and a December rolling into January.
+        let leap = days_from_civil(2028, 2, 10) * 86_400;
+        let (start, end) = period_bounds(Period::Month, leap);
+        assert_eq!(end - start, 29 * 86_400);
+        let december = days_from_civil(2026, 12, 31) * 86_400;
+        assert_eq!(
+            period_bounds(Period::Month, december).1,
+            days_from_civil(2027, 1, 1) * 86_400
+        );
+        assert_eq!(
+            civil_from_days(days_from_civil(2026, 11, 28)),
+            (2026, 11, 28)
+        );
+    }
+
+    #[test]
+    fn spent_quota_refuses_without_counting_and_resets_with_the_period() {
+        let quotas = Quotas::default();
+        let config = [quota(2, Period::Hour)];
+        let key = |_: &QuotaConfig| "alice".to_owned();
+        let now = FEB_END - 100;
+        assert_eq!(
+            quotas
+                .check_at("api", &config, now, key)
+                .expect("first")
+                .map(|r| r.remaining),
+            Some(1)
+        );
+        assert_eq!(
+            quotas
+                .check_at("api", &config, now, key)
+                .expect("second")
+                .map(|r| r.remaining),
+            Some(0)
+        );
+        let spent = quotas
+            .check_at("api", &config, now, key)
+            .expect_err("third");
+        assert_eq!((spent.limit, spent.reset_secs), (2, 101));
+        assert_eq!(
+            quotas.lock().counts["api/q/alice"].used,
+            2,
+            "refusals are not counted"
+        );
+        let bob = |_: &QuotaConfig| "bob".to_owned();
+        assert!(
+            quotas.check_at("api", &config, now, bob).is_ok(),
+            "bob has his own quota"
+        );
+        assert!(
+            quotas.check_at("api", &config, FEB_END + 1, key).is_ok(),
+            "a new hour"
+        );
+    }
+
+    #[test]
+    fn counts_survive_save_and_load_exactly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::new(dir.path());
+        let config = [quota(3, Period::Day)];
+        let key = |_: &QuotaConfig| "alice".to_owned();
+        let quotas = Quotas::default();
+        let now = FEB_END - 10;
+        for _ in 0..2 {
+            quotas
+                .check_at("api", &config, now, key)
+                .expect("within quota");
+        }
+        quotas.save(&state).expect("save");
+        let restarted = Quotas::load(&state).expect("load");
+        assert_eq!(
+            restarted
+                .check_at("api", &config, now, key)
+                .expect("third")
+                .map(|r| r.remaining),
+            Some(0)
+        );
+        assert!(restarted.check_at("api", &config, now, key).is_err());
+    }
+}
