@@ -105,7 +105,11 @@ fn until_connects(ns: &NetNs, source: &str, want: bool, limit: Duration) -> Dura
 /// audit event (the block is in the kernel map before that line is written).
 fn loop_timestamps(log: &str) -> (Duration, Duration) {
     let at = |line: &serde_json::Value| {
-        let stamp = line["timestamp"].as_str().expect("timestamp");
+        // Access lines carry `timestamp` (tracing), audit lines `time`.
+        let stamp = line["timestamp"]
+            .as_str()
+            .or_else(|| line["time"].as_str())
+            .expect("timestamp");
         let time = stamp
             .split('T')
             .nth(1)
