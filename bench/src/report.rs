@@ -47,7 +47,11 @@ impl Report {
             "Machine: {} ({} cores), kernel {}. Command: `{}`.\n",
             m.cpu_model, m.cores, m.kernel, self.command
         );
-        let _ = writeln!(out, "{}\n", self.busy_line());
+        let _ = writeln!(
+            out,
+            "{}\n",
+            busy_line(&self.idle, self.settings.max_busy_percent)
+        );
         if !self.cost.is_empty() {
             let _ = writeln!(
                 out,
@@ -67,25 +71,6 @@ impl Report {
             out.push_str(&self.wire_table());
         }
         out
-    }
-
-    fn busy_line(&self) -> String {
-        let busy = Summary::of(self.idle.iter().map(|i| i.busy_percent).collect());
-        let waited: f64 = self.idle.iter().map(|i| i.waited_s).sum();
-        let loud = self.idle.iter().filter(|i| !i.quiet).count();
-        match busy {
-            Some(busy) => format!(
-                "Machine load before each of {} runs: CPU busy median {:.0}% (min {:.0}%, max \
-                 {:.0}%); waited {waited:.0} s in all for quiet; {loud} runs started above the \
-                 {:.0}% threshold.",
-                self.idle.len(),
-                busy.median,
-                busy.min,
-                busy.max,
-                self.settings.max_busy_percent
-            ),
-            None => "No runs.".to_owned(),
-        }
     }
 
     fn cost_tables(&self) -> String {
@@ -221,8 +206,30 @@ impl Report {
     }
 }
 
+/// How busy the machine was before the runs, in one sentence.
+pub fn busy_line(idle: &[Idle], max_busy_percent: f64) -> String {
+    let busy = Summary::of(idle.iter().map(|i| i.busy_percent).collect());
+    let load = Summary::of(idle.iter().map(|i| i.load1).collect());
+    let waited: f64 = idle.iter().map(|i| i.waited_s).sum();
+    let loud = idle.iter().filter(|i| !i.quiet).count();
+    match (busy, load) {
+        (Some(busy), Some(load)) => format!(
+            "Machine load before each of {} runs: CPU busy median {:.0}% (min {:.0}%, max \
+             {:.0}%), load average median {:.1} (max {:.1}); waited {waited:.0} s in all for \
+             quiet; {loud} runs started above the {max_busy_percent:.0}% threshold.",
+            idle.len(),
+            busy.median,
+            busy.min,
+            busy.max,
+            load.median,
+            load.max,
+        ),
+        _ => "No runs.".to_owned(),
+    }
+}
+
 /// `median (min–max)` with `digits` decimals.
-fn cell(summary: &Summary, digits: usize) -> String {
+pub fn cell(summary: &Summary, digits: usize) -> String {
     format!(
         "{:.digits$} ({:.digits$}–{:.digits$})",
         summary.median, summary.min, summary.max

@@ -71,7 +71,7 @@ pub fn run(ws: &Workspace, runner_args: &[String]) -> anyhow::Result<Outcome> {
 
 /// Runs `command`, killing it if it outlives `timeout`; returns its pid and whether it
 /// succeeded. Ctrl-C stops the runner but not this process, which then cleans up.
-fn run_bounded(
+pub(super) fn run_bounded(
     command: &mut Command,
     timeout: Duration,
 ) -> anyhow::Result<(u32, anyhow::Result<()>)> {
