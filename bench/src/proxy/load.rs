@@ -28,10 +28,17 @@ pub struct Throughput {
     pub p99_ms: f64,
 }
 
-/// `wrk -t1 -c<connections> -d<seconds>s --latency <url>` on `cpu`.
-pub fn wrk(url: &str, connections: u32, seconds: u32, cpu: usize) -> anyhow::Result<Throughput> {
+/// `wrk -t1 -c<connections> -d<seconds>s --latency <url>` on `cpu`, with `headers`.
+pub fn wrk(
+    url: &str,
+    connections: u32,
+    seconds: u32,
+    cpu: usize,
+    headers: &[String],
+) -> anyhow::Result<Throughput> {
     let output = pinned(cpu, "wrk")
         .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
+        .args(headers.iter().flat_map(|header| ["-H", header]))
         .args(["--latency", url])
         .output()
         .context("running wrk (apt-get install wrk)")?;
@@ -54,10 +61,12 @@ pub fn h2load(
     connections: u32,
     seconds: u32,
     cpu: usize,
+    headers: &[String],
     log: &Path,
 ) -> anyhow::Result<Throughput> {
     let output = pinned(cpu, "h2load")
         .args(["-t1", &format!("-c{connections}"), "-m1"])
+        .args(headers.iter().flat_map(|header| ["-H", header]))
         .args(["-D", &seconds.to_string(), "--warm-up-time", "1"])
         .arg("--log-file")
         .arg(log)

@@ -163,7 +163,7 @@ pub fn haproxy_config(
     upstreams: &[SocketAddr],
     server_name: &str,
     threads: usize,
-    jwt: Option<&str>,
+    jwt: Option<(SocketAddr, &str)>,
 ) -> String {
     let crts: String = files
         .frontend
@@ -184,9 +184,13 @@ pub fn haproxy_config(
         "global\n  nbthread {threads}\n  maxconn 9000\n  ssl-default-bind-options \
          ssl-min-ver TLSv1.3\n\ndefaults\n  mode http\n  option http-keep-alive\n  timeout \
          connect 5s\n  timeout client 300s\n  timeout server 30s\n  timeout http-keep-alive \
-         300s\n\nfrontend edge\n  bind {listen} ssl{crts} alpn h2,http/1.1\n{}  default_backend \
-         fleet\n\nbackend fleet\n  balance roundrobin\n  http-reuse always\n{servers}",
-        jwt.unwrap_or_default()
+         300s\n\nfrontend edge\n  bind {listen} ssl{crts} alpn h2,http/1.1\n  default_backend \
+         fleet\n\n{}backend fleet\n  balance roundrobin\n  http-reuse always\n{servers}",
+        jwt.map(|(addr, rules)| format!(
+            "frontend edge_jwt\n  bind {addr} ssl{crts} alpn h2,http/1.1\n{rules}  \
+             default_backend fleet\n\n"
+        ))
+        .unwrap_or_default()
     )
 }
 

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{bench::Outcome, setup, util, util::Workspace};
+use crate::{setup, util, util::Workspace};
 
 /// The peers and tools the runner drives.
 const PACKAGES: &[&str] = &[
@@ -33,7 +33,7 @@ const PIN_PREFIXES: [&str; 2] = ["gateway-verdict-", "gateway-test-"];
 /// The runner makes only a few rigs; the counters of its pin directories stay below this.
 const MAX_RIGS: u32 = 64;
 
-pub fn run(ws: &Workspace, runner_args: &[String]) -> anyhow::Result<Outcome> {
+pub fn run(ws: &Workspace, runner_args: &[String]) -> anyhow::Result<()> {
     setup::run(ws)?;
     setup::install_debian_packages(PACKAGES)?;
     util::run(ws.cargo().args([
@@ -66,7 +66,7 @@ pub fn run(ws: &Workspace, runner_args: &[String]) -> anyhow::Result<Outcome> {
     if result.is_err() {
         remove_leftover_pins(pid)?;
     }
-    result.map(|()| Outcome::Done)
+    result
 }
 
 /// Runs `command`, killing it if it outlives `timeout`; returns its pid and whether it
