@@ -13,7 +13,8 @@ use std::{
 };
 
 use rustls::{
-    ClientConfig, ClientConnection, HandshakeKind, RootCertStore, client::Resumption,
+    ClientConfig, ClientConnection, HandshakeKind, RootCertStore,
+    client::Resumption,
     pki_types::{CertificateDer, ServerName, pem::PemObject as _},
 };
 

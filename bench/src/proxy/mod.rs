@@ -342,7 +342,10 @@ impl Rig {
         let jwt_rules = peers::jwt_rules(&jwt_key, jwt::ISSUER, jwt::AUDIENCE, jwt::SCOPE);
         let pem = |pair: &(PathBuf, PathBuf), stem: &str| -> anyhow::Result<PathBuf> {
             let path = dir.join(format!("{stem}.pem"));
-            fs::write(&path, fs::read_to_string(&pair.0)? + &fs::read_to_string(&pair.1)?)?;
+            fs::write(
+                &path,
+                fs::read_to_string(&pair.0)? + &fs::read_to_string(&pair.1)?,
+            )?;
             Ok(path)
         };
         let haproxy_conf = dir.join("haproxy.cfg");

@@ -123,10 +123,7 @@ pub fn nginx_config(
                 files.client_ca.display()
             );
         }
-        let _ = writeln!(
-            out,
-            "    location / {{ return 200 {BODY:?}; }}\n  }}"
-        );
+        let _ = writeln!(out, "    location / {{ return 200 {BODY:?}; }}\n  }}");
     };
     for &addr in upstreams {
         server(&mut servers, addr, &files.server, true);

@@ -5,11 +5,7 @@
 
 use std::{process::Command, time::Duration};
 
-use crate::{
-    bench::xdp::run_bounded,
-    setup, util,
-    util::Workspace,
-};
+use crate::{bench::xdp::run_bounded, setup, util, util::Workspace};
 
 /// The peers and load tools the runner drives (`taskset` is in util-linux).
 const PACKAGES: &[&str] = &["haproxy", "nginx", "wrk", "nghttp2-client", "util-linux"];
