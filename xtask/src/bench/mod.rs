@@ -12,7 +12,12 @@ mod xdp;
 
 use anyhow::bail;
 
-use crate::util::{self, Workspace};
+use std::process::Command;
+
+use crate::{
+    setup,
+    util::{self, Workspace},
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -72,4 +77,38 @@ pub fn run(ws: &Workspace, args: &Args) -> anyhow::Result<()> {
     }
     println!("bench done: {}", done.join(", "));
     Ok(())
+}
+
+/// Installs what suite `name` needs (the toolchains and `packages`), builds the gateway
+/// and the runner in release, and returns the command that runs `gateway-bench
+/// <name>` with its report going to `target/bench`.
+fn runner(
+    ws: &Workspace,
+    name: &str,
+    packages: &[&str],
+    runner_args: &[String],
+) -> anyhow::Result<Command> {
+    setup::run(ws)?;
+    setup::install_debian_packages(packages)?;
+    util::run(ws.cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "gateway",
+        "--package",
+        "gateway-bench",
+    ]))?;
+    let release = ws.target_dir()?.join("release");
+    let mut command = Command::new(release.join("gateway-bench"));
+    command
+        .arg(name)
+        .arg("--out")
+        .arg(ws.target_dir()?.join("bench"))
+        .args(runner_args)
+        .env("GATEWAY_BIN", release.join("gateway"))
+        .env(
+            "GATEWAY_BENCH_COMMAND",
+            format!("cargo xtask bench {name} {}", runner_args.join(" ")).trim_end(),
+        );
+    Ok(command)
 }

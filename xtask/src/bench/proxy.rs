@@ -13,28 +13,7 @@ const PACKAGES: &[&str] = &["haproxy", "nginx", "wrk", "nghttp2-client", "util-l
 const TIMEOUT: Duration = Duration::from_secs(12 * 60);
 
 pub fn run(ws: &Workspace, runner_args: &[String]) -> anyhow::Result<()> {
-    setup::run(ws)?;
-    setup::install_debian_packages(PACKAGES)?;
-    util::run(ws.cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "gateway",
-        "--package",
-        "gateway-bench",
-    ]))?;
-    let release = ws.target_dir()?.join("release");
-    let mut command = Command::new(release.join("gateway-bench"));
-    command
-        .arg("proxy")
-        .arg("--out")
-        .arg(ws.target_dir()?.join("bench"))
-        .args(runner_args)
-        .env("GATEWAY_BIN", release.join("gateway"))
-        .env(
-            "GATEWAY_BENCH_COMMAND",
-            format!("cargo xtask bench proxy {}", runner_args.join(" ")).trim_end(),
-        );
+    let mut command = super::runner(ws, "proxy", PACKAGES, runner_args)?;
     // The runner's processes die with it (each is killed when its handle drops) and
     // it makes no namespaces or pins: nothing to clean up after it.
     run_bounded(&mut command, TIMEOUT)?.1
