@@ -168,9 +168,11 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
         )?
     };
     let report = report::Report {
-        machine: machine::describe()?,
-        command: command_line(),
-        started_at,
+        run: report::Run {
+            machine: machine::describe()?,
+            command: command_line(),
+            started_at,
+        },
         settings: report::Settings {
             runs: args.runs,
             repeat: args.repeat,
@@ -215,9 +217,11 @@ fn proxy(args: &ProxyArgs) -> anyhow::Result<()> {
         &mut waiter,
     )?;
     let report = proxy::report::Report {
-        machine: machine::describe()?,
-        command: command_line(),
-        started_at,
+        run: report::Run {
+            machine: machine::describe()?,
+            command: command_line(),
+            started_at,
+        },
         settings: proxy::report::Settings {
             runs: args.runs,
             seconds: args.seconds,

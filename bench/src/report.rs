@@ -11,14 +11,32 @@ use crate::{
     wire::{self, WireRow},
 };
 
-/// Everything one `gateway-bench xdp` run measured, with how it was measured.
+/// Where, when and by which command a report was made: the head of every suite's.
 #[derive(Serialize)]
-pub struct Report {
+pub struct Run {
     pub machine: Machine,
     /// The command line that produced this report.
     pub command: String,
     /// Unix seconds when the run started.
     pub started_at: u64,
+}
+
+impl Run {
+    /// The machine and the command, as the report's first paragraph.
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        format!(
+            "Machine: {} ({} cores), kernel {}. Command: `{}`.\n\n",
+            m.cpu_model, m.cores, m.kernel, self.command
+        )
+    }
+}
+
+/// Everything one `gateway-bench xdp` run measured, with how it was measured.
+#[derive(Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub run: Run,
     pub settings: Settings,
     pub cost: Vec<CostRow>,
     pub wire: Vec<WireRow>,
@@ -40,13 +58,8 @@ pub struct Settings {
 impl Report {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
-        let m = &self.machine;
         let s = &self.settings;
-        let _ = writeln!(
-            out,
-            "Machine: {} ({} cores), kernel {}. Command: `{}`.\n",
-            m.cpu_model, m.cores, m.kernel, self.command
-        );
+        out.push_str(&self.run.markdown());
         let _ = writeln!(
             out,
             "{}\n",

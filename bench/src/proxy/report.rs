@@ -6,18 +6,16 @@ use serde::Serialize;
 
 use super::{Figure, Key, Metric, Protocol, Target};
 use crate::{
-    machine::{Idle, Machine},
-    report::{busy_line, cell},
+    machine::Idle,
+    report::{Run, busy_line, cell},
     stats::{Samples, Summary},
 };
 
 /// Everything one `gateway-bench proxy` run measured, with how it was measured.
 #[derive(Serialize)]
 pub struct Report {
-    pub machine: Machine,
-    pub command: String,
-    /// Unix seconds when the run started.
-    pub started_at: u64,
+    #[serde(flatten)]
+    pub run: Run,
     pub settings: Settings,
     pub keep_alive: Vec<KeepAliveRow>,
     pub handshakes: Vec<HandshakeRow>,
@@ -157,13 +155,8 @@ pub(super) fn handshake_rows(samples: Samples<(HandshakeKey, Figure)>) -> Vec<Ha
 impl Report {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
-        let m = &self.machine;
         let s = &self.settings;
-        let _ = writeln!(
-            out,
-            "Machine: {} ({} cores), kernel {}. Command: `{}`.\n",
-            m.cpu_model, m.cores, m.kernel, self.command
-        );
+        out.push_str(&self.run.markdown());
         let _ = writeln!(out, "{}\n", busy_line(&self.idle, s.max_busy_percent));
         let _ = writeln!(
             out,
