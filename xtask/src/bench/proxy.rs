@@ -3,9 +3,9 @@
 //! fleet over mTLS, next to HAProxy doing the same work and to the fleet itself, with
 //! wrk, h2load and a handshake client of the runner's own, all on loopback.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use crate::{bench::xdp::run_bounded, setup, util, util::Workspace};
+use crate::{bench::xdp::run_bounded, util::Workspace};
 
 /// The peers and load tools the runner drives (`taskset` is in util-linux).
 const PACKAGES: &[&str] = &["haproxy", "nginx", "wrk", "nghttp2-client", "util-linux"];
