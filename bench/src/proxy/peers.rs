@@ -71,7 +71,20 @@ impl Process {
 }
 
 impl Drop for Process {
+    /// SIGTERM first: nginx's master stops its workers then, whereas SIGKILL would
+    /// leave them running, orphaned. SIGKILL only if it has not ended after 5 s.
     fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.pid()) {
+            // SAFETY: kill has no memory preconditions; the pid is our unreaped child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
