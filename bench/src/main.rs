@@ -6,11 +6,13 @@
 //! It needs root; xtask builds it in release, runs it and cleans up after it.
 //!
 //! `gateway-bench xdp` measures the kernel plane and writes `xdp.json` and `xdp.md`
-//! into `--out`. The proxy benchmarks will be a sibling subcommand.
+//! into `--out`; `gateway-bench proxy` measures the userspace plane and writes
+//! `proxy.json` and `proxy.md`.
 
 mod cost;
 mod machine;
 mod peers;
+mod proxy;
 mod references;
 mod report;
 mod stats;
@@ -35,6 +37,45 @@ struct Cli {
 enum Suite {
     /// The kernel plane: per-packet cost with BPF_PROG_TEST_RUN and drop rates on veth.
     Xdp(XdpArgs),
+    /// The userspace plane: the TLS proxy next to HAProxy and the fleet itself.
+    Proxy(ProxyArgs),
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// Rounds (each measures every target once; the median, min and max are reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds per keep-alive run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Seconds per handshake run.
+    #[arg(long, default_value_t = 2)]
+    handshake_seconds: u32,
+    /// Concurrent keep-alive connections (repeatable).
+    #[arg(long, default_values_t = [16, 64])]
+    connections: Vec<u32>,
+    /// CPU the load tool runs on.
+    #[arg(long, default_value_t = 0)]
+    load_cpu: usize,
+    /// CPUs (a taskset list) the proxies and the fleet run on.
+    #[arg(long, default_value = "1")]
+    server_cpus: String,
+    /// Worker threads of the gateway's runtime and of HAProxy alike.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// A run waits until the CPUs are less busy than this, in percent of all CPUs...
+    #[arg(long, default_value_t = 15.0)]
+    max_busy: f64,
+    /// ...but no longer than this many seconds per run...
+    #[arg(long, default_value_t = 5.0)]
+    idle_wait: f64,
+    /// ...and no longer than this many seconds over the whole benchmark.
+    #[arg(long, default_value_t = 60.0)]
+    idle_budget: f64,
+    /// Directory for proxy.json and proxy.md.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -89,6 +130,7 @@ fn main() -> anyhow::Result<()> {
     }
     match cli.suite {
         Suite::Xdp(args) => xdp(&args),
+        Suite::Proxy(args) => proxy(&args),
     }
 }
 
@@ -98,9 +140,7 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
         Duration::from_secs_f64(args.idle_wait),
         Duration::from_secs_f64(args.idle_budget),
     );
-    let started_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let started_at = unix_now();
     let cost = if args.part == Part::Wire {
         Vec::new()
     } else {
@@ -128,10 +168,11 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
         )?
     };
     let report = report::Report {
-        machine: machine::describe()?,
-        command: std::env::var("GATEWAY_BENCH_COMMAND")
-            .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" ")),
-        started_at,
+        run: report::Run {
+            machine: machine::describe()?,
+            command: command_line(),
+            started_at,
+        },
         settings: report::Settings {
             runs: args.runs,
             repeat: args.repeat,
@@ -145,13 +186,84 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
         wire,
         idle: waiter.history,
     };
-    fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let json = args.out.join("xdp.json");
-    fs::write(&json, serde_json::to_string_pretty(&report)?)
+    write_report(&args.out, "xdp", &report, &report.markdown())
+}
+
+fn proxy(args: &ProxyArgs) -> anyhow::Result<()> {
+    // The gateway's runtime sizes itself from this (tokio reads it when no thread count
+    // is set); its per-request access log goes, as HAProxy's and nginx's do. Set
+    // before any thread exists.
+    // SAFETY: the runner is still single-threaded here.
+    unsafe {
+        std::env::set_var("TOKIO_WORKER_THREADS", args.threads.to_string());
+        std::env::set_var("RUST_LOG", "info,access=off");
+    }
+    let mut waiter = machine::IdleWaiter::new(
+        args.max_busy,
+        Duration::from_secs_f64(args.idle_wait),
+        Duration::from_secs_f64(args.idle_budget),
+    );
+    let started_at = unix_now();
+    let results = proxy::run(
+        &proxy::Options {
+            runs: args.runs,
+            seconds: args.seconds,
+            handshake_seconds: args.handshake_seconds,
+            connections: args.connections.clone(),
+            load_cpu: args.load_cpu,
+            server_cpus: args.server_cpus.clone(),
+            threads: args.threads,
+        },
+        &mut waiter,
+    )?;
+    let report = proxy::report::Report {
+        run: report::Run {
+            machine: machine::describe()?,
+            command: command_line(),
+            started_at,
+        },
+        settings: proxy::report::Settings {
+            runs: args.runs,
+            seconds: args.seconds,
+            handshake_seconds: args.handshake_seconds,
+            load_cpu: args.load_cpu,
+            server_cpus: args.server_cpus.clone(),
+            threads: args.threads,
+            max_busy_percent: args.max_busy,
+        },
+        keep_alive: results.keep_alive,
+        handshakes: results.handshakes,
+        not_measured: proxy::NOT_MEASURED.to_vec(),
+        idle: waiter.history,
+    };
+    write_report(&args.out, "proxy", &report, &report.markdown())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The command line that produced the report, as xtask passes it on.
+fn command_line() -> String {
+    std::env::var("GATEWAY_BENCH_COMMAND")
+        .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "))
+}
+
+/// Writes `<out>/<stem>.json` and `<out>/<stem>.md` and prints the Markdown.
+fn write_report(
+    out: &std::path::Path,
+    stem: &str,
+    report: &impl serde::Serialize,
+    markdown: &str,
+) -> anyhow::Result<()> {
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let json = out.join(format!("{stem}.json"));
+    fs::write(&json, serde_json::to_string_pretty(report)?)
         .with_context(|| format!("writing {}", json.display()))?;
-    let markdown = report.markdown();
-    let md = args.out.join("xdp.md");
-    fs::write(&md, &markdown).with_context(|| format!("writing {}", md.display()))?;
+    let md = out.join(format!("{stem}.md"));
+    fs::write(&md, markdown).with_context(|| format!("writing {}", md.display()))?;
     println!("\n{markdown}");
     println!("wrote {} and {}", json.display(), md.display());
     Ok(())

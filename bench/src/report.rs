@@ -11,14 +11,32 @@ use crate::{
     wire::{self, WireRow},
 };
 
-/// Everything one `gateway-bench xdp` run measured, with how it was measured.
+/// Where, when and by which command a report was made: the head of every suite's.
 #[derive(Serialize)]
-pub struct Report {
+pub struct Run {
     pub machine: Machine,
     /// The command line that produced this report.
     pub command: String,
     /// Unix seconds when the run started.
     pub started_at: u64,
+}
+
+impl Run {
+    /// The machine and the command, as the report's first paragraph.
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        format!(
+            "Machine: {} ({} cores), kernel {}. Command: `{}`.\n\n",
+            m.cpu_model, m.cores, m.kernel, self.command
+        )
+    }
+}
+
+/// Everything one `gateway-bench xdp` run measured, with how it was measured.
+#[derive(Serialize)]
+pub struct Report {
+    #[serde(flatten)]
+    pub run: Run,
     pub settings: Settings,
     pub cost: Vec<CostRow>,
     pub wire: Vec<WireRow>,
@@ -40,14 +58,13 @@ pub struct Settings {
 impl Report {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
-        let m = &self.machine;
         let s = &self.settings;
+        out.push_str(&self.run.markdown());
         let _ = writeln!(
             out,
-            "Machine: {} ({} cores), kernel {}. Command: `{}`.\n",
-            m.cpu_model, m.cores, m.kernel, self.command
+            "{}\n",
+            busy_line(&self.idle, self.settings.max_busy_percent)
         );
-        let _ = writeln!(out, "{}\n", self.busy_line());
         if !self.cost.is_empty() {
             let _ = writeln!(
                 out,
@@ -67,25 +84,6 @@ impl Report {
             out.push_str(&self.wire_table());
         }
         out
-    }
-
-    fn busy_line(&self) -> String {
-        let busy = Summary::of(self.idle.iter().map(|i| i.busy_percent).collect());
-        let waited: f64 = self.idle.iter().map(|i| i.waited_s).sum();
-        let loud = self.idle.iter().filter(|i| !i.quiet).count();
-        match busy {
-            Some(busy) => format!(
-                "Machine load before each of {} runs: CPU busy median {:.0}% (min {:.0}%, max \
-                 {:.0}%); waited {waited:.0} s in all for quiet; {loud} runs started above the \
-                 {:.0}% threshold.",
-                self.idle.len(),
-                busy.median,
-                busy.min,
-                busy.max,
-                self.settings.max_busy_percent
-            ),
-            None => "No runs.".to_owned(),
-        }
     }
 
     fn cost_tables(&self) -> String {
@@ -221,8 +219,30 @@ impl Report {
     }
 }
 
+/// How busy the machine was before the runs, in one sentence.
+pub fn busy_line(idle: &[Idle], max_busy_percent: f64) -> String {
+    let busy = Summary::of(idle.iter().map(|i| i.busy_percent).collect());
+    let load = Summary::of(idle.iter().map(|i| i.load1).collect());
+    let waited: f64 = idle.iter().map(|i| i.waited_s).sum();
+    let loud = idle.iter().filter(|i| !i.quiet).count();
+    match (busy, load) {
+        (Some(busy), Some(load)) => format!(
+            "Machine load before each of {} runs: CPU busy median {:.0}% (min {:.0}%, max \
+             {:.0}%), load average median {:.1} (max {:.1}); waited {waited:.0} s in all for \
+             quiet; {loud} runs started above the {max_busy_percent:.0}% threshold.",
+            idle.len(),
+            busy.median,
+            busy.min,
+            busy.max,
+            load.median,
+            load.max,
+        ),
+        _ => "No runs.".to_owned(),
+    }
+}
+
 /// `median (min–max)` with `digits` decimals.
-fn cell(summary: &Summary, digits: usize) -> String {
+pub fn cell(summary: &Summary, digits: usize) -> String {
     format!(
         "{:.digits$} ({:.digits$}–{:.digits$})",
         summary.median, summary.min, summary.max

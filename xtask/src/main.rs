@@ -39,7 +39,7 @@ enum Task {
     /// Run the benchmarks (as root) and write target/bench/<suite>.json and .md.
     ///
     /// `xdp`: the kernel plane next to nftables, xdp-filter and reference programs;
-    /// `proxy`: not implemented yet; `all`: every suite, failing if one is missing.
+    /// `proxy`: the TLS proxy next to HAProxy and the fleet itself; `all`: both.
     Bench(bench::Args),
     /// Run the gateway on a private demo network in namespaces; Ctrl-C tears it down.
     Demo,

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{bench::Outcome, setup, util, util::Workspace};
+use crate::{util, util::Workspace};
 
 /// The peers and tools the runner drives.
 const PACKAGES: &[&str] = &[
@@ -33,31 +33,9 @@ const PIN_PREFIXES: [&str; 2] = ["gateway-verdict-", "gateway-test-"];
 /// The runner makes only a few rigs; the counters of its pin directories stay below this.
 const MAX_RIGS: u32 = 64;
 
-pub fn run(ws: &Workspace, runner_args: &[String]) -> anyhow::Result<Outcome> {
-    setup::run(ws)?;
-    setup::install_debian_packages(PACKAGES)?;
-    util::run(ws.cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "gateway",
-        "--package",
-        "gateway-bench",
-    ]))?;
-    let release = ws.target_dir()?.join("release");
-    let out = ws.target_dir()?.join("bench");
+pub fn run(ws: &Workspace, runner_args: &[String]) -> anyhow::Result<()> {
+    let mut command = super::runner(ws, "xdp", PACKAGES, runner_args)?;
     remove_leftover_namespaces()?;
-    let mut command = Command::new(release.join("gateway-bench"));
-    command
-        .arg("xdp")
-        .arg("--out")
-        .arg(&out)
-        .args(runner_args)
-        .env("GATEWAY_BIN", release.join("gateway"))
-        .env(
-            "GATEWAY_BENCH_COMMAND",
-            format!("cargo xtask bench xdp {}", runner_args.join(" ")).trim_end(),
-        );
     let (pid, result) = run_bounded(&mut command, TIMEOUT)?;
     // Whatever happened, leave no namespaces (and so no veths or XDP programs) behind,
     // and, when the runner did not end on its own, none of its pinned maps (a million-
@@ -66,12 +44,12 @@ pub fn run(ws: &Workspace, runner_args: &[String]) -> anyhow::Result<Outcome> {
     if result.is_err() {
         remove_leftover_pins(pid)?;
     }
-    result.map(|()| Outcome::Done)
+    result
 }
 
 /// Runs `command`, killing it if it outlives `timeout`; returns its pid and whether it
 /// succeeded. Ctrl-C stops the runner but not this process, which then cleans up.
-fn run_bounded(
+pub(super) fn run_bounded(
     command: &mut Command,
     timeout: Duration,
 ) -> anyhow::Result<(u32, anyhow::Result<()>)> {
