@@ -127,10 +127,16 @@ pub struct Idp {
 impl Idp {
     /// Starts serving on a loopback port with a certificate from its own CA.
     pub async fn start() -> Self {
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts serving on `listen` (port 0: any free one), with a certificate for
+    /// its address, so the demo can run it on the test network.
+    pub async fn start_at(listen: SocketAddr) -> Self {
         let ca = Ca::new("identity provider CA");
         let dir = tempfile::tempdir().expect("temporary directory");
         let ca_path = ca.write(dir.path(), "idp-ca");
-        let issued = ca.issue_server(&["127.0.0.1"]);
+        let issued = ca.issue_server(&[&listen.ip().to_string()]);
         let chain = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .expect("certificate PEM");
@@ -144,7 +150,7 @@ impl Idp {
         .with_single_cert(chain, key)
         .expect("server certificate");
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let listener = TcpListener::bind(listen)
             .await
             .expect("binding the provider");
         let addr = listener.local_addr().expect("local address");

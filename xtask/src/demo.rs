@@ -3,16 +3,21 @@
 //! Builds everything, creates three network namespaces — a client, the gateway,
 //! and a fleet of three mTLS upstream hosts (`test-upstream`) — joined by veth
 //! pairs (198.18.0.0/24, 198.18.1.0/24 and 2001:2::/64 only), generates the
-//! certificates, runs `gateway run` with the XDP program on the client side and
-//! the proxy in front of the fleet, and prints commands that show requests, a
-//! block, a rate limit, the metrics and `gateway top` at work. Ctrl-C stops the
-//! daemon and the upstreams, detaches the program and removes the namespaces and
-//! the demo's files, leaving the host as it was.
+//! certificates, starts an identity provider (`demo-idp`: OIDC discovery and a
+//! JWKS over HTTPS, in the fleet namespace) that writes the demo tokens, runs
+//! `gateway run` with the XDP program on the client side and the proxy in front
+//! of the fleet, and prints commands that show token checks, the abuse loop
+//! blocking a client in XDP, a block, a rate limit, the metrics and `gateway top`
+//! at work. Ctrl-C stops the daemon, the identity provider and the upstreams,
+//! detaches the program and removes the namespaces and the demo's files, leaving
+//! the host as it was.
 
 use std::{
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -29,6 +34,8 @@ const FLEET_GW_IF: &str = "gwdemo2";
 const FLEET_IF: &str = "gwdemo3";
 /// The upstream hosts, each requiring the gateway's client certificate.
 const UPSTREAMS: [&str; 3] = ["198.18.1.11:8443", "198.18.1.12:8443", "198.18.1.13:8443"];
+/// The identity provider, also in the fleet namespace.
+const IDP: &str = "198.18.1.20:443";
 const PIN_DIR: &str = "/sys/fs/bpf/gateway-demo";
 const WORK_DIR: &str = "/tmp/gateway-demo";
 
@@ -46,17 +53,19 @@ pub fn run(ws: &Workspace) -> anyhow::Result<()> {
     )?;
     let bins = ws.target_dir()?.join("debug");
     teardown(&gateway);
-    let mut upstreams = Vec::new();
-    let result = demo(&gateway, &bins, &mut upstreams);
-    for mut upstream in upstreams {
-        let _ = upstream.kill();
-        let _ = upstream.wait();
+    let mut children = Vec::new();
+    let result = demo(&gateway, &bins, &mut children);
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
     }
     teardown(&gateway);
     result
 }
 
-fn demo(gateway: &Path, bins: &Path, upstreams: &mut Vec<Child>) -> anyhow::Result<()> {
+/// Sets the demo up and runs the daemon until Ctrl-C; every process it starts goes
+/// into `children`, which the caller stops.
+fn demo(gateway: &Path, bins: &Path, children: &mut Vec<Child>) -> anyhow::Result<()> {
     network()?;
     let work = PathBuf::from(WORK_DIR);
     fs::create_dir_all(&work).with_context(|| format!("creating {WORK_DIR}"))?;
@@ -80,10 +89,11 @@ fn demo(gateway: &Path, bins: &Path, upstreams: &mut Vec<Child>) -> anyhow::Resu
             .stderr(log)
             .spawn()
             .context("starting a demo upstream")?;
-        upstreams.push(child);
+        children.push(child);
     }
+    start_idp(bins, &work, children)?;
     let config = work.join("gateway.toml");
-    fs::write(&config, demo_config(&pki))
+    fs::write(&config, demo_config(&pki, &work))
         .with_context(|| format!("writing {}", config.display()))?;
 
     let send = |count: u32| {
@@ -94,19 +104,31 @@ fn demo(gateway: &Path, bins: &Path, upstreams: &mut Vec<Child>) -> anyhow::Resu
     let curl = format!(
         "ip netns exec {CLIENT_NS} curl -s --cacert {WORK_DIR}/pki/edge-ca.crt --resolve api.demo:443:198.18.0.1"
     );
+    let bearer = |token: &str| format!("-H \"authorization: Bearer $(cat {WORK_DIR}/{token})\"");
     println!(
         "\n\
          The gateway protects {GATEWAY_IF} (198.18.0.1, 2001:2::1) in namespace {GATEWAY_NS}; a client\n\
          in {CLIENT_NS} sends from 198.18.0.10. Rate limit: 100 packets/s per source, burst 50.\n\
          Behind it, three upstreams in {FLEET_NS} ({fleet}) require its client certificate.\n\
+         /orders needs a token from the demo identity provider (https://{IDP}, OIDC discovery\n\
+         and JWKS) with scope orders:read; {WORK_DIR}/token-read has it, token-noscope does not,\n\
+         token-forged is signed by a key the provider never published. The abuse loop blocks an\n\
+         address in XDP for 30 s once its signals reach 10 within 60 s (a bad token weighs 2).\n\
          In another root shell, try:\n\n\
          \x20 export GATEWAY_PIN_DIR={PIN_DIR} GATEWAY_STATE_DIR={WORK_DIR}/state\n\
          \x20 alias gateway={gateway}\n\
          \x20 {curl} https://api.demo/echo            # answered by up-1, up-2, up-3 in turn\n\
+         \x20 {curl} {read} https://api.demo/orders/42     # 200, answered by an upstream\n\
+         \x20 {curl} {noscope} https://api.demo/orders/42  # 403 insufficient_scope\n\
+         \x20 {curl} {forged} https://api.demo/orders/42   # 401 invalid_token\n\
          \x20 {curl} https://api.demo/a/%2F/b        # 400 invalid_path, answered by the gateway\n\
          \x20 ip netns exec {GATEWAY_NS} curl -s 127.0.0.1:9090/metrics | grep '^gateway_requests_total'\n\
          \x20 ip netns exec {GATEWAY_NS} curl -s 127.0.0.1:9090/readyz\n\
          \x20 nsenter --net=/run/netns/{GATEWAY_NS} {gateway} top   # live view; q quits\n\
+         \x20 for i in $(seq 8); do {curl} -m 2 -o /dev/null -w '%{{http_code}} ' {forged} https://api.demo/orders/42; done; echo\n\
+         \x20                               # 401s until the score reaches 10, then 000: blocked in XDP\n\
+         \x20 gateway explain 198.18.0.10   # why: the signals, the evidence, the packets dropped\n\
+         \x20 gateway blocklist remove 198.18.0.10   # or wait 30 s for the block to expire\n\
          \x20 {send10}    # 10 datagrams\n\
          \x20 gateway stats                 # counted under pass\n\
          \x20 gateway blocklist add 198.18.0.10 --ttl 10m --reason demo\n\
@@ -117,9 +139,13 @@ fn demo(gateway: &Path, bins: &Path, upstreams: &mut Vec<Child>) -> anyhow::Resu
          \x20 {send1000}  # a flood\n\
          \x20 gateway ratelimit show        # about 50 passed, the rest dropped in XDP\n\
          \x20 gateway xdp status\n\n\
-         The daemon's log follows (a rate_limit_exceeded line appears for the flood). Ctrl-C ends the demo.\n",
+         The daemon's log follows (audit lines for the token failures and the abuse block; a\n\
+         rate_limit_exceeded line for the flood). Ctrl-C ends the demo.\n",
         gateway = gateway.display(),
         fleet = UPSTREAMS.join(", "),
+        read = bearer("token-read"),
+        noscope = bearer("token-noscope"),
+        forged = bearer("token-forged"),
         send10 = send(10),
         send1000 = send(1000),
     );
@@ -142,9 +168,46 @@ fn demo(gateway: &Path, bins: &Path, upstreams: &mut Vec<Child>) -> anyhow::Resu
     Ok(())
 }
 
+/// Starts `demo-idp` in the fleet namespace and waits until it has written the
+/// tokens and its CA. Its temporary files go under the work directory, which the
+/// teardown removes even when the provider is killed.
+fn start_idp(bins: &Path, work: &Path, children: &mut Vec<Child>) -> anyhow::Result<()> {
+    let log = fs::File::create(work.join("idp.log")).context("creating the provider's log")?;
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{FLEET_NS}"))
+        .arg(bins.join("demo-idp"))
+        .arg(IDP)
+        .arg(work)
+        .env("TMPDIR", work)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().context("provider log")?)
+        .stderr(log)
+        .spawn()
+        .context("starting the demo identity provider")?;
+    let ready = work.join("idp.ready");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        if let Some(status) = child.try_wait().context("waiting for the provider")? {
+            bail!(
+                "the demo identity provider exited ({status}); see {}",
+                work.join("idp.log").display()
+            );
+        }
+        if Instant::now() > deadline {
+            children.push(child);
+            bail!("the demo identity provider wrote no tokens within 30 s");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    children.push(child);
+    Ok(())
+}
+
 /// The demo's config: XDP on the client link, one TLS listener, the fleet pool,
-/// and two alerts that log (a block added, the pool losing every endpoint).
-fn demo_config(pki: &Path) -> String {
+/// `/orders` behind a token with scope `orders:read` from the demo provider, the
+/// abuse loop with a low threshold and a short block, and two alerts that log (a
+/// block added, the pool losing every endpoint).
+fn demo_config(pki: &Path, work: &Path) -> String {
     let pem = |name: &str| pki.join(name).display().to_string();
     let endpoints = UPSTREAMS.map(|u| format!("{u:?}")).join(", ");
     format!(
@@ -153,7 +216,15 @@ fn demo_config(pki: &Path) -> String {
          [xdp.rate_limit]\npps = 100\nburst = 50\n\n\
          [[listener]]\nname = \"public\"\naddress = \"198.18.0.1:443\"\n\
          [[listener.certificates]]\ncert = {edge_cert:?}\nkey = {edge_key:?}\nserver_names = [\"api.demo\"]\n\n\
+         [auth.issuers.demo]\nissuer = \"https://{IDP}\"\naudiences = [\"api.demo\"]\n\
+         discovery_url = \"https://{IDP}/.well-known/openid-configuration\"\nca = {idp_ca:?}\n\n\
+         [abuse]\nenabled = true\nwindow = \"60s\"\nthreshold = 10\nblock_ttl = \"30s\"\n\
+         # The flood below shows the XDP rate limit alone; a few quick HTTPS requests\n\
+         # would also exceed its 50-packet burst, so its events carry no weight here.\n\
+         [abuse.weights]\nxdp_rate_exceeded = 0\n\n\
          [[route]]\nname = \"api\"\npath_prefix = \"/\"\nupstream = \"fleet\"\n\n\
+         [[route]]\nname = \"orders\"\npath_prefix = \"/orders\"\nupstream = \"fleet\"\n\
+         [route.auth]\nmode = \"required\"\nissuers = [\"demo\"]\nscopes_all = [\"orders:read\"]\n\n\
          [upstream.fleet]\nendpoints = [{endpoints}]\nserver_name = \"fleet.internal\"\n\
          ca = {fleet_ca:?}\nclient_cert = {client_cert:?}\nclient_key = {client_key:?}\n\n\
          [[alert]]\nname = \"block-added\"\nmetric = \"gateway_xdp_map_entries\"\n\
@@ -165,6 +236,7 @@ fn demo_config(pki: &Path) -> String {
         fleet_ca = pem("fleet-ca.crt"),
         client_cert = pem("gateway.crt"),
         client_key = pem("gateway.key"),
+        idp_ca = work.join("idp-ca.crt").display().to_string(),
     )
 }
 
@@ -198,6 +270,7 @@ fn network() -> anyhow::Result<()> {
     let fleet_addrs: Vec<String> = UPSTREAMS
         .iter()
         .filter_map(|u| u.split_once(':'))
+        .chain(IDP.split_once(':'))
         .map(|(ip, _)| format!("{ip}/24"))
         .collect();
     for (ns, iface, addrs) in [

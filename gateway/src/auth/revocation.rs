@@ -107,7 +107,8 @@ impl Revocations {
         self.list.load_full()
     }
 
-    /// Re-reads the file when its modification time changed.
+    /// Re-reads the file when its modification time changed (including when it
+    /// appears or disappears); an absent file stays quiet until it appears.
     pub fn reload_if_changed(&self) {
         let Some(path) = &self.path else { return };
         let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
@@ -115,7 +116,7 @@ impl Revocations {
             .modified
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if *seen == modified && modified.is_some() {
+        if *seen == modified {
             return;
         }
         *seen = modified;
