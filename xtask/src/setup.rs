@@ -30,8 +30,17 @@ const LLVM_PREFIX_DIR: &str = "gateway-bpf-linker-llvm";
 /// The nightly's libLLVM, if globbing `lib/libLLVM.so.*` in its sysroot finds nothing.
 const KNOWN_LIBLLVM: &str = "libLLVM.so.23.1-rust-1.101.0-nightly";
 
-/// `ip`, `nsenter`, `bpftool` and `sysctl`/`pgrep` for the privileged tests.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "util-linux", "bpftool", "procps"];
+/// `ip`, `nsenter`, `bpftool` and `sysctl`/`pgrep` for the privileged tests; `wrk`
+/// for the L7 rate-limit test under real load; `script` (bsdutils) for `gateway top`
+/// in a pseudo-terminal.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "bpftool",
+    "procps",
+    "wrk",
+    "bsdutils",
+];
 
 /// What setup did, for the one-line summary.
 #[derive(Default)]
