@@ -84,6 +84,25 @@ async fn waf_blocks_with_rule_id_lookalikes_pass_and_the_loop_decides_a_block() 
         !body["request_id"].as_str().unwrap_or_default().is_empty(),
         "{body}"
     );
+    // The access line of the blocked request says who, what and why.
+    let request_id = body["request_id"].as_str().unwrap_or_default().to_owned();
+    daemon.wait_for_log(&request_id, Duration::from_secs(10));
+    let log = daemon.log();
+    let line: serde_json::Value = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["stream"] == "access" && line["request_id"] == request_id.as_str())
+        .unwrap_or_else(|| panic!("no access line for {request_id}:\n{log}"));
+    for (field, want) in [
+        ("status", serde_json::json!(403)),
+        ("decision", serde_json::json!("deny")),
+        ("reason", serde_json::json!("waf_blocked")),
+        ("client", serde_json::json!("127.0.0.1")),
+        ("method", serde_json::json!("GET")),
+        ("path", serde_json::json!("/search")),
+    ] {
+        assert_eq!(line[field], want, "access field {field}: {line}");
+    }
 
     let watched = get(
         &fleet,

@@ -223,7 +223,7 @@ async fn forged_expired_and_foreign_tokens_never_reach_the_upstream() {
     let ed = SigningKey::generate(Algorithm::EdDSA, "ed-1");
     idp.publish(&[&es, &rs, &ed]);
     let fleet = Fleet::new(1);
-    let _daemon = start(&fleet, &config(&fleet, &idp)).await;
+    let daemon = start(&fleet, &config(&fleet, &idp)).await;
     let client = fleet.client(Protocol::Http1);
     let baseline = upstream_count(&fleet).await;
     let attacker = SigningKey::generate(Algorithm::ES256, "es-1");
@@ -462,6 +462,15 @@ async fn forged_expired_and_foreign_tokens_never_reach_the_upstream() {
     );
     assert!(open["headers"].get("x-auth-subject").is_none(), "{open}");
     assert_eq!(open["headers"]["authorization"], "Bearer junk");
+
+    // No token, nor its signature, reaches any log line (access, audit, daemon).
+    let log = daemon.log();
+    assert!(
+        log.contains("\"stream\":\"access\""),
+        "the access log was written: {log}"
+    );
+    let signature = valid.rsplit('.').next().expect("a signed token");
+    assert!(!log.contains(signature), "a token reached the log:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
