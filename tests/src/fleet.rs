@@ -149,6 +149,31 @@ impl Fleet {
         .expect("rewriting the config");
     }
 
+    /// Requests `upstream` has counted, asked directly with the gateway's
+    /// identity; `ca` and `name` are what its server certificate chains to and
+    /// carries.
+    pub async fn count_at(&self, upstream: &Upstream, ca: &Ca, name: &str) -> u64 {
+        let client = Client::builder(ca.cert_pem(), name)
+            .identity(&self.fleet_ca.issue_client("gateway"))
+            .build();
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get(upstream.addr(), "/count"),
+        )
+        .await
+        .expect("GET /count within 10 s")
+        .expect("the upstream answers /count");
+        let body: serde_json::Value =
+            serde_json::from_slice(response.body()).expect("/count answers JSON");
+        body["count"].as_u64().expect("count")
+    }
+
+    /// Requests the first upstream has counted.
+    pub async fn upstream_count(&self) -> u64 {
+        self.count_at(&self.upstreams[0], &self.fleet_ca, FLEET_NAME)
+            .await
+    }
+
     /// A client that trusts the edge CA and speaks `protocol`.
     pub fn client(&self, protocol: Protocol) -> Client {
         Client::builder(self.edge_ca.cert_pem(), EDGE_NAME)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gateway::config::{AbuseSection, LimitConfig, LimitKey, Period, QuotaConfig, WafMode};
 use gateway_tests::{
-    fleet::{EDGE_NAME, FLEET_NAME, Fleet, route},
+    fleet::{EDGE_NAME, Fleet, route},
     http::{Client, Protocol, raw_tls},
 };
 use http::{Request, Response, StatusCode};
@@ -270,27 +270,12 @@ async fn quota_counts_survive_a_restart_exactly() {
     daemon.stop();
 }
 
-/// Requests an upstream has counted, asked directly with the gateway's identity.
-async fn upstream_count(fleet: &Fleet) -> u64 {
-    let client = Client::builder(fleet.fleet_ca.cert_pem(), FLEET_NAME)
-        .identity(&fleet.fleet_ca.issue_client("gateway"))
-        .build();
-    let response = within(
-        10,
-        "GET /count",
-        client.get(fleet.upstreams[0].addr(), "/count"),
-    )
-    .await
-    .expect("the upstream answers /count");
-    json(&response)["count"].as_u64().expect("count")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn smuggling_attempts_are_refused_or_closed_and_never_forwarded_twice() {
     let _shared = LOAD.read().await;
     let fleet = Fleet::new(1);
     let daemon = fleet.start(&fleet.config());
-    let before = upstream_count(&fleet).await;
+    let before = fleet.upstream_count().await;
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: api.test\r\n\r\n";
     let attempts = [
         // CL.TE: a front end reading Content-Length forwards the smuggled request as body.
@@ -375,7 +360,7 @@ async fn smuggling_attempts_are_refused_or_closed_and_never_forwarded_twice() {
         "only CL.TE and TE.CL are forwarded, as one request each"
     );
     assert_eq!(
-        upstream_count(&fleet).await,
+        fleet.upstream_count().await,
         before + 2,
         "no smuggled request reached the upstream"
     );

@@ -8,7 +8,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 use bytes::Bytes;
 use gateway::config::{AuthMode, Config, IssuerConfig, RouteAuth};
 use gateway_tests::{
-    fleet::{FLEET_NAME, Fleet, route},
+    fleet::{Fleet, route},
     gateway::Daemon,
     http::{Client, Protocol},
     idp::{CLIENT_ID, CLIENT_SECRET, Idp, SigningKey, b64url},
@@ -192,21 +192,6 @@ fn echo(response: &Response<Bytes>, case: &str) -> Value {
     body(response)
 }
 
-/// Requests the upstream has counted, asked directly with the gateway's identity.
-async fn upstream_count(fleet: &Fleet) -> u64 {
-    let client = Client::builder(fleet.fleet_ca.cert_pem(), FLEET_NAME)
-        .identity(&fleet.fleet_ca.issue_client("gateway"))
-        .build();
-    let response = within(
-        10,
-        "GET /count",
-        client.get(fleet.upstreams[0].addr(), "/count"),
-    )
-    .await
-    .expect("the upstream answers /count");
-    body(&response)["count"].as_u64().expect("count")
-}
-
 fn segments(token: &str) -> Vec<String> {
     token.split('.').map(str::to_owned).collect()
 }
@@ -225,7 +210,7 @@ async fn forged_expired_and_foreign_tokens_never_reach_the_upstream() {
     let fleet = Fleet::new(1);
     let daemon = start(&fleet, &config(&fleet, &idp)).await;
     let client = fleet.client(Protocol::Http1);
-    let baseline = upstream_count(&fleet).await;
+    let baseline = fleet.upstream_count().await;
     let attacker = SigningKey::generate(Algorithm::ES256, "es-1");
 
     let good = claims(&idp, "alice", "payments:write");
@@ -391,7 +376,7 @@ async fn forged_expired_and_foreign_tokens_never_reach_the_upstream() {
         assert_eq!(body(&response)["error"], "insufficient_scope", "{case}");
     }
     assert_eq!(
-        upstream_count(&fleet).await,
+        fleet.upstream_count().await,
         baseline,
         "nothing refused reached the upstream"
     );
@@ -588,7 +573,7 @@ async fn opaque_tokens_are_introspected_cached_and_fail_closed() {
     for token in ["opaque-inactive", "opaque-unknown", "opaque-other-aud"] {
         assert_invalid(&with_token(&fleet, &client, "/x", token).await, token);
     }
-    let before = upstream_count(&fleet).await;
+    let before = fleet.upstream_count().await;
 
     // The endpoint is down: unknown tokens get 503 (fail closed), the cached one passes.
     idp.set_down(true);
@@ -599,7 +584,7 @@ async fn opaque_tokens_are_introspected_cached_and_fail_closed() {
         &with_token(&fleet, &client, "/x", "opaque-active").await,
         "cached while down",
     );
-    assert_eq!(upstream_count(&fleet).await, before + 1);
+    assert_eq!(fleet.upstream_count().await, before + 1);
     idp.set_down(false);
 
     // The endpoint requires client authentication: with a wrong secret the

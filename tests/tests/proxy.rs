@@ -73,15 +73,18 @@ fn served_by(response: &Response<Bytes>) -> String {
         .to_owned()
 }
 
-/// Requests an upstream has counted, asked directly with the gateway's identity.
-async fn upstream_count(fleet: &Fleet, upstream: &Upstream, ca: &Ca, name: &str) -> u64 {
-    let client = Client::builder(ca.cert_pem(), name)
-        .identity(&fleet.fleet_ca.issue_client("gateway"))
-        .build();
-    let response = within(10, "GET /count", client.get(upstream.addr(), "/count"))
-        .await
-        .expect("the upstream answers /count");
-    json(&response)["count"].as_u64().expect("count")
+/// `GET path` on its own task, for requests that must be in flight while the
+/// test does something else.
+fn spawn_get(
+    client: &Arc<Client>,
+    listen: std::net::SocketAddr,
+    path: &'static str,
+) -> tokio::task::JoinHandle<Result<Response<Bytes>, gateway_tests::http::Error>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let request = Request::get(path).body(Bytes::new()).expect("request");
+        client.send(listen, request).await
+    })
 }
 
 fn start(fleet: &Fleet, config: &Config) -> Daemon {
@@ -104,7 +107,9 @@ async fn forwards_over_mutual_tls_with_both_http_versions() {
     .await
     .expect_err("the upstream requires a client certificate");
     assert_eq!(
-        upstream_count(&fleet, &fleet.upstreams[0], &fleet.fleet_ca, FLEET_NAME).await,
+        fleet
+            .count_at(&fleet.upstreams[0], &fleet.fleet_ca, FLEET_NAME)
+            .await,
         0,
         "the anonymous request was not served"
     );
@@ -167,7 +172,7 @@ async fn never_sends_to_an_endpoint_with_a_foreign_or_misnamed_certificate() {
             "the log says why: {log}"
         );
         assert_eq!(
-            upstream_count(&fleet, endpoint, ca, name).await,
+            fleet.count_at(endpoint, ca, name).await,
             0,
             "no request reached {endpoint:?}",
             endpoint = endpoint.addr()
@@ -226,16 +231,7 @@ async fn balances_as_each_algorithm_promises() {
     config.upstreams.get_mut("fleet").expect("pool").balance = Balance::LeastRequest;
     let daemon = start(&fleet, &config);
     let slow: Vec<_> = (0..2)
-        .map(|_| {
-            let client = client.clone();
-            let listen = fleet.listen;
-            tokio::spawn(async move {
-                let request = Request::get("/slow?ms=4000")
-                    .body(Bytes::new())
-                    .expect("request");
-                client.send(listen, request).await
-            })
-        })
+        .map(|_| spawn_get(&client, fleet.listen, "/slow?ms=4000"))
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut quick = std::collections::BTreeMap::<String, u32>::new();
@@ -318,16 +314,7 @@ async fn an_overloaded_pool_fails_fast_and_recovers() {
     let client = Arc::new(fleet.client(Protocol::Http1));
 
     let busy: Vec<_> = (0..2)
-        .map(|_| {
-            let client = client.clone();
-            let listen = fleet.listen;
-            tokio::spawn(async move {
-                let request = Request::get("/slow?ms=1500")
-                    .body(Bytes::new())
-                    .expect("request");
-                client.send(listen, request).await
-            })
-        })
+        .map(|_| spawn_get(&client, fleet.listen, "/slow?ms=1500"))
         .collect();
     tokio::time::sleep(Duration::from_millis(400)).await;
     let response = get(&fleet, &client, "/third").await;
@@ -469,7 +456,9 @@ async fn size_limits_answer_414_431_413() {
         assert_eq!(json(&fine)["body_bytes"], 900);
     }
     assert_eq!(
-        upstream_count(&fleet, &fleet.upstreams[0], &fleet.fleet_ca, FLEET_NAME).await,
+        fleet
+            .count_at(&fleet.upstreams[0], &fleet.fleet_ca, FLEET_NAME)
+            .await,
         2
     );
 }
@@ -665,16 +654,7 @@ async fn reload_adds_a_route_without_disturbing_requests_in_flight() {
         StatusCode::NOT_FOUND
     );
 
-    let in_flight = {
-        let client = client.clone();
-        let listen = fleet.listen;
-        tokio::spawn(async move {
-            let request = Request::get("/slow?ms=2000")
-                .body(Bytes::new())
-                .expect("request");
-            client.send(listen, request).await
-        })
-    };
+    let in_flight = spawn_get(&client, fleet.listen, "/slow?ms=2000");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut new_route = route("new", "/new");
     new_route.upstream_host = Some("new.internal".to_owned());
@@ -710,16 +690,7 @@ async fn sigterm_drains_requests_in_flight() {
     let fleet = Fleet::new(1);
     let daemon = start(&fleet, &fleet.config());
     let client = Arc::new(fleet.client(Protocol::Http2));
-    let in_flight = {
-        let client = client.clone();
-        let listen = fleet.listen;
-        tokio::spawn(async move {
-            let request = Request::get("/slow?ms=1500")
-                .body(Bytes::new())
-                .expect("request");
-            client.send(listen, request).await
-        })
-    };
+    let in_flight = spawn_get(&client, fleet.listen, "/slow?ms=1500");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stopping = tokio::task::spawn_blocking(move || daemon.stop());
     let response = within(10, "the request in flight", in_flight)
