@@ -169,8 +169,9 @@ fn report_abuse(
     );
 }
 
-/// The stages in order: limits, normalization, routing, authentication, body,
-/// forwarding.
+/// The stages in order: head limits and protocol anomalies, normalization,
+/// routing, authentication, rate limits and quotas (keyed on the verified
+/// subject), the WAF on the head, the body (and the WAF on it), forwarding.
 async fn proxy(
     snapshot: &Snapshot,
     conn: &ConnInfo,
