@@ -215,6 +215,17 @@ impl Client {
     }
 }
 
+/// The JSON body of a response; panics with the status and body when it is not JSON.
+pub fn json(response: &Response<Bytes>) -> serde_json::Value {
+    serde_json::from_slice(response.body()).unwrap_or_else(|err| {
+        panic!(
+            "invalid JSON ({err}) with status {}: {}",
+            response.status(),
+            String::from_utf8_lossy(response.body())
+        )
+    })
+}
+
 /// A TLS connection to `addr` for byte-level tests (slowloris, oversized headers,
 /// malformed request lines): no client certificate, ALPN `http/1.1`. Panics if the
 /// connection or handshake fails.

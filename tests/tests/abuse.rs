@@ -9,7 +9,7 @@ use bytes::Bytes;
 use gateway::config::{AbuseSection, LimitConfig, LimitKey, Period, QuotaConfig, WafMode};
 use gateway_tests::{
     fleet::{EDGE_NAME, Fleet, route},
-    http::{Client, Protocol, raw_tls},
+    http::{Client, Protocol, json, raw_tls},
 };
 use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -38,16 +38,6 @@ async fn get(fleet: &Fleet, client: &Client, uri: &str) -> Response<Bytes> {
         Request::get(uri).body(Bytes::new()).expect("request"),
     )
     .await
-}
-
-fn json(response: &Response<Bytes>) -> serde_json::Value {
-    serde_json::from_slice(response.body()).unwrap_or_else(|err| {
-        panic!(
-            "invalid JSON ({err}) with status {}: {}",
-            response.status(),
-            String::from_utf8_lossy(response.body())
-        )
-    })
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,7 @@ use gateway::config::{Balance, Config};
 use gateway_tests::{
     fleet::{EDGE_NAME, FLEET_NAME, Fleet, route},
     gateway::Daemon,
-    http::{Client, Filler, Protocol, body_len, raw_tls},
+    http::{Client, Filler, Protocol, body_len, json, raw_tls},
     pki::Ca,
     upstream::Upstream,
 };
@@ -24,16 +24,6 @@ async fn within<T>(seconds: u64, what: &str, future: impl Future<Output = T>) ->
     tokio::time::timeout(Duration::from_secs(seconds), future)
         .await
         .unwrap_or_else(|_| panic!("{what} did not finish within {seconds} s"))
-}
-
-fn json(response: &Response<Bytes>) -> serde_json::Value {
-    serde_json::from_slice(response.body()).unwrap_or_else(|err| {
-        panic!(
-            "invalid JSON ({err}) with status {}: {}",
-            response.status(),
-            String::from_utf8_lossy(response.body())
-        )
-    })
 }
 
 fn request(method: Method, uri: &str) -> http::request::Builder {
