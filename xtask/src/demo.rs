@@ -6,14 +6,21 @@
 //! certificates, starts an identity provider (`demo-idp`: OIDC discovery and a
 //! JWKS over HTTPS, in the fleet namespace) that writes the demo tokens, runs
 //! `gateway run` with the XDP program on the client side and the proxy in front
-//! of the fleet, and prints commands that show token checks, the abuse loop
-//! blocking a client in XDP, a block, a rate limit, the metrics and `gateway top`
-//! at work. Ctrl-C stops the daemon, the identity provider and the upstreams,
-//! detaches the program and removes the namespaces and the demo's files, leaving
-//! the host as it was.
+//! of the fleet, and once it is ready prints commands that show token checks, the
+//! abuse loop blocking a client in XDP, a block, a rate limit, the metrics and
+//! `gateway top` at work ([`steps`]). Ctrl-C stops the daemon, the identity
+//! provider and the upstreams, detaches the program and removes the namespaces and
+//! the demo's files, leaving the host as it was. `--check` ([`check`]) proves all
+//! of that by running the printed commands.
+
+mod check;
+mod steps;
+
+pub use self::check::run as check;
 
 use std::{
     fs,
+    io::Write as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -22,6 +29,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use self::steps::Commands;
 use crate::{setup, util, util::Workspace};
 
 const GATEWAY_NS: &str = "gwdemo-gw";
@@ -38,20 +46,50 @@ const UPSTREAMS: [&str; 3] = ["198.18.1.11:8443", "198.18.1.12:8443", "198.18.1.
 const IDP: &str = "198.18.1.20:443";
 const PIN_DIR: &str = "/sys/fs/bpf/gateway-demo";
 const WORK_DIR: &str = "/tmp/gateway-demo";
+/// Under [`WORK_DIR`]: the printed commands as JSON ([`Commands`]), for the check.
+const COMMANDS_FILE: &str = "commands.json";
 
-pub fn run(ws: &Workspace) -> anyhow::Result<()> {
+/// The binaries the demo runs, built by [`build`] into one directory.
+const BINARIES: [&str; 4] = ["gateway", "test-upstream", "demo-idp", "demo-certs"];
+/// How long the daemon may take to report ready (XDP attached, keys fetched,
+/// upstreams healthy).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run the demo, every command it prints and check what each promises, then
+    /// Ctrl-C it and check that it left nothing behind (also a step of `cargo xtask test`).
+    #[arg(long)]
+    pub check: bool,
+    /// Use the binaries in DIR (gateway, test-upstream, demo-idp, demo-certs) instead
+    /// of running setup and building them.
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+}
+
+pub fn run(ws: &Workspace, args: &Args) -> anyhow::Result<()> {
     if !util::is_root()? {
         bail!(
             "the demo attaches XDP and creates network namespaces: run `sudo -E cargo xtask demo`"
         );
     }
-    setup::run(ws)?;
-    let gateway = ws.build_gateway(false)?;
-    util::run(
-        ws.cargo()
-            .args(["build", "--package", "gateway-tests", "--bins"]),
-    )?;
-    let bins = ws.target_dir()?.join("debug");
+    let bins = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            setup::run(ws)?;
+            build(ws)?
+        }
+    };
+    if let Some(missing) = BINARIES.iter().map(|b| bins.join(b)).find(|b| !b.is_file()) {
+        bail!(
+            "{} does not exist: build it or drop --bin-dir",
+            missing.display()
+        );
+    }
+    if args.check {
+        return check::run(&bins);
+    }
+    let gateway = bins.join("gateway");
     teardown(&gateway);
     let mut children = Vec::new();
     let result = demo(&gateway, &bins, &mut children);
@@ -61,6 +99,19 @@ pub fn run(ws: &Workspace) -> anyhow::Result<()> {
     }
     teardown(&gateway);
     result
+}
+
+/// Builds [`BINARIES`] and returns the directory that holds them.
+pub fn build(ws: &Workspace) -> anyhow::Result<PathBuf> {
+    let gateway = ws.build_gateway(false)?;
+    util::run(
+        ws.cargo()
+            .args(["build", "--package", "gateway-tests", "--bins"]),
+    )?;
+    gateway
+        .parent()
+        .map(Path::to_path_buf)
+        .context("the gateway binary has no parent directory")
 }
 
 /// Sets the demo up and runs the daemon until Ctrl-C; every process it starts goes
@@ -96,16 +147,72 @@ fn demo(gateway: &Path, bins: &Path, children: &mut Vec<Child>) -> anyhow::Resul
     fs::write(&config, demo_config(&pki, &work))
         .with_context(|| format!("writing {}", config.display()))?;
 
-    let send = |count: u32| {
-        format!(
-            "ip netns exec {CLIENT_NS} bash -c 'for i in $(seq {count}); do echo hi > /dev/udp/198.18.0.1/9; done'"
-        )
-    };
-    let curl = format!(
-        "ip netns exec {CLIENT_NS} curl -s --cacert {WORK_DIR}/pki/edge-ca.crt --resolve api.demo:443:198.18.0.1"
-    );
-    let bearer = |token: &str| format!("-H \"authorization: Bearer $(cat {WORK_DIR}/{token})\"");
-    println!(
+    // Ctrl-C reaches the daemon (same process group), which stops cleanly; this
+    // process ignores it so it can tear down afterwards. The daemon installs its own
+    // handler, so the inherited "ignore" does not stick to it.
+    // SAFETY: SIG_IGN is a valid disposition, set before any other thread exists.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let mut daemon = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{GATEWAY_NS}"))
+        .arg(gateway)
+        .args(["run", "--log-format", "text", "--config"])
+        .arg(&config)
+        .env("GATEWAY_PIN_DIR", PIN_DIR)
+        .env("GATEWAY_STATE_DIR", work.join("state"))
+        .spawn()
+        .context("starting the gateway daemon")?;
+    // The commands are printed once they work, below the daemon's start-up lines.
+    if wait_ready(&mut daemon)? {
+        let commands = Commands::new(&gateway.display().to_string());
+        print_commands(&commands);
+        let json = serde_json::to_string_pretty(&commands).context("serializing the commands")?;
+        let path = work.join(COMMANDS_FILE);
+        // Written whole, then renamed: a reader never sees half a file.
+        let partial = path.with_extension("partial");
+        fs::write(&partial, json).with_context(|| format!("writing {}", partial.display()))?;
+        fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let status = daemon.wait().context("waiting for the gateway daemon")?;
+    println!("\ndaemon stopped ({status}); tearing the demo down");
+    Ok(())
+}
+
+/// Polls the daemon's `/readyz` (the printed command) until it says ready; false if
+/// the daemon exited first (Ctrl-C during start-up), an error if it never got ready.
+fn wait_ready(daemon: &mut Child) -> anyhow::Result<bool> {
+    let readyz = Commands::readyz();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if daemon
+            .try_wait()
+            .context("waiting for the gateway daemon")?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let output = Command::new("bash")
+            .args(["-c", &readyz.command])
+            .output()
+            .context("running bash")?;
+        let last = String::from_utf8_lossy(&output.stdout);
+        if readyz.expect.verify(&last, None).is_ok() {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            let _ = daemon.kill();
+            bail!(
+                "the gateway did not get ready within {} s; /readyz said: {}",
+                READY_TIMEOUT.as_secs(),
+                last.trim()
+            );
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// What the demo shows, then the commands to paste.
+fn print_commands(commands: &Commands) {
+    let text = format!(
         "\n\
          The gateway protects {GATEWAY_IF} (198.18.0.1, 2001:2::1) in namespace {GATEWAY_NS}; a client\n\
          in {CLIENT_NS} sends from 198.18.0.10. Rate limit: 100 packets/s per source, burst 50.\n\
@@ -114,58 +221,17 @@ fn demo(gateway: &Path, bins: &Path, children: &mut Vec<Child>) -> anyhow::Resul
          and JWKS) with scope orders:read; {WORK_DIR}/token-read has it, token-noscope does not,\n\
          token-forged is signed by a key the provider never published. The abuse loop blocks an\n\
          address in XDP for 30 s once its signals reach 10 within 60 s (a bad token weighs 2).\n\
-         In another root shell, try:\n\n\
-         \x20 export GATEWAY_PIN_DIR={PIN_DIR} GATEWAY_STATE_DIR={WORK_DIR}/state\n\
-         \x20 alias gateway={gateway}\n\
-         \x20 {curl} https://api.demo/echo            # answered by up-1, up-2, up-3 in turn\n\
-         \x20 {curl} {read} https://api.demo/orders/42     # 200, answered by an upstream\n\
-         \x20 {curl} {noscope} https://api.demo/orders/42  # 403 insufficient_scope\n\
-         \x20 {curl} {forged} https://api.demo/orders/42   # 401 invalid_token\n\
-         \x20 {curl} https://api.demo/a/%2F/b        # 400 invalid_path, answered by the gateway\n\
-         \x20 ip netns exec {GATEWAY_NS} curl -s 127.0.0.1:9090/metrics | grep '^gateway_requests_total'\n\
-         \x20 ip netns exec {GATEWAY_NS} curl -s 127.0.0.1:9090/readyz\n\
-         \x20 nsenter --net=/run/netns/{GATEWAY_NS} {gateway} top   # live view; q quits\n\
-         \x20 for i in $(seq 8); do {curl} -m 2 -o /dev/null -w '%{{http_code}} ' {forged} https://api.demo/orders/42; done; echo\n\
-         \x20                               # 401s until the score reaches 10, then 000: blocked in XDP\n\
-         \x20 gateway explain 198.18.0.10   # why: the signals, the evidence, the packets dropped\n\
-         \x20 gateway blocklist remove 198.18.0.10   # or wait 30 s for the block to expire\n\
-         \x20 {send10}    # 10 datagrams\n\
-         \x20 gateway stats                 # counted under pass\n\
-         \x20 gateway blocklist add 198.18.0.10 --ttl 10m --reason demo\n\
-         \x20 {send10}\n\
-         \x20 gateway stats                 # 10 more under drop_blocked\n\
-         \x20 gateway blocklist list        # with the block's hit count\n\
-         \x20 gateway blocklist remove 198.18.0.10\n\
-         \x20 {send1000}  # a flood\n\
-         \x20 gateway ratelimit show        # about 50 passed, the rest dropped in XDP\n\
-         \x20 gateway xdp status\n\n\
-         The daemon's log follows (audit lines for the token failures and the abuse block; a\n\
-         rate_limit_exceeded line for the flood). Ctrl-C ends the demo.\n",
-        gateway = gateway.display(),
+         The gateway is ready. In another root shell, try:\n\n\
+         {block}\n\
+         The daemon's log continues below (audit lines for the token failures and the abuse\n\
+         block; a rate_limit_exceeded line for the flood). Ctrl-C ends the demo.\n",
         fleet = UPSTREAMS.join(", "),
-        read = bearer("token-read"),
-        noscope = bearer("token-noscope"),
-        forged = bearer("token-forged"),
-        send10 = send(10),
-        send1000 = send(1000),
+        block = commands.render(),
     );
-
-    // Ctrl-C reaches the daemon (same process group), which stops cleanly; this
-    // process ignores it so it can tear down afterwards. The daemon installs its own
-    // handler, so the inherited "ignore" does not stick to it.
-    // SAFETY: SIG_IGN is a valid disposition, set before any other thread exists.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
-    let status = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{GATEWAY_NS}"))
-        .arg(gateway)
-        .args(["run", "--log-format", "text", "--config"])
-        .arg(&config)
-        .env("GATEWAY_PIN_DIR", PIN_DIR)
-        .env("GATEWAY_STATE_DIR", work.join("state"))
-        .status()
-        .context("starting the gateway daemon")?;
-    println!("\ndaemon stopped ({status}); tearing the demo down");
-    Ok(())
+    // One write, so the daemon's log lines do not land inside the block.
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
 }
 
 /// Starts `demo-idp` in the fleet namespace and waits until it has written the

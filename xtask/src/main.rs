@@ -34,7 +34,8 @@ enum Task {
     Build(build::Args),
     /// Run `setup`, build the `gateway` binary and run it with the given arguments.
     Run(run::Args),
-    /// Run `setup`, the lints, the unit tests and the privileged XDP and end-to-end tests.
+    /// Run `setup`, the lints, the unit tests, the privileged XDP and end-to-end tests
+    /// and the demo with every command it prints.
     Test(test::Args),
     /// Run the benchmarks (as root) and write target/bench/<suite>.json and .md.
     ///
@@ -42,7 +43,7 @@ enum Task {
     /// `proxy`: the TLS proxy next to HAProxy and the fleet itself; `all`: both.
     Bench(bench::Args),
     /// Run the gateway on a private demo network in namespaces; Ctrl-C tears it down.
-    Demo,
+    Demo(demo::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,7 +55,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run(args) => run::run(&ws, &args),
         Task::Test(args) => test::run(&ws, &args),
         Task::Bench(args) => bench::run(&ws, &args),
-        Task::Demo => demo::run(&ws),
+        Task::Demo(args) => demo::run(&ws, &args),
     }
 }
 

@@ -32,7 +32,7 @@ const KNOWN_LIBLLVM: &str = "libLLVM.so.23.1-rust-1.101.0-nightly";
 
 /// `ip`, `nsenter`, `bpftool` and `sysctl`/`pgrep` for the privileged tests; `wrk`
 /// for the L7 rate-limit test under real load; `script` (bsdutils) for `gateway top`
-/// in a pseudo-terminal.
+/// in a pseudo-terminal; `curl` for the commands the demo prints (and its check).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -40,6 +40,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
     "wrk",
     "bsdutils",
+    "curl",
 ];
 
 /// What setup did, for the one-line summary.

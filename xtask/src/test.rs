@@ -1,11 +1,12 @@
-//! `cargo xtask test`: setup, lints, unprivileged unit tests, then the privileged XDP
-//! verdict and end-to-end tests; stops at the first failing step.
+//! `cargo xtask test`: setup, lints, unprivileged unit tests, the privileged XDP
+//! verdict and end-to-end tests, then the demo with every command it prints; stops at
+//! the first failing step.
 
 use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
-use crate::{setup, util, util::Workspace};
+use crate::{demo, setup, util, util::Workspace};
 
 /// The crate with the tests that load BPF programs and create network namespaces.
 const PRIVILEGED_TESTS: &str = "gateway-tests";
@@ -73,6 +74,16 @@ pub fn run(ws: &Workspace, args: &Args) -> anyhow::Result<()> {
     step("e", "privileged XDP and end-to-end tests", || {
         privileged_tests(ws, &args.test_args)
     })?;
+    if args.test_args.is_empty() {
+        step("f", "the demo and every command it prints", || {
+            demo::check(&demo::build(ws)?)
+        })?;
+    } else {
+        println!(
+            "==> skipping step f (the demo): test arguments select privileged tests; \
+             `sudo -E cargo xtask demo --check` runs it alone"
+        );
+    }
     println!("all tests passed");
     Ok(())
 }
