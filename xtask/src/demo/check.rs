@@ -3,8 +3,8 @@
 //! as a user would (after the printed exports and alias), verifies what each one
 //! promises, then sends Ctrl-C to the group and checks that the demo left no
 //! namespace, veth, pinned map, file or process behind. Every wait is bounded; on
-//! any failure the whole group is killed and torn down, and the demo's output is
-//! shown.
+//! any failure, or Ctrl-C (which does not reach the demo's group), the whole group
+//! is killed and torn down, and the demo's output is shown.
 
 use std::{
     collections::HashMap,
@@ -12,11 +12,12 @@ use std::{
     os::unix::process::CommandExt as _,
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 
 use super::{
     COMMANDS_FILE, PIN_DIR, WORK_DIR,
@@ -33,9 +34,23 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How much of the demo's output a failure shows.
 const TAIL_LINES: usize = 60;
 
+/// Set by Ctrl-C; every wait checks it.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
 /// Runs the check with the binaries in `bins`; the demo's output goes to
 /// `bins/demo-check.log`.
 pub fn run(bins: &Path) -> anyhow::Result<()> {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        )
+    };
     let gateway = bins.join("gateway");
     super::teardown(&gateway);
     let log_path = bins.join("demo-check.log");
@@ -53,7 +68,7 @@ pub fn run(bins: &Path) -> anyhow::Result<()> {
         .stderr(log)
         .spawn()
         .context("starting the demo")?;
-    let group = demo_group(&demo)?;
+    let group = group_of(&demo)?;
     let result = drive(&mut demo, group, &log_path);
     if let Err(err) = result {
         // SAFETY: kill has no memory preconditions; the group is the demo's own.
@@ -74,9 +89,9 @@ pub fn run(bins: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The process group id of `demo`, which leads its own group.
-fn demo_group(demo: &Child) -> anyhow::Result<libc::pid_t> {
-    libc::pid_t::try_from(demo.id()).context("the demo's pid does not fit a pid_t")
+/// The process group id of `child`, which leads its own group.
+fn group_of(child: &Child) -> anyhow::Result<libc::pid_t> {
+    libc::pid_t::try_from(child.id()).context("a child's pid does not fit a pid_t")
 }
 
 /// Waits for the printed commands, runs and verifies them, stops the demo and checks
@@ -141,6 +156,9 @@ fn wait_for_commands(demo: &mut Child) -> anyhow::Result<Commands> {
     let path = Path::new(WORK_DIR).join(COMMANDS_FILE);
     let deadline = Instant::now() + START_TIMEOUT;
     while !path.exists() {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted (Ctrl-C)");
+        }
         if let Some(status) = demo.try_wait().context("waiting for the demo")? {
             bail!("the demo exited ({status}) before printing its commands");
         }
@@ -169,29 +187,38 @@ fn run_step(script: &str) -> anyhow::Result<(ExitStatus, String)> {
         .stdout(out)
         .spawn()
         .context("running bash")?;
-    let status = wait_child(&mut child, STEP_TIMEOUT)?;
+    let waited = wait_child(&mut child, STEP_TIMEOUT);
     let output = fs::read(&out_path);
     let _ = fs::remove_file(&out_path);
-    let Some(status) = status else {
-        let group = demo_group(&child)?;
-        // SAFETY: kill has no memory preconditions; the group is the step's own.
-        unsafe { libc::kill(-group, libc::SIGKILL) };
-        let _ = child.wait();
-        bail!(
-            "the command did not finish within {} s",
-            STEP_TIMEOUT.as_secs()
-        );
+    let status = match waited {
+        Ok(Some(status)) => status,
+        stopped => {
+            let group = group_of(&child)?;
+            // SAFETY: kill has no memory preconditions; the group is the step's own.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+            let _ = child.wait();
+            return Err(stopped.err().unwrap_or_else(|| {
+                anyhow!(
+                    "the command did not finish within {} s",
+                    STEP_TIMEOUT.as_secs()
+                )
+            }));
+        }
     };
     let output = output.context("reading the command's output")?;
     Ok((status, String::from_utf8_lossy(&output).into_owned()))
 }
 
-/// `child`'s exit status, or `None` if it is still running after `timeout`.
+/// `child`'s exit status, or `None` if it is still running after `timeout`; an
+/// error on Ctrl-C.
 fn wait_child(child: &mut Child, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().context("waiting for a child process")? {
             return Ok(Some(status));
+        }
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted (Ctrl-C)");
         }
         if Instant::now() > deadline {
             return Ok(None);
