@@ -122,6 +122,13 @@ fn demo(gateway: &Path, bins: &Path, children: &mut Vec<Child>) -> anyhow::Resul
     fs::create_dir_all(&work).with_context(|| format!("creating {WORK_DIR}"))?;
     let pki = work.join("pki");
     util::run(Command::new(bins.join("demo-certs")).arg(&pki))?;
+    // From here on Ctrl-C is for the daemon (same process group), which drains and
+    // stops. The upstreams inherit "ignore", so they keep serving while it drains
+    // (no spurious pool-down alert) until this process, which ignores it too, stops
+    // them and tears down. The daemon and the identity provider install their own
+    // handlers, so the inherited "ignore" does not stick to them.
+    // SAFETY: SIG_IGN is a valid disposition, set before any other thread exists.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     for (i, address) in UPSTREAMS.iter().enumerate() {
         let log = fs::File::create(work.join(format!("up-{}.log", i + 1)))
             .context("creating an upstream log")?;
@@ -147,11 +154,6 @@ fn demo(gateway: &Path, bins: &Path, children: &mut Vec<Child>) -> anyhow::Resul
     fs::write(&config, demo_config(&pki, &work))
         .with_context(|| format!("writing {}", config.display()))?;
 
-    // Ctrl-C reaches the daemon (same process group), which stops cleanly; this
-    // process ignores it so it can tear down afterwards. The daemon installs its own
-    // handler, so the inherited "ignore" does not stick to it.
-    // SAFETY: SIG_IGN is a valid disposition, set before any other thread exists.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
     let mut daemon = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{GATEWAY_NS}"))
         .arg(gateway)
