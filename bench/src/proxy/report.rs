@@ -380,9 +380,15 @@ impl Report {
             for row in &open_loop.rows {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} |",
+                    "| {} | {}{} | {} | {} | {} |",
                     row.target,
                     cell(&row.achieved_per_s, 0),
+                    // Then it was not below its saturation, and the tail says little.
+                    if row.achieved_per_s.min < 0.95 * open_loop.rate_per_s {
+                        " (fell behind)"
+                    } else {
+                        ""
+                    },
                     cell(&row.p50_ms, 2),
                     cell(&row.p99_ms, 2),
                     cell(&row.p999_ms, 2),
