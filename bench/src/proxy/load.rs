@@ -1,6 +1,6 @@
-//! The load the proxy suite puts on its targets — wrk (HTTP/1.1), h2load (HTTP/2)
-//! and a handshake client of its own — pinned to their own CPU, and the parsing of
-//! what the tools print.
+//! The load the proxy suite puts on its targets — wrk (HTTP/1.1), h2load (HTTP/2),
+//! oha (open loop) and a handshake client of its own — pinned to their own CPU, and
+//! the parsing of what the tools print.
 
 use std::{
     fs, io,
