@@ -64,6 +64,22 @@ struct ProxyArgs {
     /// Worker threads of the gateway's runtime and of HAProxy alike.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Measure only these parts (repeatable; default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<proxy::Scenario>,
+    /// Requests per second of the open-loop runs; default: --open-loop-share of
+    /// HAProxy-with-JWT's HTTP/1.1 rate at the first --connections in this run.
+    #[arg(long)]
+    open_loop_rate: Option<f64>,
+    /// See --open-loop-rate.
+    #[arg(long, default_value_t = 0.5)]
+    open_loop_share: f64,
+    /// Seconds per open-loop run.
+    #[arg(long, default_value_t = 10)]
+    open_loop_seconds: u32,
+    /// The oha binary for the open-loop runs (`cargo xtask bench proxy` installs one).
+    #[arg(long, default_value = "oha")]
+    oha: PathBuf,
     /// A run waits until the CPUs are less busy than this, in percent of all CPUs...
     #[arg(long, default_value_t = 15.0)]
     max_busy: f64,
@@ -213,6 +229,15 @@ fn proxy(args: &ProxyArgs) -> anyhow::Result<()> {
             load_cpu: args.load_cpu,
             server_cpus: args.server_cpus.clone(),
             threads: args.threads,
+            scenarios: if args.only.is_empty() {
+                proxy::Scenario::value_variants().to_vec()
+            } else {
+                args.only.clone()
+            },
+            open_loop_rate: args.open_loop_rate,
+            open_loop_share: args.open_loop_share,
+            open_loop_seconds: args.open_loop_seconds,
+            oha: args.oha.clone(),
         },
         &mut waiter,
     )?;
@@ -233,6 +258,7 @@ fn proxy(args: &ProxyArgs) -> anyhow::Result<()> {
         },
         keep_alive: results.keep_alive,
         handshakes: results.handshakes,
+        open_loop: results.open_loop,
         not_measured: proxy::NOT_MEASURED.to_vec(),
         idle: waiter.history,
     };

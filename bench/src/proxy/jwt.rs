@@ -1,10 +1,10 @@
 //! ES256 bearer tokens for the JWT scenarios, signed with an rcgen P-256 key: the
-//! key HAProxy's `jwt_verify` (and, once it validates JWTs, the gateway) checks them
-//! with, and compact JWS tokens with the claims both are configured to require.
+//! key HAProxy's `jwt_verify` (PEM) and the gateway (a JWKS file) check them with,
+//! and compact JWS tokens with the claims both are configured to require.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, SigningKey as _};
 
@@ -14,6 +14,8 @@ pub const ISSUER: &str = "https://idp.bench.test";
 pub const AUDIENCE: &str = "api.bench.test";
 /// The scope the route requires (the token carries it among others).
 pub const SCOPE: &str = "orders:read";
+/// The key id, in the token's header and in the gateway's key set.
+const KID: &str = "bench";
 
 /// An ES256 signing key.
 pub struct TokenIssuer {
@@ -33,12 +35,31 @@ impl TokenIssuer {
         self.key.public_key_pem()
     }
 
+    /// The public key as a JWKS document (what the gateway's `jwks_file` holds).
+    pub fn jwks(&self) -> anyhow::Result<String> {
+        // An uncompressed SEC1 point: 0x04, then x and y of 32 bytes each.
+        let (x, y) = match self.key.public_key_raw() {
+            [0x04, point @ ..] if point.len() == 64 => point.split_at(32),
+            _ => bail!("the ES256 key's public point is not an uncompressed P-256 point"),
+        };
+        Ok(format!(
+            r#"{{"keys":[{{"kty":"EC","crv":"P-256","alg":"ES256","use":"sig","kid":"{KID}","x":"{}","y":"{}"}}]}}"#,
+            URL_SAFE_NO_PAD.encode(x),
+            URL_SAFE_NO_PAD.encode(y)
+        ))
+    }
+
     /// A token valid for an hour for `subject`, with [`SCOPE`] among its scopes.
     pub fn token(&self, subject: &str) -> anyhow::Result<String> {
+        self.token_with_scopes(subject, &format!("profile {SCOPE} orders:write"))
+    }
+
+    /// A token valid for an hour for `subject` granting `scopes` (space-separated).
+    pub fn token_with_scopes(&self, subject: &str, scopes: &str) -> anyhow::Result<String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-        let header = r#"{"alg":"ES256","typ":"JWT"}"#;
+        let header = format!(r#"{{"alg":"ES256","typ":"JWT","kid":"{KID}"}}"#);
         let claims = format!(
-            r#"{{"iss":"{ISSUER}","aud":"{AUDIENCE}","sub":"{subject}","iat":{now},"exp":{},"scope":"profile {SCOPE} orders:write"}}"#,
+            r#"{{"iss":"{ISSUER}","aud":"{AUDIENCE}","sub":"{subject}","iat":{now},"exp":{},"scope":"{scopes}"}}"#,
             now + 3600
         );
         let signing_input = format!(
@@ -123,5 +144,18 @@ mod tests {
         let parts: Vec<&str> = token.split('.').collect();
         assert_eq!(parts.len(), 3);
         assert_eq!(parts[2].len(), 86);
+    }
+
+    #[test]
+    fn the_key_set_holds_the_public_point() {
+        let issuer = TokenIssuer::new().expect("a key");
+        let jwks: serde_json::Value =
+            serde_json::from_str(&issuer.jwks().expect("a key set")).expect("JSON");
+        let key = &jwks["keys"][0];
+        assert_eq!(key["kid"], KID);
+        let x = URL_SAFE_NO_PAD
+            .decode(key["x"].as_str().expect("x"))
+            .expect("base64url");
+        assert_eq!(x, issuer.key.public_key_raw()[1..33]);
     }
 }

@@ -1,6 +1,6 @@
-//! The load the proxy suite puts on its targets — wrk (HTTP/1.1), h2load (HTTP/2)
-//! and a handshake client of its own — pinned to their own CPU, and the parsing of
-//! what the tools print.
+//! The load the proxy suite puts on its targets — wrk (HTTP/1.1), h2load (HTTP/2),
+//! oha (open loop) and a handshake client of its own — pinned to their own CPU, and
+//! the parsing of what the tools print.
 
 use std::{
     fs, io,
@@ -29,18 +29,54 @@ pub struct Throughput {
     pub p99_ms: f64,
 }
 
-/// `wrk -t1 -c<connections> -d<seconds>s --latency <url>` on `cpu`, with `headers`.
+/// wrk's Lua script for a bearer token no request has sent before: it reads the file
+/// named by its first argument (one token a line) before the run starts and sends the
+/// next token with each request. Should wrk send more requests than there are lines
+/// it starts over; the caller sees that from the request count.
+pub const FRESH_TOKENS_LUA: &str = r#"local tokens = {}
+local next_token = 0
+
+function init(args)
+  for line in io.lines(args[1]) do
+    tokens[#tokens + 1] = line
+  end
+end
+
+function request()
+  next_token = next_token % #tokens + 1
+  wrk.headers["Authorization"] = "Bearer " .. tokens[next_token]
+  return wrk.format()
+end
+"#;
+
+/// A wrk Lua script and the arguments it gets (`wrk ... <url> -- <args>`).
+pub struct WrkScript<'a> {
+    pub path: &'a Path,
+    pub args: Vec<String>,
+}
+
+/// `wrk -t1 -c<connections> -d<seconds>s --latency <url>` on `cpu`, with `headers`
+/// and, if given, a Lua script.
 pub fn wrk(
     url: &str,
     connections: u32,
     seconds: u32,
     cpu: usize,
     headers: &[String],
+    script: Option<&WrkScript>,
 ) -> anyhow::Result<Throughput> {
-    let output = pinned(cpu, "wrk")
+    let mut command = pinned(cpu, "wrk");
+    command
         .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
-        .args(headers.iter().flat_map(|header| ["-H", header]))
-        .args(["--latency", url])
+        .args(headers.iter().flat_map(|header| ["-H", header]));
+    if let Some(script) = script {
+        command.arg("-s").arg(script.path);
+    }
+    command.args(["--latency", url]);
+    if let Some(script) = script {
+        command.arg("--").args(&script.args);
+    }
+    let output = command
         .output()
         .context("running wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&output.stdout);
@@ -92,6 +128,111 @@ pub fn h2load(
         requests: done as f64,
         p50_ms: percentile(&micros, 0.50) / 1000.0,
         p99_ms: percentile(&micros, 0.99) / 1000.0,
+    })
+}
+
+/// What one open-loop run measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OpenLoop {
+    pub achieved_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+}
+
+/// An open-loop run of oha.
+pub struct OhaRun<'a> {
+    pub oha: &'a Path,
+    /// `https://<name>:<port><path>`, the name the proxy's certificate carries.
+    pub url: &'a str,
+    /// `<name>:<port>:<ip>:<port>`, where that name really is.
+    pub connect_to: String,
+    /// The CA the proxy's certificate chains to.
+    pub ca: &'a Path,
+    pub rate: f64,
+    pub connections: u32,
+    pub seconds: u32,
+    pub cpu: usize,
+    pub headers: &'a [String],
+}
+
+/// oha on `cpu` sending `rate` requests per second over `connections` keep-alive
+/// connections (HTTP/1.1, TLS verified), `--latency-correction`: each latency counts
+/// from when the request was due, not from when a free connection sent it, so a
+/// stall shows in the tail instead of slowing the sender (coordinated omission).
+/// Requests still in flight at the end are waited for (`-w`).
+pub fn oha(run: &OhaRun) -> anyhow::Result<OpenLoop> {
+    let output = pinned(run.cpu, run.oha)
+        .args([
+            "--no-tui",
+            "--output-format",
+            "json",
+            "-w",
+            "--latency-correction",
+        ])
+        .args(["--worker-threads", "1"])
+        .args(["-z", &format!("{}s", run.seconds)])
+        .args(["-q", &run.rate.to_string()])
+        .args(["-c", &run.connections.to_string()])
+        .arg("--cacert")
+        .arg(run.ca)
+        .args(["--connect-to", &run.connect_to])
+        .args(run.headers.iter().flat_map(|header| ["-H", header]))
+        .arg(run.url)
+        .output()
+        .with_context(|| format!("running {}", run.oha.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "oha failed ({}): {text}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    parse_oha(&text).with_context(|| format!("unexpected oha output:\n{text}"))
+}
+
+/// `oha --version`'s line (`oha 1.16.0`), or why `oha` cannot run.
+pub fn oha_version(oha: &Path) -> anyhow::Result<String> {
+    let output = Command::new(oha)
+        .arg("--version")
+        .output()
+        .with_context(|| {
+            format!(
+                "running {} (`cargo xtask bench proxy` installs oha; or `cargo install oha \
+             --locked` and pass --oha)",
+                oha.display()
+            )
+        })?;
+    if !output.status.success() {
+        bail!("{} --version failed ({})", oha.display(), output.status);
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// oha's `--output-format json`: the achieved rate and latency percentiles (seconds),
+/// refused unless every request got a 200.
+fn parse_oha(text: &str) -> anyhow::Result<OpenLoop> {
+    let json: serde_json::Value = serde_json::from_str(text)?;
+    let statuses = json["statusCodeDistribution"]
+        .as_object()
+        .ok_or_else(|| anyhow!("no statusCodeDistribution"))?;
+    let errors = json["errorDistribution"]
+        .as_object()
+        .ok_or_else(|| anyhow!("no errorDistribution"))?;
+    if statuses.keys().any(|status| status != "200") || !errors.is_empty() {
+        bail!("not every request got a 200: {statuses:?}, errors {errors:?}");
+    }
+    let number = |value: &serde_json::Value, what: &str| {
+        value.as_f64().ok_or_else(|| anyhow!("no number at {what}"))
+    };
+    let percentiles = &json["latencyPercentiles"];
+    let ms = |key: &str| Ok::<_, anyhow::Error>(number(&percentiles[key], key)? * 1000.0);
+    Ok(OpenLoop {
+        achieved_per_s: number(&json["summary"]["requestsPerSec"], "summary.requestsPerSec")?,
+        p50_ms: ms("p50")?,
+        p99_ms: ms("p99")?,
+        p999_ms: ms("p99.9")?,
     })
 }
 
@@ -190,9 +331,9 @@ fn pin_current_thread(cpu: usize) -> anyhow::Result<()> {
 }
 
 /// `taskset -c <cpu> <program>`.
-fn pinned(cpu: usize, program: &str) -> Command {
+fn pinned(cpu: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut command = Command::new("taskset");
-    command.args(["-c", &cpu.to_string(), program]);
+    command.args(["-c", &cpu.to_string()]).arg(program);
     command
 }
 
@@ -320,5 +461,29 @@ mod tests {
         let sorted: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&sorted, 0.5), 50.0);
         assert_eq!(percentile(&sorted, 0.99), 99.0);
+    }
+
+    #[test]
+    fn reads_oha_json() {
+        let text = r#"{"summary":{"successRate":1.0,"requestsPerSec":999.5},
+            "latencyPercentiles":{"p50":0.0005,"p99":0.002,"p99.9":0.0125},
+            "statusCodeDistribution":{"200":9995},"errorDistribution":{}}"#;
+        assert_eq!(
+            parse_oha(text).expect("parses"),
+            OpenLoop {
+                achieved_per_s: 999.5,
+                p50_ms: 0.5,
+                p99_ms: 2.0,
+                p999_ms: 12.5
+            }
+        );
+        assert!(parse_oha(&text.replace(r#""200":9995"#, r#""200":9990,"401":5"#)).is_err());
+        assert!(
+            parse_oha(&text.replace(
+                r#""errorDistribution":{}"#,
+                r#""errorDistribution":{"aborted":1}"#
+            ))
+            .is_err()
+        );
     }
 }

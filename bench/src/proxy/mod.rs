@@ -20,9 +20,9 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
-use gateway::config::{CertificateConfig, HealthConfig};
+use gateway::config::{AuthMode, CertificateConfig, HealthConfig, RouteAuth};
 use gateway_tests::{
-    fleet::{EDGE_NAME, FLEET_NAME, Fleet, free_port},
+    fleet::{EDGE_NAME, FLEET_NAME, Fleet, free_port, route},
     http::Protocol as ClientProtocol,
     pki::Issued,
 };
@@ -36,12 +36,16 @@ use report::{HandshakeRow, KeepAliveRow};
 /// default, [`EDGE_NAME`], is ECDSA P-256).
 pub const RSA_NAME: &str = "rsa.api.test";
 
+/// The path prefix of the gateway's route that requires the bench's JWT; `/` stays
+/// open. One listener and one process serve both, as one HAProxy serves both of its
+/// frontends.
+const JWT_PATH: &str = "/jwt/";
+
 /// The issue's scenarios this suite cannot measure yet.
 pub const NOT_MEASURED: [report::NotMeasured; 1] = [report::NotMeasured {
-    scenario: "gateway with a required ES256 JWT and a scope check, one token reused (the \
-               verified-token cache) and a fresh token per connection",
-    reason: "needs JWT validation (issue 4) wired into the gateway's `[auth]` config; the \
-             tokens, the key and HAProxy's side of it are measured already",
+    scenario: "gateway with a fresh JWT per request over HTTP/2",
+    reason: "h2load sends the same headers with every request (it has no per-request \
+             scripting), so the fresh-token run is HTTP/1.1 only (wrk with a Lua script)",
 }];
 
 pub struct Options {
@@ -57,12 +61,42 @@ pub struct Options {
     pub server_cpus: String,
     /// Worker threads of the gateway's runtime and of HAProxy.
     pub threads: usize,
+    /// What to measure.
+    pub scenarios: Vec<Scenario>,
+    /// The open-loop request rate; none: `open_loop_share` of HAProxy-with-JWT's
+    /// HTTP/1.1 rate at the first connection count.
+    pub open_loop_rate: Option<f64>,
+    pub open_loop_share: f64,
+    /// Seconds per open-loop run.
+    pub open_loop_seconds: u32,
+    /// The oha binary.
+    pub oha: PathBuf,
+}
+
+/// The parts of the suite, selectable with `--only`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Keep-alive runs without auth: the gateway, HAProxy and the upstreams directly.
+    NoAuth,
+    /// Keep-alive runs with an ES256 JWT and a scope: the gateway with one token
+    /// reused and with a fresh token per request, HAProxy.
+    Jwt,
+    /// New TLS connections per second, full and resumed.
+    Handshakes,
+    /// Open-loop runs at a fixed rate below saturation, for the tail latency.
+    OpenLoop,
 }
 
 /// Who answers the load tool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     Gateway,
+    /// The gateway's route with a required ES256 JWT and a scope, one token on every
+    /// request: after the first, each is a verified-token cache hit.
+    GatewayJwt,
+    /// The same route, a token no request has sent before on every request: each one a
+    /// full signature and claims check. HTTP/1.1 only (see [`NOT_MEASURED`]).
+    GatewayJwtFresh,
     Haproxy,
     /// HAProxy with `jwt_verify` of an ES256 token, iss/aud/exp and the scope.
     HaproxyJwt,
@@ -73,6 +107,8 @@ impl Target {
     pub fn label(self) -> &'static str {
         match self {
             Self::Gateway => "gateway, no auth",
+            Self::GatewayJwt => "gateway, ES256 JWT + scope, one token reused",
+            Self::GatewayJwtFresh => "gateway, ES256 JWT + scope, fresh token per request",
             Self::Haproxy => "HAProxy 2.6, no auth",
             Self::HaproxyJwt => "HAProxy 2.6, ES256 JWT + scope",
             Self::Direct => "upstreams directly (ceiling)",
@@ -113,6 +149,8 @@ enum Metric {
     FleetCpuUs,
     /// Requests per second relative to HAProxy's in the same round.
     VsHaproxy,
+    /// Requests per second relative to HAProxy-with-JWT's in the same round.
+    VsHaproxyJwt,
 }
 
 /// The figures of one kind of handshake.
@@ -128,6 +166,7 @@ pub enum Figure {
 pub struct Results {
     pub keep_alive: Vec<KeepAliveRow>,
     pub handshakes: Vec<HandshakeRow>,
+    pub open_loop: Option<report::OpenLoop>,
 }
 
 /// Everything that runs during the suite; dropping it stops the processes.
@@ -143,21 +182,78 @@ struct Rig {
     haproxy_jwt_addr: SocketAddr,
     /// `Authorization: Bearer <token>`, one token for every request.
     bearer: String,
+    /// Signs the fresh tokens, with the key both proxies trust.
+    issuer: jwt::TokenIssuer,
+    /// Fresh tokens signed so far: the next one's subject, so none repeats.
+    fresh_tokens: u64,
     ceiling_addr: SocketAddr,
     edge_ca_pem: String,
+    /// The same CA as a file, for oha.
+    edge_ca: PathBuf,
     dir: PathBuf,
 }
 
 pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Results> {
-    let rig = Rig::start(options)?;
+    let selected = |scenario| options.scenarios.contains(&scenario);
+    if selected(Scenario::OpenLoop) {
+        // Before minutes of other runs, not after.
+        load::oha_version(&options.oha)?;
+    }
+    let mut rig = Rig::start(options)?;
+    let keep_alive = if selected(Scenario::NoAuth) || selected(Scenario::Jwt) {
+        keep_alive(&mut rig, options, waiter)?
+    } else {
+        Vec::new()
+    };
+    let handshakes = if selected(Scenario::Handshakes) {
+        handshakes(&rig, options, waiter)?
+    } else {
+        Vec::new()
+    };
+    let open_loop = if selected(Scenario::OpenLoop) {
+        Some(open_loop(&rig, options, &keep_alive, waiter)?)
+    } else {
+        None
+    };
+    let dir = rig.dir.clone();
+    drop(rig);
+    let _ = fs::remove_dir_all(dir);
+    Ok(Results {
+        keep_alive,
+        handshakes,
+        open_loop,
+    })
+}
+
+/// The keep-alive targets of the selected scenarios, in the order each round runs
+/// them: the fresh-token run follows the reused-token one, whose rate bounds how many
+/// tokens the fresh run can use.
+fn keep_alive_targets(options: &Options) -> Vec<Target> {
+    let no_auth = options.scenarios.contains(&Scenario::NoAuth);
+    let jwt = options.scenarios.contains(&Scenario::Jwt);
+    [
+        (Target::Gateway, no_auth),
+        (Target::GatewayJwt, jwt),
+        (Target::GatewayJwtFresh, jwt),
+        (Target::Haproxy, no_auth),
+        (Target::HaproxyJwt, jwt),
+        (Target::Direct, no_auth),
+    ]
+    .into_iter()
+    .filter_map(|(target, selected)| selected.then_some(target))
+    .collect()
+}
+
+/// Closed-loop keep-alive rounds: every selected target once per protocol and
+/// connection count, with the ratios to both HAProxy frontends taken within a round.
+fn keep_alive(
+    rig: &mut Rig,
+    options: &Options,
+    waiter: &mut IdleWaiter,
+) -> anyhow::Result<Vec<KeepAliveRow>> {
     let mut samples: Samples<Key> = Samples::default();
     let protocols = [Protocol::Http1, Protocol::Http2];
-    let targets = [
-        Target::Gateway,
-        Target::Haproxy,
-        Target::HaproxyJwt,
-        Target::Direct,
-    ];
+    let targets = keep_alive_targets(options);
     for round in 1..=options.runs {
         for protocol in protocols {
             for &connections in &options.connections {
@@ -168,17 +264,25 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Results
                     protocol.label(),
                     idle.busy_percent
                 );
-                let mut haproxy_rate = None;
                 let mut rates = Vec::new();
-                for target in targets {
+                for &target in &targets {
                     let key = |metric| Key {
                         target,
                         protocol,
                         connections,
                         metric,
                     };
-                    let (result, proxy_ticks, fleet_ticks) =
-                        rig.keep_alive(target, protocol, connections, options)?;
+                    let (result, proxy_ticks, fleet_ticks) = match target {
+                        Target::GatewayJwtFresh if protocol == Protocol::Http2 => continue,
+                        Target::GatewayJwtFresh => {
+                            let reused = rates
+                                .iter()
+                                .find(|(target, _)| *target == Target::GatewayJwt)
+                                .map_or(0.0, |(_, rate)| *rate);
+                            rig.fresh_tokens_keep_alive(reused, connections, options)?
+                        }
+                        _ => rig.keep_alive(target, protocol, connections, options, None)?,
+                    };
                     let requests = result.requests.max(1.0);
                     samples.push(key(Metric::RequestsPerS), result.requests_per_s);
                     samples.push(key(Metric::P50), result.p50_ms);
@@ -187,19 +291,26 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Results
                         samples.push(key(Metric::ProxyCpuUs), ticks_us(ticks) / requests);
                     }
                     samples.push(key(Metric::FleetCpuUs), ticks_us(fleet_ticks) / requests);
-                    if target == Target::Haproxy {
-                        haproxy_rate = Some(result.requests_per_s);
-                    }
                     rates.push((target, result.requests_per_s));
                 }
-                if let Some(base) = haproxy_rate.filter(|rate| *rate > 0.0) {
-                    for (target, rate) in rates {
+                for (base_target, metric) in [
+                    (Target::Haproxy, Metric::VsHaproxy),
+                    (Target::HaproxyJwt, Metric::VsHaproxyJwt),
+                ] {
+                    let Some(base) = rates
+                        .iter()
+                        .find(|(target, rate)| *target == base_target && *rate > 0.0)
+                        .map(|(_, rate)| *rate)
+                    else {
+                        continue;
+                    };
+                    for &(target, rate) in &rates {
                         samples.push(
                             Key {
                                 target,
                                 protocol,
                                 connections,
-                                metric: Metric::VsHaproxy,
+                                metric,
                             },
                             rate / base,
                         );
@@ -208,14 +319,78 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Results
             }
         }
     }
-    let keep_alive = report::keep_alive_rows(samples, &targets, &protocols, &options.connections);
-    let handshakes = handshakes(&rig, options, waiter)?;
-    let dir = rig.dir.clone();
-    drop(rig);
-    let _ = fs::remove_dir_all(dir);
-    Ok(Results {
-        keep_alive,
-        handshakes,
+    Ok(report::keep_alive_rows(
+        samples,
+        &targets,
+        &protocols,
+        &options.connections,
+    ))
+}
+
+/// Open-loop rounds at one request rate every target sustains: the gateway and
+/// HAProxy, each without auth and with the reused JWT, over HTTP/1.1 with oha.
+fn open_loop(
+    rig: &Rig,
+    options: &Options,
+    keep_alive: &[KeepAliveRow],
+    waiter: &mut IdleWaiter,
+) -> anyhow::Result<report::OpenLoop> {
+    let tool = load::oha_version(&options.oha)?;
+    let connections = options.connections.first().copied().unwrap_or(16);
+    let rate = match options.open_loop_rate {
+        Some(rate) => rate,
+        None => {
+            let saturation = keep_alive
+                .iter()
+                .find(|row| {
+                    row.target == Target::HaproxyJwt.label()
+                        && row.protocol == Protocol::Http1.label()
+                        && row.connections == connections
+                })
+                .map(|row| row.requests_per_s.median)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "the open-loop rate is a share of HAProxy-with-JWT's HTTP/1.1 rate, \
+                         which this run did not measure: select the `jwt` scenario too or \
+                         give --open-loop-rate"
+                    )
+                })?;
+            (saturation * options.open_loop_share).round()
+        }
+    };
+    let targets = [
+        Target::Gateway,
+        Target::GatewayJwt,
+        Target::Haproxy,
+        Target::HaproxyJwt,
+    ];
+    let mut samples: Samples<(Target, report::OpenLoopFigure)> = Samples::default();
+    for round in 1..=options.runs {
+        let idle = waiter.wait()?;
+        println!(
+            "round {round}/{}: open loop at {rate} requests/s (CPU busy {:.0}% before)",
+            options.runs, idle.busy_percent
+        );
+        for target in targets {
+            let result = rig
+                .open_loop(target, rate, connections, options)
+                .with_context(|| format!("open loop with {}", target.label()))?;
+            for (figure, value) in [
+                (report::OpenLoopFigure::Achieved, result.achieved_per_s),
+                (report::OpenLoopFigure::P50, result.p50_ms),
+                (report::OpenLoopFigure::P99, result.p99_ms),
+                (report::OpenLoopFigure::P999, result.p999_ms),
+            ] {
+                samples.push((target, figure), value);
+            }
+        }
+    }
+    Ok(report::OpenLoop {
+        tool,
+        rate_per_s: rate,
+        connections,
+        seconds: options.open_loop_seconds,
+        rows: report::open_loop_rows(samples, &targets),
     })
 }
 
@@ -279,6 +454,7 @@ impl Rig {
         let server = write(&fleet.fleet_ca.issue_server(&[FLEET_NAME]), "fleet");
         let haproxy_client = write(&fleet.fleet_ca.issue_client("haproxy"), "haproxy");
         let fleet_ca = fleet.fleet_ca.write(&dir, "fleet-ca");
+        let edge_ca = fleet.edge_ca.write(&dir, "edge-ca");
 
         let upstreams: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect();
         let ceiling_addr = free_port();
@@ -308,6 +484,10 @@ impl Rig {
             &ready,
         )?;
 
+        let issuer = jwt::TokenIssuer::new()?;
+        let jwks = dir.join("jwks.json");
+        fs::write(&jwks, issuer.jwks()?)?;
+
         let gateway_addr = free_port();
         let mut config = fleet.config();
         let listener = &mut config.listeners[0];
@@ -330,13 +510,30 @@ impl Rig {
             .ok_or_else(|| anyhow!("the fleet config has no pool `fleet`"))?;
         pool.endpoints = upstreams.iter().map(ToString::to_string).collect();
         pool.health = HealthConfig::default();
+        config.auth.issuers.insert(
+            "bench".to_owned(),
+            serde_json::from_value(serde_json::json!({
+                "issuer": jwt::ISSUER,
+                "audiences": [jwt::AUDIENCE],
+                "jwks_file": jwks,
+                "algorithms": ["ES256"],
+            }))
+            .context("the bench's [auth.issuers.bench]")?,
+        );
+        let mut jwt_route = route("jwt", JWT_PATH);
+        jwt_route.auth = RouteAuth {
+            mode: AuthMode::Required,
+            issuers: vec!["bench".to_owned()],
+            scopes_all: vec![jwt::SCOPE.to_owned()],
+            ..RouteAuth::default()
+        };
+        config.routes.push(jwt_route);
         let gateway = fleet.start(&config);
         let gateway_pid = gateway.pid();
         peers::pin(gateway_pid, &options.server_cpus)?;
 
         let haproxy_addr = free_port();
         let haproxy_jwt_addr = free_port();
-        let issuer = jwt::TokenIssuer::new()?;
         let jwt_key = dir.join("jwt-es256.pem");
         fs::write(&jwt_key, issuer.public_key_pem())?;
         let jwt_rules = peers::jwt_rules(&jwt_key, jwt::ISSUER, jwt::AUDIENCE, jwt::SCOPE);
@@ -374,8 +571,13 @@ impl Rig {
             &[haproxy_addr, haproxy_jwt_addr],
         )?;
         let token = issuer.token("bench-client")?;
-        let forged = jwt::TokenIssuer::new()?.token("bench-client")?;
-        check_jwt_frontend(&fleet, haproxy_jwt_addr, &token, &forged)?;
+        let tokens = JwtChecks {
+            token: &token,
+            forged: &jwt::TokenIssuer::new()?.token("bench-client")?,
+            unscoped: &issuer.token_with_scopes("bench-client", "profile orders:write")?,
+        };
+        tokens.check(&fleet, "HAProxy's JWT frontend", haproxy_jwt_addr, "/")?;
+        tokens.check(&fleet, "the gateway's JWT route", gateway_addr, JWT_PATH)?;
         Ok(Self {
             edge_ca_pem: fleet.edge_ca.cert_pem().to_owned(),
             _fleet: fleet,
@@ -388,7 +590,10 @@ impl Rig {
             haproxy_addr,
             haproxy_jwt_addr,
             bearer: format!("Authorization: Bearer {token}"),
+            issuer,
+            fresh_tokens: 0,
             ceiling_addr,
+            edge_ca,
             dir,
         })
     }
@@ -401,18 +606,18 @@ impl Rig {
         protocol: Protocol,
         connections: u32,
         options: &Options,
+        script: Option<&load::WrkScript>,
     ) -> anyhow::Result<(load::Throughput, Option<u64>, u64)> {
-        let (addr, proxy) = match target {
-            Target::Gateway => (self.gateway_addr, Some(self.gateway_pid)),
-            Target::Haproxy => (self.haproxy_addr, Some(self.haproxy_pid)),
-            Target::HaproxyJwt => (self.haproxy_jwt_addr, Some(self.haproxy_pid)),
-            Target::Direct => (self.ceiling_addr, None),
+        let (addr, path) = self.endpoint(target);
+        let proxy = match target {
+            Target::Gateway | Target::GatewayJwt | Target::GatewayJwtFresh => {
+                Some(self.gateway_pid)
+            }
+            Target::Haproxy | Target::HaproxyJwt => Some(self.haproxy_pid),
+            Target::Direct => None,
         };
-        let headers = match target {
-            Target::HaproxyJwt => vec![self.bearer.clone()],
-            _ => Vec::new(),
-        };
-        let url = format!("https://{addr}/");
+        let headers = self.headers(target);
+        let url = format!("https://{addr}{path}");
         let proxy_before = proxy.map(cpu_ticks).transpose()?;
         let fleet_before = self.fleet_ticks()?;
         let result = match protocol {
@@ -422,6 +627,7 @@ impl Rig {
                 options.seconds,
                 options.load_cpu,
                 &headers,
+                script,
             ),
             Protocol::Http2 => load::h2load(
                 &url,
@@ -441,6 +647,107 @@ impl Rig {
         Ok((result, proxy_ticks, fleet_ticks))
     }
 
+    /// One open-loop run of oha against `target` (a proxy, with the reused token for
+    /// the JWT targets).
+    fn open_loop(
+        &self,
+        target: Target,
+        rate: f64,
+        connections: u32,
+        options: &Options,
+    ) -> anyhow::Result<load::OpenLoop> {
+        let (addr, path) = self.endpoint(target);
+        load::oha(&load::OhaRun {
+            oha: &options.oha,
+            url: &format!("https://{EDGE_NAME}:{}{path}", addr.port()),
+            connect_to: format!(
+                "{EDGE_NAME}:{port}:{}:{port}",
+                addr.ip(),
+                port = addr.port()
+            ),
+            ca: &self.edge_ca,
+            rate,
+            connections,
+            seconds: options.open_loop_seconds,
+            cpu: options.load_cpu,
+            headers: &self.headers(target),
+        })
+    }
+
+    /// Where `target` listens and the path its route has.
+    fn endpoint(&self, target: Target) -> (SocketAddr, &'static str) {
+        match target {
+            Target::Gateway => (self.gateway_addr, "/"),
+            Target::GatewayJwt | Target::GatewayJwtFresh => (self.gateway_addr, JWT_PATH),
+            Target::Haproxy => (self.haproxy_addr, "/"),
+            Target::HaproxyJwt => (self.haproxy_jwt_addr, "/"),
+            Target::Direct => (self.ceiling_addr, "/"),
+        }
+    }
+
+    /// The headers every request to `target` carries: the reused token for the JWT
+    /// targets (the fresh-token run sets its own per request).
+    fn headers(&self, target: Target) -> Vec<String> {
+        match target {
+            Target::GatewayJwt | Target::HaproxyJwt => vec![self.bearer.clone()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// A keep-alive HTTP/1.1 run against the gateway's JWT route with a token no
+    /// request has sent before on every request. The tokens are signed before the run:
+    /// twice what the reused-token run of the same round (`reused_per_s`) would need,
+    /// at least 10,000. If wrk still sent more requests than that (its script then
+    /// starts over, and a repeated token may hit the cache), the run is repeated once
+    /// with twice as many.
+    fn fresh_tokens_keep_alive(
+        &mut self,
+        reused_per_s: f64,
+        connections: u32,
+        options: &Options,
+    ) -> anyhow::Result<(load::Throughput, Option<u64>, u64)> {
+        let script = self.dir.join("fresh-tokens.lua");
+        fs::write(&script, load::FRESH_TOKENS_LUA)?;
+        let file = self.dir.join("fresh-tokens.txt");
+        let needed = 2.0 * reused_per_s * f64::from(options.seconds);
+        let mut count = (needed as u64).max(10_000) + u64::from(connections);
+        for _ in 0..2 {
+            let started = std::time::Instant::now();
+            let mut tokens = String::new();
+            for _ in 0..count {
+                let subject = format!("fresh-{}", self.fresh_tokens);
+                self.fresh_tokens += 1;
+                tokens.push_str(&self.issuer.token(&subject)?);
+                tokens.push('\n');
+            }
+            fs::write(&file, tokens)?;
+            println!(
+                "  signed {count} fresh tokens in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            let run = self.keep_alive(
+                Target::GatewayJwtFresh,
+                Protocol::Http1,
+                connections,
+                options,
+                Some(&load::WrkScript {
+                    path: &script,
+                    args: vec![file.display().to_string()],
+                }),
+            )?;
+            // At most one request per connection is in flight when wrk stops.
+            if run.0.requests + f64::from(connections) <= count as f64 {
+                return Ok(run);
+            }
+            count *= 2;
+        }
+        bail!(
+            "wrk sent more requests than the {} fresh tokens signed for the run; the \
+             fresh-token figure would include reused tokens",
+            count / 2
+        )
+    }
+
     /// CPU ticks of nginx's master and workers.
     fn fleet_ticks(&self) -> anyhow::Result<u64> {
         let master = self.nginx.pid();
@@ -454,41 +761,52 @@ impl Rig {
     }
 }
 
-/// Makes sure HAProxy's JWT frontend really checks tokens before it is measured: 401
-/// without a token and with one signed by another key, 200 with the bench's token.
-fn check_jwt_frontend(
-    fleet: &Fleet,
-    addr: SocketAddr,
-    token: &str,
-    forged: &str,
-) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let client = fleet.client(ClientProtocol::Http1);
-    runtime.block_on(async {
-        for (bearer, expected) in [(None, 401), (Some(forged), 401), (Some(token), 200)] {
-            let mut request = http::Request::get("/");
-            if let Some(bearer) = bearer {
-                request = request.header("authorization", format!("Bearer {bearer}"));
+/// The tokens that show a JWT check really checks before it is measured.
+struct JwtChecks<'a> {
+    /// The bench's token: 200.
+    token: &'a str,
+    /// Signed by another key: 401.
+    forged: &'a str,
+    /// The bench's key, without the route's scope: 403.
+    unscoped: &'a str,
+}
+
+impl JwtChecks<'_> {
+    /// Sends each token (and none: 401) to `path` at `addr`, which `what` serves.
+    fn check(&self, fleet: &Fleet, what: &str, addr: SocketAddr, path: &str) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = fleet.client(ClientProtocol::Http1);
+        let cases = [
+            ("no token", None, 401),
+            ("a token signed by another key", Some(self.forged), 401),
+            ("a token without the scope", Some(self.unscoped), 403),
+            ("the bench's token", Some(self.token), 200),
+        ];
+        runtime.block_on(async {
+            for (case, bearer, expected) in cases {
+                let mut request = http::Request::get(path);
+                if let Some(bearer) = bearer {
+                    request = request.header("authorization", format!("Bearer {bearer}"));
+                }
+                let response = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    client.send(addr, request.body(Bytes::new())?),
+                )
+                .await
+                .with_context(|| format!("{what} did not answer within 5 s"))??;
+                if response.status() != expected {
+                    bail!(
+                        "{what} answered {} to {case} where {expected} was due; its config is \
+                         wrong",
+                        response.status(),
+                    );
+                }
             }
-            let response = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                client.send(addr, request.body(Bytes::new())?),
-            )
-            .await
-            .context("HAProxy's JWT frontend did not answer within 5 s")??;
-            if response.status() != expected {
-                bail!(
-                    "HAProxy's JWT frontend answered {} where {expected} was due (token: {}); \
-                     its config is wrong",
-                    response.status(),
-                    if bearer.is_some() { "given" } else { "none" }
-                );
-            }
-        }
-        Ok(())
-    })
+            Ok(())
+        })
+    }
 }
 
 /// utime + stime of every thread of `pid`, in clock ticks (`/proc/<pid>/stat`).
