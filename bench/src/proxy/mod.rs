@@ -6,8 +6,9 @@
 //! others. Every round measures every target once, so the ratios compare figures
 //! taken minutes, not hours, apart on a machine whose load changes.
 
+pub mod idle;
 mod jwt;
-mod load;
+pub mod load;
 mod peers;
 pub mod report;
 
@@ -57,6 +58,10 @@ pub struct Options {
     pub server_cpus: String,
     /// Worker threads of the gateway's runtime and of HAProxy.
     pub threads: usize,
+    /// Idle keep-alive connections for the memory run (0: no memory run).
+    pub idle_connections: u32,
+    /// The open-file limit the runner and its children have.
+    pub open_file_limit: u64,
 }
 
 /// Who answers the load tool.
@@ -128,6 +133,7 @@ pub enum Figure {
 pub struct Results {
     pub keep_alive: Vec<KeepAliveRow>,
     pub handshakes: Vec<HandshakeRow>,
+    pub idle_memory: Vec<idle::IdleRow>,
 }
 
 /// Everything that runs during the suite; dropping it stops the processes.
@@ -210,12 +216,14 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Results
     }
     let keep_alive = report::keep_alive_rows(samples, &targets, &protocols, &options.connections);
     let handshakes = handshakes(&rig, options, waiter)?;
+    let idle_memory = rig.idle_memory(options, waiter)?;
     let dir = rig.dir.clone();
     drop(rig);
     let _ = fs::remove_dir_all(dir);
     Ok(Results {
         keep_alive,
         handshakes,
+        idle_memory,
     })
 }
 
@@ -312,6 +320,8 @@ impl Rig {
         let mut config = fleet.config();
         let listener = &mut config.listeners[0];
         listener.address = gateway_addr;
+        // The idle-connection run holds connections for longer than the default minute.
+        listener.timeouts.idle = idle::IDLE_TIMEOUT;
         listener.certificates = vec![
             CertificateConfig {
                 cert: edge.0.clone(),
@@ -361,6 +371,7 @@ impl Rig {
                 &upstreams,
                 FLEET_NAME,
                 options.threads,
+                idle::haproxy_maxconn(options.open_file_limit),
                 Some((haproxy_jwt_addr, &jwt_rules)),
             ),
         )?;
@@ -439,6 +450,37 @@ impl Rig {
         };
         let fleet_ticks = self.fleet_ticks()?.saturating_sub(fleet_before);
         Ok((result, proxy_ticks, fleet_ticks))
+    }
+
+    /// Memory with idle keep-alive connections, the gateway's and HAProxy's, once each.
+    fn idle_memory(&self, options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Vec<idle::IdleRow>> {
+        if options.idle_connections == 0 {
+            return Ok(Vec::new());
+        }
+        let haproxy = idle::haproxy_idle_connections(
+            options.idle_connections,
+            idle::haproxy_maxconn(options.open_file_limit),
+        );
+        let mut rows = Vec::new();
+        for (target, addr, pid, connections) in [
+            (Target::Gateway, self.gateway_addr, self.gateway_pid, options.idle_connections),
+            (Target::Haproxy, self.haproxy_addr, self.haproxy_pid, haproxy),
+        ] {
+            let busy = waiter.wait()?.busy_percent;
+            println!("idle connections: {connections} to {} (CPU busy {busy:.0}% before)", target.label());
+            rows.push(idle::measure(
+                &idle::Target {
+                    label: target.label(),
+                    addr,
+                    pid,
+                    connections,
+                    server_name: EDGE_NAME,
+                    ca_pem: &self.edge_ca_pem,
+                },
+                options.load_cpu,
+            )?);
+        }
+        Ok(rows)
     }
 
     /// CPU ticks of nginx's master and workers.

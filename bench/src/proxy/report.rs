@@ -19,6 +19,8 @@ pub struct Report {
     pub settings: Settings,
     pub keep_alive: Vec<KeepAliveRow>,
     pub handshakes: Vec<HandshakeRow>,
+    /// Memory with idle keep-alive connections.
+    pub idle_memory: Vec<super::idle::IdleRow>,
     /// Scenarios of the issue this run could not measure, and why.
     pub not_measured: Vec<NotMeasured>,
     pub idle: Vec<Idle>,
@@ -33,6 +35,8 @@ pub struct Settings {
     pub server_cpus: String,
     pub threads: usize,
     pub max_busy_percent: f64,
+    pub idle_connections: u32,
+    pub open_file_limit: u64,
 }
 
 #[derive(Clone, Serialize)]
@@ -227,6 +231,13 @@ impl Report {
                 );
             }
             out.push('\n');
+        }
+        if !self.idle_memory.is_empty() {
+            out.push_str(&super::idle::markdown(
+                &self.idle_memory,
+                s.idle_connections,
+                s.open_file_limit,
+            ));
         }
         if !self.not_measured.is_empty() {
             out.push_str("### Not measured yet\n\n");
