@@ -14,15 +14,20 @@
 //! veth's receive work (NAPI, the XDP program, the stack) runs in softirq on that CPU
 //! too, where the legitimate client's packets queue behind the flood in the same veth
 //! ring, as they would in one NIC queue. wrk, the gateway and the upstream share the
-//! server CPU.
+//! server CPU. A veth polls its ring on the CPU that sent last, so without a flood
+//! the legitimate packets would be received on the server CPU and with one on the
+//! flood CPU, which makes the flood look like it helps; RPS on the gateway's veth
+//! steers the stack's work to the flood CPU in every scenario, as an operator pins a
+//! NIC queue's interrupt.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
+    process::Command,
     thread,
     time::Instant,
 };
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use gateway::{config::HealthConfig, xdp::Mode};
 use gateway_tests::{
     fleet::{FLEET_NAME, Fleet, render},
@@ -219,6 +224,7 @@ impl Rig {
     fn start(options: &Options) -> anyhow::Result<Self> {
         let topology = Topology::with_prefix(wire::NETNS_PREFIX, &[CLIENT]);
         wire::enable_napi(&topology)?;
+        steer_receive(&topology, options.flood_cpu)?;
         let template = wire::template_frame(&topology)?;
         let fleet = Fleet::new(0);
         let server = fleet.fleet_ca.issue_server(&[FLEET_NAME]);
@@ -307,6 +313,28 @@ impl Rig {
     }
 }
 
+/// Sets RPS on every receive queue of the gateway's veth to `cpu`. `ip netns exec`
+/// mounts the namespace's own /sys, where its interfaces' queues are.
+fn steer_receive(topology: &Topology, cpu: usize) -> anyhow::Result<()> {
+    let mask = format!("{:x}", 1u64 << cpu);
+    let script = format!(
+        "for q in /sys/class/net/{}/queues/rx-*; do echo {mask} > $q/rps_cpus || exit 1; done",
+        topology.gw_iface
+    );
+    let output = Command::new("ip")
+        .args(["netns", "exec", &topology.gateway.name, "sh", "-c", &script])
+        .output()
+        .context("running ip netns exec")?;
+    if !output.status.success() {
+        bail!(
+            "setting RPS on {}: {}",
+            topology.gw_iface,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// Runs `f` on a thread pinned to `cpu`, so the processes it starts inherit the pin
 /// (and so do all their threads).
 fn on_cpu<T: Send>(cpu: usize, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
@@ -336,7 +364,8 @@ impl Report {
              namespace runs wrk (`-t1 -c{}`, {} s, HTTP/1.1 keep-alive, from {CLIENT}) and the \
              live-frames generator (64-byte UDP/IPv4 to the gateway's address, sources \
              rewritten per frame). The generator runs on CPU {} at normal priority, and so \
-             does the gateway veth's receive softirq; wrk, the gateway and the upstream share \
+             does the gateway veth's receive softirq (NAPI, XDP; RPS steers the stack's work \
+             there too, with or without a flood); wrk, the gateway and the upstream share \
              CPU {}. XDP rows: the gateway's program attached natively by the daemon, the {} \
              blocked sources added with `gateway blocklist add`, a per-source limit of {} \
              packets/s (burst the same) with `gateway ratelimit set`; the rate-limited flood \
