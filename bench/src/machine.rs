@@ -204,4 +204,3 @@ mod tests {
         assert!(parse_stat("intr 1 2 3\n").is_none());
     }
 }
-

@@ -60,6 +60,10 @@ struct AttackArgs {
     /// CPU of the generator (and so of the gateway veth's receive softirq).
     #[arg(long, default_value_t = 0)]
     flood_cpu: usize,
+    /// The flood's rate, frames per second (above what the kernel stack absorbs on one
+    /// CPU, well below what the XDP program drops).
+    #[arg(long, default_value_t = 1_000_000)]
+    flood_pps: u32,
     /// CPU of wrk, the gateway and its upstream.
     #[arg(long, default_value_t = 1)]
     server_cpu: usize,
@@ -201,6 +205,7 @@ fn attack(args: &AttackArgs) -> anyhow::Result<()> {
         seconds: args.seconds,
         connections: args.connections,
         flood_cpu: args.flood_cpu,
+        flood_pps: args.flood_pps,
         server_cpu: args.server_cpu,
         blocked_sources: args.blocked_sources,
         limited_sources: args.limited_sources,
@@ -219,6 +224,7 @@ fn attack(args: &AttackArgs) -> anyhow::Result<()> {
             seconds: args.seconds,
             connections: args.connections,
             flood_cpu: args.flood_cpu,
+            flood_pps: args.flood_pps,
             server_cpu: args.server_cpu,
             blocked_sources: args.blocked_sources,
             limited_sources: args.limited_sources,

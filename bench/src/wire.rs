@@ -308,7 +308,7 @@ impl Receiver<'_> {
 }
 
 /// Sum of a veth's per-queue `<dir>_queue_<n>_<stat>` ethtool counters (`dir`: rx, tx).
-fn veth_stat(ns: &NetNs, iface: &str, dir: &str, stat: &str) -> anyhow::Result<u64> {
+pub fn veth_stat(ns: &NetNs, iface: &str, dir: &str, stat: &str) -> anyhow::Result<u64> {
     let text = in_ns(ns, "ethtool", &["-S", iface])?;
     Ok(sum_queue_stat(&text, dir, stat))
 }
@@ -325,16 +325,17 @@ fn sum_queue_stat(text: &str, dir: &str, stat: &str) -> u64 {
 
 /// Frames the gateway's veth has received (its rx packet counter).
 pub fn received(topology: &Topology) -> anyhow::Result<u64> {
-    let json = in_ns(
-        &topology.gateway,
-        "ip",
-        &["-s", "-j", "link", "show", "dev", &topology.gw_iface],
-    )?;
+    link_stat(&topology.gateway, &topology.gw_iface, "rx/packets")
+}
+
+/// One of `ip -s link`'s counters of `iface` in `ns`, e.g. `rx/packets`, `tx/dropped`.
+pub fn link_stat(ns: &NetNs, iface: &str, counter: &str) -> anyhow::Result<u64> {
+    let json = in_ns(ns, "ip", &["-s", "-j", "link", "show", "dev", iface])?;
     let value: serde_json::Value = serde_json::from_str(&json).context("`ip -s -j` output")?;
     value
-        .pointer("/0/stats64/rx/packets")
+        .pointer(&format!("/0/stats64/{counter}"))
         .and_then(serde_json::Value::as_u64)
-        .ok_or_else(|| anyhow!("no rx packet count in {json}"))
+        .ok_or_else(|| anyhow!("no {counter} count for {iface} in {json}"))
 }
 
 /// Reads the counters. Each read starts a process, which takes milliseconds on a busy
@@ -382,7 +383,7 @@ fn flood(
         first: FIRST_SOURCE,
         sources: options.sources,
         cpu: options.cpu,
-        realtime: true,
+        pace: Pace::FlatOut,
     };
     with_flood(&topology.client, generator, || {
         let before = snapshot(topology, receiver)?;
@@ -433,17 +434,31 @@ pub struct Generator {
     pub first: Ipv4Addr,
     pub sources: u32,
     pub cpu: usize,
-    /// SCHED_FIFO (see [`realtime`]): for the drop-rate runs, where the generator's CPU
-    /// does nothing else; not where other work must share that CPU.
-    pub realtime: bool,
+    pub pace: Pace,
 }
+
+/// How fast the generator sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// As fast as its CPU allows, SCHED_FIFO (see [`realtime`]), in calls of about a
+    /// second: the drop-rate runs, where the receiver's speed sets the rate.
+    FlatOut,
+    /// About this many frames per second at normal priority, one call per
+    /// [`PACED_SLOT`]: the same flood whatever the receiver does with it, on a CPU
+    /// that other work shares.
+    Rate(u32),
+}
+
+/// The time slice of a paced generator: short, so the flood is smooth at the scale
+/// of a TCP round trip; each call's fixed cost is small against it.
+const PACED_SLOT: Duration = Duration::from_millis(10);
 
 impl Generator {
     /// Loads and configures `bench_gen`, signals `ready`, then sends until `stop`;
     /// returns the number of frames sent.
     fn run(self, stop: &AtomicBool, ready: &mpsc::Sender<()>) -> anyhow::Result<u64> {
         pin_current_thread(self.cpu)?;
-        if self.realtime {
+        if self.pace == Pace::FlatOut {
             realtime()?;
         }
         let mut refs = References::load()?;
@@ -458,7 +473,15 @@ impl Generator {
             .collect();
         let program = refs.program(references::GENERATOR)?;
         let mut sent = 0u64;
-        let mut frames = FIRST_CALL_FRAMES;
+        let mut frames = match self.pace {
+            Pace::FlatOut => FIRST_CALL_FRAMES,
+            Pace::Rate(pps) => {
+                let per_slot = f64::from(pps) * PACED_SLOT.as_secs_f64();
+                (per_slot as u32).max(LIVE_BATCH)
+            }
+        };
+        let started = Instant::now();
+        let mut slots = 0u32;
         let _ = ready.send(());
         while !stop.load(Ordering::Relaxed) {
             let mut options = TestRunOptions::new();
@@ -471,7 +494,16 @@ impl Generator {
                 .test_run(options)
                 .context("BPF_PROG_TEST_RUN in live-frames mode")?;
             sent += u64::from(frames);
-            frames = next_call_frames(frames, start.elapsed());
+            match self.pace {
+                Pace::FlatOut => frames = next_call_frames(frames, start.elapsed()),
+                Pace::Rate(_) => {
+                    slots += 1;
+                    let due = started + PACED_SLOT * slots;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        thread::sleep(wait);
+                    }
+                }
+            }
         }
         Ok(sent)
     }

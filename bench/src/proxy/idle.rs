@@ -83,7 +83,8 @@ impl IdleRow {
 
     /// Growth of RssAnon (heap and stacks, no shared file pages) per connection, KiB.
     pub fn anon_per_connection_kib(&self) -> f64 {
-        self.rss_anon_idle_kib.saturating_sub(self.rss_anon_before_kib) as f64
+        self.rss_anon_idle_kib
+            .saturating_sub(self.rss_anon_before_kib) as f64
             / f64::from(self.connections.max(1))
     }
 }

@@ -455,7 +455,11 @@ impl Rig {
     }
 
     /// Memory with idle keep-alive connections, the gateway's and HAProxy's, once each.
-    fn idle_memory(&self, options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Vec<idle::IdleRow>> {
+    fn idle_memory(
+        &self,
+        options: &Options,
+        waiter: &mut IdleWaiter,
+    ) -> anyhow::Result<Vec<idle::IdleRow>> {
         if options.idle_connections == 0 {
             return Ok(Vec::new());
         }
@@ -465,11 +469,24 @@ impl Rig {
         );
         let mut rows = Vec::new();
         for (target, addr, pid, connections) in [
-            (Target::Gateway, self.gateway_addr, self.gateway_pid, options.idle_connections),
-            (Target::Haproxy, self.haproxy_addr, self.haproxy_pid, haproxy),
+            (
+                Target::Gateway,
+                self.gateway_addr,
+                self.gateway_pid,
+                options.idle_connections,
+            ),
+            (
+                Target::Haproxy,
+                self.haproxy_addr,
+                self.haproxy_pid,
+                haproxy,
+            ),
         ] {
             let busy = waiter.wait()?.busy_percent;
-            println!("idle connections: {connections} to {} (CPU busy {busy:.0}% before)", target.label());
+            println!(
+                "idle connections: {connections} to {} (CPU busy {busy:.0}% before)",
+                target.label()
+            );
             rows.push(idle::measure(
                 &idle::Target {
                     label: target.label(),
