@@ -9,16 +9,16 @@
 //! a `test-upstream` behind it on that namespace's loopback, and wrk in the client
 //! namespace from an address that is neither blocked nor over its limit.
 //!
-//! CPUs: the generator runs on the flood CPU at normal priority (not SCHED_FIFO as in
-//! the drop-rate runs: that would starve everything else on its CPU); the gateway
-//! veth's receive work (NAPI, the XDP program, the stack) runs in softirq on that CPU
-//! too, where the legitimate client's packets queue behind the flood in the same veth
+//! CPUs: the generator runs on the flood CPU, SCHED_FIFO as in the drop-rate runs but
+//! paced to one rate for every scenario, so it leaves that CPU to others while the
+//! receiver keeps up (flat out it would starve everything there); the gateway veth's
+//! receive work (NAPI, the XDP program, the stack) runs in softirq on that CPU too,
+//! where the legitimate client's packets queue behind the flood in the same veth
 //! ring, as they would in one NIC queue. wrk, the gateway and the upstream share the
 //! server CPU. A veth polls its ring on the CPU that sent last, so without a flood
 //! the legitimate packets would be received on the server CPU and with one on the
-//! flood CPU, which makes the flood look like it helps; RPS on the gateway's veth
-//! steers the stack's work to the flood CPU in every scenario, as an operator pins a
-//! NIC queue's interrupt.
+//! flood CPU; RPS on the gateway's veth steers the stack's work to the flood CPU in
+//! every scenario, as an operator pins a NIC queue's interrupt.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -410,9 +410,9 @@ impl Report {
              one `test-upstream` behind it over mTLS on the namespace's loopback); the client \
              namespace runs wrk (`-t1 -c{}`, {} s, HTTP/1.1 keep-alive, from {CLIENT}) and the \
              live-frames generator (64-byte UDP/IPv4 to the gateway's address, sources \
-             rewritten per frame, paced at {} frames/s in 10 ms slices: the same attack in \
-             every flooded row). The generator runs on CPU {} at normal priority, and so \
-             does the gateway veth's receive softirq (NAPI, XDP; RPS steers the stack's work \
+             rewritten per frame, at most {} frames/s in 50 ms slices: the same attack in \
+             every flooded row). The generator runs on CPU {} (SCHED_FIFO, sleeping out \
+             each slice once its frames are sent), and so does the gateway veth's receive softirq (NAPI, XDP; RPS steers the stack's work \
              there too, with or without a flood); wrk, the gateway and the upstream share \
              CPU {}. XDP rows: the gateway's program attached natively by the daemon, the {} \
              blocked sources added with `gateway blocklist add`, a per-source limit of {} \
