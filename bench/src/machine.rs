@@ -174,6 +174,22 @@ fn load1() -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow!("unexpected /proc/loadavg: {text}"))
 }
 
+/// Pins the calling thread to `cpu` (load tools and the generator get their own CPU).
+pub fn pin_current_thread(cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays within it for any
+    // cpu below CPU_SETSIZE, which sched_setaffinity checks again; only this thread's
+    // affinity changes.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("pinning a thread to CPU {cpu}"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

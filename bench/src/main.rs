@@ -7,8 +7,10 @@
 //!
 //! `gateway-bench xdp` measures the kernel plane and writes `xdp.json` and `xdp.md`
 //! into `--out`; `gateway-bench proxy` measures the userspace plane and writes
-//! `proxy.json` and `proxy.md`.
+//! `proxy.json` and `proxy.md`; `gateway-bench attack` measures a legitimate client
+//! through the gateway under a flood and writes `attack.json` and `attack.md`.
 
+mod attack;
 mod cost;
 mod machine;
 mod peers;
@@ -39,6 +41,53 @@ enum Suite {
     Xdp(XdpArgs),
     /// The userspace plane: the TLS proxy next to HAProxy and the fleet itself.
     Proxy(ProxyArgs),
+    /// Both planes together: a legitimate HTTPS client through the gateway while
+    /// another namespace floods it, with and without the XDP program.
+    Attack(AttackArgs),
+}
+
+#[derive(clap::Args)]
+struct AttackArgs {
+    /// Rounds (each measures every scenario once; the median, min and max are reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds of wrk per run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// wrk's keep-alive connections.
+    #[arg(long, default_value_t = 16)]
+    connections: u32,
+    /// CPU of the generator (and so of the gateway veth's receive softirq).
+    #[arg(long, default_value_t = 0)]
+    flood_cpu: usize,
+    /// The flood's rate, frames per second (above what the kernel stack absorbs on one
+    /// CPU, well below what the XDP program drops).
+    #[arg(long, default_value_t = 1_000_000)]
+    flood_pps: u32,
+    /// CPU of wrk, the gateway and its upstream.
+    #[arg(long, default_value_t = 1)]
+    server_cpu: usize,
+    /// Flooding sources in the blocklist.
+    #[arg(long, default_value_t = 256)]
+    blocked_sources: u32,
+    /// Flooding sources over their rate limit.
+    #[arg(long, default_value_t = 8)]
+    limited_sources: u32,
+    /// Per-source XDP rate limit, packets per second (and burst).
+    #[arg(long, default_value_t = 20_000)]
+    limit_pps: u32,
+    /// A run waits until the CPUs are less busy than this, in percent of all CPUs...
+    #[arg(long, default_value_t = 15.0)]
+    max_busy: f64,
+    /// ...but no longer than this many seconds per run...
+    #[arg(long, default_value_t = 5.0)]
+    idle_wait: f64,
+    /// ...and no longer than this many seconds over the whole benchmark.
+    #[arg(long, default_value_t = 45.0)]
+    idle_budget: f64,
+    /// Directory for attack.json and attack.md.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -80,6 +129,9 @@ struct ProxyArgs {
     /// The oha binary for the open-loop runs (`cargo xtask bench proxy` installs one).
     #[arg(long, default_value = "oha")]
     oha: PathBuf,
+    /// Idle keep-alive connections each proxy holds in the memory run (0: no memory run).
+    #[arg(long, default_value_t = 10_000)]
+    idle_connections: u32,
     /// A run waits until the CPUs are less busy than this, in percent of all CPUs...
     #[arg(long, default_value_t = 15.0)]
     max_busy: f64,
@@ -147,7 +199,58 @@ fn main() -> anyhow::Result<()> {
     match cli.suite {
         Suite::Xdp(args) => xdp(&args),
         Suite::Proxy(args) => proxy(&args),
+        Suite::Attack(args) => attack(&args),
     }
+}
+
+fn attack(args: &AttackArgs) -> anyhow::Result<()> {
+    // One worker thread, as in the proxy suite; no per-request access log.
+    // SAFETY: the runner is still single-threaded here.
+    unsafe {
+        std::env::set_var("TOKIO_WORKER_THREADS", "1");
+        std::env::set_var("RUST_LOG", "info,access=off");
+    }
+    let mut waiter = machine::IdleWaiter::new(
+        args.max_busy,
+        Duration::from_secs_f64(args.idle_wait),
+        Duration::from_secs_f64(args.idle_budget),
+    );
+    let started_at = unix_now();
+    let options = attack::Options {
+        runs: args.runs,
+        seconds: args.seconds,
+        connections: args.connections,
+        flood_cpu: args.flood_cpu,
+        flood_pps: args.flood_pps,
+        server_cpu: args.server_cpu,
+        blocked_sources: args.blocked_sources,
+        limited_sources: args.limited_sources,
+        limit_pps: args.limit_pps,
+    };
+    println!("under attack: {} rounds of every scenario...", args.runs);
+    let rows = attack::run(&options, &mut waiter)?;
+    let report = attack::Report {
+        run: report::Run {
+            machine: machine::describe()?,
+            command: command_line(),
+            started_at,
+        },
+        settings: attack::Settings {
+            runs: args.runs,
+            seconds: args.seconds,
+            connections: args.connections,
+            flood_cpu: args.flood_cpu,
+            flood_pps: args.flood_pps,
+            server_cpu: args.server_cpu,
+            blocked_sources: args.blocked_sources,
+            limited_sources: args.limited_sources,
+            limit_pps: args.limit_pps,
+            max_busy_percent: args.max_busy,
+        },
+        rows,
+        idle: waiter.history,
+    };
+    write_report(&args.out, "attack", &report, &report.markdown())
 }
 
 fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
@@ -214,6 +317,9 @@ fn proxy(args: &ProxyArgs) -> anyhow::Result<()> {
         std::env::set_var("TOKIO_WORKER_THREADS", args.threads.to_string());
         std::env::set_var("RUST_LOG", "info,access=off");
     }
+    // 10,000 idle connections need more descriptors than the usual soft limit, in the
+    // runner (their client side) and in the proxies (their server side).
+    let open_file_limit = proxy::idle::raise_open_file_limit()?;
     let mut waiter = machine::IdleWaiter::new(
         args.max_busy,
         Duration::from_secs_f64(args.idle_wait),
@@ -238,6 +344,8 @@ fn proxy(args: &ProxyArgs) -> anyhow::Result<()> {
             open_loop_share: args.open_loop_share,
             open_loop_seconds: args.open_loop_seconds,
             oha: args.oha.clone(),
+            idle_connections: args.idle_connections,
+            open_file_limit,
         },
         &mut waiter,
     )?;
@@ -255,10 +363,13 @@ fn proxy(args: &ProxyArgs) -> anyhow::Result<()> {
             server_cpus: args.server_cpus.clone(),
             threads: args.threads,
             max_busy_percent: args.max_busy,
+            idle_connections: args.idle_connections,
+            open_file_limit,
         },
         keep_alive: results.keep_alive,
         handshakes: results.handshakes,
         open_loop: results.open_loop,
+        idle_memory: results.idle_memory,
         not_measured: proxy::NOT_MEASURED.to_vec(),
         idle: waiter.history,
     };

@@ -34,7 +34,7 @@ use gateway_tests::{
 use serde::Serialize;
 
 use crate::{
-    machine::{CpuTimes, IdleWaiter},
+    machine::{CpuTimes, IdleWaiter, pin_current_thread},
     peers::{Nftables, XdpFilter, in_ns},
     references::{self, References},
     stats::{Samples, Summary},
@@ -43,7 +43,7 @@ use crate::{
 /// Namespace prefix of this rig; `cargo xtask bench` removes leftovers with it.
 pub const NETNS_PREFIX: &str = "gwb";
 /// The first flooding source; the others follow it.
-const FIRST_SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 128, 0);
+pub const FIRST_SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 128, 0);
 /// Frames in the first `BPF_PROG_TEST_RUN` call; later calls are sized to last about
 /// [`CALL_TIME`]. Each call sets up and tears down a page pool and idles the CPU for a
 /// while at the end: with 100k-frame calls the bare-drop ceiling measured less than
@@ -147,12 +147,7 @@ struct Snapshot {
 
 pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Vec<WireRow>> {
     let topology = Topology::with_prefix(NETNS_PREFIX, &["198.18.0.10"]);
-    // NAPI on the receiving veth, which `ndo_xdp_xmit` needs, also without XDP.
-    in_ns(
-        &topology.gateway,
-        "ethtool",
-        &["-K", &topology.gw_iface, "gro", "on"],
-    )?;
+    enable_napi(&topology)?;
     let sources: Vec<Ipv4Addr> = (0..options.sources)
         .map(|i| Ipv4Addr::from(u32::from(FIRST_SOURCE) + i))
         .collect();
@@ -201,9 +196,20 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Vec<Wir
     Ok(rows)
 }
 
+/// Turns on NAPI on the gateway's veth, which `ndo_xdp_xmit` needs, also when no XDP
+/// program is attached there (GRO enables it too).
+pub fn enable_napi(topology: &Topology) -> anyhow::Result<()> {
+    in_ns(
+        &topology.gateway,
+        "ethtool",
+        &["-K", &topology.gw_iface, "gro", "on"],
+    )?;
+    Ok(())
+}
+
 /// The frame the generator starts from: 64-byte UDP to the gateway's address and MAC
 /// (so the stack accepts it when nothing filters), source rewritten per frame.
-fn template_frame(topology: &Topology) -> anyhow::Result<Vec<u8>> {
+pub fn template_frame(topology: &Topology) -> anyhow::Result<Vec<u8>> {
     let gw_mac = mac_of(&topology.gateway, &topology.gw_iface)?;
     let client_mac = mac_of(&topology.client, &topology.client_iface)?;
     let frame = Frame::udp(IpAddr::V4(FIRST_SOURCE))
@@ -302,7 +308,7 @@ impl Receiver<'_> {
 }
 
 /// Sum of a veth's per-queue `<dir>_queue_<n>_<stat>` ethtool counters (`dir`: rx, tx).
-fn veth_stat(ns: &NetNs, iface: &str, dir: &str, stat: &str) -> anyhow::Result<u64> {
+pub fn veth_stat(ns: &NetNs, iface: &str, dir: &str, stat: &str) -> anyhow::Result<u64> {
     let text = in_ns(ns, "ethtool", &["-S", iface])?;
     Ok(sum_queue_stat(&text, dir, stat))
 }
@@ -318,17 +324,18 @@ fn sum_queue_stat(text: &str, dir: &str, stat: &str) -> u64 {
 }
 
 /// Frames the gateway's veth has received (its rx packet counter).
-fn received(topology: &Topology) -> anyhow::Result<u64> {
-    let json = in_ns(
-        &topology.gateway,
-        "ip",
-        &["-s", "-j", "link", "show", "dev", &topology.gw_iface],
-    )?;
+pub fn received(topology: &Topology) -> anyhow::Result<u64> {
+    link_stat(&topology.gateway, &topology.gw_iface, "rx/packets")
+}
+
+/// One of `ip -s link`'s counters of `iface` in `ns`, e.g. `rx/packets`, `tx/dropped`.
+pub fn link_stat(ns: &NetNs, iface: &str, counter: &str) -> anyhow::Result<u64> {
+    let json = in_ns(ns, "ip", &["-s", "-j", "link", "show", "dev", iface])?;
     let value: serde_json::Value = serde_json::from_str(&json).context("`ip -s -j` output")?;
     value
-        .pointer("/0/stats64/rx/packets")
+        .pointer(&format!("/0/stats64/{counter}"))
         .and_then(serde_json::Value::as_u64)
-        .ok_or_else(|| anyhow!("no rx packet count in {json}"))
+        .ok_or_else(|| anyhow!("no {counter} count for {iface} in {json}"))
 }
 
 /// Reads the counters. Each read starts a process, which takes milliseconds on a busy
@@ -370,17 +377,34 @@ fn flood(
     template: &[u8],
     options: &Options,
 ) -> anyhow::Result<(Snapshot, Snapshot)> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready_rx) = mpsc::channel();
     let generator = Generator {
         iface: topology.client_iface.clone(),
         template: template.to_vec(),
+        first: FIRST_SOURCE,
         sources: options.sources,
         cpu: options.cpu,
-        stop: Arc::clone(&stop),
+        pace: Pace::FlatOut,
     };
+    with_flood(&topology.client, generator, || {
+        let before = snapshot(topology, receiver)?;
+        thread::sleep(options.seconds);
+        let after = snapshot(topology, receiver)?;
+        Ok((before, after))
+    })
+}
+
+/// Runs `generator` in `ns` (the client side) and, once its traffic has run for
+/// [`WARM_UP`], `during`; stops the generator afterwards, whatever happened.
+pub fn with_flood<T>(
+    ns: &NetNs,
+    generator: Generator,
+    during: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let flag = Arc::clone(&stop);
     thread::scope(|scope| {
-        let handle = scope.spawn(|| topology.client.run(move || generator.run(&ready_tx)));
+        let handle = scope.spawn(|| ns.run(move || generator.run(&flag, &ready_tx)));
         let measured = {
             let _stop = StopOnDrop(Arc::clone(&stop));
             ready_rx
@@ -388,10 +412,7 @@ fn flood(
                 .map_err(|_| anyhow!("the generator did not start"))
                 .and_then(|()| {
                     thread::sleep(WARM_UP);
-                    let before = snapshot(topology, receiver)?;
-                    thread::sleep(options.seconds);
-                    let after = snapshot(topology, receiver)?;
-                    Ok((before, after))
+                    during()
                 })
         };
         let generated = handle
@@ -404,22 +425,44 @@ fn flood(
 }
 
 /// The generator's settings, moved into the client namespace's thread.
-struct Generator {
-    iface: String,
-    template: Vec<u8>,
-    sources: u32,
-    cpu: usize,
-    stop: Arc<AtomicBool>,
+pub struct Generator {
+    /// The client's veth, out of which the frames leave.
+    pub iface: String,
+    /// The frame to send (see [`template_frame`]).
+    pub template: Vec<u8>,
+    /// The first source address; `sources` consecutive ones take turns.
+    pub first: Ipv4Addr,
+    pub sources: u32,
+    pub cpu: usize,
+    pub pace: Pace,
 }
 
+/// How fast the generator sends (SCHED_FIFO either way, see [`realtime`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// As fast as its CPU allows, in calls of about a second: the drop-rate runs,
+    /// where the receiver's speed sets the rate.
+    FlatOut,
+    /// At most this many frames per second, one call per [`PACED_SLOT`], sleeping
+    /// out the rest of each slot: the same attack whatever the receiver does with it.
+    /// The generator leaves its CPU to others only while the receiver keeps up.
+    Rate(u32),
+}
+
+/// The time slice of a paced generator. Each live-frames call has a fixed cost that
+/// includes idle time at its end: with 10 ms slices the flood reached about a third
+/// of a 1 Mpps target, with 50 ms about two thirds (on a busy machine); longer slices
+/// make the flood burstier.
+const PACED_SLOT: Duration = Duration::from_millis(50);
+
 impl Generator {
-    /// Loads and configures `bench_gen`, signals `ready`, then sends until stopped;
+    /// Loads and configures `bench_gen`, signals `ready`, then sends until `stop`;
     /// returns the number of frames sent.
-    fn run(self, ready: &mpsc::Sender<()>) -> anyhow::Result<u64> {
-        pin_to_cpu(self.cpu)?;
+    fn run(self, stop: &AtomicBool, ready: &mpsc::Sender<()>) -> anyhow::Result<u64> {
+        pin_current_thread(self.cpu)?;
         realtime()?;
         let mut refs = References::load()?;
-        refs.configure_generator(FIRST_SOURCE, self.sources)?;
+        refs.configure_generator(self.first, self.sources)?;
         let ifindex = if_index(&self.iface)?;
         let frame_len = u32::try_from(self.template.len())?;
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
@@ -430,9 +473,17 @@ impl Generator {
             .collect();
         let program = refs.program(references::GENERATOR)?;
         let mut sent = 0u64;
-        let mut frames = FIRST_CALL_FRAMES;
+        let mut frames = match self.pace {
+            Pace::FlatOut => FIRST_CALL_FRAMES,
+            Pace::Rate(pps) => {
+                let per_slot = f64::from(pps) * PACED_SLOT.as_secs_f64();
+                (per_slot as u32).max(LIVE_BATCH)
+            }
+        };
+        let started = Instant::now();
+        let mut slots = 0u32;
         let _ = ready.send(());
-        while !self.stop.load(Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) {
             let mut options = TestRunOptions::new();
             options.data_in = Some(&self.template);
             options.ctx_in = Some(&ctx);
@@ -443,7 +494,16 @@ impl Generator {
                 .test_run(options)
                 .context("BPF_PROG_TEST_RUN in live-frames mode")?;
             sent += u64::from(frames);
-            frames = next_call_frames(frames, start.elapsed());
+            match self.pace {
+                Pace::FlatOut => frames = next_call_frames(frames, start.elapsed()),
+                Pace::Rate(_) => {
+                    slots += 1;
+                    let due = started + PACED_SLOT * slots;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        thread::sleep(wait);
+                    }
+                }
+            }
         }
         Ok(sent)
     }
@@ -453,20 +513,6 @@ impl Generator {
 fn next_call_frames(frames: u32, took: Duration) -> u32 {
     let rate = f64::from(frames) / took.as_secs_f64().max(1e-3);
     (rate * CALL_TIME.as_secs_f64()).clamp(100_000.0, 20_000_000.0) as u32
-}
-
-fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity(0, ...) only
-    // touch this thread's affinity.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("pinning the generator to CPU {cpu}"));
-        }
-    }
-    Ok(())
 }
 
 /// Makes this thread SCHED_FIFO, so whatever else runs on the machine (compilers, on a

@@ -20,6 +20,8 @@ use rustls::{
 
 use anyhow::{Context as _, anyhow, bail};
 
+use crate::machine::pin_current_thread;
+
 /// What one closed-loop keep-alive run measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Throughput {
@@ -65,8 +67,29 @@ pub fn wrk(
     headers: &[String],
     script: Option<&WrkScript>,
 ) -> anyhow::Result<Throughput> {
-    let mut command = pinned(cpu, "wrk");
+    wrk_in(None, url, connections, seconds, cpu, headers, script)
+}
+
+/// [`wrk`] inside the network namespace at `netns` (a path for `nsenter --net=`).
+pub fn wrk_in(
+    netns: Option<&str>,
+    url: &str,
+    connections: u32,
+    seconds: u32,
+    cpu: usize,
+    headers: &[String],
+    script: Option<&WrkScript>,
+) -> anyhow::Result<Throughput> {
+    let mut command = match netns {
+        Some(path) => {
+            let mut command = Command::new("nsenter");
+            command.arg(format!("--net={path}")).arg("taskset");
+            command
+        }
+        None => Command::new("taskset"),
+    };
     command
+        .args(["-c", &cpu.to_string(), "wrk"])
         .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")])
         .args(headers.iter().flat_map(|header| ["-H", header]));
     if let Some(script) = script {
@@ -268,15 +291,7 @@ pub fn handshakes(
     seconds: u32,
     cpu: usize,
 ) -> anyhow::Result<Handshakes> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.context("the edge CA PEM")?)?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config = tls13_client(ca_pem)?;
     if kind == Handshake::Full {
         config.resumption = Resumption::disabled();
     }
@@ -316,18 +331,17 @@ pub fn handshakes(
     })
 }
 
-/// Pins the calling thread to `cpu`.
-fn pin_current_thread(cpu: usize) -> anyhow::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays within it for any
-    // cpu below CPU_SETSIZE, which sched_setaffinity checks again.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(io::Error::last_os_error()).context("pinning the handshake client");
-        }
+/// A TLS 1.3 client trusting the CAs in `ca_pem`, with rustls' default resumption.
+pub fn tls13_client(ca_pem: &str) -> anyhow::Result<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.context("the edge CA PEM")?)?;
     }
-    Ok(())
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// `taskset -c <cpu> <program>`.

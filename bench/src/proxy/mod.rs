@@ -6,8 +6,9 @@
 //! others. Every round measures every target once, so the ratios compare figures
 //! taken minutes, not hours, apart on a machine whose load changes.
 
+pub mod idle;
 mod jwt;
-mod load;
+pub mod load;
 mod peers;
 pub mod report;
 
@@ -71,6 +72,10 @@ pub struct Options {
     pub open_loop_seconds: u32,
     /// The oha binary.
     pub oha: PathBuf,
+    /// Idle keep-alive connections for the memory run (0: no memory run).
+    pub idle_connections: u32,
+    /// The open-file limit the runner and its children have.
+    pub open_file_limit: u64,
 }
 
 /// The parts of the suite, selectable with `--only`.
@@ -85,6 +90,8 @@ pub enum Scenario {
     Handshakes,
     /// Open-loop runs at a fixed rate below saturation, for the tail latency.
     OpenLoop,
+    /// Memory with idle keep-alive connections, the gateway's and HAProxy's.
+    Idle,
 }
 
 /// Who answers the load tool.
@@ -167,6 +174,7 @@ pub struct Results {
     pub keep_alive: Vec<KeepAliveRow>,
     pub handshakes: Vec<HandshakeRow>,
     pub open_loop: Option<report::OpenLoop>,
+    pub idle_memory: Vec<idle::IdleRow>,
 }
 
 /// Everything that runs during the suite; dropping it stops the processes.
@@ -215,6 +223,11 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Results
     } else {
         None
     };
+    let idle_memory = if selected(Scenario::Idle) {
+        rig.idle_memory(options, waiter)?
+    } else {
+        Vec::new()
+    };
     let dir = rig.dir.clone();
     drop(rig);
     let _ = fs::remove_dir_all(dir);
@@ -222,6 +235,7 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Results
         keep_alive,
         handshakes,
         open_loop,
+        idle_memory,
     })
 }
 
@@ -492,6 +506,10 @@ impl Rig {
         let mut config = fleet.config();
         let listener = &mut config.listeners[0];
         listener.address = gateway_addr;
+        // The idle-connection run holds connections for longer than the defaults; see
+        // `idle::IDLE_TIMEOUT` for why both.
+        listener.timeouts.idle = idle::IDLE_TIMEOUT;
+        listener.timeouts.request_header = idle::IDLE_TIMEOUT;
         listener.certificates = vec![
             CertificateConfig {
                 cert: edge.0.clone(),
@@ -558,6 +576,7 @@ impl Rig {
                 &upstreams,
                 FLEET_NAME,
                 options.threads,
+                idle::haproxy_maxconn(options.open_file_limit),
                 Some((haproxy_jwt_addr, &jwt_rules)),
             ),
         )?;
@@ -746,6 +765,54 @@ impl Rig {
              fresh-token figure would include reused tokens",
             count / 2
         )
+    }
+
+    /// Memory with idle keep-alive connections, the gateway's and HAProxy's, once each.
+    fn idle_memory(
+        &self,
+        options: &Options,
+        waiter: &mut IdleWaiter,
+    ) -> anyhow::Result<Vec<idle::IdleRow>> {
+        if options.idle_connections == 0 {
+            return Ok(Vec::new());
+        }
+        let haproxy = idle::haproxy_idle_connections(
+            options.idle_connections,
+            idle::haproxy_maxconn(options.open_file_limit),
+        );
+        let mut rows = Vec::new();
+        for (target, addr, pid, connections) in [
+            (
+                Target::Gateway,
+                self.gateway_addr,
+                self.gateway_pid,
+                options.idle_connections,
+            ),
+            (
+                Target::Haproxy,
+                self.haproxy_addr,
+                self.haproxy_pid,
+                haproxy,
+            ),
+        ] {
+            let busy = waiter.wait()?.busy_percent;
+            println!(
+                "idle connections: {connections} to {} (CPU busy {busy:.0}% before)",
+                target.label()
+            );
+            rows.push(idle::measure(
+                &idle::Target {
+                    label: target.label(),
+                    addr,
+                    pid,
+                    connections,
+                    server_name: EDGE_NAME,
+                    ca_pem: &self.edge_ca_pem,
+                },
+                options.load_cpu,
+            )?);
+        }
+        Ok(rows)
     }
 
     /// CPU ticks of nginx's master and workers.

@@ -165,7 +165,8 @@ pub struct HaproxyFiles {
 
 /// HAProxy doing the gateway's work: TLS 1.3 termination with h2 and http/1.1,
 /// round robin over `upstreams` with `ssl verify required`, its client certificate,
-/// `verifyhost` and keep-alive; `threads` worker threads; no logging (the gateway's
+/// `verifyhost` and keep-alive; `threads` worker threads; `maxconn` (HAProxy refuses to
+/// start unless the open-file limit covers twice that); no logging (the gateway's
 /// access log is off too). `jwt` adds the rules of [`jwt_rules`].
 pub fn haproxy_config(
     files: &HaproxyFiles,
@@ -173,6 +174,7 @@ pub fn haproxy_config(
     upstreams: &[SocketAddr],
     server_name: &str,
     threads: usize,
+    maxconn: u32,
     jwt: Option<(SocketAddr, &str)>,
 ) -> String {
     let crts: String = files
@@ -191,7 +193,7 @@ pub fn haproxy_config(
         );
     }
     format!(
-        "global\n  nbthread {threads}\n  maxconn 9000\n  ssl-default-bind-options \
+        "global\n  nbthread {threads}\n  maxconn {maxconn}\n  ssl-default-bind-options \
          ssl-min-ver TLSv1.3\n\ndefaults\n  mode http\n  option http-keep-alive\n  timeout \
          connect 5s\n  timeout client 300s\n  timeout server 30s\n  timeout http-keep-alive \
          300s\n\nfrontend edge\n  bind {listen} ssl{crts} alpn h2,http/1.1\n  default_backend \

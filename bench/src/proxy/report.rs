@@ -20,6 +20,8 @@ pub struct Report {
     pub keep_alive: Vec<KeepAliveRow>,
     pub handshakes: Vec<HandshakeRow>,
     pub open_loop: Option<OpenLoop>,
+    /// Memory with idle keep-alive connections.
+    pub idle_memory: Vec<super::idle::IdleRow>,
     /// Scenarios of the issue this run could not measure, and why.
     pub not_measured: Vec<NotMeasured>,
     pub idle: Vec<Idle>,
@@ -34,6 +36,8 @@ pub struct Settings {
     pub server_cpus: String,
     pub threads: usize,
     pub max_busy_percent: f64,
+    pub idle_connections: u32,
+    pub open_file_limit: u64,
 }
 
 #[derive(Clone, Serialize)]
@@ -395,6 +399,13 @@ impl Report {
                 );
             }
             out.push('\n');
+        }
+        if !self.idle_memory.is_empty() {
+            out.push_str(&super::idle::markdown(
+                &self.idle_memory,
+                s.idle_connections,
+                s.open_file_limit,
+            ));
         }
         out.push_str(&jwt_goals(&self.keep_alive));
         if !self.not_measured.is_empty() {

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [xdp|proxy|all]`: installs the peers a suite needs, builds in
+//! `cargo xtask bench [xdp|proxy|attack|all]`: installs the peers a suite needs, builds in
 //! release, runs the suite as root and writes `target/bench/<suite>.json` and `.md`,
 //! from which BENCHMARKS.md is made.
 //!
@@ -7,6 +7,7 @@
 //! only when it could not measure. A scenario a suite cannot measure yet is listed as
 //! such in its own report.
 
+mod attack;
 mod proxy;
 mod xdp;
 
@@ -36,6 +37,8 @@ pub enum Target {
     Xdp,
     /// The userspace plane: TLS proxy throughput, latency and memory.
     Proxy,
+    /// Both planes: a legitimate HTTPS client through the gateway under a flood.
+    Attack,
     /// Every suite that exists; says which ones do not yet.
     All,
 }
@@ -46,7 +49,7 @@ struct Suite {
     run: fn(&Workspace, &[String]) -> anyhow::Result<()>,
 }
 
-const SUITES: [Suite; 2] = [
+const SUITES: [Suite; 3] = [
     Suite {
         target: Target::Xdp,
         name: "xdp",
@@ -56,6 +59,11 @@ const SUITES: [Suite; 2] = [
         target: Target::Proxy,
         name: "proxy",
         run: proxy::run,
+    },
+    Suite {
+        target: Target::Attack,
+        name: "attack",
+        run: attack::run,
     },
 ];
 

@@ -123,7 +123,7 @@ fn leftover_pin_names(pid: u32) -> Vec<String> {
 }
 
 /// Deletes the namespaces whose names start with [`NETNS_PREFIX`].
-fn remove_leftover_namespaces() -> anyhow::Result<()> {
+pub(super) fn remove_leftover_namespaces() -> anyhow::Result<()> {
     let list = util::stdout_of(Command::new("ip").args(["netns", "list"]))?;
     for name in leftover_namespaces(&list) {
         util::run(Command::new("ip").args(["netns", "del", name]))?;
