@@ -191,12 +191,11 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
 
 fn proxy(args: &ProxyArgs) -> anyhow::Result<()> {
     // The gateway's runtime sizes itself from this (tokio reads it when no thread count
-    // is set); its per-request access log goes, as HAProxy's and nginx's do. Set
-    // before any thread exists.
+    // is set). Its access log is off in its config (`log.access`), as HAProxy's and
+    // nginx's are. Set before any thread exists.
     // SAFETY: the runner is still single-threaded here.
     unsafe {
         std::env::set_var("TOKIO_WORKER_THREADS", args.threads.to_string());
-        std::env::set_var("RUST_LOG", "info,access=off");
     }
     let mut waiter = machine::IdleWaiter::new(
         args.max_busy,

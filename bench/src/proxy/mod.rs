@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
-use gateway::config::{CertificateConfig, HealthConfig};
+use gateway::config::{CertificateConfig, HealthConfig, LogOutput};
 use gateway_tests::{
     fleet::{EDGE_NAME, FLEET_NAME, Fleet, free_port},
     http::Protocol as ClientProtocol,
@@ -330,6 +330,8 @@ impl Rig {
             .ok_or_else(|| anyhow!("the fleet config has no pool `fleet`"))?;
         pool.endpoints = upstreams.iter().map(ToString::to_string).collect();
         pool.health = HealthConfig::default();
+        // HAProxy and nginx log nothing per request here; neither does the gateway.
+        config.log.access = LogOutput::Off;
         let gateway = fleet.start(&config);
         let gateway_pid = gateway.pid();
         peers::pin(gateway_pid, &options.server_cpus)?;
