@@ -7,12 +7,6 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-/// mimalloc instead of glibc malloc: the proxy allocates and frees header maps,
-/// bodies and futures on every request, and glibc's malloc/free showed as ~8% of
-/// the proxy's CPU per request in the benchmark's profile.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for an unusable configuration (EX_CONFIG-style usage error, sysexits 64).
 const EXIT_CONFIG: u8 = 64;
 
