@@ -28,7 +28,10 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use gateway::{config::HealthConfig, xdp::Mode};
+use gateway::{
+    config::{HealthConfig, LogOutput},
+    xdp::Mode,
+};
 use gateway_tests::{
     fleet::{FLEET_NAME, Fleet, render},
     gateway::{Daemon, Gateway},
@@ -278,6 +281,8 @@ impl Rig {
             ..HealthConfig::default()
         };
         config.xdp.enabled = xdp;
+        // No per-request access log, as in the proxy suite.
+        config.log.access = LogOutput::Off;
         config.xdp.interface = self.topology.gw_iface.clone();
         config.xdp.mode = Mode::Driver;
         let gateway = Gateway::new(&self.topology.gateway);

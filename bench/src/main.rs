@@ -204,11 +204,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn attack(args: &AttackArgs) -> anyhow::Result<()> {
-    // One worker thread, as in the proxy suite; no per-request access log.
+    // One worker thread, as in the proxy suite.
     // SAFETY: the runner is still single-threaded here.
     unsafe {
         std::env::set_var("TOKIO_WORKER_THREADS", "1");
-        std::env::set_var("RUST_LOG", "info,access=off");
     }
     let mut waiter = machine::IdleWaiter::new(
         args.max_busy,
@@ -310,12 +309,11 @@ fn xdp(args: &XdpArgs) -> anyhow::Result<()> {
 
 fn proxy(args: &ProxyArgs) -> anyhow::Result<()> {
     // The gateway's runtime sizes itself from this (tokio reads it when no thread count
-    // is set); its per-request access log goes, as HAProxy's and nginx's do. Set
-    // before any thread exists.
+    // is set). Its access log is off in its config (`log.access`), as HAProxy's and
+    // nginx's are. Set before any thread exists.
     // SAFETY: the runner is still single-threaded here.
     unsafe {
         std::env::set_var("TOKIO_WORKER_THREADS", args.threads.to_string());
-        std::env::set_var("RUST_LOG", "info,access=off");
     }
     // 10,000 idle connections need more descriptors than the usual soft limit, in the
     // runner (their client side) and in the proxies (their server side).

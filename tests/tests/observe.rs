@@ -450,6 +450,36 @@ async fn access_and_audit_logs_go_to_their_files_and_reopen_after_rotation() {
 }
 
 #[tokio::test]
+async fn an_access_log_that_is_off_writes_nothing_and_the_other_streams_still_do() {
+    let fleet = Fleet::new(1);
+    let logs = tempfile::tempdir().expect("log directory");
+    let audit = logs.path().join("audit.log");
+    let mut config = fleet.config();
+    config.log.access = gateway::config::LogOutput::Off;
+    config.log.audit = gateway::config::LogOutput::File(audit.clone());
+    let daemon = fleet.start(&config);
+    let client = fleet.client(Protocol::Http1);
+    assert_eq!(get(&fleet, &client, "/unlogged").await, StatusCode::OK);
+    // The reload is logged after the request was answered: once its audit line
+    // is there, an access line would have been written too.
+    daemon.signal(libc::SIGHUP);
+    wait_for_line(&audit, "config_reloaded", |l| {
+        l["event"] == "config_reloaded"
+    })
+    .await;
+    let stdout = daemon.log();
+    assert!(
+        !stdout.contains("/unlogged"),
+        "an access line despite log.access = \"off\":\n{stdout}"
+    );
+    assert!(
+        stdout.contains("gateway running"),
+        "the daemon's own messages are missing:\n{stdout}"
+    );
+    daemon.stop();
+}
+
+#[tokio::test]
 async fn common_log_format_is_available() {
     let fleet = Fleet::new(1);
     let logs = tempfile::tempdir().expect("log directory");

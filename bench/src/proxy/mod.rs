@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
-use gateway::config::{AuthMode, CertificateConfig, HealthConfig, RouteAuth};
+use gateway::config::{AuthMode, CertificateConfig, HealthConfig, LogOutput, RouteAuth};
 use gateway_tests::{
     fleet::{EDGE_NAME, FLEET_NAME, Fleet, free_port, route},
     http::Protocol as ClientProtocol,
@@ -546,6 +546,8 @@ impl Rig {
             ..RouteAuth::default()
         };
         config.routes.push(jwt_route);
+        // HAProxy and nginx log nothing per request here; neither does the gateway.
+        config.log.access = LogOutput::Off;
         let gateway = fleet.start(&config);
         let gateway_pid = gateway.pid();
         peers::pin(gateway_pid, &options.server_cpus)?;

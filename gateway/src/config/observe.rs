@@ -41,7 +41,9 @@ impl Default for AdminSection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSection {
-    /// Access log (one line per request): `"stdout"` or a file path.
+    /// Access log (one line per request): `"stdout"`, a file path, or `"off"`
+    /// (no line is built at all: for benchmarks, or where a load balancer in
+    /// front already logs every request).
     pub access: LogOutput,
     /// Access log line format: `json` or `clf` (Common Log Format).
     pub access_format: AccessFormat,
@@ -69,12 +71,15 @@ impl Default for LogSection {
 pub enum LogOutput {
     Stdout,
     File(PathBuf),
+    /// Not written (the audit log cannot be off).
+    Off,
 }
 
 impl Serialize for LogOutput {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             Self::Stdout => serializer.serialize_str("stdout"),
+            Self::Off => serializer.serialize_str("off"),
             Self::File(path) => path.serialize(serializer),
         }
     }
@@ -83,10 +88,10 @@ impl Serialize for LogOutput {
 impl<'de> Deserialize<'de> for LogOutput {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        Ok(if text == "stdout" {
-            Self::Stdout
-        } else {
-            Self::File(PathBuf::from(text))
+        Ok(match text.as_str() {
+            "stdout" => Self::Stdout,
+            "off" => Self::Off,
+            _ => Self::File(PathBuf::from(text)),
         })
     }
 }
@@ -230,6 +235,13 @@ pub fn problems(
             }
         }
     }
+    if log.audit == LogOutput::Off {
+        problems.push(
+            "log.audit: the audit log cannot be off (it records who changed what); use \"stdout\" \
+             or an absolute path"
+                .to_owned(),
+        );
+    }
     for (key, output) in [
         ("log.access", &log.access),
         ("log.audit", &log.audit),
@@ -281,6 +293,26 @@ mod tests {
         assert!(
             text.contains("log.access: var/log/gateway/access.log is relative"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_access_log_may_be_off_but_the_audit_log_may_not() {
+        let example = include_str!("../../../deploy/gateway.example.toml");
+        let text = example.replace(
+            "access = \"/var/log/gateway/access.log\"",
+            "access = \"off\"",
+        );
+        let config =
+            Config::parse(Path::new("x.toml"), &text).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(config.log.access, LogOutput::Off);
+
+        let text = example.replace("audit = \"/var/lib/gateway/audit.log\"", "audit = \"off\"");
+        let err = Config::parse(Path::new("x.toml"), &text).expect_err("invalid");
+        assert!(
+            err.to_string()
+                .contains("log.audit: the audit log cannot be off"),
+            "{err}"
         );
     }
 }

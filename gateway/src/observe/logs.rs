@@ -28,7 +28,7 @@ use tracing::{
 };
 use tracing_subscriber::{
     EnvFilter, Layer,
-    filter::filter_fn,
+    filter::{FilterExt as _, LevelFilter, filter_fn},
     fmt::MakeWriter,
     layer::{Context, SubscriberExt as _},
     util::SubscriberInitExt as _,
@@ -138,7 +138,7 @@ enum Sink {
 impl Sink {
     fn new(output: &LogOutput, open_now: bool) -> Result<Self, LogError> {
         Ok(match output {
-            LogOutput::Stdout => Self::Stdout,
+            LogOutput::Stdout | LogOutput::Off => Self::Stdout,
             LogOutput::File(path) => Self::File(LogFile::new(path, open_now)?),
         })
     }
@@ -308,6 +308,10 @@ fn common_log_format(map: &serde_json::Map<String, Value>) -> String {
 
 /// Installs the daemon's logging: access, audit and daemon streams as `log`
 /// says; `json` picks the daemon stream's format.
+///
+/// Each stream's filter looks at the target alone, so tracing caches the
+/// answer per call site: an access log that is off costs nothing per request
+/// (its fields are never even evaluated).
 pub fn init_daemon(log: &LogSection, json: bool) -> Result<(), LogError> {
     let access = StreamLayer {
         target: ACCESS,
@@ -325,11 +329,20 @@ pub fn init_daemon(log: &LogSection, json: bool) -> Result<(), LogError> {
         who: true,
     };
     let daemon_sink = Sink::new(&log.daemon, true)?;
+    let daemon_on = log.daemon != LogOutput::Off;
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let not_streams = filter_fn(|meta| meta.target() != ACCESS && meta.target() != AUDIT);
+    // One filter, not two nested ones: a call site the inner filter takes and
+    // the outer one refuses would be re-checked on every call (libraries'
+    // `trace!` on the request path) instead of being switched off once.
+    let daemon_filter =
+        filter_fn(move |meta| daemon_on && meta.target() != ACCESS && meta.target() != AUDIT)
+            .and(env);
+    // A stream that is off keeps its layer with a filter that refuses
+    // everything: an absent (`None`) layer would make tracing re-check every
+    // call site of every library on each call.
     let registry = tracing_subscriber::registry()
-        .with(access.with_filter(filter_fn(|meta| *meta.level() <= Level::INFO)))
-        .with(audit.with_filter(filter_fn(|meta| *meta.level() <= Level::INFO)));
+        .with(access.with_filter(stream_filter(ACCESS, log.access != LogOutput::Off)))
+        .with(audit.with_filter(stream_filter(AUDIT, log.audit != LogOutput::Off)));
     if json {
         registry
             .with(
@@ -337,8 +350,7 @@ pub fn init_daemon(log: &LogSection, json: bool) -> Result<(), LogError> {
                     .json()
                     .flatten_event(true)
                     .with_writer(daemon_sink)
-                    .with_filter(not_streams)
-                    .with_filter(env),
+                    .with_filter(daemon_filter),
             )
             .init();
     } else {
@@ -346,12 +358,26 @@ pub fn init_daemon(log: &LogSection, json: bool) -> Result<(), LogError> {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(daemon_sink)
-                    .with_filter(not_streams)
-                    .with_filter(env),
+                    .with_filter(daemon_filter),
             )
             .init();
     }
     Ok(())
+}
+
+/// The events of one stream: its target, at INFO or above; none when the
+/// stream is off. Filters that look only at call sites are decided once per
+/// call site, so a stream that is off costs nothing per event.
+fn stream_filter(
+    target: &'static str,
+    on: bool,
+) -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
+    filter_fn(move |meta| on && meta.target() == target && *meta.level() <= Level::INFO)
+        .with_max_level_hint(if on {
+            LevelFilter::INFO
+        } else {
+            LevelFilter::OFF
+        })
 }
 
 /// Installs the CLI's logging: audit events only, appended to `path` (opened

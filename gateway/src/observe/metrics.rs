@@ -8,9 +8,14 @@
 //! (routes, pools and endpoints from the config, status codes, error codes,
 //! XDP reasons).
 
-use std::{collections::BTreeMap, sync::OnceLock, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, LazyLock, OnceLock, PoisonError, RwLock},
+    time::Duration,
+};
 
 use gateway_common::consts::{Reason, map_names};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::{
@@ -49,13 +54,92 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// The per-request metrics of one route, registered once when the route is
+/// built: registering a labelled metric allocates its label strings and hashes
+/// its key, which on every request cost more than the update itself.
+pub struct RouteMetrics {
+    route: String,
+    duration: Histogram,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    /// The upstream's latency and retries; `None` for requests no route took.
+    upstream: Option<(Histogram, Counter)>,
+    /// `gateway_requests_total` by listener and status, registered on first
+    /// use (a bounded set: listeners from the config, status codes).
+    requests: RwLock<Vec<(Arc<str>, u16, Counter)>>,
+}
+
+/// The metrics of requests that matched no route (`route="none"`).
+static NO_ROUTE: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new("none", None));
+
+impl RouteMetrics {
+    /// The handles of route `route`, forwarding to the pool `upstream`.
+    pub fn new(route: &str, upstream: Option<&str>) -> Self {
+        // Handles taken before the recorder exists would record nowhere.
+        handle();
+        let label = || route.to_owned();
+        Self {
+            duration: metrics::histogram!("gateway_request_duration_seconds", "route" => label()),
+            bytes_in: metrics::counter!("gateway_request_bytes_total", "route" => label()),
+            bytes_out: metrics::counter!("gateway_response_bytes_total", "route" => label()),
+            upstream: upstream.map(|upstream| {
+                (
+                    metrics::histogram!(
+                        "gateway_upstream_duration_seconds",
+                        "route" => label(),
+                        "upstream" => upstream.to_owned(),
+                    ),
+                    metrics::counter!(
+                        "gateway_upstream_retries_total",
+                        "upstream" => upstream.to_owned()
+                    ),
+                )
+            }),
+            route: label(),
+            requests: RwLock::new(Vec::new()),
+        }
+    }
+
+    fn requests(&self, listener: &Arc<str>, status: u16) -> Counter {
+        let find = |list: &[(Arc<str>, u16, Counter)]| {
+            list.iter()
+                .find(|(l, s, _)| *s == status && l == listener)
+                .map(|(_, _, counter)| counter.clone())
+        };
+        if let Some(counter) = find(&self.requests.read().unwrap_or_else(PoisonError::into_inner)) {
+            return counter;
+        }
+        let mut list = self
+            .requests
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(counter) = find(&list) {
+            return counter;
+        }
+        let counter = metrics::counter!(
+            "gateway_requests_total",
+            "listener" => listener.to_string(),
+            "route" => self.route.clone(),
+            "status" => status.to_string(),
+        );
+        list.push((listener.clone(), status, counter.clone()));
+        counter
+    }
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One finished request, as [`record_request`] needs it.
 pub struct RequestRecord<'a> {
-    pub listener: &'a str,
-    /// The matched route; `None` when none matched.
-    pub route: Option<&'a str>,
-    /// The upstream pool, when the request got that far.
-    pub upstream: Option<&'a str>,
+    pub listener: &'a Arc<str>,
+    /// The matched route's metrics; `None` when no route matched.
+    pub route: Option<&'a RouteMetrics>,
     pub status: u16,
     /// The gateway's error code when it answered itself (`no_route`, …).
     pub error_code: Option<&'static str>,
@@ -68,40 +152,25 @@ pub struct RequestRecord<'a> {
 
 /// Records one request: called once, from the request's outcome.
 pub fn record_request(record: &RequestRecord<'_>) {
-    let route = record.route.unwrap_or("none").to_owned();
-    metrics::counter!(
-        "gateway_requests_total",
-        "listener" => record.listener.to_owned(),
-        "route" => route.clone(),
-        "status" => record.status.to_string(),
-    )
-    .increment(1);
-    metrics::histogram!("gateway_request_duration_seconds", "route" => route.clone())
-        .record(record.latency.as_secs_f64());
-    metrics::counter!("gateway_request_bytes_total", "route" => route.clone())
-        .increment(record.bytes_in);
-    metrics::counter!("gateway_response_bytes_total", "route" => route.clone())
-        .increment(record.bytes_out);
+    let route = record.route.unwrap_or(&NO_ROUTE);
+    route.requests(record.listener, record.status).increment(1);
+    route.duration.record(record.latency.as_secs_f64());
+    route.bytes_in.increment(record.bytes_in);
+    route.bytes_out.increment(record.bytes_out);
     if let Some(code) = record.error_code {
         metrics::counter!(
             "gateway_request_errors_total",
-            "route" => route.clone(),
+            "route" => route.route.clone(),
             "code" => code,
         )
         .increment(1);
     }
-    if let Some(upstream) = record.upstream {
+    if let Some((upstream_duration, retries)) = &route.upstream {
         if let Some(latency) = record.upstream_latency {
-            metrics::histogram!(
-                "gateway_upstream_duration_seconds",
-                "route" => route,
-                "upstream" => upstream.to_owned(),
-            )
-            .record(latency.as_secs_f64());
+            upstream_duration.record(latency.as_secs_f64());
         }
         // Recorded at zero too, so the series exists before the first retry.
-        metrics::counter!("gateway_upstream_retries_total", "upstream" => upstream.to_owned())
-            .increment(u64::from(record.retries));
+        retries.increment(u64::from(record.retries));
     }
 }
 

@@ -2,11 +2,11 @@
 //! prefix, then method. Built once per config so the per-request lookup is a few
 //! hash lookups and string comparisons.
 
-use std::{borrow::Cow, collections::HashMap, time::Duration};
+use std::{borrow::Cow, collections::HashMap, sync::Arc, time::Duration};
 
 use http::{HeaderValue, Method};
 
-use crate::config::proxy::RouteConfig;
+use crate::{config::proxy::RouteConfig, observe::metrics::RouteMetrics};
 
 /// Why no route serves a request; each becomes exactly one response.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +43,8 @@ pub struct Route {
     allow: String,
     /// Who may call this route.
     pub auth: crate::config::RouteAuth,
+    /// This route's request metrics, registered once.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 impl Route {
@@ -76,6 +78,7 @@ impl Route {
             methods,
             allow,
             auth: config.auth.clone(),
+            metrics: Arc::new(RouteMetrics::new(&config.name, Some(&config.upstream))),
         }
     }
 

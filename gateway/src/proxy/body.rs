@@ -67,12 +67,15 @@ impl ClientBody {
         if declared.is_some_and(|len| len > limit) {
             return Err(ProxyError::BodyTooLarge { limit });
         }
+        if inner.is_end_stream() {
+            // No body (most GETs): nothing to read, so no stall timer to arm.
+            return Ok(RequestBody::Replayable(Bytes::new()));
+        }
         let body = Self::new(inner, limit, stall);
-        let small = body.is_end_stream()
-            || body
-                .size_hint()
-                .exact()
-                .is_some_and(|len| len <= buffer as u64);
+        let small = body
+            .size_hint()
+            .exact()
+            .is_some_and(|len| len <= buffer as u64);
         if !small {
             return Ok(RequestBody::Streaming(Some(body.boxed_unsync())));
         }

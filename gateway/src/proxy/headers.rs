@@ -178,6 +178,10 @@ fn is_tchar(b: u8) -> bool {
 /// The request id to use: the client's `X-Request-Id` when it is 1–128
 /// characters of `[A-Za-z0-9._:-]` (so it can be logged and echoed safely),
 /// else a new UUID v4. The caller `insert`s it, replacing any others.
+///
+/// The random bits come from `fastrand` (per thread, seeded once from the OS):
+/// an id must be unique, not secret, and `Uuid::new_v4` costs a `getrandom`
+/// system call per request.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(id) = headers.get(REQUEST_ID)
         && (1..=128).contains(&id.len())
@@ -189,7 +193,10 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
         return id.clone();
     }
     let mut buffer = uuid::Uuid::encode_buffer();
-    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+        .into_uuid()
+        .hyphenated()
+        .encode_lower(&mut buffer);
     HeaderValue::from_str(id).expect("a hyphenated UUID is ASCII hex and '-'")
 }
 
@@ -411,7 +418,8 @@ mod tests {
             let generated = request_id(&headers);
             assert_ne!(generated, id);
             let text = generated.to_str().expect("ascii");
-            assert!(uuid::Uuid::parse_str(text).is_ok(), "{text}");
+            let parsed = uuid::Uuid::parse_str(text).expect("a UUID");
+            assert_eq!(parsed.get_version(), Some(uuid::Version::Random), "{text}");
         }
     }
 

@@ -44,11 +44,11 @@ pub struct ConnInfo {
 
 /// What one request did, for the access log.
 #[derive(Default)]
-struct Outcome {
+struct Outcome<'a> {
     /// The normalized path, once it is known to be valid.
     path: Option<String>,
-    route: Option<String>,
-    upstream: Option<String>,
+    /// The matched route (its upstream is the pool the request went to).
+    route: Option<&'a Route>,
     endpoint: Option<SocketAddr>,
     retries: u32,
     upstream_latency: Option<Duration>,
@@ -59,7 +59,7 @@ struct Outcome {
     identity: Option<Identity>,
 }
 
-impl Outcome {
+impl Outcome<'_> {
     /// `allow` when the fleet answered; `deny` when the gateway refused the
     /// request (4xx), `error` when it could not serve it (5xx).
     fn decision(&self, status: u16) -> &'static str {
@@ -101,10 +101,10 @@ pub async fn handle(
         .insert(REQUEST_ID, request_id.clone());
     let latency = started.elapsed();
     let bytes_out = response.body().size_hint().exact().unwrap_or(0);
+    let route = outcome.route;
     observe::metrics::record_request(&observe::metrics::RequestRecord {
         listener: &conn.listener,
-        route: outcome.route.as_deref(),
-        upstream: outcome.upstream.as_deref(),
+        route: route.map(|r| &*r.metrics),
         status: response.status().as_u16(),
         error_code: outcome.code,
         latency,
@@ -125,8 +125,8 @@ pub async fn handle(
         %method,
         host = host.as_deref(),
         path = outcome.path.as_deref().unwrap_or(&raw_path),
-        route = outcome.route.as_deref(),
-        upstream = outcome.upstream.as_deref(),
+        route = route.map(|r| r.name.as_str()),
+        upstream = route.map(|r| r.upstream.as_str()),
         endpoint = outcome.endpoint.map(|e| e.to_string()),
         status,
         decision = outcome.decision(status),
@@ -149,7 +149,7 @@ fn report_abuse(
     snapshot: &Snapshot,
     conn: &ConnInfo,
     err: &ProxyError,
-    outcome: &Outcome,
+    outcome: &Outcome<'_>,
     request_id: &HeaderValue,
 ) {
     let Some(signal) = Signal::from_code(err.code()) else {
@@ -160,7 +160,7 @@ fn report_abuse(
         signal,
         Evidence {
             code: Some(err.code().to_owned()),
-            route: outcome.route.clone(),
+            route: outcome.route.map(|r| r.name.clone()),
             rule: err.rule_id().map(str::to_owned),
             token_id: outcome.identity.as_ref().and_then(|i| i.token_id.clone()),
             request_id: request_id.to_str().ok().map(str::to_owned),
@@ -172,12 +172,12 @@ fn report_abuse(
 /// The stages in order: head limits and protocol anomalies, normalization,
 /// routing, authentication, rate limits and quotas (keyed on the verified
 /// subject), the WAF on the head, the body (and the WAF on it), forwarding.
-async fn proxy(
-    snapshot: &Snapshot,
+async fn proxy<'a>(
+    snapshot: &'a Snapshot,
     conn: &ConnInfo,
     request: Request<Incoming>,
     request_id: &HeaderValue,
-    outcome: &mut Outcome,
+    outcome: &mut Outcome<'a>,
 ) -> Result<Response<BoxBody>, ProxyError> {
     let listener = snapshot.listener(&conn.listener);
     check_head_limits(&request, listener)?;
@@ -191,8 +191,7 @@ async fn proxy(
             RouteError::NotFound => ProxyError::NoRoute,
             RouteError::MethodNotAllowed { allow } => ProxyError::MethodNotAllowed { allow },
         })?;
-    outcome.route = Some(route.name.clone());
-    outcome.upstream = Some(route.upstream.clone());
+    outcome.route = Some(route);
 
     let (mut parts, body) = request.into_parts();
     let verified = snapshot

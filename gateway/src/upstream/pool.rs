@@ -13,7 +13,11 @@ use std::{
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, Uri, request::Parts};
+use http::{
+    Request, Response, StatusCode, Uri,
+    request::Parts,
+    uri::{Authority, Scheme},
+};
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -39,6 +43,8 @@ pub(super) type HttpsClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
 /// One address of the pool and what the gateway knows about it.
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, formatted once rather than per request.
+    authority: Authority,
     id: u64,
     healthy: AtomicBool,
     /// Consecutive active health-check results: (successes, failures).
@@ -48,9 +54,15 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    #[expect(
+        clippy::expect_used,
+        reason = "a socket address always formats as a valid URI authority"
+    )]
     fn new(addr: SocketAddr, config: &UpstreamConfig) -> Self {
         Self {
             addr,
+            authority: Authority::from_maybe_shared(Bytes::from(addr.to_string()))
+                .expect("a socket address is a valid authority"),
             id: endpoint_id(&addr),
             healthy: AtomicBool::new(true),
             streak: Mutex::new((0, 0)),
@@ -97,8 +109,8 @@ impl Endpoint {
 
     fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
         Uri::builder()
-            .scheme("https")
-            .authority(self.addr.to_string())
+            .scheme(Scheme::HTTPS)
+            .authority(self.authority.clone())
             .path_and_query(path_and_query)
             .build()
     }
