@@ -12,13 +12,13 @@
 //! CPUs: the generator runs on the flood CPU, SCHED_FIFO as in the drop-rate runs but
 //! paced to one rate for every scenario, so it leaves that CPU to others while the
 //! receiver keeps up (flat out it would starve everything there); the gateway veth's
-//! receive work (NAPI, the XDP program, the stack) runs in softirq on that CPU too,
-//! where the legitimate client's packets queue behind the flood in the same veth
-//! ring, as they would in one NIC queue. wrk, the gateway and the upstream share the
-//! server CPU. A veth polls its ring on the CPU that sent last, so without a flood
-//! the legitimate packets would be received on the server CPU and with one on the
-//! flood CPU; RPS on the gateway's veth steers the stack's work to the flood CPU in
-//! every scenario, as an operator pins a NIC queue's interrupt.
+//! NAPI poll, and with it the XDP program, runs in softirq on that CPU too, where the
+//! legitimate client's packets queue behind the flood in the same veth ring, as they
+//! would in one NIC queue. wrk, the gateway and the upstream share the server CPU, and
+//! RPS on the gateway's veth steers the stack's receive work there in every scenario:
+//! on a real host the NIC spreads a flood from many sources over every core's queue,
+//! so the stack's cost of a flood lands on the cores the proxy runs on. XDP drops
+//! before RPS, in the NAPI poll on the flood CPU; that is the protection measured.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -242,7 +242,7 @@ impl Rig {
     fn start(options: &Options) -> anyhow::Result<Self> {
         let topology = Topology::with_prefix(wire::NETNS_PREFIX, &[CLIENT]);
         wire::enable_napi(&topology)?;
-        steer_receive(&topology, options.flood_cpu)?;
+        steer_receive(&topology, options.server_cpu)?;
         let template = wire::template_frame(&topology)?;
         let fleet = Fleet::new(0);
         let server = fleet.fleet_ca.issue_server(&[FLEET_NAME]);
@@ -428,9 +428,10 @@ impl Report {
              live-frames generator (64-byte UDP/IPv4 to the gateway's address, sources \
              rewritten per frame, at most {} frames/s in 50 ms slices: the same attack in \
              every flooded row). The generator runs on CPU {} (SCHED_FIFO, sleeping out \
-             each slice once its frames are sent), and so does the gateway veth's receive softirq (NAPI, XDP; RPS steers the stack's work \
-             there too, with or without a flood); wrk, the gateway and the upstream share \
-             CPU {}. XDP rows: the gateway's program attached natively by the daemon, the {} \
+             each slice once its frames are sent), and so does the gateway veth's NAPI poll \
+             (and the XDP program); wrk, the gateway and the upstream share CPU {}, where RPS \
+             steers the stack's receive work in every row, as a NIC spreads a flood from many \
+             sources over the proxy's cores too. XDP rows: the gateway's program attached natively by the daemon, the {} \
              blocked sources added with `gateway blocklist add`, a per-source limit of {} \
              packets/s (burst the same) with `gateway ratelimit set`; the rate-limited flood \
              comes from {} other sources. Without XDP the same flood reaches the stack, which \
