@@ -90,17 +90,24 @@ impl Drop for Process {
     }
 }
 
-/// `taskset -a -p -c <cpus> <pid>`: every thread of `pid`.
+/// `taskset -a -p -c <cpus> <pid>`: every thread of `pid`. A process that is still
+/// starting may end a thread while taskset walks them (HAProxy did, once), which fails
+/// the call: it is tried three times.
 pub fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
-    let status = Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .context("running taskset")?;
-    if !status.success() {
-        bail!("taskset -p {pid} failed ({status})");
+    let mut last = String::new();
+    for _ in 0..3 {
+        let status = Command::new("taskset")
+            .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .context("running taskset")?;
+        if status.success() {
+            return Ok(());
+        }
+        last = status.to_string();
+        thread::sleep(Duration::from_millis(100));
     }
-    Ok(())
+    bail!("taskset -p {pid} failed three times (last: {last})")
 }
 
 /// Files of the fleet: the upstreams' server certificate, the CA that signs client
