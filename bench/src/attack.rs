@@ -57,6 +57,7 @@ const WARM_UP_SECONDS: u32 = 2;
 /// The rate-limited flood comes from here on, outside the blocked sources.
 const LIMITED_FIRST: Ipv4Addr = Ipv4Addr::new(198, 18, 130, 0);
 
+#[derive(Clone, Serialize)]
 pub struct Options {
     pub runs: usize,
     /// Seconds of wrk per run.
@@ -166,17 +167,11 @@ pub struct Report {
     pub idle: Vec<crate::machine::Idle>,
 }
 
+/// What the run was asked to do, as the report records it.
 #[derive(Serialize)]
 pub struct Settings {
-    pub runs: usize,
-    pub seconds: u32,
-    pub connections: u32,
-    pub flood_cpu: usize,
-    pub flood_pps: u32,
-    pub server_cpu: usize,
-    pub blocked_sources: u32,
-    pub limited_sources: u32,
-    pub limit_pps: u32,
+    #[serde(flatten)]
+    pub options: Options,
     pub max_busy_percent: f64,
 }
 
@@ -436,15 +431,15 @@ impl Report {
              packets/s (burst the same) with `gateway ratelimit set`; the rate-limited flood \
              comes from {} other sources. Without XDP the same flood reaches the stack, which \
              drops it (no UDP listener).\n",
-            s.runs,
-            s.connections,
-            s.seconds,
-            s.flood_pps,
-            s.flood_cpu,
-            s.server_cpu,
-            s.blocked_sources,
-            s.limit_pps,
-            s.limited_sources
+            s.options.runs,
+            s.options.connections,
+            s.options.seconds,
+            s.options.flood_pps,
+            s.options.flood_cpu,
+            s.options.server_cpu,
+            s.options.blocked_sources,
+            s.options.limit_pps,
+            s.options.limited_sources
         );
         out.push_str(
             "| scenario | requests/s | vs baseline | p50 ms | p99 ms | received by the gateway \

@@ -99,17 +99,7 @@ pub fn wrk_in(
     if let Some(script) = script {
         command.arg("--").args(&script.args);
     }
-    let output = command
-        .output()
-        .context("running wrk (apt-get install wrk)")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!(
-            "wrk failed ({}): {text}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    let text = stdout_of(&mut command, "wrk", " (apt-get install wrk)")?;
     parse_wrk(&text).with_context(|| format!("unexpected wrk output:\n{text}"))
 }
 
@@ -185,7 +175,8 @@ pub struct OhaRun<'a> {
 /// stall shows in the tail instead of slowing the sender (coordinated omission).
 /// Requests still in flight at the end are waited for (`-w`).
 pub fn oha(run: &OhaRun) -> anyhow::Result<OpenLoop> {
-    let output = pinned(run.cpu, run.oha)
+    let mut command = pinned(run.cpu, run.oha);
+    command
         .args([
             "--no-tui",
             "--output-format",
@@ -201,18 +192,27 @@ pub fn oha(run: &OhaRun) -> anyhow::Result<OpenLoop> {
         .arg(run.ca)
         .args(["--connect-to", &run.connect_to])
         .args(run.headers.iter().flat_map(|header| ["-H", header]))
-        .arg(run.url)
+        .arg(run.url);
+    let text = stdout_of(&mut command, &run.oha.display().to_string(), "")?;
+    parse_oha(&text).with_context(|| format!("unexpected oha output:\n{text}"))
+}
+
+/// Runs a load tool and returns what it printed on standard output; when it fails,
+/// the error holds both of its outputs. `hint` follows the tool's name when it cannot
+/// start at all (how to install it).
+fn stdout_of(command: &mut Command, tool: &str, hint: &str) -> anyhow::Result<String> {
+    let output = command
         .output()
-        .with_context(|| format!("running {}", run.oha.display()))?;
-    let text = String::from_utf8_lossy(&output.stdout);
+        .with_context(|| format!("running {tool}{hint}"))?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
     if !output.status.success() {
         bail!(
-            "oha failed ({}): {text}{}",
+            "{tool} failed ({}): {text}{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    parse_oha(&text).with_context(|| format!("unexpected oha output:\n{text}"))
+    Ok(text)
 }
 
 /// `oha --version`'s line (`oha 1.16.0`), or why `oha` cannot run.
