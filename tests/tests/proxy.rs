@@ -888,6 +888,57 @@ async fn a_stalled_body_gets_408_and_idle_connections_are_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_outlives_the_request_head_timeout() {
+    let fleet = Fleet::new(1);
+    let mut config = fleet.config();
+    config.listeners[0].timeouts.request_header = Duration::from_secs(1);
+    config.listeners[0].timeouts.idle = Duration::from_secs(30);
+    let _daemon = start(&fleet, &config);
+
+    let mut conn = raw_tls(fleet.listen, EDGE_NAME, fleet.edge_ca.cert_pem()).await;
+    for path in ["/first", "/after-a-pause"] {
+        conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: api.test\r\n\r\n").as_bytes())
+            .await
+            .expect("request");
+        let head = within(10, "the answer", read_response(&mut conn)).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        // Idle between requests for longer than `request_header`, well within `idle`.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body; returns its head.
+async fn read_response(conn: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf).await.expect("read");
+        assert!(
+            n > 0,
+            "closed mid-response: {}",
+            String::from_utf8_lossy(&data)
+        );
+        data.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&data).into_owned();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let head = &text[..end];
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .expect("a Content-Length");
+        if data.len() >= end + 4 + length {
+            return head.to_owned();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_named_endpoints_and_http2_to_the_fleet() {
     let fleet = Fleet::new(0);
     let server = fleet.fleet_ca.issue_server(&[FLEET_NAME]);

@@ -30,11 +30,8 @@ use tokio_rustls::TlsConnector;
 
 use crate::machine::pin_current_thread;
 
-/// The gateway's idle and request-header timeouts in the proxy suite (the defaults
-/// are 60 s and 10 s; opening 10,000 connections takes longer on a small machine).
-/// Both, because hyper's HTTP/1.1 header-read timeout also runs while a keep-alive
-/// connection waits for its next request, so an idle HTTP/1.1 connection is closed
-/// after `request_header` whatever `idle` says. HAProxy's `timeout client` and
+/// The gateway's idle timeout in the proxy suite (the default is 60 s; opening 10,000
+/// connections takes longer on a small machine). HAProxy's `timeout client` and
 /// `timeout http-keep-alive` are 300 s.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Handshakes in flight at once while the connections open.
@@ -97,8 +94,7 @@ pub fn markdown(rows: &[IdleRow], requested: u32, open_file_limit: u64) -> Strin
          P-256), one `GET /` answered 200 through the fleet, then nothing; each proxy's \
          established sockets on its port are counted in `/proc/net/tcp*` before its memory \
          is read from `/proc/<pid>/status`, {} s after the last connection opened. Idle \
-         timeouts: gateway {} s (`idle` and `request_header`: hyper's header-read timeout \
-         also closes idle HTTP/1.1 keep-alive connections), HAProxy 300 s. Open-file limit of the runner and its \
+         timeouts: gateway {} s (`idle`), HAProxy 300 s. Open-file limit of the runner and its \
          children: {open_file_limit}",
         SETTLE.as_secs(),
         IDLE_TIMEOUT.as_secs()

@@ -506,10 +506,8 @@ impl Rig {
         let mut config = fleet.config();
         let listener = &mut config.listeners[0];
         listener.address = gateway_addr;
-        // The idle-connection run holds connections for longer than the defaults; see
-        // `idle::IDLE_TIMEOUT` for why both.
+        // The idle-connection run holds connections for longer than the default.
         listener.timeouts.idle = idle::IDLE_TIMEOUT;
-        listener.timeouts.request_header = idle::IDLE_TIMEOUT;
         listener.certificates = vec![
             CertificateConfig {
                 cert: edge.0.clone(),

@@ -4,11 +4,14 @@
 
 use std::{
     convert::Infallible,
+    io,
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -18,6 +21,7 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{mpsc, watch},
 };
@@ -30,28 +34,118 @@ use super::{
 };
 use crate::abuse::{Evidence, Signal};
 
-/// How often a connection checks whether it has been idle too long.
+/// How often a connection checks its idle and request-head deadlines.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
-/// Requests in flight on one connection and when the last one ended.
+/// What one connection is doing, for its deadlines: requests in flight, when the last
+/// one ended, and when the head of the next one began to arrive.
+///
+/// The listener times HTTP/1.1 request heads itself rather than with hyper's
+/// `header_read_timeout`, whose timer also runs while a keep-alive connection waits
+/// for its next request: with it an idle connection closed after `request_header`
+/// (10 s), not after `idle`. Here `request_header` runs from the first byte of a
+/// head (or from the handshake, for the first request) and `idle` from the end of
+/// the last response.
 struct Activity {
     in_flight: AtomicUsize,
     last: Mutex<Instant>,
+    head_started: Mutex<Option<Instant>>,
 }
 
 impl Activity {
+    /// A connection whose first request head is due within `request_header`.
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            in_flight: AtomicUsize::new(0),
+            last: Mutex::new(now),
+            head_started: Mutex::new(Some(now)),
+        }
+    }
+
     fn idle_for(&self) -> Option<Duration> {
-        (self.in_flight.load(Ordering::Acquire) == 0).then(|| {
-            self.last
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .elapsed()
-        })
+        (self.in_flight.load(Ordering::Acquire) == 0).then(|| lock(&self.last).elapsed())
+    }
+
+    /// How long an unfinished request head has been arriving, if one is.
+    fn head_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        lock(&self.head_started).map(|started| started.elapsed())
+    }
+
+    /// Bytes arrived: with no request in flight they start the next head.
+    fn read_some(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            lock(&self.head_started).get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// A whole head arrived: the service has the request.
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        *lock(&self.head_started) = None;
     }
 
     fn end(&self) {
-        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        *lock(&self.last) = Instant::now();
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The client's stream, telling [`Activity`] when bytes arrive.
+struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read_some();
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -137,14 +231,14 @@ impl Connection {
             sni: session.server_name().map(Arc::from),
         });
 
-        let activity = Arc::new(Activity {
-            in_flight: AtomicUsize::new(0),
-            last: Mutex::new(Instant::now()),
-        });
+        // HTTP/2 clients keep idle connections alive with pings: only HTTP/1.1 heads
+        // are timed (HTTP/2 bounds its headers by size and its idleness by `idle`).
+        let http2 = session.alpn_protocol() == Some(b"h2".as_slice());
+        let activity = Arc::new(Activity::new());
         let shared = self.shared.clone();
         let service_activity = activity.clone();
         let service = service_fn(move |request| {
-            service_activity.in_flight.fetch_add(1, Ordering::AcqRel);
+            service_activity.begin();
             let activity = service_activity.clone();
             let snapshot = shared.snapshot.load_full();
             let conn = conn.clone();
@@ -160,7 +254,7 @@ impl Connection {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(timeouts.request_header)
+            .header_read_timeout(None)
             .max_headers(limits.max_header_count)
             // Room for a request line up to the URI limit and the header bytes, so
             // the service can answer those limits precisely (414, 431).
@@ -172,6 +266,10 @@ impl Connection {
             .keep_alive_interval(Some(timeouts.idle / 2))
             .keep_alive_timeout(timeouts.tls_handshake);
 
+        let stream = Watched {
+            inner: stream,
+            activity: activity.clone(),
+        };
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
         let mut closing = false;
@@ -189,6 +287,14 @@ impl Connection {
                     connection.as_mut().graceful_shutdown();
                 }
                 _ = idle_check.tick(), if !closing => {
+                    if !http2
+                        && activity
+                            .head_for()
+                            .is_some_and(|head| head >= timeouts.request_header)
+                    {
+                        debug!(listener = &*self.name, %client, "request head too slow; closing");
+                        return;
+                    }
                     if activity.idle_for().is_some_and(|idle| idle >= timeouts.idle) {
                         debug!(listener = &*self.name, %client, "closing idle connection");
                         closing = true;
