@@ -359,7 +359,7 @@ impl Rig {
 impl Rig {
     /// wrk in the client namespace against the gateway for `seconds`.
     fn wrk(&self, options: &Options, seconds: u32) -> anyhow::Result<load::Throughput> {
-        load::wrk_in(
+        load::wrk(
             Some(&self.topology.client.path()),
             &format!("https://{GATEWAY_V4}:{PORT}/"),
             options.connections,

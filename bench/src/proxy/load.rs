@@ -58,20 +58,9 @@ pub struct WrkScript<'a> {
 }
 
 /// `wrk -t1 -c<connections> -d<seconds>s --latency <url>` on `cpu`, with `headers`
-/// and, if given, a Lua script.
+/// and, if given, a Lua script; inside the network namespace at `netns` (a path for
+/// `nsenter --net=`) if given.
 pub fn wrk(
-    url: &str,
-    connections: u32,
-    seconds: u32,
-    cpu: usize,
-    headers: &[String],
-    script: Option<&WrkScript>,
-) -> anyhow::Result<Throughput> {
-    wrk_in(None, url, connections, seconds, cpu, headers, script)
-}
-
-/// [`wrk`] inside the network namespace at `netns` (a path for `nsenter --net=`).
-pub fn wrk_in(
     netns: Option<&str>,
     url: &str,
     connections: u32,
@@ -114,19 +103,15 @@ pub fn h2load(
     headers: &[String],
     log: &Path,
 ) -> anyhow::Result<Throughput> {
-    let output = pinned(cpu, "h2load")
+    let mut command = pinned(cpu, "h2load");
+    command
         .args(["-t1", &format!("-c{connections}"), "-m1"])
         .args(headers.iter().flat_map(|header| ["-H", header]))
         .args(["-D", &seconds.to_string(), "--warm-up-time", "1"])
         .arg("--log-file")
         .arg(log)
-        .arg(url)
-        .output()
-        .context("running h2load (apt-get install nghttp2-client)")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!("h2load failed ({}): {text}", output.status);
-    }
+        .arg(url);
+    let text = stdout_of(&mut command, "h2load", " (apt-get install nghttp2-client)")?;
     let (requests_per_s, done, failed) =
         parse_h2load(&text).with_context(|| format!("unexpected h2load output:\n{text}"))?;
     if failed > 0 || done == 0 {

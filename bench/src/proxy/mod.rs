@@ -641,6 +641,7 @@ impl Rig {
         let fleet_before = self.fleet_ticks()?;
         let result = match protocol {
             Protocol::Http1 => load::wrk(
+                None,
                 &url,
                 connections,
                 options.seconds,
