@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 use crate::{
     abuse::{Abuse, BlockRequest, Evidence, ProvenanceFile, Signal},
     addr::{self, Cidr, ipv6_mask},
+    auth::revocation::Denylist,
     clock,
     config::Config,
     lists::{ListError, ListKind, Lists},
@@ -121,6 +122,11 @@ pub async fn run(
     let mut reopen = signal(SignalKind::user_defined1()).map_err(signal_error)?;
 
     let _lock = state.lock_daemon()?;
+    // Every state file is read before the kernel is touched: an unreadable one
+    // stops the start here, and a program already attached keeps its entries.
+    let mut provenance = ProvenanceFile::load(state)?;
+    let quotas = Arc::new(Quotas::load(state)?);
+    check_state(state)?;
     // Before the first request, so no request goes unrecorded.
     crate::observe::metrics::handle();
     let mut kernel = if config.xdp.enabled {
@@ -132,16 +138,14 @@ pub async fn run(
         None
     };
     let (abuse, mut block_requests) = Abuse::new(&config);
-    let mut provenance = ProvenanceFile::load(state)?;
     abuse.restore(&provenance);
-    let quotas = Arc::new(Quotas::load(state)?);
     let proxy = if config.listeners.is_empty() {
         None
     } else {
         Some(
             Proxy::start(
                 &config,
-                Some(state.revocations_path()?),
+                Some(state.revocations_path()),
                 abuse.clone(),
                 quotas.clone(),
             )
@@ -312,6 +316,15 @@ async fn reload(
         listeners = config.listeners.len(),
     );
     Some(config)
+}
+
+/// Refuses to start over a state file that cannot be read: starting empty would
+/// forget blocks and revocations that were acknowledged as saved.
+fn check_state(state: &StateDir) -> Result<(), StateError> {
+    state.lock_lists()?.load()?;
+    Denylist::load(&state.revocations_path())?;
+    state.attachment()?;
+    Ok(())
 }
 
 /// Adopts the pinned program when there is one, so a restart never opens a gap in

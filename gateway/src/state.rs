@@ -8,13 +8,23 @@
 //!   read by the daemon on change.
 //! - `abuse.json`: why the abuse loop blocked each address (see `abuse`).
 //! - `quota.json`: the quota counts (see `policy::quota`).
-//! - `lists.lock`: serialises the CLI and the daemon, so concurrent changes are not
-//!   lost between reading and rewriting `lists.json`.
+//!
+//! Every file is written by one helper ([`Locked::save`]): under the file's own
+//! advisory lock (`lists.lock`, `revocations.lock`, …, so read-modify-write by the
+//! CLI and the daemon never loses a change), into a unique temporary file in the same
+//! directory, fsync'ed, renamed over the file, and the directory fsync'ed. A reader
+//! sees the old or the new contents, never half of one, and a caller that was told
+//! "saved" keeps its change across kill -9 and power loss. The version a write
+//! replaces is kept as `NAME.bak` (a hard link: no copy), the last good copy named
+//! by the error when a file is found unreadable. Files are created 0600 in a 0700
+//! directory: they name clients and tokens.
 
 use std::{
     collections::BTreeMap,
+    fmt,
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -24,6 +34,18 @@ use crate::{addr::Cidr, xdp::Attachment};
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/gateway";
+
+/// The lists' state file.
+pub const LISTS: &str = "lists.json";
+/// The token denylist's state file.
+pub const REVOCATIONS: &str = "revocations.json";
+/// Where the program is attached.
+pub const ATTACHMENT: &str = "attachment.json";
+
+/// Mode of a state file (and of its lock and backup): it names clients and tokens.
+const FILE_MODE: u32 = 0o600;
+/// Mode of the state directory when this process creates it.
+const DIR_MODE: u32 = 0o700;
 
 /// A state file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -35,11 +57,43 @@ pub enum StateError {
          stop it first, or give this one its own --state-dir and --pin-dir"
     )]
     DaemonRunning { path: PathBuf, pid: String },
-    #[error("{path} is not a valid state file ({source}); fix it or move it aside to start empty")]
-    Corrupt {
+    /// A state file exists but cannot be read or parsed. Nothing may start empty
+    /// over it: that would forget blocks and revocations the operator was told
+    /// were saved.
+    #[error("{path} is unreadable ({reason}); {backup}")]
+    Unreadable {
         path: PathBuf,
-        source: serde_json::Error,
+        reason: String,
+        backup: Backup,
     },
+}
+
+/// What the error about an unreadable state file says of its last good copy.
+#[derive(Debug)]
+pub struct Backup {
+    path: PathBuf,
+    bak: PathBuf,
+    /// Whether the `.bak` exists and parses.
+    good: bool,
+}
+
+impl fmt::Display for Backup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (path, bak) = (self.path.display(), self.bak.display());
+        if self.good {
+            write!(
+                f,
+                "the last good copy is {bak} (the version before the last change): \
+                 check it and put it back (`cp {bak} {path}`), or move {path} aside to start empty"
+            )
+        } else {
+            write!(
+                f,
+                "there is no usable last good copy ({bak} is missing or unreadable too): \
+                 repair {path}, or move it aside to start empty"
+            )
+        }
+    }
 }
 
 /// Who put an entry on a list.
@@ -96,11 +150,15 @@ pub struct DaemonLock {
     _lock: File,
 }
 
-/// Exclusive access to `lists.json` while held.
-pub struct ListsLock {
+/// Exclusive access to one state file while held: the only way to write it.
+pub struct Locked {
     _lock: File,
-    path: PathBuf,
+    dir: PathBuf,
+    name: &'static str,
 }
+
+/// Exclusive access to `lists.json` while held.
+pub struct ListsLock(Locked);
 
 impl StateDir {
     pub fn new(path: impl Into<PathBuf>) -> Self {
@@ -112,10 +170,14 @@ impl StateDir {
     }
 
     fn create(&self) -> Result<(), StateError> {
-        fs::create_dir_all(&self.0).map_err(|source| StateError::Io {
-            path: self.0.clone(),
-            source,
-        })
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&self.0)
+            .map_err(|source| StateError::Io {
+                path: self.0.clone(),
+                source,
+            })
     }
 
     /// Opens (creating it and the directory if needed) the lock file `name`.
@@ -127,6 +189,7 @@ impl StateDir {
             .truncate(false)
             .read(true)
             .write(true)
+            .mode(FILE_MODE)
             .open(&path)
             .map_err(|source| StateError::Io {
                 path: path.clone(),
@@ -135,15 +198,42 @@ impl StateDir {
         Ok((file, path))
     }
 
-    /// Takes the lists lock, waiting for another holder to finish.
-    pub fn lock_lists(&self) -> Result<ListsLock, StateError> {
-        let (lock, path) = self.open_lock_file("lists.lock")?;
+    /// Takes the lock of the state file `name` (`lists.json` → `lists.lock`),
+    /// waiting for another holder to finish.
+    pub fn lock(&self, name: &'static str) -> Result<Locked, StateError> {
+        let stem = name.strip_suffix(".json").unwrap_or(name);
+        let (lock, path) = self.open_lock_file(&format!("{stem}.lock"))?;
         lock.lock()
             .map_err(|source| StateError::Io { path, source })?;
-        Ok(ListsLock {
+        Ok(Locked {
             _lock: lock,
-            path: self.0.join("lists.json"),
+            dir: self.0.clone(),
+            name,
         })
+    }
+
+    /// Takes the lists lock, waiting for another holder to finish.
+    pub fn lock_lists(&self) -> Result<ListsLock, StateError> {
+        self.lock(LISTS).map(ListsLock)
+    }
+
+    /// Reads `name`, changes it with `change` and saves it, all under its lock, so
+    /// concurrent writers (CLIs, the daemon) never lose each other's changes. A
+    /// missing file starts from `T::default()`; an unreadable one is an error and
+    /// stays as it is. Returns what `change` returned, once the write is durable.
+    pub fn update<T, R>(
+        &self,
+        name: &'static str,
+        change: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, StateError>
+    where
+        T: Serialize + DeserializeOwned + Default,
+    {
+        let lock = self.lock(name)?;
+        let mut value = lock.load()?.unwrap_or_default();
+        let result = change(&mut value);
+        lock.save(&value)?;
+        Ok(result)
     }
 
     /// Claims the state directory for this daemon: a second daemon would fight the
@@ -192,133 +282,236 @@ impl StateDir {
         }
     }
 
-    /// `revocations.json`, creating the directory so the CLI can write it.
-    pub fn revocations_path(&self) -> Result<PathBuf, StateError> {
-        self.create()?;
-        Ok(self.0.join("revocations.json"))
+    /// `revocations.json`, for the daemon to watch.
+    pub fn revocations_path(&self) -> PathBuf {
+        self.0.join(REVOCATIONS)
     }
 
     /// Records where the program is attached.
     pub fn save_attachment(&self, attachment: &Attachment) -> Result<(), StateError> {
-        self.create()?;
-        write_json(&self.0.join("attachment.json"), attachment)
+        self.write_file(ATTACHMENT, attachment)
     }
 
     /// Where the program was attached, if this state directory knows.
     pub fn attachment(&self) -> Result<Option<Attachment>, StateError> {
-        read_json(&self.0.join("attachment.json"))
+        self.read_file(ATTACHMENT)
     }
 
-    /// Another module's JSON state file `name` (e.g. `abuse.json`, `quota.json`);
-    /// `None` when it does not exist yet.
+    /// The JSON state file `name`; `None` when it does not exist yet. Needs no
+    /// lock: files are only ever replaced whole.
     pub fn read_file<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
         read_json(&self.0.join(name))
     }
 
-    /// Replaces another module's JSON state file `name` atomically.
-    pub fn write_file<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
-        self.create()?;
-        write_json(&self.0.join(name), value)
+    /// Replaces the JSON state file `name` durably, under its lock.
+    pub fn write_file<T: Serialize>(
+        &self,
+        name: &'static str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        self.lock(name)?.save(value)
     }
 
     /// Forgets the attachment (after a detach).
     pub fn clear_attachment(&self) -> Result<(), StateError> {
-        let path = self.0.join("attachment.json");
+        let lock = self.lock(ATTACHMENT)?;
+        let path = lock.path();
         match fs::remove_file(&path) {
             Err(source) if source.kind() != io::ErrorKind::NotFound => {
                 Err(StateError::Io { path, source })
             }
-            _ => Ok(()),
+            _ => sync_dir(&self.0),
         }
+    }
+}
+
+impl Locked {
+    /// The file this lock guards.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(self.name)
+    }
+
+    /// The file's contents; `None` when it does not exist yet.
+    pub fn load<T: DeserializeOwned>(&self) -> Result<Option<T>, StateError> {
+        read_json(&self.path())
+    }
+
+    /// Replaces the file: a unique temporary file in the same directory, written
+    /// and fsync'ed, the old version kept as `.bak`, the rename, and the
+    /// directory fsync'ed. Returns once all of it is on disk.
+    pub fn save<T: Serialize>(&self, value: &T) -> Result<(), StateError> {
+        let path = self.path();
+        let io_error = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut text =
+            serde_json::to_vec_pretty(value).map_err(|err| io_error(io::Error::other(err)))?;
+        text.push(b'\n');
+        // Only lock holders write temporary files, so any found now were left by a
+        // writer killed mid-write.
+        self.remove_stale_temporaries().map_err(io_error)?;
+        let tmp = TempFile::create(&self.dir, self.name).map_err(io_error)?;
+        let mut file = &tmp.file;
+        file.write_all(&text).map_err(io_error)?;
+        file.sync_all().map_err(io_error)?;
+        self.keep_backup(&path).map_err(io_error)?;
+        fs::rename(&tmp.path, &path).map_err(io_error)?;
+        tmp.disarm();
+        sync_dir(&self.dir)
+    }
+
+    /// Hard-links the current version as `NAME.bak` (through a temporary name, so
+    /// the swap is atomic); nothing to keep on the first write.
+    fn keep_backup(&self, path: &Path) -> io::Result<()> {
+        let link = self.dir.join(temporary_name(self.name));
+        match fs::hard_link(path, &link) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(err),
+        }
+        let kept = fs::set_permissions(&link, fs::Permissions::from_mode(FILE_MODE))
+            .and_then(|()| fs::rename(&link, backup_path(path)));
+        if kept.is_err() {
+            let _ = fs::remove_file(&link);
+        }
+        kept
+    }
+
+    fn remove_stale_temporaries(&self) -> io::Result<()> {
+        let prefix = format!(".{}.", self.name);
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&prefix) && name.ends_with(".tmp") {
+                match fs::remove_file(entry.path()) {
+                    Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 }
 
 impl ListsLock {
     /// The saved lists; empty when there is no file yet.
     pub fn load(&self) -> Result<Lists, StateError> {
-        Ok(read_json(&self.path)?.unwrap_or_default())
+        Ok(self.0.load()?.unwrap_or_default())
     }
 
-    /// Replaces the saved lists atomically.
+    /// Replaces the saved lists durably.
     pub fn save(&self, lists: &Lists) -> Result<(), StateError> {
-        write_json(&self.path, lists)
+        self.0.save(lists)
     }
 }
 
-pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(source) if source.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(StateError::Io {
-                path: path.to_owned(),
-                source,
-            });
+/// A temporary file created exclusively (`O_EXCL`, mode 0600) under a name no
+/// other writer uses; removed on drop unless it was renamed into place.
+struct TempFile {
+    file: File,
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempFile {
+    fn create(dir: &Path, name: &str) -> io::Result<Self> {
+        loop {
+            let path = dir.join(temporary_name(name));
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&path)
+            {
+                Ok(file) => {
+                    return Ok(Self {
+                        file,
+                        path,
+                        armed: true,
+                    });
+                }
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(err) => return Err(err),
+            }
         }
-    };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|source| StateError::Corrupt {
-            path: path.to_owned(),
+    }
+
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `.NAME.<pid>.<random>.tmp`: hidden, and found again by its prefix after a crash.
+fn temporary_name(name: &str) -> String {
+    format!(
+        ".{name}.{}.{:016x}.tmp",
+        std::process::id(),
+        fastrand::u64(..)
+    )
+}
+
+/// `NAME.bak`, the last good copy of `NAME`.
+pub fn backup_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".bak");
+    path.with_file_name(name)
+}
+
+/// Makes the directory's entries (a rename, a removal) durable.
+fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|source| StateError::Io {
+            path: dir.to_owned(),
             source,
         })
 }
 
-/// Writes to a temporary file, syncs it and renames it over `path`, so a crash leaves
-/// either the old or the new contents, never half of one.
-pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
-    let io_error = |source| StateError::Io {
-        path: path.to_owned(),
-        source,
+/// Reads the JSON state file at `path`; `None` when it does not exist. A file
+/// that exists but cannot be read or parsed is [`StateError::Unreadable`],
+/// naming its last good copy.
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    match parse_file(path) {
+        Ok(value) => Ok(value),
+        Err(reason) => {
+            let bak = backup_path(path);
+            let good = matches!(parse_file::<T>(&bak), Ok(Some(_)));
+            Err(StateError::Unreadable {
+                path: path.to_owned(),
+                reason,
+                backup: Backup {
+                    path: path.to_owned(),
+                    bak,
+                    good,
+                },
+            })
+        }
+    }
+}
+
+fn parse_file<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
+    let text = match fs::read(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err.to_string()),
     };
-    let mut text =
-        serde_json::to_vec_pretty(value).map_err(|err| io_error(io::Error::other(err)))?;
-    text.push(b'\n');
-    let tmp = path.with_extension("json.tmp");
-    let mut file = File::create(&tmp).map_err(io_error)?;
-    file.write_all(&text).map_err(io_error)?;
-    file.sync_all().map_err(io_error)?;
-    fs::rename(&tmp, path).map_err(io_error)
+    if text.is_empty() {
+        return Err("empty file".to_owned());
+    }
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|err| err.to_string())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lists_round_trip_and_missing_file_is_empty() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = StateDir::new(dir.path().join("state"));
-        let lock = state.lock_lists().expect("lock");
-        assert_eq!(lock.load().expect("load"), Lists::default());
-        let mut lists = Lists::default();
-        lists.blocklist.insert(
-            "198.18.0.7".parse().expect("cidr"),
-            Record {
-                reason: "scanner".into(),
-                source: Source::Cli,
-                added_at: 10,
-                expires_at: Some(20),
-            },
-        );
-        lock.save(&lists).expect("save");
-        assert_eq!(lock.load().expect("reload"), lists);
-    }
-
-    #[test]
-    fn corrupt_file_names_itself() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = StateDir::new(dir.path());
-        fs::write(dir.path().join("lists.json"), "{not json").expect("write");
-        let err = state
-            .lock_lists()
-            .expect("lock")
-            .load()
-            .expect_err("corrupt");
-        let text = err.to_string();
-        assert!(
-            text.contains("lists.json") && text.contains("move it aside"),
-            "{text}"
-        );
-    }
-}
+mod tests;

@@ -57,14 +57,10 @@ pub struct Denylist {
 }
 
 impl Denylist {
-    /// Reads the file; a missing file is an empty list.
+    /// Reads the file; a missing file is an empty list. Changes go through
+    /// [`state::StateDir::update`], under the file's lock.
     pub fn load(path: &Path) -> Result<Self, StateError> {
         Ok(state::read_json(path)?.unwrap_or_default())
-    }
-
-    /// Replaces the file atomically.
-    pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        state::write_json(path, self)
     }
 
     /// Whether a token with this `jti` or subject is revoked now.
@@ -83,8 +79,9 @@ pub struct Revocations {
 }
 
 impl Revocations {
-    /// Loads `path`; a file that cannot be read is logged and the list starts
-    /// empty, since refusing to start would take every route down.
+    /// Loads `path`. The daemon has checked before starting that the file is
+    /// readable (a lost revocation must not come back to life); one that turns
+    /// unreadable later is logged and the previous list stays.
     pub fn open(path: Option<PathBuf>) -> Self {
         let revocations = Self {
             path,

@@ -11,7 +11,7 @@ use gateway::{
     xdp::KernelMaps,
 };
 
-use super::{Context, format_unix, print_json};
+use super::{Context, format_unix, print_json, table::escape};
 
 pub fn run(ctx: &Context, address: IpAddr) -> anyhow::Result<()> {
     let file = ProvenanceFile::load(&ctx.state)?;
@@ -59,7 +59,7 @@ pub fn run(ctx: &Context, address: IpAddr) -> anyhow::Result<()> {
                 Some(at) => format!(
                     "ended {} ({})",
                     format_unix(at),
-                    block.unblock_reason.as_deref().unwrap_or("unknown")
+                    escape(block.unblock_reason.as_deref().unwrap_or("unknown"))
                 ),
                 None if block.expires_at > now => format!(
                     "BLOCKED until {} ({}s left)",
@@ -85,7 +85,7 @@ pub fn run(ctx: &Context, address: IpAddr) -> anyhow::Result<()> {
                 .iter()
                 .map(|(signal, count)| format!("{signal}={count}"))
                 .collect();
-            println!("  signals      {}", signals.join(" "));
+            println!("  signals      {}", escape(&signals.join(" ")));
             println!("  first        {}", evidence(&block.first));
             println!("  last         {}", evidence(&block.last));
             if let Some(from) = block.aggregated_from {
@@ -108,7 +108,7 @@ pub fn run(ctx: &Context, address: IpAddr) -> anyhow::Result<()> {
                 println!(
                     "kernel: {} on the blocklist ({}), dropped {} packets / {} bytes since the block{}",
                     entry.cidr,
-                    entry.reason,
+                    escape(&entry.reason),
                     entry.hits.map_or_else(|| "?".to_owned(), |h| h.to_string()),
                     entry
                         .bytes
@@ -120,7 +120,7 @@ pub fn run(ctx: &Context, address: IpAddr) -> anyhow::Result<()> {
                 );
             }
         }
-        Err(err) => println!("kernel: not available ({err})"),
+        Err(err) => println!("kernel: not available ({})", escape(err)),
     }
     Ok(())
 }
@@ -138,5 +138,5 @@ fn evidence(evidence: &Evidence) -> String {
             parts.push(format!("{name}={value}"));
         }
     }
-    parts.join(" ")
+    escape(&parts.join(" ")).into_owned()
 }

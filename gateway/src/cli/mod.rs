@@ -37,6 +37,12 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Enter this network namespace (a name in /run/netns, as `ip netns add` makes)
+    /// first: the interface to attach to lives there, while the pin directory stays
+    /// in the host's bpffs. Use it instead of `ip netns exec`, whose private mount
+    /// namespace loses the pinned program. For `run`, overrides `xdp.netns`.
+    #[arg(long, global = true, value_name = "NAME")]
+    netns: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -269,6 +275,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         // sets up its own streams from its config.
         gateway::observe::logs::init_cli_audit(&cli.state_dir.join(AUDIT_LOG));
     }
+    if let Some(name) = cli.netns.as_deref().filter(|_| !cli.is_daemon()) {
+        gateway::xdp::netns::enter(name)?;
+    }
     let ctx = Context {
         pins: PinDir::new(cli.pin_dir),
         state: StateDir::new(cli.state_dir),
@@ -279,7 +288,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             log_format,
             no_xdp,
-        } => run_daemon(&ctx, &config, log_format, no_xdp),
+        } => run_daemon(&ctx, &config, log_format, no_xdp, cli.netns),
         Command::Check { config } => check(&config),
         Command::Reload => reload(&ctx),
         Command::Xdp(command) => xdp::run(&ctx, command),
@@ -343,12 +352,21 @@ fn run_daemon(
     path: &Path,
     log_format: LogFormat,
     no_xdp: bool,
+    netns: Option<String>,
 ) -> anyhow::Result<()> {
     let mut config = Config::load_checked(path)?;
     if no_xdp {
         config.xdp.enabled = false;
     }
+    // Before the runtime starts its threads, so all of them live in it.
+    let netns = netns.or_else(|| config.xdp.netns.clone());
+    if let Some(name) = &netns {
+        gateway::xdp::netns::enter(name)?;
+    }
     gateway::observe::logs::init_daemon(&config.log, matches!(log_format, LogFormat::Json))?;
+    if let Some(name) = &netns {
+        tracing::info!(netns = %name, "entered the network namespace");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -5,13 +5,17 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use gateway::auth::revocation::{Denylist, Revocation};
+use gateway::{
+    auth::revocation::{Denylist, Revocation},
+    state::REVOCATIONS,
+};
 
-use super::{Context, TokenCommand, TokenTarget, format_unix, print_json, table};
+use super::{
+    Context, TokenCommand, TokenTarget, format_unix, print_json,
+    table::{self, escape},
+};
 
 pub fn run(ctx: &Context, command: TokenCommand) -> anyhow::Result<()> {
-    let path = ctx.state.revocations_path()?;
-    let mut list = Denylist::load(&path)?;
     match command {
         TokenCommand::Revoke {
             target,
@@ -25,29 +29,38 @@ pub fn run(ctx: &Context, command: TokenCommand) -> anyhow::Result<()> {
                 added_at: now,
                 until,
             };
-            let (kind, id) = target.pick(&mut list);
-            kind.insert(id.clone(), entry);
-            list.save(&path)?;
+            let id = ctx.state.update(REVOCATIONS, |list: &mut Denylist| {
+                let (kind, id) = target.pick(list);
+                kind.insert(id.clone(), entry);
+                id
+            })?;
             notify(ctx);
             if ctx.json {
                 return print_json(&serde_json::json!({ "revoked": id, "until": until }));
             }
             let until = until.map_or_else(|| "no expiry".to_owned(), format_unix);
-            println!("revoked {id} ({until}); takes effect on the daemon's next request");
+            println!(
+                "revoked {} ({until}); takes effect on the daemon's next request",
+                escape(&id)
+            );
         }
         TokenCommand::Unrevoke { target } => {
-            let (kind, id) = target.pick(&mut list);
-            if kind.remove(&id).is_none() {
-                bail!("{id} is not revoked; see `gateway token list`");
+            let (id, found) = ctx.state.update(REVOCATIONS, |list: &mut Denylist| {
+                let (kind, id) = target.pick(list);
+                let found = kind.remove(&id).is_some();
+                (id, found)
+            })?;
+            if !found {
+                bail!("{} is not revoked; see `gateway token list`", escape(&id));
             }
-            list.save(&path)?;
             notify(ctx);
             if ctx.json {
                 return print_json(&serde_json::json!({ "unrevoked": id }));
             }
-            println!("unrevoked {id}");
+            println!("unrevoked {}", escape(&id));
         }
         TokenCommand::List => {
+            let list = Denylist::load(&ctx.state.revocations_path())?;
             if ctx.json {
                 return print_json(&list);
             }

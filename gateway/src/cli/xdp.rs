@@ -6,7 +6,10 @@ use gateway::{
 };
 use serde::Serialize;
 
-use super::{Context, XdpCommand, format_unix, print_json, table};
+use super::{
+    Context, XdpCommand, format_unix, print_json,
+    table::{self, escape},
+};
 
 pub fn run(ctx: &Context, command: XdpCommand) -> anyhow::Result<()> {
     match command {
@@ -98,7 +101,11 @@ fn status(ctx: &Context) -> anyhow::Result<()> {
     println!("program id   {}", status.program_id);
     match &attachment {
         Some(a) => {
-            println!("interface    {} (ifindex {})", a.interface, a.ifindex);
+            println!(
+                "interface    {} (ifindex {})",
+                escape(&a.interface),
+                a.ifindex
+            );
             println!("mode         {}", a.mode.as_str());
             println!("attached at  {}", format_unix(a.attached_at));
         }

@@ -17,6 +17,12 @@ pub struct XdpSection {
     pub interface: String,
     /// Attach mode: `auto`, `driver` or `skb`.
     pub mode: Mode,
+    /// Network namespace (a name in `/run/netns`) that `gateway run` enters at
+    /// start, before attaching and before its listeners bind; only the network
+    /// namespace, so the pin directory stays in the host's bpffs. `--netns`
+    /// overrides it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
     /// IPv6 sources share one rate-limit bucket per prefix of this length, so a host
     /// cannot escape its limit by rotating through its own /64.
     pub ipv6_rate_limit_prefix: u8,
@@ -38,6 +44,7 @@ impl Default for XdpSection {
             enabled: true,
             interface: String::new(),
             mode: Mode::Auto,
+            netns: None,
             ipv6_rate_limit_prefix: crate::xdp::DEFAULT_IPV6_RATE_LIMIT_PREFIX,
             allowlist: Vec::new(),
             blocklist: Vec::new(),
@@ -90,6 +97,13 @@ impl XdpSection {
             problems.push(format!(
                 "xdp.ipv6_rate_limit_prefix: {} is not a prefix length between 1 and 128",
                 xdp.ipv6_rate_limit_prefix
+            ));
+        }
+        if let Some(name) = &xdp.netns
+            && (name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']))
+        {
+            problems.push(format!(
+                "xdp.netns: {name:?} is not a namespace name (one entry of /run/netns, see `ip netns list`)"
             ));
         }
         problems.extend(rate_limit_problems("xdp.rate_limit", &xdp.rate_limit));

@@ -14,8 +14,9 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    fs::{File, OpenOptions},
+    fs::{DirBuilder, File, OpenOptions},
     io::Write as _,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::SystemTime,
@@ -107,15 +108,26 @@ impl LogFile {
     }
 }
 
+/// Opens a log file for appending, creating it 0640 (and a missing directory
+/// 0750): logs name clients and tokens, so they are not for every local user.
 fn open_append(path: &Path) -> Result<File, LogError> {
+    let error = |source| LogError {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(error)?;
+    }
     OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o640)
         .open(path)
-        .map_err(|source| LogError {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(error)
 }
 
 /// Reopens every log file at its path (after logrotate renamed it); a file
@@ -430,5 +442,23 @@ mod tests {
         let current = std::fs::read_to_string(&path).expect("new");
         assert_eq!(rotated, "one\ntwo\n");
         assert_eq!(current, "three\n");
+    }
+
+    #[test]
+    fn log_files_and_their_new_directories_are_not_world_readable() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("logs").join("audit.log");
+        let sink = Sink::new(&LogOutput::File(path.clone()), true).expect("open");
+        sink.write_line("one\n");
+        let mode = |path: &Path| {
+            std::fs::metadata(path)
+                .expect("metadata")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(&path), 0o640);
+        assert_eq!(mode(&dir.path().join("logs")), 0o750);
     }
 }

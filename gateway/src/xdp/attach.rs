@@ -331,6 +331,7 @@ fn ensure_bpffs(pins: &PinDir) -> Result<(), XdpError> {
     };
     fs::create_dir_all(parent).map_err(io_error(parent))?;
     if !is_bpffs(parent) {
+        super::netns::check_mount_namespace(parent)?;
         mount_bpffs(parent).map_err(|source| XdpError::Bpffs {
             path: parent.to_owned(),
             source,
@@ -350,7 +351,7 @@ fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
 }
 
-fn is_bpffs(path: &Path) -> bool {
+pub(super) fn is_bpffs(path: &Path) -> bool {
     let Ok(path) = c_path(path) else {
         return false;
     };

@@ -62,6 +62,26 @@ pub enum XdpError {
     MapFull { name: &'static str, capacity: u32 },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(
+        "{path} has no BPF filesystem, and this command runs in a private mount namespace \
+         ({ours}; the host's is {host}), as `ip netns exec` makes: a bpffs mounted here, and the \
+         program pinned in it, would vanish when the command exits. Run \
+         `gateway --netns NAME ...` instead (it enters only the network namespace), or \
+         `nsenter --net=/run/netns/NAME gateway ...`"
+    )]
+    ForeignMountNamespace {
+        path: PathBuf,
+        ours: String,
+        host: String,
+    },
+    #[error("--netns {0:?}: give the name of a namespace in /run/netns (see `ip netns list`)")]
+    NetnsName(String),
+    #[error("entering network namespace {name} ({path}) failed: {source}; see `ip netns list`")]
+    Netns {
+        name: String,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("pinning {path} failed: {source}")]
     Pin {
         path: PathBuf,

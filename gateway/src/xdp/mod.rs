@@ -9,6 +9,7 @@
 mod attach;
 mod error;
 mod maps;
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 
