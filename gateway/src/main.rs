@@ -22,7 +22,8 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Errors quote what was typed (an interface, a token id, a config value).
+            eprintln!("error: {}", cli::table::escape_lines(&format!("{err:#}")));
             if err.downcast_ref::<gateway::config::ConfigError>().is_some() {
                 ExitCode::from(EXIT_CONFIG)
             } else {

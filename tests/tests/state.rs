@@ -365,6 +365,22 @@ fn a_corrupt_state_file_stops_the_daemon_before_the_kernel_and_the_cli_names_the
     );
     let err = gateway.fails(&["token", "revoke", "--jti", "three"]);
     assert!(err.contains("revocations.json.bak"), "{err}");
+
+    // The abuse loop's records too: a block's evidence must not be forgotten.
+    fs::copy(
+        state.join("revocations.json.bak"),
+        state.join("revocations.json"),
+    )
+    .expect("restore");
+    fs::write(state.join("abuse.json"), "{\"blocks\": [").expect("corrupt");
+    let output = gateway.output(&["run", "--config", config_path.to_str().expect("utf-8")]);
+    let text = stderr(&output);
+    assert!(
+        !output.status.success() && text.contains("abuse.json is unreadable"),
+        "{text}"
+    );
+    assert_eq!(gateway.json(&["xdp", "status"])["program_id"], program);
+    assert!(!reachable(&topology, BAD), "still dropping");
 }
 
 #[test]
@@ -466,6 +482,13 @@ fn operator_text_is_printed_with_control_characters_escaped() {
         );
         assert!(out.contains("\\x1b[2J"), "{args:?}: {out}");
     }
+    // Errors that quote what was typed, too.
+    let other = Gateway::new(&topology.gateway);
+    let err = other.fails(&["xdp", "attach", "--iface", "\u{1b}[2Jeth\u{7}"]);
+    assert!(
+        !err.contains(['\u{1b}', '\u{7}']) && err.contains("\\x1b[2Jeth\\x07"),
+        "{err:?}"
+    );
     // JSON keeps the exact text (escaped by JSON itself).
     let list = gateway.json(&["blocklist", "list"]);
     assert_eq!(list[0]["reason"], reason);
@@ -553,4 +576,64 @@ fn ip_netns_exec_is_refused_and_the_netns_option_attaches_for_good() {
             stderr(&output)
         );
     }
+}
+
+#[test]
+fn the_daemon_enters_the_network_namespace_its_config_names() {
+    let topology = Topology::new(&[GOOD, BAD]);
+    start_tcp_echo(&topology.gateway, TCP_PORT);
+    let gateway = Gateway::new(&topology.gateway);
+    let state = gateway.state_dir.path();
+    let config = state.join("gateway.toml");
+    fs::write(
+        &config,
+        format!(
+            "[xdp]\ninterface = \"{}\"\nnetns = \"{}\"\n[admin]\nenabled = false\n",
+            topology.gw_iface, topology.gateway.name
+        ),
+    )
+    .expect("config");
+    let log = state.join("daemon.log");
+    // Started from the host's namespaces: no nsenter, no ip netns exec.
+    let mut daemon = Command::new(gateway::binary())
+        .args(["run", "--config", config.to_str().expect("utf-8")])
+        .env("GATEWAY_PIN_DIR", &gateway.pin_dir)
+        .env("GATEWAY_STATE_DIR", state)
+        .stdout(fs::File::create(&log).expect("log"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gateway run");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("gateway running")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not start: {}",
+            fs::read_to_string(&log).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    topology.wait_until_settled();
+    gateway.ok(&["blocklist", "add", BAD]);
+    assert!(
+        !reachable(&topology, BAD),
+        "the daemon attached in the namespace"
+    );
+    assert!(reachable(&topology, GOOD));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    // kill -9 of the daemon: the program stays attached and filtering.
+    assert!(
+        gateway.json(&["xdp", "status"])["program_id"]
+            .as_u64()
+            .is_some()
+    );
+    assert!(!reachable(&topology, BAD));
+
+    let bad = state.join("bad.toml");
+    fs::write(&bad, "[xdp]\ninterface = \"eth0\"\nnetns = \"../x\"\n").expect("config");
+    let err = gateway.fails(&["check", "--config", bad.to_str().expect("utf-8")]);
+    assert!(err.contains("xdp.netns"), "{err}");
 }

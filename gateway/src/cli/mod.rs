@@ -4,7 +4,7 @@ mod explain;
 mod lists;
 mod ratelimit;
 mod stats;
-mod table;
+pub(crate) mod table;
 mod token;
 mod top;
 mod xdp;

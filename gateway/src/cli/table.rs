@@ -47,23 +47,34 @@ pub fn print(header: &[&str], rows: &[Vec<String>]) {
 /// recolour the screen or pass one text off as another. A reason, a token id or a
 /// request's route comes from whoever typed or sent it.
 pub fn escape(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(needs_escape) {
+    escape_with(text, false)
+}
+
+/// [`escape`], keeping line breaks: for messages of several lines (an error that
+/// lists every problem of a config file) that quote what someone typed.
+pub fn escape_lines(text: &str) -> Cow<'_, str> {
+    escape_with(text, true)
+}
+
+fn escape_with(text: &str, keep_newlines: bool) -> Cow<'_, str> {
+    let needs = |c: char| needs_escape(c) && !(keep_newlines && c == '\n');
+    if !text.chars().any(needs) {
         return Cow::Borrowed(text);
     }
     let mut escaped = String::with_capacity(text.len() + 8);
     for c in text.chars() {
         match c {
+            c if !needs(c) => escaped.push(c),
             '\\' => escaped.push_str("\\\\"),
             '\n' => escaped.push_str("\\n"),
             '\r' => escaped.push_str("\\r"),
             '\t' => escaped.push_str("\\t"),
-            c if needs_escape(c) && u32::from(c) < 0x80 => {
+            c if u32::from(c) < 0x80 => {
                 let _ = write!(escaped, "\\x{:02x}", u32::from(c));
             }
-            c if needs_escape(c) => {
+            c => {
                 let _ = write!(escaped, "\\u{{{:x}}}", u32::from(c));
             }
-            c => escaped.push(c),
         }
     }
     Cow::Owned(escaped)
@@ -77,7 +88,7 @@ fn needs_escape(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::{escape, escape_lines};
 
     #[test]
     fn terminal_controls_are_shown_not_obeyed() {
@@ -94,5 +105,6 @@ mod tests {
             "a literal backslash is not an escape"
         );
         assert_eq!(escape("café ☕"), "café ☕");
+        assert_eq!(escape_lines("a\n\u{1b}b"), "a\n\\x1bb");
     }
 }

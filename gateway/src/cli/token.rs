@@ -51,7 +51,7 @@ pub fn run(ctx: &Context, command: TokenCommand) -> anyhow::Result<()> {
                 (id, found)
             })?;
             if !found {
-                bail!("{} is not revoked; see `gateway token list`", escape(&id));
+                bail!("{id} is not revoked; see `gateway token list`");
             }
             notify(ctx);
             if ctx.json {

@@ -53,7 +53,7 @@ pub fn run(ctx: &Context, command: XdpCommand) -> anyhow::Result<()> {
                 println!(
                     "attached program {} to {} ({} mode); pinned under {}",
                     attachment.program_id,
-                    attachment.interface,
+                    escape(&attachment.interface),
                     attachment.mode.as_str(),
                     ctx.pins.path().display()
                 );
