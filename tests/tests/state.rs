@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeSet,
     fs,
-    os::unix::fs::PermissionsExt as _,
+    os::unix::{fs::PermissionsExt as _, process::ExitStatusExt as _},
     path::Path,
     process::{Child, Command, Output, Stdio},
     thread,
@@ -195,6 +195,7 @@ fn kill_9_of_writers_and_of_the_daemon_never_tears_a_file_or_loses_an_acknowledg
     let mut acknowledged_blocks = Vec::new();
     let mut acknowledged_revocations = Vec::new();
     let (mut killed, mut daemon_kills) = (0, 0);
+    let mut killed_blocks = Vec::new();
     for round in 0..8u32 {
         let mut children = Vec::new();
         for i in 0..12u32 {
@@ -218,12 +219,12 @@ fn kill_9_of_writers_and_of_the_daemon_never_tears_a_file_or_loses_an_acknowledg
                 spawn(&mut gateway.command(&["token", "revoke", "--jti", &jti])),
             ));
         }
-        // Kill some writers mid-flight, at varying moments.
+        // Kill a third of the writers mid-flight, spread over their lifetimes.
         thread::sleep(Duration::from_millis(u64::from(round) * 7 % 40));
         for (n, (_, _, child)) in children.iter_mut().enumerate() {
             if n % 3 == round as usize % 3 {
+                thread::sleep(Duration::from_millis(6));
                 let _ = child.kill();
-                killed += 1;
             }
         }
         if round % 2 == 1 {
@@ -236,6 +237,11 @@ fn kill_9_of_writers_and_of_the_daemon_never_tears_a_file_or_loses_an_acknowledg
             if output.status.success() {
                 acknowledged_blocks.extend(address);
                 acknowledged_revocations.extend(jti);
+            } else if output.status.signal() == Some(libc::SIGKILL) {
+                killed += 1;
+                killed_blocks.extend(address);
+            } else {
+                panic!("a writer failed: {}", stderr(&output));
             }
         }
         assert_state_files_parse(gateway.state_dir.path());
@@ -279,10 +285,17 @@ fn kill_9_of_writers_and_of_the_daemon_never_tears_a_file_or_loses_an_acknowledg
         .filter(|name| name.starts_with(".lists.json.") && name.ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "stale temporaries: {leftovers:?}");
+    // Killed after their kernel update, inside the locked read-modify-write.
+    let inside = killed_blocks
+        .iter()
+        .filter(|address| kernel.contains(*address))
+        .count();
     eprintln!(
-        "{} blocks and {} revocations acknowledged; {killed} writers and the daemon {daemon_kills} times killed with SIGKILL",
+        "{} blocks and {} revocations acknowledged; {killed} writers (of {}) and the daemon {daemon_kills} times killed with SIGKILL mid-flight; {inside} of {} killed adds died inside the locked write",
         acknowledged_blocks.len(),
-        acknowledged_revocations.len()
+        acknowledged_revocations.len(),
+        8 * 36,
+        killed_blocks.len()
     );
     assert!(!acknowledged_blocks.is_empty() && killed > 0 && daemon_kills > 0);
     daemon.take().expect("daemon").stop();
@@ -342,6 +355,8 @@ fn a_corrupt_state_file_stops_the_daemon_before_the_kernel_and_the_cli_names_the
         err.contains("lists.json is unreadable") && err.contains("lists.json.bak"),
         "{err}"
     );
+    let err = gateway.fails(&["xdp", "attach", "--iface", &topology.gw_iface]);
+    assert!(err.contains("lists.json is unreadable"), "{err}");
     assert!(reachable(&topology, GOOD));
 
     // The named copy is the version before the last change: put back, the

@@ -26,6 +26,9 @@ pub fn run(ctx: &Context, command: XdpCommand) -> anyhow::Result<()> {
                 blocklist_entries: blocklist_entries.unwrap_or(defaults.blocklist_entries),
                 cidr_entries: cidr_entries.unwrap_or(defaults.cidr_entries),
             };
+            // An unreadable lists.json stops the attach before the kernel is touched,
+            // instead of leaving a program attached with nothing to restore.
+            ctx.state.lock_lists()?.load()?;
             let attachment = kernel::attach(&ctx.pins, &iface, mode, &capacity)?;
             ctx.state.save_attachment(&attachment)?;
             let maps = KernelMaps::open(&ctx.pins)?;
