@@ -174,6 +174,27 @@ impl Fleet {
             .await
     }
 
+    /// The admin listener's `/metrics` text (plain HTTP on loopback).
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(self.admin).await?;
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut raw = Vec::new();
+            stream.read_to_end(&mut raw).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&raw).into_owned())
+        };
+        let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .expect("GET /metrics within 10 s")
+            .expect("GET /metrics on the admin listener");
+        raw.split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
+    }
+
     /// A client that trusts the edge CA and speaks `protocol`.
     pub fn client(&self, protocol: Protocol) -> Client {
         Client::builder(self.edge_ca.cert_pem(), EDGE_NAME)

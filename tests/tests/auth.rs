@@ -694,3 +694,281 @@ async fn revocation_by_jti_and_subject_applies_to_cached_tokens_and_survives_a_r
         "the reload reused the issuer's keys"
     );
 }
+
+/// SHA-256 of `text`, first 16 hex digits: computed here, apart from the
+/// gateway's own code, so the test checks the documented format.
+fn hash16(text: &str) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes()).as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_key_ends_its_cached_tokens_at_refresh_and_at_reload() {
+    let idp = Idp::start().await;
+    let old = SigningKey::generate(Algorithm::ES256, "2026-old");
+    let kept = SigningKey::generate(Algorithm::EdDSA, "2026-kept");
+    let reused = SigningKey::generate(Algorithm::ES256, "2026-reused");
+    idp.publish(&[&old, &kept, &reused]);
+    let fleet = Fleet::new(1);
+    let mut config = config(&fleet, &idp);
+    let main = config.auth.issuers.get_mut("main").expect("issuer");
+    main.discovery_url = None;
+    main.jwks_url = Some(idp.url("/jwks"));
+    main.min_refresh_interval = Duration::from_secs(1);
+    main.max_refresh_interval = Duration::from_secs(1);
+    // A second issuer whose keys live in a file, re-read at reload.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jwks = dir.path().join("jwks.json");
+    let file_old = SigningKey::generate(Algorithm::ES256, "file-old");
+    let file_kept = SigningKey::generate(Algorithm::ES256, "file-kept");
+    let write_jwks = |keys: &[&SigningKey]| {
+        let set = json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() });
+        std::fs::write(&jwks, set.to_string()).expect("writing the key set");
+    };
+    write_jwks(&[&file_old, &file_kept]);
+    const FILE_ISSUER: &str = "https://files.idp.test";
+    let file_issuer: IssuerConfig = toml::from_str(&format!(
+        "issuer = {FILE_ISSUER:?}\naudiences = [{AUDIENCE:?}]\njwks_file = {jwks:?}\n"
+    ))
+    .expect("issuer table");
+    config.auth.issuers.insert("file".to_owned(), file_issuer);
+    let daemon = start(&fleet, &config).await;
+    let client = fleet.client(Protocol::Http1);
+
+    let old_token = old.sign(&claims(&idp, "olga", ""));
+    let kept_token = kept.sign(&claims(&idp, "kim", ""));
+    let reused_token = reused.sign(&claims(&idp, "rita", ""));
+    // Each accepted twice: verified, then served from the cache.
+    for (case, token) in [
+        ("old key", &old_token),
+        ("kept key", &kept_token),
+        ("reused kid", &reused_token),
+    ] {
+        for _ in 0..2 {
+            echo(&with_token(&fleet, &client, "/", token).await, case);
+        }
+    }
+
+    // The provider retires the old key and puts new material under the
+    // reused kid; the next refresh (1 s) ends their tokens, no restart.
+    let impostor = SigningKey::generate(Algorithm::ES256, "2026-reused");
+    idp.publish(&[&kept, &impostor]);
+    daemon.wait_for_log("\"event\":\"signing_key_retired\"", Duration::from_secs(10));
+    let response = with_token(&fleet, &client, "/", &old_token).await;
+    assert_invalid(&response, "a token of the retired key");
+    assert!(
+        challenge(&response).contains("unknown key id"),
+        "{}",
+        challenge(&response)
+    );
+    let response = with_token(&fleet, &client, "/", &reused_token).await;
+    assert_invalid(&response, "a token of the replaced key under the same kid");
+    echo(
+        &with_token(&fleet, &client, "/", &kept_token).await,
+        "a token of the key still published",
+    );
+    echo(
+        &with_token(
+            &fleet,
+            &client,
+            "/",
+            &impostor.sign(&claims(&idp, "ivan", "")),
+        )
+        .await,
+        "the new key under the reused kid",
+    );
+
+    // A key removed from the file ends its tokens at the reload.
+    let file_claims = |sub: &str| {
+        let mut claims = claims(&idp, sub, "");
+        claims["iss"] = json!(FILE_ISSUER);
+        claims
+    };
+    let file_old_token = file_old.sign(&file_claims("fred"));
+    let file_kept_token = file_kept.sign(&file_claims("fay"));
+    for token in [&file_old_token, &file_kept_token] {
+        for _ in 0..2 {
+            echo(&with_token(&fleet, &client, "/", token).await, "file key");
+        }
+    }
+    write_jwks(&[&file_kept]);
+    fleet.rewrite(&config);
+    let reloads = daemon.log().matches("configuration reloaded").count();
+    daemon.signal(libc::SIGHUP);
+    for _ in 0..200 {
+        if daemon.log().matches("configuration reloaded").count() > reloads {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        daemon.log().matches("configuration reloaded").count() > reloads,
+        "the reload happened: {}",
+        daemon.log()
+    );
+    assert_invalid(
+        &with_token(&fleet, &client, "/", &file_old_token).await,
+        "a token of the key removed from the file",
+    );
+    echo(
+        &with_token(&fleet, &client, "/", &file_kept_token).await,
+        "a token of the key left in the file",
+    );
+    assert!(
+        daemon.log().contains("\"cached_tokens_dropped\""),
+        "the retirement is audited with what it dropped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_is_budgeted_and_needs_the_audience() {
+    const PER_SECOND: u64 = 3;
+    let idp = Idp::start().await;
+    let fleet = Fleet::new(1);
+    let mut config = fleet.config();
+    let opaque: IssuerConfig = toml::from_str(&format!(
+        "issuer = {:?}\naudiences = [{AUDIENCE:?}]\nca = {:?}\n\
+         [introspection]\nurl = {:?}\nclient_id = {CLIENT_ID:?}\nclient_secret = {CLIENT_SECRET:?}\n\
+         client_calls_per_second = {PER_SECOND}\ncalls_per_second = {}\n",
+        idp.issuer(),
+        idp.ca_path,
+        idp.url("/introspect"),
+        PER_SECOND * 2,
+    ))
+    .expect("issuer table");
+    config.auth.issuers.insert("opaque".to_owned(), opaque);
+    // A cache so small that garbage sharing it would evict the real token.
+    config.auth.cache_entries = 4;
+    // Signals counted, nobody blocked: the flood must show as auth failures.
+    config.abuse.enabled = true;
+    config.abuse.threshold = 1_000_000;
+    let mut all = route("all", "/");
+    all.auth = required(&["read"]);
+    config.routes = vec![route("open", "/open"), all];
+    let daemon = start(&fleet, &config).await;
+    let client = fleet.client(Protocol::Http1);
+    let calls = || idp.counters().introspection.load(Ordering::SeqCst);
+    let active = |aud: Value| json!({"active": true, "sub": "svc", "scope": "read", "aud": aud, "exp": now() + 600});
+
+    // The audience: exactly one of the issuer's, as a string or in an array.
+    idp.add_opaque("no-aud", {
+        let mut answer = active(json!(null));
+        answer.as_object_mut().expect("object").remove("aud");
+        answer
+    });
+    idp.add_opaque("spaced-aud", active(json!(format!("other {AUDIENCE}"))));
+    idp.add_opaque("good", active(json!(["other", AUDIENCE])));
+    for token in ["no-aud", "spaced-aud"] {
+        let response = with_token(&fleet, &client, "/x", token).await;
+        assert_invalid(&response, token);
+        assert!(
+            challenge(&response).contains("wrong audience"),
+            "{token}: {}",
+            challenge(&response)
+        );
+    }
+    let good = echo(&with_token(&fleet, &client, "/x", "good").await, "good");
+    assert_eq!(good["headers"]["x-auth-subject"], "svc");
+
+    // 100 random opaque tokens: each refused, the provider asked at most the
+    // budget, and the real token served from the cache throughout. First the
+    // budget the audience checks spent refills.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let signals_before = auth_failures(&fleet).await;
+    let before = calls();
+    let started = std::time::Instant::now();
+    for i in 0..100u32 {
+        let garbage = format!("garbage-{i}-{}", fastrand_id() * 7919);
+        assert_invalid(
+            &with_token(&fleet, &client, "/x", &garbage).await,
+            "random opaque token",
+        );
+        if i % 10 == 0 {
+            echo(
+                &with_token(&fleet, &client, "/x", "good").await,
+                "the real token while garbage floods",
+            );
+        }
+    }
+    let flood_calls = calls() - before;
+    // The per-client budget: a burst of PER_SECOND (partly spent above),
+    // then PER_SECOND each second the flood took.
+    let bound = PER_SECOND * (1 + started.elapsed().as_secs() + 1);
+    println!(
+        "100 random opaque tokens cost {flood_calls} introspection calls in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        flood_calls <= bound,
+        "100 random tokens caused {flood_calls} introspection calls (budget {bound})"
+    );
+    assert!(
+        flood_calls >= 1,
+        "within the budget, unknown tokens are still asked about"
+    );
+    let signals = auth_failures(&fleet).await - signals_before;
+    assert!(
+        signals >= 100.0,
+        "every refusal, budgeted or not, is an auth failure of the client: {signals}"
+    );
+    assert!(
+        daemon.log().contains("too many unknown tokens"),
+        "the refusal says why"
+    );
+}
+
+/// `gateway_abuse_signals_total{signal="auth_failure"}`.
+async fn auth_failures(fleet: &Fleet) -> f64 {
+    let metrics = gateway::observe::metrics::parse_text(&fleet.metrics().await);
+    metrics
+        .get("gateway_abuse_signals_total")
+        .and_then(|series| {
+            series
+                .iter()
+                .find(|(labels, _)| {
+                    labels
+                        .iter()
+                        .any(|(k, v)| k == "signal" && v == "auth_failure")
+                })
+                .map(|(_, value)| *value)
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_names_a_token_by_a_hash_of_its_jti() {
+    let idp = Idp::start().await;
+    let key = SigningKey::generate(Algorithm::ES256, "es");
+    idp.publish(&[&key]);
+    let fleet = Fleet::new(1);
+    let daemon = start(&fleet, &config(&fleet, &idp)).await;
+    let client = fleet.client(Protocol::Http1);
+    let claims = claims(&idp, "judy", "");
+    let jti = claims["jti"].as_str().expect("jti").to_owned();
+    let token = key.sign(&claims);
+    echo(
+        &with_token(&fleet, &client, "/", &token).await,
+        "with a jti",
+    );
+    let mut without = claims.clone();
+    without.as_object_mut().expect("object").remove("jti");
+    let anonymous = key.sign(&without);
+    echo(
+        &with_token(&fleet, &client, "/", &anonymous).await,
+        "without a jti",
+    );
+
+    daemon.wait_for_log(&hash16(&anonymous), Duration::from_secs(5));
+    let log = daemon.log();
+    let access: Vec<Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["stream"] == "access" && line["subject"] == "judy")
+        .collect();
+    assert_eq!(access.len(), 2, "{log}");
+    assert_eq!(access[0]["jti_hash"], hash16(&jti), "{}", access[0]);
+    assert_eq!(access[1]["jti_hash"], hash16(&anonymous), "{}", access[1]);
+    assert!(!log.contains(&jti), "the raw jti reached the log:\n{log}");
+}

@@ -6,6 +6,7 @@
 //! `cargo test --release -p gateway-tests --test auth_cost -- --ignored --nocapture`
 
 use std::{
+    net::{IpAddr, Ipv4Addr},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -21,6 +22,7 @@ use serde_json::json;
 
 const ISSUER: &str = "https://idp.test";
 const TOKENS: usize = 2_000;
+const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
 
 fn bearer(token: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -77,7 +79,7 @@ async fn cold_verification_against_cache_hit() {
         // Cold: every token seen for the first time.
         let started = Instant::now();
         for headers in &tokens {
-            let verified = auth.authenticate(&policy, headers).await;
+            let verified = auth.authenticate(&policy, headers, CLIENT).await;
             assert!(
                 matches!(verified, Ok(Some(_))),
                 "{verified:?}",
@@ -89,7 +91,7 @@ async fn cold_verification_against_cache_hit() {
         let started = Instant::now();
         for headers in &tokens {
             assert!(matches!(
-                auth.authenticate(&policy, headers).await,
+                auth.authenticate(&policy, headers, CLIENT).await,
                 Ok(Some(_))
             ));
         }

@@ -1,17 +1,24 @@
 //! Tokens already verified, so a client reusing its token does not pay for a
 //! signature check (or an introspection call) on every request. Keyed by the
-//! SHA-256 of the token, never the token; an entry never outlives the token's
-//! `exp` or its own TTL, and revocations are checked on every hit by the caller.
+//! SHA-256 of the token, never the token; an entry is never returned past the
+//! token's `exp` or its own TTL, and revocations and key retirement are
+//! checked on every hit by the caller.
+//!
+//! Two bounded concurrent caches (`quick_cache`: sharded, no global lock, and
+//! scan-resistant eviction, so a burst of one-off tokens does not flush the
+//! tokens clients reuse): verified tokens, and refusals remembered from
+//! introspection. They are separate, so garbage tokens filling the negative
+//! side can never evict a real verified token.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use aws_lc_rs::digest;
+use quick_cache::sync::Cache;
 
-use super::Verified;
+use super::{Verified, jwks::Fingerprint};
 
 /// The cache key: a hash of the token.
 pub type TokenHash = [u8; 32];
@@ -30,100 +37,288 @@ pub enum Cached {
     Inactive,
 }
 
-struct Entry {
-    value: Cached,
+#[derive(Clone)]
+struct Valid {
+    verified: Arc<Verified>,
     until: Instant,
 }
 
-/// A bounded map from token hash to result.
+/// Verified tokens and introspection refusals, each bounded.
 pub struct TokenCache {
-    entries: Mutex<HashMap<TokenHash, Entry>>,
-    capacity: usize,
+    valid: Cache<TokenHash, Valid>,
+    inactive: Cache<TokenHash, Instant>,
 }
 
 impl TokenCache {
+    /// `capacity` verified tokens and as many refusals.
     pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         Self {
-            entries: Mutex::new(HashMap::new()),
-            capacity: capacity.max(1),
+            valid: Cache::new(capacity),
+            inactive: Cache::new(capacity),
         }
     }
 
     /// The live entry for `key`, if any.
     pub fn get(&self, key: &TokenHash) -> Option<Cached> {
-        let mut entries = self.lock();
-        let entry = entries.get(key)?;
-        if entry.until > Instant::now() {
-            return Some(entry.value.clone());
+        let now = Instant::now();
+        if let Some(entry) = self.valid.get(key) {
+            if entry.until > now {
+                return Some(Cached::Valid(entry.verified));
+            }
+            self.valid.remove(key);
         }
-        entries.remove(key);
+        let until = self.inactive.get(key)?;
+        if until > now {
+            return Some(Cached::Inactive);
+        }
+        self.inactive.remove(key);
         None
     }
 
-    /// Remembers `value` for `ttl` (callers cap it at the token's `exp`).
-    pub fn insert(&self, key: TokenHash, value: Cached, ttl: Duration) {
+    /// Remembers a verified token for `ttl` (callers cap it at the token's `exp`).
+    pub fn insert_valid(&self, key: TokenHash, verified: Arc<Verified>, ttl: Duration) {
         if ttl.is_zero() {
             return;
         }
-        let now = Instant::now();
-        let mut entries = self.lock();
-        if entries.len() >= self.capacity && !entries.contains_key(&key) {
-            entries.retain(|_, entry| entry.until > now);
-            // Still full: make room for a tenth, so eviction is rare and cheap.
-            if entries.len() >= self.capacity {
-                let drop: Vec<TokenHash> = entries
-                    .keys()
-                    .take((self.capacity / 10).max(1))
-                    .copied()
-                    .collect();
-                for key in drop {
-                    entries.remove(&key);
-                }
-            }
-        }
-        entries.insert(
+        // A token now valid is no longer inactive (it may have been refused
+        // while the provider had not seen it yet).
+        self.inactive.remove(&key);
+        self.valid.insert(
             key,
-            Entry {
-                value,
-                until: now + ttl,
+            Valid {
+                verified,
+                until: Instant::now() + ttl,
             },
         );
     }
 
-    /// Entries held, expired ones not yet swept included.
+    /// Remembers that introspection refused the token, for `ttl`.
+    pub fn insert_inactive(&self, key: TokenHash, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        self.inactive.insert(key, Instant::now() + ttl);
+    }
+
+    /// Forgets a verified token (its key was retired since it was cached).
+    pub fn remove(&self, key: &TokenHash) {
+        self.valid.remove(key);
+    }
+
+    /// Drops every token of issuer `issuer` that was verified with one of the
+    /// `retired` keys; returns how many.
+    pub fn retire(&self, issuer: &str, retired: &[Fingerprint]) -> usize {
+        let before = self.valid.len();
+        self.valid.retain(|_, entry| {
+            let verified = &entry.verified;
+            !(verified.issuer == issuer && verified.key.is_some_and(|key| retired.contains(&key)))
+        });
+        before.saturating_sub(self.valid.len())
+    }
+
+    /// Verified tokens held, expired ones not yet evicted included.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.valid.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.valid.is_empty()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenHash, Entry>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Refusals held.
+    pub fn inactive_len(&self) -> usize {
+        self.inactive.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Identity;
+
+    fn verified(issuer: &str, key: Option<Fingerprint>) -> Arc<Verified> {
+        Arc::new(Verified {
+            identity: Identity::default(),
+            issuer: issuer.to_owned(),
+            claims: serde_json::Value::Null,
+            jti: None,
+            key,
+            forwarded: Vec::new(),
+        })
+    }
 
     #[test]
     fn bounded_and_expiring() {
         let cache = TokenCache::new(10);
         for i in 0..25 {
             let key = hash(&i.to_string());
-            cache.insert(key, Cached::Inactive, Duration::from_secs(60));
-            assert!(cache.len() <= 10);
+            cache.insert_valid(key, verified("a", None), Duration::from_secs(60));
+            assert!(cache.len() <= 20, "bounded: {}", cache.len());
             assert!(cache.get(&key).is_some(), "the newest entry is kept");
         }
-        cache.insert(hash("short"), Cached::Inactive, Duration::from_millis(1));
+        cache.insert_valid(hash("short"), verified("a", None), Duration::from_millis(1));
+        cache.insert_inactive(hash("no"), Duration::from_millis(1));
         std::thread::sleep(Duration::from_millis(5));
         assert!(
             cache.get(&hash("short")).is_none(),
             "expired entries are gone"
+        );
+        assert!(
+            cache.get(&hash("no")).is_none(),
+            "expired refusals are gone"
+        );
+        cache.insert_valid(hash("zero"), verified("a", None), Duration::ZERO);
+        assert!(
+            cache.get(&hash("zero")).is_none(),
+            "a token at exp is not cached"
+        );
+    }
+
+    #[test]
+    fn garbage_refusals_never_evict_verified_tokens() {
+        let cache = TokenCache::new(100);
+        let kept: Vec<TokenHash> = (0..50).map(|i| hash(&format!("real-{i}"))).collect();
+        for key in &kept {
+            cache.insert_valid(*key, verified("a", None), Duration::from_secs(60));
+        }
+        for i in 0..100_000 {
+            cache.insert_inactive(hash(&format!("garbage-{i}")), Duration::from_secs(60));
+        }
+        assert!(cache.inactive_len() <= 200, "{}", cache.inactive_len());
+        for key in &kept {
+            assert!(matches!(cache.get(key), Some(Cached::Valid(_))));
+        }
+    }
+
+    #[test]
+    fn retiring_a_key_drops_its_tokens_only() {
+        let cache = TokenCache::new(100);
+        let (old, new) = ([1; 32], [2; 32]);
+        cache.insert_valid(
+            hash("old"),
+            verified("a", Some(old)),
+            Duration::from_secs(60),
+        );
+        cache.insert_valid(
+            hash("new"),
+            verified("a", Some(new)),
+            Duration::from_secs(60),
+        );
+        cache.insert_valid(
+            hash("other"),
+            verified("b", Some(old)),
+            Duration::from_secs(60),
+        );
+        cache.insert_valid(hash("opaque"), verified("a", None), Duration::from_secs(60));
+        assert_eq!(cache.retire("a", &[old]), 1);
+        assert!(cache.get(&hash("old")).is_none());
+        for kept in ["new", "other", "opaque"] {
+            assert!(cache.get(&hash(kept)).is_some(), "{kept}");
+        }
+    }
+
+    #[test]
+    fn a_valid_answer_replaces_a_refusal() {
+        let cache = TokenCache::new(10);
+        cache.insert_inactive(hash("t"), Duration::from_secs(60));
+        assert!(matches!(cache.get(&hash("t")), Some(Cached::Inactive)));
+        cache.insert_valid(hash("t"), verified("a", None), Duration::from_secs(60));
+        assert!(matches!(cache.get(&hash("t")), Some(Cached::Valid(_))));
+    }
+
+    #[test]
+    fn concurrent_callers_keep_the_reused_tokens() {
+        let cache = Arc::new(TokenCache::new(1_000));
+        let hot: Vec<TokenHash> = (0..20).map(|i| hash(&format!("hot-{i}"))).collect();
+        for key in &hot {
+            cache.insert_valid(*key, verified("a", None), Duration::from_secs(60));
+        }
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (cache, hot) = (cache.clone(), hot.clone());
+                std::thread::spawn(move || {
+                    for i in 0..5_000 {
+                        let key = hash(&format!("{t}-{i}"));
+                        cache.insert_valid(key, verified("a", None), Duration::from_secs(60));
+                        let _ = cache.get(&hot[i % hot.len()]);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("thread");
+        }
+        assert!(cache.len() <= 2_000, "{}", cache.len());
+        for key in &hot {
+            assert!(
+                cache.get(key).is_some(),
+                "a token in use was evicted by one-off tokens"
+            );
+        }
+    }
+
+    /// What the cache costs per operation at the default size: a hit, an
+    /// insert into a full cache (fresh tokens, the eviction path), and hits
+    /// while another thread inserts. A measurement, not a test of speed.
+    /// `cargo test --release -p gateway --lib auth::cache::tests::cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a measurement; run optimised with --ignored --nocapture"]
+    fn cost() {
+        const CAPACITY: usize = 10_000;
+        const FRESH: usize = 200_000;
+        let per_op =
+            |started: Instant, ops: usize| started.elapsed().as_nanos() as f64 / ops as f64;
+        let keys: Vec<TokenHash> = (0..CAPACITY + FRESH)
+            .map(|i| hash(&i.to_string()))
+            .collect();
+        let cache = Arc::new(TokenCache::new(CAPACITY));
+        let entry = verified("a", Some([1; 32]));
+        let ttl = Duration::from_secs(600);
+        for key in &keys[..CAPACITY] {
+            cache.insert_valid(*key, entry.clone(), ttl);
+        }
+        // Half of them are reused (hot), then fresh tokens flood in.
+        let hot = &keys[..CAPACITY / 2];
+        for key in hot {
+            assert!(cache.get(key).is_some());
+        }
+        let started = Instant::now();
+        for key in &keys[CAPACITY..] {
+            cache.insert_valid(*key, entry.clone(), ttl);
+        }
+        let insert = per_op(started, FRESH);
+        let kept = hot.iter().filter(|key| cache.get(key).is_some()).count();
+        let started = Instant::now();
+        for _ in 0..20 {
+            for key in hot {
+                let _ = cache.get(key);
+            }
+        }
+        let hit = per_op(started, 20 * hot.len());
+        let writer = {
+            let cache = cache.clone();
+            let keys: Vec<TokenHash> = (0..FRESH).map(|i| hash(&format!("w{i}"))).collect();
+            let entry = entry.clone();
+            std::thread::spawn(move || {
+                for key in keys {
+                    cache.insert_valid(key, entry.clone(), ttl);
+                }
+            })
+        };
+        let started = Instant::now();
+        let mut hits = 0;
+        while !writer.is_finished() {
+            for key in hot.iter().take(1_000) {
+                hits += 1;
+                let _ = cache.get(key);
+            }
+        }
+        let contended = per_op(started, hits);
+        writer.join().expect("writer");
+        println!(
+            "token cache ({CAPACITY} entries): insert into full {insert:.0} ns, lookup {hit:.0} ns, lookup while another thread inserts {contended:.0} ns; reused tokens kept through {FRESH} fresh inserts: {kept}/{}",
+            hot.len()
         );
     }
 }

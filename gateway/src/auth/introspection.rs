@@ -1,10 +1,22 @@
 //! RFC 7662 token introspection for opaque tokens: the gateway asks the
 //! provider, authenticating itself with HTTP Basic. `active`, `exp`, `scope`,
 //! `sub` and `aud` are honoured. An unreachable endpoint fails closed (503).
+//!
+//! Every never-seen token costs the provider a call, so calls are budgeted
+//! per client address and in total ([`Introspector::admit`]): a flood of
+//! random tokens costs the provider at most the budget, not one call each.
 
-use std::time::Duration;
+use std::{
+    convert::Infallible,
+    net::{IpAddr, Ipv6Addr},
+    num::NonZeroU32,
+    sync::Arc,
+    time::Duration,
+};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use quick_cache::sync::Cache;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -23,12 +35,54 @@ struct Response {
     active: bool,
 }
 
+/// Client addresses whose budget is remembered; a client evicted from here
+/// starts with a fresh budget, which the global budget still bounds.
+const BUDGET_CLIENTS: usize = 65_536;
+
+/// Which budget refused a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverBudget {
+    Client,
+    Global,
+}
+
 /// One issuer's introspection endpoint.
 pub struct Introspector {
     fetcher: Fetcher,
     url: String,
     basic: String,
     pub config: IntrospectionConfig,
+    budget: Budget,
+}
+
+/// Calls left for never-seen tokens: per client address and in total.
+struct Budget {
+    global: DefaultDirectRateLimiter,
+    per_client: Quota,
+    clients: Cache<IpAddr, Arc<DefaultDirectRateLimiter>>,
+}
+
+impl Budget {
+    fn new(global: Quota, per_client: Quota, clients: usize) -> Self {
+        Self {
+            global: RateLimiter::direct(global),
+            per_client,
+            clients: Cache::new(clients),
+        }
+    }
+
+    /// Takes one call from `client`'s budget, then from the global one (so a
+    /// client over its own budget spends nobody else's).
+    fn admit(&self, client: IpAddr) -> Result<(), OverBudget> {
+        let limiter = self
+            .clients
+            .get_or_insert_with(&budget_key(client), || {
+                Ok::<_, Infallible>(Arc::new(RateLimiter::direct(self.per_client)))
+            })
+            .unwrap_or_else(|never| match never {});
+        limiter.check().map_err(|_| OverBudget::Client)?;
+        self.global.check().map_err(|_| OverBudget::Global)
+    }
 }
 
 impl Introspector {
@@ -46,7 +100,17 @@ impl Introspector {
             url: config.url.clone(),
             basic: format!("Basic {}", STANDARD.encode(credentials.as_bytes())),
             config: config.clone(),
+            budget: Budget::new(
+                per_second(config.calls_per_second),
+                per_second(config.client_calls_per_second),
+                BUDGET_CLIENTS,
+            ),
         }))
+    }
+
+    /// May a never-seen token from `client` cost the provider a call now?
+    pub fn admit(&self, client: IpAddr) -> Result<(), OverBudget> {
+        self.budget.admit(client)
     }
 
     /// Asks the provider about `token`.
@@ -81,6 +145,30 @@ impl Introspector {
     }
 }
 
+/// Whether an answer's `aud` (one string, or an array of strings) names one
+/// of `accepted`. A string is one audience, never split.
+pub fn audience_matches(claims: &Value, accepted: &[String]) -> bool {
+    let accepted = |aud: &str| accepted.iter().any(|a| a == aud);
+    match &claims["aud"] {
+        Value::String(aud) => accepted(aud),
+        Value::Array(items) => items.iter().filter_map(Value::as_str).any(accepted),
+        _ => false,
+    }
+}
+
+fn per_second(calls: u32) -> Quota {
+    Quota::per_second(NonZeroU32::new(calls).unwrap_or(NonZeroU32::MIN))
+}
+
+/// The address a budget belongs to: IPv6 clients by their /64, as one host
+/// owns at least that much.
+fn budget_key(client: IpAddr) -> IpAddr {
+    match client.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
+
 /// `application/x-www-form-urlencoded` for one value (RFC 6749 §2.3.1 uses it
 /// for the Basic credentials too).
 fn form_encode(value: &str) -> String {
@@ -106,5 +194,46 @@ mod tests {
         assert_eq!(STANDARD.encode(b"ab"), "YWI=");
         assert_eq!(STANDARD.encode(b"abc"), "YWJj");
         assert_eq!(form_encode("a b/+"), "a%20b%2F%2B");
+    }
+
+    #[test]
+    fn audiences_match_exactly() {
+        use serde_json::json;
+        let accepted = ["payments-api".to_owned()];
+        for (aud, ok) in [
+            (json!("payments-api"), true),
+            (json!(["other", "payments-api"]), true),
+            (json!("other payments-api"), false),
+            (json!("Payments-API"), false),
+            (json!(["other"]), false),
+            (json!([["payments-api"]]), false),
+            (json!({"payments-api": true}), false),
+            (json!(null), false),
+            (json!(7), false),
+        ] {
+            assert_eq!(
+                audience_matches(&json!({"aud": aud}), &accepted),
+                ok,
+                "{aud}"
+            );
+        }
+        assert!(!audience_matches(&json!({"active": true}), &accepted));
+    }
+
+    #[test]
+    fn budgets_per_client_and_global() {
+        let hour = |n| Quota::per_hour(NonZeroU32::new(n).expect("non-zero"));
+        let introspector = Budget::new(hour(5), hour(3), 4);
+        let one: IpAddr = "198.18.0.1".parse().expect("address");
+        let admitted = (0..10).filter(|_| introspector.admit(one).is_ok()).count();
+        assert_eq!(admitted, 3, "one client gets its own budget");
+        assert_eq!(introspector.admit(one), Err(OverBudget::Client));
+        // Two addresses in one /64 share a budget.
+        let a: IpAddr = "2001:2::1".parse().expect("address");
+        let b: IpAddr = "2001:2::ffff:1".parse().expect("address");
+        assert!(introspector.admit(a).is_ok() && introspector.admit(b).is_ok());
+        // The global budget (5) is spent: a fresh client is refused too.
+        let fresh: IpAddr = "198.18.0.9".parse().expect("address");
+        assert_eq!(introspector.admit(fresh), Err(OverBudget::Global));
     }
 }

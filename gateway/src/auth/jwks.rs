@@ -3,23 +3,35 @@
 //! max-age` within bounds); fetched again at once for an unknown `kid`, but at
 //! most once per `unknown_kid_interval`, so random `kid`s cannot hammer the
 //! provider. When the provider is down the last good keys stay in use.
+//!
+//! A key that leaves the set (a refresh, a rotation, a reload) is retired:
+//! the tokens it verified are dropped from every verified-token cache that
+//! watches the set, so the next request with such a token is verified again.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
+use aws_lc_rs::digest;
 use jsonwebtoken::{
     Algorithm, DecodingKey,
     jwk::{AlgorithmParameters, Jwk, JwkSet, PublicKeyUse},
 };
 use tracing::{info, warn};
 
-use super::fetch::{FetchError, Fetcher};
+use super::{
+    cache::TokenCache,
+    fetch::{FetchError, Fetcher},
+};
 use crate::config::IssuerConfig;
+
+/// What names a key across refreshes: the SHA-256 of its `kid` and public
+/// parameters, so a `kid` reused for new key material is a different key.
+pub type Fingerprint = [u8; 32];
 
 /// Keys could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +61,7 @@ pub struct Key {
     pub decoding: DecodingKey,
     /// The algorithm the JWK pins, if it names one.
     pub alg: Option<Algorithm>,
+    pub fingerprint: Fingerprint,
 }
 
 /// One generation of keys.
@@ -57,6 +70,20 @@ pub struct Keys {
     pub by_kid: HashMap<String, Arc<Key>>,
     /// Keys without a `kid` (tried in turn for tokens without one).
     pub unnamed: Vec<Arc<Key>>,
+    /// Every key's fingerprint, so a cache hit checks its key in O(1).
+    pub fingerprints: HashSet<Fingerprint>,
+}
+
+impl Keys {
+    fn add(&mut self, kid: Option<&str>, key: Key) {
+        self.fingerprints.insert(key.fingerprint);
+        match kid {
+            Some(kid) => {
+                self.by_kid.insert(kid.to_owned(), Arc::new(key));
+            }
+            None => self.unnamed.push(Arc::new(key)),
+        }
+    }
 }
 
 enum Source {
@@ -81,6 +108,8 @@ pub struct KeySet {
     last_unknown: Mutex<Option<Instant>>,
     /// Serialises fetches, so a burst of requests causes one.
     fetching: tokio::sync::Mutex<()>,
+    /// The verified-token caches holding tokens of these keys.
+    caches: Mutex<Vec<Weak<TokenCache>>>,
 }
 
 impl KeySet {
@@ -116,6 +145,7 @@ impl KeySet {
             unknown_kid_interval: config.unknown_kid_interval,
             last_unknown: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
+            caches: Mutex::new(Vec::new()),
         });
         let first = match set.load().await {
             Ok(max_age) => set.next_refresh(max_age),
@@ -135,6 +165,39 @@ impl KeySet {
     /// The current keys.
     pub fn current(&self) -> Arc<Keys> {
         self.keys.load_full()
+    }
+
+    /// Whether the key with this fingerprint is still in the set.
+    pub fn holds(&self, key: &Fingerprint) -> bool {
+        self.keys.load().fingerprints.contains(key)
+    }
+
+    /// Drop tokens from `cache` when their key is retired.
+    pub fn watch(&self, cache: &Arc<TokenCache>) {
+        let mut caches = self
+            .caches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        caches.retain(|weak| weak.strong_count() > 0);
+        if !caches
+            .iter()
+            .any(|weak| std::ptr::eq(weak.as_ptr(), Arc::as_ptr(cache)))
+        {
+            caches.push(Arc::downgrade(cache));
+        }
+    }
+
+    /// Reads the key set again (a reload): a file must be readable, as at
+    /// start; a provider that is down leaves the last good keys in use.
+    pub async fn reload(&self) -> Result<(), JwksError> {
+        match self.load().await {
+            Ok(_) => Ok(()),
+            Err(err) if matches!(self.source, Source::File(_)) => Err(err),
+            Err(err) => {
+                warn!(issuer = %self.name, %err, "refetching keys at reload failed; keeping the last good keys");
+                Ok(())
+            }
+        }
     }
 
     /// A token named a `kid` we do not know: fetch again unless that was done
@@ -219,8 +282,41 @@ impl KeySet {
         info!(issuer = %self.name, keys = keys.by_kid.len() + keys.unnamed.len(), "signing keys loaded");
         metrics::gauge!("gateway_auth_jwks_keys", "issuer" => self.name.clone())
             .set((keys.by_kid.len() + keys.unnamed.len()) as f64);
-        self.keys.store(Arc::new(keys));
+        let old = self.keys.swap(Arc::new(keys));
+        self.retire(&old);
         Ok(max_age)
+    }
+
+    /// Drops the cached tokens of every key in `old` that left the set.
+    fn retire(&self, old: &Keys) {
+        let current = self.keys.load();
+        let retired: Vec<Fingerprint> = old
+            .fingerprints
+            .difference(&current.fingerprints)
+            .copied()
+            .collect();
+        if retired.is_empty() {
+            return;
+        }
+        let caches: Vec<Arc<TokenCache>> = self
+            .caches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let dropped: usize = caches
+            .iter()
+            .map(|cache| cache.retire(&self.name, &retired))
+            .sum();
+        info!(
+            target: "audit",
+            event = "signing_key_retired",
+            issuer = %self.name,
+            keys = retired.len(),
+            cached_tokens_dropped = dropped,
+            "signing keys left the key set; the tokens they verified are verified again"
+        );
     }
 
     async fn discover(&self, url: &str) -> Result<String, JwksError> {
@@ -291,12 +387,7 @@ fn parse_keys(set: &JwkSet) -> Keys {
             continue;
         }
         let Some(key) = to_key(jwk) else { continue };
-        match &jwk.common.key_id {
-            Some(kid) => {
-                keys.by_kid.insert(kid.clone(), Arc::new(key));
-            }
-            None => keys.unnamed.push(Arc::new(key)),
-        }
+        keys.add(jwk.common.key_id.as_deref(), key);
     }
     keys
 }
@@ -307,5 +398,47 @@ fn to_key(jwk: &Jwk) -> Option<Key> {
         Some(alg) => Some(alg.to_string().parse::<Algorithm>().ok()?),
         None => None,
     };
-    Some(Key { decoding, alg })
+    let mut context = digest::Context::new(&digest::SHA256);
+    context.update(jwk.common.key_id.as_deref().unwrap_or_default().as_bytes());
+    context.update(&[0]);
+    context.update(&serde_json::to_vec(&jwk.algorithm).ok()?);
+    context.update(&[0]);
+    context.update(format!("{alg:?}").as_bytes());
+    let mut fingerprint = [0; 32];
+    fingerprint.copy_from_slice(context.finish().as_ref());
+    Some(Key {
+        decoding,
+        alg,
+        fingerprint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(keys: &[(&str, &str)]) -> JwkSet {
+        let keys: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|(kid, x)| serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": x}))
+            .collect();
+        serde_json::from_value(serde_json::json!({ "keys": keys })).expect("key set")
+    }
+
+    #[test]
+    fn a_key_is_its_kid_and_its_material() {
+        let a = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+        let b = "3p7bfXt9wbTTW2HC7OQ1Nz-DQ8hbeGdNrfx-FG-IK08";
+        let fingerprints = |keys: &[(&str, &str)]| parse_keys(&set(keys)).fingerprints;
+        let first = fingerprints(&[("k1", a), ("k2", b)]);
+        assert_eq!(first.len(), 2);
+        assert_eq!(
+            first,
+            fingerprints(&[("k2", b), ("k1", a)]),
+            "a refresh keeps them"
+        );
+        // New material under an old kid, or old material under a new kid, is another key.
+        assert!(first.is_disjoint(&fingerprints(&[("k1", b)])));
+        assert!(first.is_disjoint(&fingerprints(&[("k3", a)])));
+    }
 }

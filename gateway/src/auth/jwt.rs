@@ -6,7 +6,7 @@
 use jsonwebtoken::{Algorithm, Header, Validation, decode, decode_header};
 use serde_json::Value;
 
-use super::jwks::{Key, Keys};
+use super::jwks::{Fingerprint, Key, Keys};
 use crate::config::IssuerConfig;
 
 /// Why a token was refused; the message is safe to show the client.
@@ -96,9 +96,15 @@ impl Rules {
         Ok(header)
     }
 
-    /// Verifies `token` with `keys`; the claims on success.
-    /// [`JwtError::UnknownKid`] tells the caller a key refetch may help.
-    pub fn verify(&self, token: &str, header: &Header, keys: &Keys) -> Result<Value, JwtError> {
+    /// Verifies `token` with `keys`; the claims and the key that verified
+    /// them on success. [`JwtError::UnknownKid`] tells the caller a key
+    /// refetch may help.
+    pub fn verify(
+        &self,
+        token: &str,
+        header: &Header,
+        keys: &Keys,
+    ) -> Result<(Value, Fingerprint), JwtError> {
         match &header.kid {
             Some(kid) => {
                 let key = keys.by_kid.get(kid).ok_or(JwtError::UnknownKid)?;
@@ -117,7 +123,12 @@ impl Rules {
         }
     }
 
-    fn verify_with(&self, token: &str, alg: Algorithm, key: &Key) -> Result<Value, JwtError> {
+    fn verify_with(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        key: &Key,
+    ) -> Result<(Value, Fingerprint), JwtError> {
         if key.decoding.family() != alg.family() || key.alg.is_some_and(|pinned| pinned != alg) {
             return Err(JwtError::NoKey);
         }
@@ -126,7 +137,7 @@ impl Rules {
         let data = decode::<Value>(token, &key.decoding, &validation).map_err(map_error)?;
         let claims = data.claims;
         self.check_times(&claims)?;
-        Ok(claims)
+        Ok((claims, key.fingerprint))
     }
 
     /// `iat` and the lifetime, which `jsonwebtoken` leaves to us.
@@ -231,11 +242,12 @@ mod tests {
                         Arc::new(Key {
                             decoding: key.decoding.clone(),
                             alg,
+                            fingerprint: [0; 32],
                         }),
                     )
                 })
                 .collect::<HashMap<_, _>>(),
-            unnamed: Vec::new(),
+            ..Keys::default()
         }
     }
 
@@ -255,7 +267,7 @@ mod tests {
 
     fn check(rules: &Rules, keys: &Keys, token: &str) -> Result<Value, JwtError> {
         let header = rules.header(token)?;
-        rules.verify(token, &header, keys)
+        rules.verify(token, &header, keys).map(|(claims, _)| claims)
     }
 
     #[test]

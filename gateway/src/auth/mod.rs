@@ -18,7 +18,7 @@ pub mod jwt;
 pub mod policy;
 pub mod revocation;
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use serde_json::Value;
@@ -27,8 +27,8 @@ use tracing::{info, warn};
 use self::{
     cache::{Cached, TokenCache},
     fetch::FetchError,
-    introspection::{Introspected, Introspector},
-    jwks::{JwksError, KeySet},
+    introspection::{Introspected, Introspector, OverBudget},
+    jwks::{Fingerprint, JwksError, KeySet},
     jwt::{JwtError, Rules},
     revocation::Revocations,
 };
@@ -45,8 +45,9 @@ pub struct Identity {
     pub scopes: Vec<String>,
     /// Granted roles.
     pub roles: Vec<String>,
-    /// The token's `jti`, or a short hash of the token when it has none: what
-    /// logs name instead of the token.
+    /// What logs name instead of the token: [`log_hash`] of its `jti`, or of
+    /// the token itself when it has none. Never the raw `jti`, which is a
+    /// bearer-adjacent secret in some deployments and a revocation handle.
     pub token_id: Option<String>,
 }
 
@@ -57,6 +58,9 @@ pub struct Verified {
     pub issuer: String,
     pub claims: Value,
     pub jti: Option<String>,
+    /// The signing key that verified it (`None` for introspection): a cache
+    /// hit is honoured only while the issuer still holds this key.
+    pub key: Option<Fingerprint>,
     /// Claim values for `[auth.claim_headers]`.
     forwarded: Vec<(HeaderName, HeaderValue)>,
 }
@@ -184,7 +188,17 @@ impl Auth {
                 .and_then(|p| p.issuers.get(name))
                 .filter(|issuer| issuer.config == *config);
             let issuer = match reused {
-                Some(issuer) => issuer.clone(),
+                Some(issuer) => {
+                    // A reload reads the keys again, so a key removed from the
+                    // file (or the provider's set) is retired now.
+                    if let Some(keys) = &issuer.keys {
+                        keys.reload().await.map_err(|source| AuthStartError::Keys {
+                            name: name.clone(),
+                            source,
+                        })?;
+                    }
+                    issuer.clone()
+                }
                 None => Arc::new(Issuer::start(name, config).await?),
             };
             issuers.insert(name.clone(), issuer);
@@ -199,6 +213,9 @@ impl Auth {
             }
             _ => Arc::new(TokenCache::new(section.cache_entries)),
         };
+        for keys in issuers.values().filter_map(|issuer| issuer.keys.as_ref()) {
+            keys.watch(&cache);
+        }
         let headers = &section.identity_headers;
         let identity_names = [
             &headers.subject,
@@ -219,12 +236,14 @@ impl Auth {
         })
     }
 
-    /// The caller of a request on a route with `policy`: `Ok(None)` when the
-    /// route needs no token and none was sent (or the route looks at none).
+    /// The caller of a request from `client` on a route with `policy`:
+    /// `Ok(None)` when the route needs no token and none was sent (or the
+    /// route looks at none). `client` is charged for introspection calls.
     pub async fn authenticate(
         &self,
         policy: &RouteAuth,
         headers: &HeaderMap,
+        client: IpAddr,
     ) -> Result<Option<Arc<Verified>>, AuthError> {
         if policy.mode == AuthMode::None {
             return Ok(None);
@@ -235,8 +254,8 @@ impl Auth {
                 _ => Ok(None),
             };
         };
-        let result = self.verify(policy, token).await;
-        let short = short_hash(token);
+        let result = self.verify(policy, token, client).await;
+        let short = log_hash(token);
         match result {
             Ok(verified) => {
                 metrics::counter!("gateway_auth_requests_total", "result" => "ok").increment(1);
@@ -252,7 +271,12 @@ impl Auth {
         err.clone()
     }
 
-    async fn verify(&self, policy: &RouteAuth, token: &str) -> Result<Arc<Verified>, AuthError> {
+    async fn verify(
+        &self,
+        policy: &RouteAuth,
+        token: &str,
+        client: IpAddr,
+    ) -> Result<Arc<Verified>, AuthError> {
         let allowed: Vec<&Arc<Issuer>> = self
             .issuers
             .values()
@@ -268,11 +292,16 @@ impl Auth {
         }
         let key = cache::hash(token);
         let verified = match self.cache.get(&key) {
-            Some(Cached::Valid(verified)) => verified,
+            Some(Cached::Valid(verified)) if self.key_held(&verified) => verified,
+            Some(Cached::Valid(_)) => {
+                // Its key was retired after it was cached: verify it again.
+                self.cache.remove(&key);
+                self.verify_cold(&allowed, token, key, client).await?
+            }
             Some(Cached::Inactive) => {
                 return Err(AuthError::InvalidToken("token inactive".to_owned()));
             }
-            None => self.verify_cold(&allowed, token, key).await?,
+            None => self.verify_cold(&allowed, token, key, client).await?,
         };
         if !allowed.iter().any(|i| i.name == verified.issuer) {
             return Err(AuthError::InvalidToken(
@@ -291,12 +320,24 @@ impl Auth {
         Ok(verified)
     }
 
+    /// Whether the key that verified a cached token is still its issuer's.
+    fn key_held(&self, verified: &Verified) -> bool {
+        let Some(key) = &verified.key else {
+            return true;
+        };
+        self.issuers
+            .get(&verified.issuer)
+            .and_then(|issuer| issuer.keys.as_ref())
+            .is_some_and(|keys| keys.holds(key))
+    }
+
     /// Verifies a token not in the cache, and caches the outcome.
     async fn verify_cold(
         &self,
         allowed: &[&Arc<Issuer>],
         token: &str,
         key: cache::TokenHash,
+        client: IpAddr,
     ) -> Result<Arc<Verified>, AuthError> {
         let invalid = |err: JwtError| AuthError::InvalidToken(err.to_string());
         if token.bytes().filter(|&b| b == b'.').count() == 2 {
@@ -310,15 +351,12 @@ impl Auth {
             if token.len() > issuer.config.max_token_bytes {
                 return Err(AuthError::InvalidToken("token too large".to_owned()));
             }
-            let claims = verify_jwt(issuer, token).await.map_err(invalid)?;
-            let verified = Arc::new(self.verified(issuer, claims, token));
+            let (claims, signer) = verify_jwt(issuer, token).await.map_err(invalid)?;
+            let verified = Arc::new(self.verified(issuer, claims, token, Some(signer)));
             let exp = verified.claims["exp"].as_u64().unwrap_or_default();
             let left = exp.saturating_sub(jsonwebtoken::get_current_timestamp());
-            self.cache.insert(
-                key,
-                Cached::Valid(verified.clone()),
-                Duration::from_secs(left),
-            );
+            self.cache
+                .insert_valid(key, verified.clone(), Duration::from_secs(left));
             return Ok(verified);
         }
         let Some(issuer) = allowed.iter().find(|i| i.introspector.is_some()) else {
@@ -327,17 +365,24 @@ impl Auth {
         let Some(introspector) = &issuer.introspector else {
             return Err(invalid(JwtError::Malformed));
         };
+        if let Err(over) = introspector.admit(client) {
+            let budget = match over {
+                OverBudget::Client => "client",
+                OverBudget::Global => "global",
+            };
+            metrics::counter!("gateway_auth_introspection_throttled_total", "issuer" => issuer.name.clone(), "budget" => budget).increment(1);
+            return Err(AuthError::InvalidToken(
+                "too many unknown tokens; try again later".to_owned(),
+            ));
+        }
         let answer = introspector.introspect(token).await.map_err(|err| {
             warn!(issuer = %issuer.name, %err, "token introspection failed; refusing with 503 (fail closed)");
             metrics::counter!("gateway_auth_introspection_failures_total", "issuer" => issuer.name.clone()).increment(1);
             AuthError::Unavailable
         })?;
         let inactive = |why: &str| {
-            self.cache.insert(
-                key,
-                Cached::Inactive,
-                introspector.config.negative_cache_ttl,
-            );
+            self.cache
+                .insert_inactive(key, introspector.config.negative_cache_ttl);
             AuthError::InvalidToken(why.to_owned())
         };
         let Introspected::Active(claims) = answer else {
@@ -348,25 +393,27 @@ impl Auth {
         if exp.is_some_and(|exp| exp <= now) {
             return Err(inactive("token expired"));
         }
-        if !claims["aud"].is_null() {
-            let audiences = policy::strings(&claims, "aud");
-            if !audiences
-                .iter()
-                .any(|a| issuer.config.audiences.contains(a))
-            {
-                return Err(inactive("wrong audience"));
-            }
+        // An issuer with audiences (validation requires them) accepts only an
+        // answer naming one: an answer without `aud` may be for any client of
+        // the provider.
+        if !issuer.config.audiences.is_empty()
+            && !introspection::audience_matches(&claims, &issuer.config.audiences)
+        {
+            return Err(inactive("wrong audience"));
         }
-        let verified = Arc::new(self.verified(issuer, claims, token));
-        self.cache.insert(
-            key,
-            Cached::Valid(verified.clone()),
-            introspector.positive_ttl(exp),
-        );
+        let verified = Arc::new(self.verified(issuer, claims, token, None));
+        self.cache
+            .insert_valid(key, verified.clone(), introspector.positive_ttl(exp));
         Ok(verified)
     }
 
-    fn verified(&self, issuer: &Issuer, claims: Value, token: &str) -> Verified {
+    fn verified(
+        &self,
+        issuer: &Issuer,
+        claims: Value,
+        token: &str,
+        key: Option<Fingerprint>,
+    ) -> Verified {
         let jti = claims["jti"].as_str().map(str::to_owned);
         let identity = Identity {
             issuer: claims["iss"]
@@ -376,7 +423,7 @@ impl Auth {
             subject: claims["sub"].as_str().unwrap_or_default().to_owned(),
             scopes: policy::strings(&claims, &issuer.config.scope_claim),
             roles: policy::strings(&claims, &issuer.config.roles_claim),
-            token_id: Some(jti.clone().unwrap_or_else(|| short_hash(token))),
+            token_id: Some(log_hash(jti.as_deref().unwrap_or(token))),
         };
         let forwarded = self
             .section
@@ -398,6 +445,7 @@ impl Auth {
             issuer: issuer.name.clone(),
             claims,
             jti,
+            key,
             forwarded,
         }
     }
@@ -445,8 +493,9 @@ impl Auth {
     }
 }
 
-/// Verifies a JWT, fetching the keys again once for an unknown `kid`.
-async fn verify_jwt(issuer: &Issuer, token: &str) -> Result<Value, JwtError> {
+/// Verifies a JWT, fetching the keys again once for an unknown `kid`; the
+/// claims and the key that verified them.
+async fn verify_jwt(issuer: &Issuer, token: &str) -> Result<(Value, Fingerprint), JwtError> {
     let Some(keys) = &issuer.keys else {
         return Err(JwtError::NoKey);
     };
@@ -498,11 +547,28 @@ fn extract_token<'a>(policy: &RouteAuth, headers: &'a HeaderMap) -> Option<&'a s
         .filter(|t| !t.is_empty())
 }
 
-/// The first 12 hex digits of the token's SHA-256: enough to correlate log
-/// lines, useless for replay.
-pub fn short_hash(token: &str) -> String {
-    cache::hash(token)[..6]
+/// The first 16 hex digits of the SHA-256 of `text` (a token or its `jti`):
+/// what logs and abuse evidence carry. Enough to correlate lines and to find
+/// a known `jti` (`printf %s JTI | sha256sum | cut -c1-16`), useless for
+/// replay or for revoking a token one has only seen in a log.
+pub fn log_hash(text: &str) -> String {
+    use std::fmt::Write as _;
+    cache::hash(text)[..8]
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        .fold(String::with_capacity(16), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_hash_is_sha256_prefix() {
+        // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223…
+        assert_eq!(log_hash("abc"), "ba7816bf8f01cfea");
+        assert_eq!(log_hash("abc").len(), 16);
+    }
 }

@@ -145,6 +145,16 @@ pub struct IntrospectionConfig {
     /// How long an inactive result is reused.
     #[serde(default = "default_negative_ttl", with = "duration")]
     pub negative_cache_ttl: Duration,
+    /// Calls to the endpoint for tokens not in the cache, per second, on behalf
+    /// of one client address (an IPv6 client by its /64); a burst may use one
+    /// second's worth at once. Beyond it the token is refused (401) without a
+    /// call, and the refusal counts as the client's auth failure.
+    #[serde(default = "default_client_calls")]
+    pub client_calls_per_second: u32,
+    /// The same for all clients together: what the provider ever sees from
+    /// this gateway, however many addresses send garbage.
+    #[serde(default = "default_calls")]
+    pub calls_per_second: u32,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -182,6 +192,12 @@ fn default_introspection_ttl() -> Duration {
 }
 fn default_negative_ttl() -> Duration {
     Duration::from_secs(5)
+}
+fn default_client_calls() -> u32 {
+    5
+}
+fn default_calls() -> u32 {
+    100
 }
 
 /// Algorithms an issuer may allow: asymmetric only, so a public key can never
@@ -301,6 +317,19 @@ fn issuer_problems(key: &str, issuer: &IssuerConfig, problems: &mut Vec<String>)
         problems.push(format!(
             "{key}: give only one of jwks_file, jwks_url and discovery_url"
         ));
+    }
+    if let Some(introspection) = &issuer.introspection {
+        for (field, value) in [
+            (
+                "client_calls_per_second",
+                introspection.client_calls_per_second,
+            ),
+            ("calls_per_second", introspection.calls_per_second),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key}.introspection.{field}: must be at least 1"));
+            }
+        }
     }
     if sources == 0 && issuer.introspection.is_none() {
         problems.push(format!(
