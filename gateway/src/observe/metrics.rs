@@ -6,7 +6,9 @@
 //!
 //! Names: `gateway_<area>_<what>[_total|_seconds]`; labels are bounded sets
 //! (routes, pools and endpoints from the config, status codes, error codes,
-//! XDP reasons).
+//! XDP reasons), never a client address, token or path. Histograms have fixed
+//! buckets and an upkeep thread folds their samples in, so memory does not
+//! depend on whether anyone scrapes.
 
 use std::{
     collections::BTreeMap,
@@ -36,6 +38,9 @@ const FILLED_MAPS: &[&str] = &[
     map_names::RATE_LIMIT,
 ];
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process's Prometheus recorder, installed on first use. A process that
@@ -48,9 +53,25 @@ pub fn handle() -> &'static PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
                 .unwrap_or_else(|_| PrometheusBuilder::new())
         };
-        builder()
+        let handle = builder()
             .install_recorder()
-            .unwrap_or_else(|_| builder().build_recorder().handle())
+            .unwrap_or_else(|_| builder().build_recorder().handle());
+        // The recorder keeps every histogram sample until it folds them into
+        // the buckets, which it does only at a scrape or at upkeep: without
+        // upkeep, memory grows with every request while nobody scrapes.
+        let upkeep = handle.clone();
+        let started = std::thread::Builder::new()
+            .name("metrics-upkeep".to_owned())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                }
+            });
+        if let Err(err) = started {
+            tracing::error!(%err, "no metrics upkeep thread; histograms grow until /metrics is scraped");
+        }
+        handle
     })
 }
 
