@@ -8,7 +8,9 @@
 //! `gateway-bench xdp` measures the kernel plane and writes `xdp.json` and `xdp.md`
 //! into `--out`; `gateway-bench proxy` measures the userspace plane and writes
 //! `proxy.json` and `proxy.md`; `gateway-bench attack` measures a legitimate client
-//! through the gateway under a flood and writes `attack.json` and `attack.md`.
+//! through the gateway under a flood and writes `attack.json` and `attack.md`;
+//! `gateway-bench soak` samples the gateway's memory and descriptors under a long
+//! steady load and writes `soak.json` and `soak.md`.
 
 mod attack;
 mod cost;
@@ -17,6 +19,7 @@ mod peers;
 mod proxy;
 mod references;
 mod report;
+mod soak;
 mod stats;
 mod wire;
 
@@ -44,6 +47,31 @@ enum Suite {
     /// Both planes together: a legitimate HTTPS client through the gateway while
     /// another namespace floods it, with and without the XDP program.
     Attack(AttackArgs),
+    /// Memory under a long steady load: RSS and open descriptors every interval, and
+    /// their trend per 1,000 requests, with nothing scraping `/metrics`.
+    Soak(SoakArgs),
+}
+
+#[derive(clap::Args)]
+struct SoakArgs {
+    /// Seconds of load (the soak: at least 10 minutes).
+    #[arg(long, default_value_t = 600)]
+    seconds: u32,
+    /// Seconds between samples.
+    #[arg(long, default_value_t = 10)]
+    interval: u32,
+    /// wrk's keep-alive connections.
+    #[arg(long, default_value_t = 8)]
+    connections: u32,
+    /// wrk's connections that close after every request (new TLS connections).
+    #[arg(long, default_value_t = 2)]
+    new_connections: u32,
+    /// CPU the load tools run on.
+    #[arg(long, default_value_t = 0)]
+    load_cpu: usize,
+    /// Directory for soak.json and soak.md.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -200,7 +228,29 @@ fn main() -> anyhow::Result<()> {
         Suite::Xdp(args) => xdp(&args),
         Suite::Proxy(args) => proxy(&args),
         Suite::Attack(args) => attack(&args),
+        Suite::Soak(args) => soak(&args),
     }
+}
+
+fn soak(args: &SoakArgs) -> anyhow::Result<()> {
+    let options = soak::Options {
+        seconds: args.seconds,
+        interval: args.interval,
+        connections: args.connections,
+        new_connections: args.new_connections,
+        load_cpu: args.load_cpu,
+    };
+    let run = report::Run {
+        machine: machine::describe()?,
+        command: command_line(),
+        started_at: unix_now(),
+    };
+    println!(
+        "soak: {} s of load, a sample every {} s...",
+        args.seconds, args.interval
+    );
+    let report = soak::run(&options, run)?;
+    write_report(&args.out, "soak", &report, &report.markdown())
 }
 
 fn attack(args: &AttackArgs) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::{
     bench::xdp::{remove_leftover_namespaces, run_bounded},
-    util::{self, Workspace},
+    util::Workspace,
 };
 
 /// The load tool and what the rig drives (`taskset` and `nsenter` are in util-linux).
@@ -19,18 +19,7 @@ const TIMEOUT: Duration = Duration::from_secs(8 * 60);
 pub fn run(ws: &Workspace, runner_args: &[String]) -> anyhow::Result<()> {
     let mut command = super::runner(ws, "attack", PACKAGES, runner_args)?;
     // The upstream behind the gateway.
-    util::run(ws.cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "gateway-tests",
-        "--bin",
-        "test-upstream",
-    ]))?;
-    command.env(
-        "TEST_UPSTREAM_BIN",
-        ws.target_dir()?.join("release").join("test-upstream"),
-    );
+    super::with_test_upstream(ws, &mut command)?;
     remove_leftover_namespaces()?;
     let result = run_bounded(&mut command, TIMEOUT)?.1;
     // The namespaces take the veths and the XDP program with them.

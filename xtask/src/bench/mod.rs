@@ -1,4 +1,4 @@
-//! `cargo xtask bench [xdp|proxy|attack|all]`: installs the peers a suite needs, builds in
+//! `cargo xtask bench [xdp|proxy|attack|soak|all]`: installs the peers a suite needs, builds in
 //! release, runs the suite as root and writes `target/bench/<suite>.json` and `.md`,
 //! from which BENCHMARKS.md is made.
 //!
@@ -9,6 +9,7 @@
 
 mod attack;
 mod proxy;
+mod soak;
 mod xdp;
 
 use anyhow::bail;
@@ -39,6 +40,8 @@ pub enum Target {
     Proxy,
     /// Both planes: a legitimate HTTPS client through the gateway under a flood.
     Attack,
+    /// Memory and descriptors under a long steady load (10 minutes by default).
+    Soak,
     /// Every suite that exists; says which ones do not yet.
     All,
 }
@@ -49,7 +52,7 @@ struct Suite {
     run: fn(&Workspace, &[String]) -> anyhow::Result<()>,
 }
 
-const SUITES: [Suite; 3] = [
+const SUITES: [Suite; 4] = [
     Suite {
         target: Target::Xdp,
         name: "xdp",
@@ -64,6 +67,11 @@ const SUITES: [Suite; 3] = [
         target: Target::Attack,
         name: "attack",
         run: attack::run,
+    },
+    Suite {
+        target: Target::Soak,
+        name: "soak",
+        run: soak::run,
     },
 ];
 
@@ -119,4 +127,22 @@ fn runner(
             format!("cargo xtask bench {name} {}", runner_args.join(" ")).trim_end(),
         );
     Ok(command)
+}
+
+/// Builds `test-upstream` in release and tells the runner `command` where it is: the
+/// upstream the suites that run the real daemon put behind it.
+fn with_test_upstream(ws: &Workspace, command: &mut Command) -> anyhow::Result<()> {
+    util::run(ws.cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "gateway-tests",
+        "--bin",
+        "test-upstream",
+    ]))?;
+    command.env(
+        "TEST_UPSTREAM_BIN",
+        ws.target_dir()?.join("release").join("test-upstream"),
+    );
+    Ok(())
 }
