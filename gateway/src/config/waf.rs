@@ -27,8 +27,9 @@ pub struct RouteWaf {
     /// stream to the upstream uninspected (and are counted).
     pub inspect_body_bytes: usize,
     /// Whether the upstream renders request data as HTML: only then is any
-    /// HTML tag (`<b>`) in a value an attack; script and event-handler
-    /// signatures are blocked either way.
+    /// HTML tag (`<b>`) in a value an attack; script, event-handler and
+    /// `javascript:` signatures are blocked either way. Off by default, so
+    /// `Vec<String>`, `I <3 Rust` and markdown with `<b>` pass.
     pub renders_html: bool,
     /// `Content-Type`s (without parameters) a request with a body may have;
     /// empty allows any.
@@ -50,7 +51,7 @@ impl Default for RouteWaf {
         Self {
             mode: WafMode::Block,
             inspect_body_bytes: 64 * 1024,
-            renders_html: true,
+            renders_html: false,
             content_types: Vec::new(),
             disabled_rules: Vec::new(),
             rule_modes: BTreeMap::new(),

@@ -1,24 +1,25 @@
-//! The WAF: built-in signatures (path traversal, SQL injection, XSS, command
-//! injection), protocol anomalies, a `Content-Type` allowlist and the
-//! operator's own rules, checked against the request target, its header values
-//! and small bodies (JSON and form fields one by one).
+//! The WAF: built-in signatures by attack family (the OWASP Core Rule Set's
+//! 920 protocol, 930 traversal/LFI, 931 RFI/SSRF, 932 RCE, 933 PHP, 941 XSS,
+//! 942 SQLi and 944 Java families, plus NUL bytes), a `Content-Type`
+//! allowlist, an optional JSON Schema and the operator's own rules, checked
+//! against the request target, its header values and buffered bodies (JSON
+//! and form keys and values one by one).
 //!
-//! Values are decoded the way an upstream might decode them (percent-decoding
-//! up to three times, `+` as space) before matching, so `%2e%2e%2f` and
-//! `%252e%252e%252f` are `../`. The signatures want the shape of an attack,
-//! not a keyword: `O'Brien`, `select shoes` and `1..5` pass.
+//! Every value goes through one decode chain first (`waf/decode.rs`:
+//! percent-decoding until stable, HTML entities, `\uXXXX`, JSON escapes,
+//! SQL comments, case folding), so an encoding never hides an attack; the
+//! signatures (`waf/signatures.rs`) want the shape of an attack, not a
+//! keyword, so `O'Brien`, `select shoes` and `1..5` pass.
 
-use std::{collections::BTreeMap, sync::LazyLock};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, header};
-use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex::Regex;
 use tracing::warn;
 
-use crate::{
-    config::{CustomRule, Operator, RouteConfig, RouteWaf, WafMode, waf::load_schema},
-    proxy::normalize::hex_value,
-};
+use self::signatures::Place;
+use crate::config::{CustomRule, Operator, RouteConfig, RouteWaf, WafMode, waf::load_schema};
 
 /// What a request did to the WAF.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,144 +34,9 @@ pub enum Verdict {
     Schema { path: String, message: String },
 }
 
-/// Where a value came from; rules pick the places they look at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Place {
-    Path,
-    Query,
-    Header,
-    Body,
-}
-
-struct Builtin {
-    id: &'static str,
-    class: &'static str,
-    /// Only on routes that render request data as HTML.
-    html_only: bool,
-    pattern: &'static str,
-}
-
-const WORDS: &str = "cat|ls|id|whoami|uname|wget|curl|nc|ncat|bash|sh|zsh|python[23]?|perl|ruby|rm|chmod|ping|nslookup|powershell|cmd(?:\\.exe)?";
-
-/// The built-in signatures, matched case-insensitively on decoded values.
-const BUILTINS: &[Builtin] = &[
-    Builtin {
-        id: "traversal-001",
-        class: "path_traversal",
-        html_only: false,
-        pattern: r"(?:^|[/\\])\.\.(?:[/\\]|$)",
-    },
-    Builtin {
-        id: "traversal-003",
-        class: "path_traversal",
-        html_only: false,
-        pattern: r"/etc/(?:passwd|shadow|hosts)\b|\\windows\\(?:win\.ini|system32)|\bboot\.ini\b|/proc/self/",
-    },
-    Builtin {
-        id: "sqli-001",
-        class: "sqli",
-        html_only: false,
-        pattern: r"\bunion(?:\s|/\*.*?\*/)+(?:all(?:\s|/\*.*?\*/)+|distinct\s+)?select\b",
-    },
-    Builtin {
-        id: "sqli-002",
-        class: "sqli",
-        html_only: false,
-        pattern: r"'\s*(?:or|and|\|\||&&)\s*(?:'[^']*'|\d+|true|false)\s*(?:=|<>|!=|<|>|\blike\b)|\b(?:or|and)\s+(?:1\s*=\s*1|'1'\s*=\s*'1|true)\b",
-    },
-    Builtin {
-        id: "sqli-003",
-        class: "sqli",
-        html_only: false,
-        pattern: r"'\s*\)?\s*(?:;|--|#|/\*)",
-    },
-    Builtin {
-        id: "sqli-004",
-        class: "sqli",
-        html_only: false,
-        pattern: r";\s*(?:drop\s+(?:table|database)|delete\s+from|insert\s+into|truncate\s+table|update\s+\w+\s+set|shutdown\b|exec(?:ute)?\s)",
-    },
-    Builtin {
-        id: "sqli-005",
-        class: "sqli",
-        html_only: false,
-        pattern: r"\b(?:sleep|benchmark|pg_sleep|load_file|extractvalue|updatexml)\s*\(|\bwaitfor\s+delay\b|\binformation_schema\b|\binto\s+(?:out|dump)file\b|\bxp_cmdshell\b",
-    },
-    Builtin {
-        id: "xss-001",
-        class: "xss",
-        html_only: false,
-        pattern: r"<\s*/?\s*script\b",
-    },
-    Builtin {
-        id: "xss-002",
-        class: "xss",
-        html_only: false,
-        pattern: r"<[a-z][^>]*[\s/]on[a-z]+\s*=",
-    },
-    Builtin {
-        id: "xss-003",
-        class: "xss",
-        html_only: false,
-        pattern: r"\b(?:javascript|vbscript)\s*:|\bdata:text/html\b",
-    },
-    Builtin {
-        id: "xss-004",
-        class: "xss",
-        html_only: false,
-        pattern: r"<\s*(?:iframe|object|embed|svg|math|base|meta|link|style|form|applet)\b",
-    },
-    Builtin {
-        id: "xss-005",
-        class: "xss",
-        html_only: true,
-        pattern: r"<\s*/?\s*[a-z][a-z0-9]*(?:\s[^>]*)?/?\s*>",
-    },
-];
-
-/// Command injection: a shell separator or substitution followed by a command.
-static COMMAND: LazyLock<Regex> = LazyLock::new(|| {
-    compile(&format!(
-        r"(?:;|\|\|?|&&|`|\$\()\s*(?:{WORDS})\b|\$\{{ifs\}}"
-    ))
-});
-
-/// Overlong UTF-8 spellings of `.`, `/` and `\` (after percent-decoding).
-const OVERLONG: &[&[u8]] = &[
-    &[0xC0, 0xAE],
-    &[0xC0, 0xAF],
-    &[0xC1, 0x9C],
-    &[0xE0, 0x80, 0xAE],
-    &[0xE0, 0x80, 0xAF],
-];
-
-/// Every built-in signature in one automaton, so a value is scanned once
-/// rather than once per signature (about 5× cheaper for a typical header).
-#[expect(
-    clippy::expect_used,
-    reason = "the patterns are constants covered by the unit tests"
-)]
-static COMPILED: LazyLock<RegexSet> = LazyLock::new(|| {
-    RegexSetBuilder::new(BUILTINS.iter().map(|rule| rule.pattern))
-        .case_insensitive(true)
-        .build()
-        .expect("built-in WAF patterns compile")
-});
-
-#[expect(
-    clippy::expect_used,
-    reason = "the patterns are constants covered by the unit tests"
-)]
-fn compile(pattern: &str) -> Regex {
-    RegexBuilder::new(pattern)
-        .case_insensitive(true)
-        .build()
-        .expect("built-in WAF pattern compiles")
-}
-
 /// Whether `id` names a built-in rule (for config validation).
 pub fn is_builtin(id: &str) -> bool {
-    BUILTINS.iter().any(|rule| rule.id == id) || matches!(id, "traversal-002" | "cmdi-001")
+    signatures::is_builtin(id)
 }
 
 /// A custom rule, compiled.
@@ -255,59 +121,71 @@ impl RouteWafPolicy {
         self.config.inspect_body_bytes
     }
 
-    /// Checks the head: anomalies, content type, then signatures and custom
-    /// rules on the path, query and header values.
+    /// Checks the head: content type, protocol rules, then signatures and
+    /// custom rules on the path, every query key and value and every header
+    /// value but credentials.
     pub fn check_head(&self, route: &str, head: &Head<'_>) -> Result<(), Verdict> {
         self.check_content_type(head.headers)?;
-        let mut values = vec![(Place::Path, decode(head.path.as_bytes(), false))];
+        self.check_protocol_rules(route, head)?;
+        self.inspect(route, Place::PATH, head.path.as_bytes(), false)?;
         if let Some(query) = head.query {
-            values.extend(form_values(query).map(|v| (Place::Query, v)));
+            for part in form_parts(query.as_bytes()) {
+                self.inspect(route, Place::QUERY, part, true)?;
+            }
         }
         for (name, value) in head.headers {
-            if *name == header::AUTHORIZATION {
+            // Credentials are the auth stage's business: a password or an
+            // opaque token may hold any character, and matching them would
+            // also put them in the WAF's logs.
+            if *name == header::AUTHORIZATION || *name == header::PROXY_AUTHORIZATION {
                 continue;
             }
-            values.push((Place::Header, decode(value.as_bytes(), false)));
-        }
-        for (place, value) in &values {
-            self.check_value(route, *place, value)?;
+            self.inspect(
+                route,
+                Place::of_header(name.as_str()),
+                value.as_bytes(),
+                false,
+            )?;
         }
         self.check_custom(route, head, None)
     }
 
-    /// Checks a buffered body (at most [`Self::inspect_body_bytes`] of it).
+    /// Checks a buffered body (at most [`Self::inspect_body_bytes`] of it):
+    /// JSON keys and string values one by one (at any depth the JSON parser
+    /// accepts), form keys and values one by one, other text as a whole.
+    /// A body that is not UTF-8 under a binary type (`image/*`,
+    /// `application/octet-stream`…) is skipped; the same bytes as text under
+    /// such a type are not.
     pub fn check_body(&self, route: &str, head: &Head<'_>, body: &Bytes) -> Result<(), Verdict> {
         if let Some(schema) = &self.schema {
             check_schema(schema, body)?;
         }
         let body = &body[..body.len().min(self.config.inspect_body_bytes)];
-        let content_type = media_type(head.headers);
-        let values: Vec<Vec<u8>> = match content_type.as_deref() {
-            Some(t) if t == "application/json" || t.ends_with("+json") => {
-                match serde_json::from_slice::<serde_json::Value>(body) {
-                    Ok(json) => {
-                        let mut strings = Vec::new();
-                        json_strings(&json, &mut strings);
-                        strings.into_iter().map(String::into_bytes).collect()
-                    }
-                    Err(_) => vec![body.to_vec()],
-                }
+        let media = media_type(head.headers).unwrap_or_default();
+        let binary = media.starts_with("image/")
+            || media.starts_with("audio/")
+            || media.starts_with("video/")
+            || media == "application/octet-stream";
+        let json_type = media == "application/json" || media.ends_with("+json");
+        let looks_json = matches!(body.trim_ascii_start().first(), Some(b'{' | b'['));
+        if (json_type || looks_json)
+            && let Ok(json) = serde_json::from_slice::<serde_json::Value>(body)
+        {
+            for value in json_strings(&json) {
+                self.inspect(route, Place::BODY, value.as_bytes(), false)?;
             }
-            Some("application/x-www-form-urlencoded") => {
-                form_values(&String::from_utf8_lossy(body)).collect()
+            return self.check_custom(route, head, Some(body));
+        }
+        if binary && std::str::from_utf8(body).is_err() {
+            return self.check_custom(route, head, Some(body));
+        }
+        if media == "application/x-www-form-urlencoded" || looks_like_form(body) {
+            for part in form_parts(body) {
+                self.inspect(route, Place::BODY, part, true)?;
             }
-            Some(t)
-                if t.starts_with("image/")
-                    || t.starts_with("audio/")
-                    || t.starts_with("video/")
-                    || t == "application/octet-stream" =>
-            {
-                Vec::new()
-            }
-            _ => vec![body.to_vec()],
-        };
-        for value in &values {
-            self.check_value(route, Place::Body, value)?;
+        }
+        if media != "application/x-www-form-urlencoded" {
+            self.inspect(route, Place::BODY, body, false)?;
         }
         self.check_custom(route, head, Some(body))
     }
@@ -341,28 +219,53 @@ impl RouteWafPolicy {
         }
     }
 
-    /// The built-in signatures on one decoded value.
-    fn check_value(&self, route: &str, place: Place, value: &[u8]) -> Result<(), Verdict> {
+    /// The built-in signatures on one value, after the decode chain.
+    fn inspect(&self, route: &str, place: Place, raw: &[u8], form: bool) -> Result<(), Verdict> {
         if self.config.mode == WafMode::Off {
             return Ok(());
         }
-        if place != Place::Header
-            && OVERLONG
-                .iter()
-                .any(|seq| value.windows(seq.len()).any(|w| w == *seq))
-        {
-            self.hit(route, "traversal-002", "path_traversal")?;
-        }
-        let text = String::from_utf8_lossy(value);
-        let matched = COMPILED.matches(&text);
-        for rule in matched.iter().filter_map(|index| BUILTINS.get(index)) {
+        let decoded = decode::decode(raw, form);
+        for rule in signatures::matches(&decoded, place) {
             if rule.html_only && !self.config.renders_html {
                 continue;
             }
             self.hit(route, rule.id, rule.class)?;
         }
-        if place != Place::Header && COMMAND.is_match(&text) {
-            self.hit(route, "cmdi-001", "command_injection")?;
+        Ok(())
+    }
+
+    /// The protocol rules (920) that look at the request as a whole.
+    fn check_protocol_rules(&self, route: &str, head: &Head<'_>) -> Result<(), Verdict> {
+        // A charset a backend may decode differently from the WAF (UTF-7
+        // smuggles `<script>` as `+ADw-script+AD4-`).
+        if let Some(charset) = head
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(charset)
+            && !ALLOWED_CHARSETS.contains(&charset.as_str())
+        {
+            self.hit(route, "protocol-001", "protocol")?;
+        }
+        // More than a few ranges: the overlapping-ranges denial of service.
+        for name in ["range", "request-range"] {
+            if let Some(range) = head.headers.get(name)
+                && range.as_bytes().iter().filter(|b| **b == b',').count() >= MAX_RANGES
+            {
+                self.hit(route, "protocol-002", "protocol")?;
+            }
+        }
+        // httpoxy: CGI turns `Proxy` into `HTTP_PROXY`.
+        if head.headers.contains_key("proxy") {
+            self.hit(route, "protocol-003", "protocol")?;
+        }
+        let path = head.path.to_ascii_lowercase();
+        if path.ends_with('~')
+            || path
+                .rsplit_once('.')
+                .is_some_and(|(stem, ext)| !stem.ends_with('/') && BACKUP_EXTENSIONS.contains(&ext))
+        {
+            self.hit(route, "protocol-004", "protocol")?;
         }
         Ok(())
     }
@@ -481,59 +384,72 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
     )
 }
 
-/// `a=1&b=2` as decoded keys and values.
-fn form_values(text: &str) -> impl Iterator<Item = Vec<u8>> + '_ {
-    text.split('&')
-        .flat_map(|pair| pair.splitn(2, '='))
+/// Charsets a request body may declare (protocol-001).
+const ALLOWED_CHARSETS: &[&str] = &[
+    "utf-8",
+    "utf8",
+    "us-ascii",
+    "ascii",
+    "iso-8859-1",
+    "iso-8859-15",
+    "latin1",
+    "windows-1252",
+];
+
+/// A `Range` with this many commas (ranges − 1) is refused (protocol-002).
+const MAX_RANGES: usize = 5;
+
+/// Backup and dump files left next to the real ones (protocol-004).
+const BACKUP_EXTENSIONS: &[&str] = &[
+    "bak", "backup", "old", "orig", "swp", "swo", "sav", "save", "tmp", "sql", "sqlite", "mdb",
+    "dist",
+];
+
+/// The `charset` parameter of a `Content-Type`, lower case, unquoted.
+fn charset(content_type: &str) -> Option<String> {
+    content_type.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| value.trim().trim_matches('"').to_ascii_lowercase())
+    })
+}
+
+/// The keys and values of `a=1&b=2`, still encoded (the decode chain runs
+/// on each).
+fn form_parts(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    text.split(|b| *b == b'&')
+        .flat_map(|pair| pair.splitn(2, |b| *b == b'='))
         .filter(|part| !part.is_empty())
-        .map(|part| decode(part.as_bytes(), true))
 }
 
-fn json_strings(value: &serde_json::Value, out: &mut Vec<String>) {
-    match value {
-        serde_json::Value::String(s) => out.push(s.clone()),
-        serde_json::Value::Array(items) => items.iter().for_each(|v| json_strings(v, out)),
-        serde_json::Value::Object(map) => {
-            for (key, v) in map {
-                out.push(key.clone());
-                json_strings(v, out);
-            }
-        }
-        _ => {}
-    }
+/// A body without a form type that still reads as one (`a=1&b=2`, no
+/// whitespace): an upstream may parse it as a form whatever the type says.
+fn looks_like_form(body: &[u8]) -> bool {
+    body.contains(&b'=') && !body.iter().any(u8::is_ascii_whitespace)
 }
 
-/// Percent-decodes up to three times (double and triple encoding), `+` as a
-/// space in form data.
-fn decode(input: &[u8], plus_is_space: bool) -> Vec<u8> {
-    let mut current = input.to_vec();
-    for round in 0..3 {
-        let mut out = Vec::with_capacity(current.len());
-        let mut i = 0;
-        while i < current.len() {
-            match current[i] {
-                b'%' if i + 2 < current.len() => {
-                    match (hex_value(current[i + 1]), hex_value(current[i + 2])) {
-                        (Some(h), Some(l)) => {
-                            out.push(h << 4 | l);
-                            i += 3;
-                            continue;
-                        }
-                        _ => out.push(b'%'),
-                    }
+/// Every key and string value of a JSON document, without recursion.
+fn json_strings(root: &serde_json::Value) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(value) = stack.pop() {
+        match value {
+            serde_json::Value::String(s) => out.push(s.as_str()),
+            serde_json::Value::Array(items) => stack.extend(items),
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    out.push(key.as_str());
+                    stack.push(v);
                 }
-                b'+' if plus_is_space && round == 0 => out.push(b' '),
-                b => out.push(b),
             }
-            i += 1;
+            _ => {}
         }
-        if out == current {
-            break;
-        }
-        current = out;
     }
-    current
+    out
 }
 
+mod decode;
+mod signatures;
 #[cfg(test)]
 mod tests;
