@@ -81,6 +81,8 @@ impl<'a> UpstreamBuilder<'a> {
         if self.http2 {
             args.push("--http2".into());
         }
+        args.push("--mode-file".into());
+        args.push(dir.path().join("mode").into_os_string());
         let mut upstream = Upstream {
             name: self.name.to_owned(),
             binary: binary(),
@@ -89,7 +91,7 @@ impl<'a> UpstreamBuilder<'a> {
             log: dir.path().join("upstream.log"),
             addr: self.listen,
             child: None,
-            _dir: dir,
+            dir,
         };
         upstream.spawn();
         upstream
@@ -106,7 +108,7 @@ pub struct Upstream {
     log: PathBuf,
     addr: SocketAddr,
     child: Option<Child>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Upstream {
@@ -130,6 +132,14 @@ impl Upstream {
     /// The address it listens on (the real port when started with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Switches the fault the host acts out, live (see `test-upstream`'s docs):
+    /// `ok`, `slow MS`, `status CODE`, `reset`, `blackhole`, `close-after-headers`,
+    /// `truncate`.
+    pub fn set_mode(&self, mode: &str) {
+        std::fs::write(self.dir.path().join("mode"), mode)
+            .unwrap_or_else(|err| panic!("setting upstream {}'s mode: {err}", self.name));
     }
 
     /// The process's stderr so far, across restarts.

@@ -11,11 +11,26 @@
 //! - `/stream?bytes=N`: N bytes of response body in 16 KiB chunks;
 //! - any other path: 200 with JSON describing the request as received (method, path
 //!   and query, headers, body byte count, client certificate CN, HTTP version).
+//!
+//! With `--mode-file PATH`, the host misbehaves as the file's first line says, read
+//! again for every connection and request, so a test switches it live (`/count` is
+//! always answered, so the test can still ask what arrived):
+//! - `ok` (or no file): as above;
+//! - `slow MS`: every answer MS ms late;
+//! - `status CODE`: every answer has that status;
+//! - `reset`: every request's connection is reset (TCP RST), nothing answered;
+//! - `blackhole`: new connections never get a TLS handshake, requests never an
+//!   answer;
+//! - `close-after-headers`: a 200 head announcing 4096 bytes, then the connection
+//!   closes;
+//! - `truncate`: a 200 head announcing 65536 bytes, 16384 of them, then the
+//!   connection closes.
 
 use std::{
     collections::BTreeMap,
     io::Write as _,
     net::SocketAddr,
+    os::fd::{AsRawFd as _, RawFd},
     path::{Path, PathBuf},
     process::ExitCode,
     sync::{
@@ -27,9 +42,10 @@ use std::{
 
 use bytes::Bytes;
 use clap::Parser;
+use futures_util::StreamExt as _;
 use gateway_tests::http::{Filler, body_len};
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{Either, Full};
+use http_body_util::{Either, Full, StreamBody};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -71,17 +87,56 @@ struct Args {
     /// Also offer HTTP/2 (ALPN `h2`); otherwise only HTTP/1.1.
     #[arg(long)]
     http2: bool,
+    /// File whose first line names the fault to act out (see the module docs).
+    #[arg(long)]
+    mode_file: Option<PathBuf>,
+}
+
+/// The fault this host acts out now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Ok,
+    Slow(u64),
+    Status(u16),
+    Reset,
+    Blackhole,
+    CloseAfterHeaders,
+    Truncate,
+}
+
+impl Mode {
+    fn read(path: Option<&Path>) -> Self {
+        let Some(text) = path.and_then(|p| std::fs::read_to_string(p).ok()) else {
+            return Self::Ok;
+        };
+        let mut words = text.split_whitespace();
+        let number = |word: Option<&str>| word.and_then(|w| w.parse().ok());
+        match words.next() {
+            Some("slow") => Self::Slow(number(words.next()).unwrap_or(1000)),
+            Some("status") => Self::Status(number(words.next()).map_or(500, |n: u64| n as u16)),
+            Some("reset") => Self::Reset,
+            Some("blackhole") => Self::Blackhole,
+            Some("close-after-headers") => Self::CloseAfterHeaders,
+            Some("truncate") => Self::Truncate,
+            _ => Self::Ok,
+        }
+    }
 }
 
 /// What the connections of this process share.
 struct State {
     name: String,
     http2: bool,
+    mode_file: Option<PathBuf>,
     healthy: AtomicBool,
     served: AtomicU64,
 }
 
-type ResponseBody = Either<Full<Bytes>, Filler>;
+/// A body that sends `Bytes`, then fails (the connection is cut).
+type Broken = StreamBody<
+    futures_util::stream::BoxStream<'static, Result<http_body::Frame<Bytes>, std::io::Error>>,
+>;
+type ResponseBody = Either<Either<Full<Bytes>, Filler>, Broken>;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -108,6 +163,7 @@ async fn run(args: Args) -> Result<(), String> {
     let state = Arc::new(State {
         name: args.name,
         http2: args.http2,
+        mode_file: args.mode_file,
         healthy: AtomicBool::new(true),
         served: AtomicU64::new(0),
     });
@@ -168,6 +224,13 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// One connection: TLS handshake (client certificate required), then HTTP.
 async fn serve(state: Arc<State>, acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) {
+    if Mode::read(state.mode_file.as_deref()) == Mode::Blackhole {
+        // Holds the connection and says nothing, as a host that has gone dark.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(tcp);
+        return;
+    }
+    let fd = tcp.as_raw_fd();
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(err)) => {
@@ -186,6 +249,7 @@ async fn serve(state: Arc<State>, acceptor: TlsAcceptor, tcp: TcpStream, peer: S
             Arc::clone(&service_state),
             Arc::clone(&client_cn),
             peer,
+            fd,
             request,
         )
     });
@@ -218,14 +282,55 @@ async fn handle(
     state: Arc<State>,
     client_cn: Arc<str>,
     peer: SocketAddr,
+    fd: RawFd,
     request: Request<Incoming>,
-) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+) -> Result<Response<ResponseBody>, std::io::Error> {
     let method = request.method().clone();
     let target = request
         .uri()
         .path_and_query()
         .map_or_else(|| request.uri().path().to_owned(), ToString::to_string);
-    let response = route(&state, &client_cn, request).await;
+    let mode = if request.uri().path() == "/count" {
+        Mode::Ok
+    } else {
+        Mode::read(state.mode_file.as_deref())
+    };
+    // A faulty host counts a request as its head arrives, like any other.
+    let counted = mode != Mode::Ok && request.uri().path() != "/healthz";
+    if counted {
+        state.served.fetch_add(1, Ordering::Relaxed);
+    }
+    match mode {
+        Mode::Ok => {}
+        Mode::Slow(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        Mode::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            eprintln!("{}: {peer} {method} {target} -> {code} (mode)", state.name);
+            return Ok(text(status, &format!("{} says: {LEAK}", state.name)));
+        }
+        Mode::Reset => {
+            eprintln!("{}: {peer} {method} {target} -> reset (mode)", state.name);
+            reset_on_close(fd);
+            return Err(std::io::Error::other("mode reset"));
+        }
+        Mode::Blackhole => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return Err(std::io::Error::other("mode blackhole"));
+        }
+        Mode::CloseAfterHeaders | Mode::Truncate => {
+            eprintln!(
+                "{}: {peer} {method} {target} -> {mode:?} (mode)",
+                state.name
+            );
+            let (announced, sent) = if mode == Mode::Truncate {
+                (65_536, 16_384)
+            } else {
+                (4096, 0)
+            };
+            return Ok(broken(announced, sent));
+        }
+    }
+    let response = route(&state, &client_cn, request, counted).await;
     eprintln!(
         "{}: {peer} {method} {target} -> {}",
         state.name,
@@ -238,6 +343,7 @@ async fn route(
     state: &State,
     client_cn: &str,
     request: Request<Incoming>,
+    counted: bool,
 ) -> Response<ResponseBody> {
     let path = request.uri().path().to_owned();
     match (request.method(), path.as_str()) {
@@ -261,7 +367,9 @@ async fn route(
             &json!({"upstream": state.name, "count": state.served.load(Ordering::Relaxed)}),
         ),
         _ => {
-            state.served.fetch_add(1, Ordering::Relaxed);
+            if !counted {
+                state.served.fetch_add(1, Ordering::Relaxed);
+            }
             served(state, client_cn, request).await
         }
     }
@@ -300,7 +408,7 @@ async fn served(
         };
         return Response::builder()
             .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(Either::Right(Filler::new(bytes)))
+            .body(Either::Left(Either::Right(Filler::new(bytes))))
             .expect("valid response");
     }
     if path == "/slow" {
@@ -355,7 +463,7 @@ fn text(status: StatusCode, body: &str) -> Response<ResponseBody> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain")
-        .body(Either::Left(Full::new(Bytes::from(body.to_owned()))))
+        .body(full(Bytes::from(body.to_owned())))
         .expect("valid response")
 }
 
@@ -363,6 +471,51 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Resp
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Either::Left(Full::new(Bytes::from(value.to_string()))))
+        .body(full(Bytes::from(value.to_string())))
         .expect("valid response")
+}
+
+fn full(bytes: Bytes) -> ResponseBody {
+    Either::Left(Either::Left(Full::new(bytes)))
+}
+
+/// A 200 announcing `announced` bytes that sends `sent` of them, waits for the
+/// head to leave, then fails, which makes hyper cut the connection.
+fn broken(announced: u64, sent: usize) -> Response<ResponseBody> {
+    let stream = futures_util::stream::once(async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(http_body::Frame::data(Bytes::from(vec![b'x'; sent])))
+    })
+    .chain(futures_util::stream::once(async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Err(std::io::Error::other("mode: connection cut"))
+    }))
+    .filter(|frame| {
+        let empty = matches!(frame, Ok(f) if f.data_ref().is_some_and(Bytes::is_empty));
+        std::future::ready(!empty)
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, announced)
+        .body(Either::Right(StreamBody::new(stream.boxed())))
+        .expect("valid response")
+}
+
+/// Makes the socket's close send a TCP RST instead of a FIN (SO_LINGER 0).
+fn reset_on_close(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `fd` is this connection's socket, alive while its request is served;
+    // the option value is a properly sized `linger`.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
