@@ -308,12 +308,18 @@ impl Default for HealthConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutlierConfig {
-    /// Consecutive 5xx responses or connect failures; 0 disables.
+    /// Consecutive failures (5xx, connect failures, resets, attempt timeouts,
+    /// broken response bodies); 0 disables.
     pub consecutive_failures: u32,
     #[serde(with = "duration")]
     pub base_ejection: Duration,
     #[serde(with = "duration")]
     pub max_ejection: Duration,
+    /// Panic routing: when fewer than this percentage of the healthy endpoints
+    /// are left after ejection, ejection is ignored and every healthy endpoint
+    /// takes traffic (Envoy's `healthy_panic_threshold`). 0 (the default) never
+    /// ignores it: with every endpoint ejected, requests get 503 at once.
+    pub panic_threshold_percent: u32,
 }
 
 impl Default for OutlierConfig {
@@ -322,12 +328,14 @@ impl Default for OutlierConfig {
             consecutive_failures: 5,
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(300),
+            panic_threshold_percent: 0,
         }
     }
 }
 
 /// `[upstream.NAME.breaker]`: bounds what one pool may hold, so a slow pool
-/// fails fast instead of piling up requests.
+/// fails fast instead of piling up requests, and stops sending to a pool that
+/// keeps failing (see `upstream::circuit`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {
@@ -338,6 +346,21 @@ pub struct BreakerConfig {
     /// Longest wait for a slot.
     #[serde(with = "duration")]
     pub pending_timeout: Duration,
+    /// The circuit opens when at least this percentage of the requests that
+    /// ended within `window` failed…
+    pub failure_percent: u32,
+    /// …and at least this many ended (0 turns the ratio trigger off).
+    pub min_requests: u32,
+    #[serde(with = "duration")]
+    pub window: Duration,
+    /// Or after this many failed requests in a row (0: off).
+    pub consecutive_failures: u32,
+    /// How long an open circuit refuses every request.
+    #[serde(with = "duration")]
+    pub open_for: Duration,
+    /// Requests let through after `open_for`; the circuit closes when they all
+    /// succeed and opens again at the first failure.
+    pub half_open_probes: u32,
 }
 
 impl Default for BreakerConfig {
@@ -346,6 +369,12 @@ impl Default for BreakerConfig {
             max_concurrent: 1024,
             max_pending: 1024,
             pending_timeout: Duration::from_secs(1),
+            failure_percent: 50,
+            min_requests: 20,
+            window: Duration::from_secs(10),
+            consecutive_failures: 0,
+            open_for: Duration::from_secs(5),
+            half_open_probes: 3,
         }
     }
 }
@@ -364,6 +393,18 @@ pub struct RetryConfig {
     /// Bodies up to this size are kept so they can be sent again; larger ones
     /// stream and are not retried.
     pub buffer_bytes: usize,
+    /// Bounds each attempt (connect to the first byte of the answer's body); an
+    /// idempotent request whose attempt times out is tried again elsewhere
+    /// within the route's timeout. Unset: each attempt may take the whole route
+    /// timeout.
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    /// Retries wait a random time up to `backoff_base × 2^(retry - 1)`, at most
+    /// `backoff_max` (full jitter), so that retries do not arrive in step.
+    #[serde(with = "duration")]
+    pub backoff_base: Duration,
+    #[serde(with = "duration")]
+    pub backoff_max: Duration,
 }
 
 impl Default for RetryConfig {
@@ -373,6 +414,9 @@ impl Default for RetryConfig {
             budget_percent: 20,
             min_per_second: 10,
             buffer_bytes: 64 * 1024,
+            per_try_timeout: None,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
         }
     }
 }
@@ -568,11 +612,28 @@ pub fn problems(
         if upstream.breaker.max_concurrent == 0 {
             problems.push(format!("{key}.breaker.max_concurrent: must be at least 1"));
         }
-        if upstream.retry.budget_percent > 100 {
+        for (field, percent) in [
+            ("retry.budget_percent", upstream.retry.budget_percent),
+            ("breaker.failure_percent", upstream.breaker.failure_percent),
+            (
+                "outlier.panic_threshold_percent",
+                upstream.outlier.panic_threshold_percent,
+            ),
+        ] {
+            if percent > 100 {
+                problems.push(format!("{key}.{field}: {percent} is above 100"));
+            }
+        }
+        if upstream.retry.per_try_timeout.is_some_and(|t| t.is_zero()) {
             problems.push(format!(
-                "{key}.retry.budget_percent: {} is above 100",
-                upstream.retry.budget_percent
+                "{key}.retry.per_try_timeout: must be longer than 0 (leave it out for the route timeout)"
             ));
+        }
+        if upstream.retry.backoff_base > upstream.retry.backoff_max {
+            problems.push(format!("{key}.retry.backoff_base: longer than backoff_max"));
+        }
+        if upstream.connect_timeout.is_zero() {
+            problems.push(format!("{key}.connect_timeout: must be longer than 0"));
         }
     }
     problems

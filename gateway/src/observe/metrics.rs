@@ -13,7 +13,7 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, LazyLock, OnceLock, PoisonError, RwLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use gateway_common::consts::{Reason, map_names};
@@ -222,8 +222,10 @@ pub fn record_upstreams(upstreams: &Upstreams) {
             .set(f64::from(u8::from(breaker.is_open())));
         metrics::gauge!("gateway_upstream_breaker_in_flight", "upstream" => name.clone())
             .set(breaker.in_flight() as f64);
-        metrics::gauge!("gateway_upstream_breaker_pending", "upstream" => name)
+        metrics::gauge!("gateway_upstream_breaker_pending", "upstream" => name.clone())
             .set(breaker.pending() as f64);
+        metrics::gauge!("gateway_upstream_circuit_open", "upstream" => name)
+            .set(f64::from(u8::from(pool.circuit().is_open(Instant::now()))));
     }
 }
 

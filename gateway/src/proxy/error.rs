@@ -85,8 +85,11 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Upstream(
-                UpstreamError::NoHealthyEndpoint { .. } | UpstreamError::BreakerOpen(_),
+                UpstreamError::NoHealthyEndpoint { .. }
+                | UpstreamError::BreakerOpen(_)
+                | UpstreamError::CircuitOpen(_),
             ) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(UpstreamError::AttemptTimeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(UpstreamError::Internal(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Upstream(UpstreamError::ClientBody(_)) => StatusCode::BAD_REQUEST,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -116,6 +119,8 @@ impl ProxyError {
             Self::ClientBody(_) => "bad_body",
             Self::Upstream(UpstreamError::NoHealthyEndpoint { .. }) => "no_healthy_upstream",
             Self::Upstream(UpstreamError::BreakerOpen(_)) => "upstream_overloaded",
+            Self::Upstream(UpstreamError::CircuitOpen(_)) => "circuit_open",
+            Self::Upstream(UpstreamError::AttemptTimeout { .. }) => "upstream_timeout",
             Self::Upstream(UpstreamError::Internal(_)) => "internal_error",
             Self::Upstream(UpstreamError::ClientBody(_)) => "bad_body",
             Self::Upstream(_) => "upstream_error",
@@ -149,6 +154,12 @@ impl ProxyError {
             Self::Upstream(UpstreamError::BreakerOpen(_)) => {
                 "upstream overloaded; try again later".to_owned()
             }
+            Self::Upstream(UpstreamError::CircuitOpen(_)) => {
+                "the upstream keeps failing; try again later".to_owned()
+            }
+            Self::Upstream(UpstreamError::AttemptTimeout { .. }) => {
+                "the upstream did not answer in time".to_owned()
+            }
             Self::Upstream(UpstreamError::Internal(_)) => "internal gateway error".to_owned(),
             Self::Upstream(_) => "the upstream could not be reached or failed".to_owned(),
             Self::Timeout(_) => "the upstream did not answer in time".to_owned(),
@@ -163,6 +174,9 @@ impl ProxyError {
             }
             Self::Upstream(UpstreamError::BreakerOpen(BreakerOpen::PendingTimeout(wait))) => {
                 Some(wait.as_secs().max(1))
+            }
+            Self::Upstream(UpstreamError::CircuitOpen(open)) => {
+                Some(open.retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
             Self::Upstream(UpstreamError::BreakerOpen(_)) | Self::Auth(AuthError::Unavailable) => {
                 Some(1)

@@ -277,10 +277,7 @@ async fn proxy<'a>(
             .headers
             .insert(error::QUOTA_RESET, HeaderValue::from(quota.reset_secs));
     }
-    Ok(Response::from_parts(
-        parts,
-        body.map_err(Into::into).boxed_unsync(),
-    ))
+    Ok(Response::from_parts(parts, body.boxed_unsync()))
 }
 
 /// What the WAF reads of a request head. The path is the normalized one the

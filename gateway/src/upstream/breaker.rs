@@ -140,6 +140,7 @@ mod tests {
             max_concurrent,
             max_pending,
             pending_timeout,
+            ..BreakerConfig::default()
         })
     }
 

@@ -4,10 +4,12 @@
 //! - [`pool`]: choosing an endpoint and sending a request, retries included.
 //! - [`health`]: active health checks and DNS re-resolution.
 //! - [`tls`]: the gateway's client certificate and the fleet's CA.
-//! - [`balance`], [`outlier`], [`breaker`], [`retry`]: the policies, each alone.
+//! - [`balance`], [`outlier`], [`breaker`], [`circuit`], [`retry`]: the policies,
+//!   each alone.
 
 pub mod balance;
 pub mod breaker;
+pub mod circuit;
 pub mod health;
 pub mod outlier;
 pub mod pool;
@@ -19,7 +21,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 use bytes::Bytes;
 use tracing::info;
 
-pub use self::pool::{Forwarded, Pool, RequestBody};
+pub use self::pool::{Forwarded, Pool, RequestBody, UpstreamBody};
 use crate::{
     config::{Config, UpstreamConfig},
     tls::TlsFileError,
@@ -42,6 +44,13 @@ pub enum UpstreamError {
     },
     #[error("circuit breaker open: {0}")]
     BreakerOpen(#[from] breaker::BreakerOpen),
+    #[error(transparent)]
+    CircuitOpen(#[from] circuit::CircuitOpen),
+    #[error("{endpoint} did not answer within the attempt's {after:?}")]
+    AttemptTimeout {
+        endpoint: SocketAddr,
+        after: std::time::Duration,
+    },
     #[error("connecting to {endpoint} failed: {reason}")]
     Connect {
         endpoint: SocketAddr,

@@ -145,6 +145,7 @@ mod tests {
             consecutive_failures,
             base_ejection: 10 * S,
             max_ejection: 35 * S,
+            ..OutlierConfig::default()
         })
     }
 

@@ -1,14 +1,17 @@
 //! One named pool of endpoints: which endpoint gets a request (health, outlier
-//! ejection, load balancing), how many requests it may hold (circuit breaker),
-//! and when a failed attempt is tried again (retry policy and budget).
+//! ejection, load balancing), how many requests it may hold and whether it takes
+//! any at all (breaker, circuit), when a failed attempt is tried again (retry
+//! policy and budget), and how long each attempt may take.
 
 use std::{
     net::SocketAddr,
+    pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::{Instant, SystemTime},
+    task::{Context, Poll},
+    time::{Duration, Instant, SystemTime},
 };
 
 use arc_swap::ArcSwap;
@@ -18,27 +21,34 @@ use http::{
     request::Parts,
     uri::{Authority, Scheme},
 };
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
+    client::legacy::Client,
     rt::{TokioExecutor, TokioTimer},
 };
 use tracing::{debug, warn};
 
 use super::{
-    BoxBody, UpstreamError,
+    BoxBody, BoxError, UpstreamError,
     balance::{Balancer, Candidate, endpoint_id},
     breaker::Breaker,
+    circuit::Circuit,
     client_body_error,
     outlier::Outlier,
     retry::{RetryBudget, is_idempotent},
-    tls,
+    tls::{self, TimedConnector},
 };
 use crate::{config::UpstreamConfig, tls::TlsFileError};
 
-pub(super) type HttpsClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
+pub(super) type HttpsClient = Client<TimedConnector, BoxBody>;
+
+/// How long an answer's first body bytes may lag behind its head and still be
+/// read before the head goes to the client. A body that breaks within it (an
+/// endpoint that closes right after the head) becomes a 502, or a retry, instead
+/// of a bare disconnect; a body that starts later (a stream) is not held up.
+const FIRST_FRAME_GRACE: Duration = Duration::from_millis(200);
 
 /// One address of the pool and what the gateway knows about it.
 pub struct Endpoint {
@@ -107,6 +117,19 @@ impl Endpoint {
         self.healthy.store(ok, Ordering::Relaxed);
     }
 
+    /// A real request failed here (5xx, connect, reset, timeout, broken body).
+    fn record_failure(&self, pool: &str, what: &str) {
+        if let Some(ejected_for) = self.outlier.record_failure(Instant::now()) {
+            warn!(
+                pool,
+                endpoint = %self.addr,
+                failure = what,
+                ejected_for = %humantime::format_duration(ejected_for),
+                "endpoint ejected after consecutive failures"
+            );
+        }
+    }
+
     fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
         Uri::builder()
             .scheme(Scheme::HTTPS)
@@ -138,19 +161,22 @@ impl RequestBody {
 
 /// The answer of the pool, with where it came from.
 pub struct Forwarded {
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamBody>,
     pub endpoint: SocketAddr,
     pub retries: u32,
 }
 
 pub struct Pool {
     pub name: String,
+    /// `name` again, shared with the answers' bodies for their failure reports.
+    label: Arc<str>,
     pub(super) config: UpstreamConfig,
     pub(super) tls_fingerprint: Vec<Option<(SystemTime, u64)>>,
     pub(super) client: HttpsClient,
     pub(super) endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     balancer: Balancer,
     breaker: Breaker,
+    circuit: Circuit,
     budget: RetryBudget,
 }
 
@@ -171,6 +197,7 @@ impl Pool {
             .build(connector);
         Ok(Self {
             name: name.to_owned(),
+            label: name.into(),
             config: config.clone(),
             tls_fingerprint: tls::fingerprint(config),
             client,
@@ -182,6 +209,7 @@ impl Pool {
             ),
             balancer: Balancer::new(config.balance),
             breaker: Breaker::new(config.breaker),
+            circuit: Circuit::new(config.breaker),
             budget: RetryBudget::new(&config.retry),
         })
     }
@@ -194,9 +222,14 @@ impl Pool {
         self.endpoints.load_full()
     }
 
-    /// The pool's circuit breaker, read-only for metrics.
+    /// The pool's concurrency limit, read-only for metrics.
     pub fn breaker(&self) -> &Breaker {
         &self.breaker
+    }
+
+    /// The pool's circuit on errors, read-only for metrics.
+    pub fn circuit(&self) -> &Circuit {
+        &self.circuit
     }
 
     /// Replaces the endpoint set (after DNS answered differently), keeping the
@@ -215,19 +248,27 @@ impl Pool {
         self.endpoints.store(Arc::new(next));
     }
 
-    /// Endpoints that may take a request now: healthy and not ejected; if every
-    /// healthy one is ejected, ejection is ignored rather than failing the pool.
+    /// An endpoint for the next attempt: healthy, not ejected (unless too few
+    /// are left and panic routing is on), and not tried before — or, for a retry
+    /// when every candidate was tried (a pool of one), tried again.
     fn choose(&self, key: Option<u64>, tried: &[u64]) -> Option<Arc<Endpoint>> {
         let endpoints = self.endpoints.load();
         let now = Instant::now();
-        let candidates = |skip_ejected: bool| -> Vec<Candidate> {
+        let healthy = endpoints.iter().filter(|e| e.is_healthy()).count();
+        let available = endpoints
+            .iter()
+            .filter(|e| e.is_healthy() && !e.outlier.is_ejected(now))
+            .count();
+        let threshold = self.config.outlier.panic_threshold_percent as usize;
+        let panic = available * 100 < healthy * threshold;
+        let candidates = |skip_tried: bool| -> Vec<Candidate> {
             endpoints
                 .iter()
                 .enumerate()
                 .filter(|(_, e)| {
                     e.is_healthy()
-                        && !tried.contains(&e.id)
-                        && !(skip_ejected && e.outlier.is_ejected(now))
+                        && !(skip_tried && tried.contains(&e.id))
+                        && (panic || !e.outlier.is_ejected(now))
                 })
                 .map(|(index, e)| Candidate {
                     index,
@@ -237,15 +278,16 @@ impl Pool {
                 .collect()
         };
         let mut list = candidates(true);
-        if list.is_empty() {
+        if list.is_empty() && !tried.is_empty() {
             list = candidates(false);
         }
         let index = self.balancer.pick(&list, key)?;
         endpoints.get(index).cloned()
     }
 
-    /// Sends `parts` + `body` to the pool: at most one slot in the breaker,
-    /// retries where safe, each on an endpoint not tried before.
+    /// Sends `parts` + `body` to the pool: past the circuit and one slot of the
+    /// breaker, retries where safe (on an endpoint not tried before while there
+    /// is one), each attempt within `retry.per_try_timeout`.
     pub async fn send(
         &self,
         parts: &Parts,
@@ -253,6 +295,7 @@ impl Pool {
         mut body: RequestBody,
         key: Option<u64>,
     ) -> Result<Forwarded, UpstreamError> {
+        let ticket = self.circuit.admit(Instant::now())?;
         let _permit = self
             .breaker
             .acquire()
@@ -263,31 +306,39 @@ impl Pool {
         let mut tried = Vec::new();
         let mut retries = 0;
         // The outcome of the last attempt that was worth retrying: it is the
-        // answer when no untried endpoint is left.
+        // answer when no endpoint is left.
         let mut last: Option<Result<Forwarded, UpstreamError>> = None;
-        loop {
+        let result = loop {
             let Some(endpoint) = self.choose(key, &tried) else {
-                return last.unwrap_or_else(|| {
+                break last.unwrap_or_else(|| {
                     Err(UpstreamError::NoHealthyEndpoint {
                         pool: self.name.clone(),
                         retry_after: self.config.health.interval,
                     })
                 });
             };
+            if retries > 0 {
+                tokio::time::sleep(self.backoff(retries)).await;
+            }
             tried.push(endpoint.id);
             let Some(attempt_body) = body.take() else {
-                return Err(UpstreamError::Internal(
+                break Err(UpstreamError::Internal(
                     "request body already sent".to_owned(),
                 ));
             };
             let mut request = Request::from_parts(parts.clone(), attempt_body);
-            *request.uri_mut() = endpoint
-                .uri(path_and_query)
-                .map_err(|err| UpstreamError::Internal(format!("upstream URI: {err}")))?;
+            match endpoint.uri(path_and_query) {
+                Ok(uri) => *request.uri_mut() = uri,
+                Err(err) => break Err(UpstreamError::Internal(format!("upstream URI: {err}"))),
+            }
 
-            endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-            let result = self.client.request(request).await;
-            endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let attempt = self.attempt(&endpoint, request);
+            let result = match self.config.retry.per_try_timeout {
+                Some(limit) => tokio::time::timeout(limit, attempt)
+                    .await
+                    .unwrap_or(Err(Attempt::TimedOut(limit))),
+                None => attempt.await,
+            };
 
             let replayable = matches!(body, RequestBody::Replayable(_));
             let may_retry = |safe: bool| {
@@ -295,7 +346,7 @@ impl Pool {
                     && retries < self.config.retry.attempts
                     && self.budget.try_retry(Instant::now())
             };
-            match result {
+            let failure = match result {
                 Ok(response) => {
                     let status = response.status();
                     if status.is_server_error() {
@@ -309,16 +360,16 @@ impl Pool {
                         retries,
                     };
                     if is_retriable_status(status) && may_retry(idempotent) {
-                        debug!(pool = %self.name, endpoint = %endpoint.addr, %status, "retrying on another endpoint");
+                        debug!(pool = %self.name, endpoint = %endpoint.addr, %status, "retrying");
                         retries += 1;
                         last = Some(Ok(forwarded));
                         continue;
                     }
-                    return Ok(forwarded);
+                    break Ok(forwarded);
                 }
-                Err(err) => {
+                Err(Attempt::Client(err)) => {
                     if let Some(client) = client_body_error(&err) {
-                        return Err(UpstreamError::ClientBody(client));
+                        break Err(UpstreamError::ClientBody(client));
                     }
                     let connect = err.is_connect();
                     self.record_failure(&endpoint, if connect { "connect" } else { "request" });
@@ -334,28 +385,94 @@ impl Pool {
                             reason,
                         }
                     };
-                    if may_retry(connect || idempotent) {
-                        debug!(pool = %self.name, error = %failure, "retrying on another endpoint");
-                        retries += 1;
-                        last = Some(Err(failure));
-                        continue;
-                    }
-                    return Err(failure);
+                    // Nothing reached an endpoint that could not be connected to,
+                    // so any method may go elsewhere.
+                    (failure, connect)
                 }
+                Err(Attempt::BrokenBody(err)) => {
+                    self.record_failure(&endpoint, "response body");
+                    let failure = UpstreamError::Request {
+                        endpoint: endpoint.addr,
+                        reason: format!("the answer's body broke before its first byte: {err}"),
+                    };
+                    (failure, false)
+                }
+                Err(Attempt::TimedOut(after)) => {
+                    self.record_failure(&endpoint, "attempt timeout");
+                    let failure = UpstreamError::AttemptTimeout {
+                        endpoint: endpoint.addr,
+                        after,
+                    };
+                    (failure, false)
+                }
+            };
+            let (failure, nothing_sent) = failure;
+            if may_retry(nothing_sent || idempotent) {
+                debug!(pool = %self.name, error = %failure, "retrying");
+                retries += 1;
+                last = Some(Err(failure));
+                continue;
             }
+            break Err(failure);
+        };
+        match &result {
+            Ok(forwarded) => ticket.finish(!forwarded.response.status().is_server_error()),
+            // The client's fault says nothing about the fleet.
+            Err(UpstreamError::ClientBody(_) | UpstreamError::Internal(_)) => drop(ticket),
+            Err(_) => ticket.finish(false),
         }
+        result
+    }
+
+    /// One attempt at `endpoint`: the answer's head and, if it follows within
+    /// [`FIRST_FRAME_GRACE`], its first body frame. The endpoint counts the
+    /// attempt as in flight until it ends, however it ends (cancelled included).
+    async fn attempt(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        request: Request<BoxBody>,
+    ) -> Result<Response<UpstreamBody>, Attempt> {
+        let _in_flight = InFlight::start(endpoint);
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(Attempt::Client)?;
+        let (parts, mut body) = response.into_parts();
+        let first = if body.is_end_stream() {
+            None
+        } else {
+            match tokio::time::timeout(FIRST_FRAME_GRACE, body.frame()).await {
+                Ok(Some(Ok(frame))) => Some(frame),
+                Ok(Some(Err(err))) => return Err(Attempt::BrokenBody(err)),
+                Ok(None) | Err(_) => None,
+            }
+        };
+        Ok(Response::from_parts(
+            parts,
+            UpstreamBody {
+                first,
+                rest: body,
+                endpoint: Arc::clone(endpoint),
+                pool: self.label.clone(),
+                relayed: 0,
+            },
+        ))
+    }
+
+    /// The wait before retry number `retry` (1, 2, …): full jitter up to
+    /// `backoff_base × 2^(retry - 1)`, at most `backoff_max`.
+    fn backoff(&self, retry: u32) -> Duration {
+        let retry_config = &self.config.retry;
+        let ceiling = retry_config
+            .backoff_base
+            .saturating_mul(1 << retry.saturating_sub(1).min(16))
+            .min(retry_config.backoff_max);
+        ceiling.mul_f64(fastrand::f64())
     }
 
     fn record_failure(&self, endpoint: &Endpoint, what: &str) {
-        if let Some(ejected_for) = endpoint.outlier.record_failure(Instant::now()) {
-            warn!(
-                pool = %self.name,
-                endpoint = %endpoint.addr,
-                failure = what,
-                ejected_for = %humantime::format_duration(ejected_for),
-                "endpoint ejected after consecutive failures"
-            );
-        }
+        endpoint.record_failure(&self.name, what);
     }
 
     /// One GET of the health path with the pool's own client (same mutual TLS).
@@ -373,14 +490,116 @@ impl Pool {
                 .map_err(|_| "timed out".to_owned())?
                 .map_err(|err| error_chain(&err))?;
         let status = response.status();
-        // Drain the small body so the connection goes back to the pool.
-        let _ =
-            tokio::time::timeout(self.config.health.timeout, response.into_body().collect()).await;
+        // The whole body, within the same timeout: an endpoint whose answers
+        // break after the head is not healthy.
+        tokio::time::timeout(self.config.health.timeout, response.into_body().collect())
+            .await
+            .map_err(|_| "body timed out".to_owned())?
+            .map_err(|err| format!("body: {}", error_chain(&err)))?;
         if status.is_success() || status.is_redirection() {
             Ok(())
         } else {
             Err(format!("status {status}"))
         }
+    }
+}
+
+/// How one attempt failed.
+enum Attempt {
+    /// No answer: connect, TLS, reset, or the request's own body failed.
+    Client(hyper_util::client::legacy::Error),
+    /// The head arrived, then the body failed before its first byte.
+    BrokenBody(hyper::Error),
+    /// `retry.per_try_timeout` passed.
+    TimedOut(Duration),
+}
+
+/// Counts one attempt in its endpoint's in-flight number (least-request balancing,
+/// the metric) for as long as it lives: completion, error, timeout and a cancelled
+/// request (route timeout, client gone) all give the count back.
+struct InFlight<'a>(&'a Endpoint);
+
+impl<'a> InFlight<'a> {
+    fn start(endpoint: &'a Endpoint) -> Self {
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(endpoint)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An answer's body on its way to the client: the frame read ahead (if any),
+/// then the rest. A failure while it streams (reset, early close, bad chunk,
+/// shorter than its `Content-Length`) counts against the endpoint, is metered as
+/// `gateway_upstream_body_errors_total` and logged with the bytes that got
+/// through; the error itself makes hyper close the client's HTTP/1.1 connection
+/// or reset its HTTP/2 stream, so the client never takes a cut body for whole.
+pub struct UpstreamBody {
+    first: Option<Frame<Bytes>>,
+    rest: Incoming,
+    endpoint: Arc<Endpoint>,
+    pool: Arc<str>,
+    relayed: u64,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = match this.first.take() {
+            Some(frame) => Poll::Ready(Some(Ok(frame))),
+            None => Pin::new(&mut this.rest).poll_frame(cx),
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.relayed += data.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                metrics::counter!("gateway_upstream_body_errors_total", "upstream" => this.pool.to_string())
+                    .increment(1);
+                warn!(
+                    pool = &*this.pool,
+                    endpoint = %this.endpoint.addr,
+                    bytes_relayed = this.relayed,
+                    error = %error_chain(&err),
+                    "upstream_body_error: the answer's body broke while streaming to the client"
+                );
+                this.endpoint.record_failure(&this.pool, "response body");
+                Poll::Ready(Some(Err(err.into())))
+            }
+            other => other.map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let ahead = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |data| data.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(ahead));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(ahead));
+        }
+        hint
     }
 }
 
