@@ -44,6 +44,21 @@ pub mod capacity {
     pub const EVENTS_BYTES: u32 = 1 << 18;
 }
 
+/// How deep the XDP parser walks. A frame framed deeper than this is dropped as
+/// malformed (`drop_malformed`), never passed unjudged: the kernel stack would undo
+/// the framing and deliver the packet inside.
+pub mod parse_limits {
+    /// 802.1Q/802.1ad tags. The kernel strips any number of priority tags (VLAN ID 0,
+    /// `check_vlan_id` in `__netif_receive_skb_core`), so no bound covers all it
+    /// accepts; honest networks stack at most three (a priority tag in front of
+    /// 802.1ad + 802.1Q), and nested VLAN devices stop at eight (`MAX_NEST_DEV`).
+    pub const VLAN_TAGS: usize = 8;
+    /// IPv6 extension headers in front of the upper layer. RFC 8200 allows each once
+    /// (Destination Options twice), so an honest chain has at most six: Hop-by-Hop,
+    /// Destination Options, Routing, Fragment, AH, Destination Options.
+    pub const IPV6_EXT_HEADERS: usize = 8;
+}
+
 /// Why the XDP program let a packet through or dropped it; the index into `COUNTERS`.
 ///
 /// Every packet increments exactly one *verdict* counter (`Pass*` or `Drop*`). A rule
@@ -56,10 +71,12 @@ pub enum Reason {
     Pass = 0,
     /// Source is in the allowlist: passed without further checks.
     PassAllowlist = 1,
-    /// Not IPv4 or IPv6 (ARP, LLDP, more than two VLAN tags, ...): handed to the stack.
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...): handed to the stack.
     PassNonIp = 2,
-    /// Truncated or inconsistent Ethernet, VLAN, IP or TCP header: dropped, because
-    /// the stack would discard it anyway and it must not cost more than a drop.
+    /// Truncated or inconsistent Ethernet, VLAN, IP, IPv6 extension or TCP header, or
+    /// more VLAN tags or extension headers than [`parse_limits`] allows: dropped,
+    /// because the stack would discard it anyway (or, past the limits, deliver what the
+    /// filter could not judge) and it must not cost more than a drop.
     DropMalformed = 3,
     /// Source matched the static CIDR blocklist.
     DropCidr = 4,

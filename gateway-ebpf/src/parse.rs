@@ -1,10 +1,19 @@
 //! Frame parsing. Every read goes through [`ptr_at`], which checks it against
 //! `data_end`; a frame that ends inside a header it announces is [`Malformed`].
+//!
+//! The parser must see every packet the kernel stack would deliver, whatever framing
+//! the stack undoes on the way: the stack strips any number of 802.1Q/802.1ad priority
+//! tags (VLAN ID 0) and walks IPv6 extension headers to the upper layer. So the parser
+//! walks both too, each up to a constant bound, and a frame that goes on past the
+//! bound is [`Malformed`] (dropped), never "not IP" (passed unjudged).
 
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use gateway_common::maps::{Addr, IPV4_MAPPED_PREFIX};
+use gateway_common::{
+    consts::parse_limits,
+    maps::{Addr, IPV4_MAPPED_PREFIX},
+};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -16,15 +25,24 @@ const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
+/// VLAN tags walked before a frame counts as malformed (see [`parse_limits`]).
+const MAX_VLAN_TAGS: usize = parse_limits::VLAN_TAGS;
+/// IPv6 extension headers walked before a chain counts as malformed.
+const MAX_IPV6_EXT_HEADERS: usize = parse_limits::IPV6_EXT_HEADERS;
+const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_TCP: u8 = 6;
-/// 802.1ad outer tag plus 802.1Q inner tag; a frame with more tags passes unparsed.
-const MAX_VLAN_TAGS: usize = 2;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
 const IPV4_FRAGMENT_OFFSET_MASK: u16 = 0x1fff;
+const IPV6_FRAGMENT_OFFSET_MASK: u16 = 0xfff8;
 const TCP_FLAGS_BYTE: usize = 13;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
-/// The frame ends inside a header it announces, or a header contradicts itself.
+/// The frame ends inside a header it announces, a header contradicts itself, or the
+/// framing is deeper than the parser walks.
 pub struct Malformed;
 
 /// What the filter needs to know about an IP packet.
@@ -39,7 +57,7 @@ pub struct Packet {
 
 /// A parsed frame.
 pub enum Frame {
-    /// IPv4 or IPv6, possibly behind up to two VLAN tags.
+    /// IPv4 or IPv6, possibly behind VLAN tags.
     Ip(Packet),
     /// Anything else (ARP, LLDP, ...): not ours to judge.
     NonIp,
@@ -56,6 +74,11 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Malformed> {
     Ok((start + offset) as *const T)
 }
 
+#[inline(always)]
+fn is_vlan(ether_type: u16) -> bool {
+    ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD
+}
+
 /// Parses Ethernet, up to [`MAX_VLAN_TAGS`] VLAN tags and the IP header.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
@@ -64,7 +87,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
     let mut offset = EthHdr::LEN;
     for _ in 0..MAX_VLAN_TAGS {
-        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+        if !is_vlan(ether_type) {
             break;
         }
         let vlan: *const VlanHdr = ptr_at(ctx, offset)?;
@@ -75,18 +98,29 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Malformed> {
     match ether_type {
         ETH_P_IPV4 => parse_ipv4(ctx, offset).map(Frame::Ip),
         ETH_P_IPV6 => parse_ipv6(ctx, offset).map(Frame::Ip),
+        // More tags than the bound: the stack would go on stripping them.
+        ETH_P_8021Q | ETH_P_8021AD => Err(Malformed),
         _ => Ok(Frame::NonIp),
     }
 }
 
 /// IPv4 with any header length (options included); the TCP header is read only for
-/// first fragments, the only ones that carry it.
+/// first fragments, the only ones that carry it. A later fragment is judged by its
+/// source alone: it cannot open a connection without its first fragment, which was
+/// charged to the SYN bucket.
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, offset)?;
     // SAFETY: ptr_at checked that the fixed header lies inside the frame.
-    let (vihl, proto, frags, v4) =
-        unsafe { ((*ip).vihl, (*ip).proto, (*ip).frags, (*ip).src_addr) };
+    let (vihl, total_len, proto, frags, v4) = unsafe {
+        (
+            (*ip).vihl,
+            (*ip).tot_len,
+            (*ip).proto,
+            (*ip).frags,
+            (*ip).src_addr,
+        )
+    };
     let header_len = usize::from(vihl & 0x0f) * 4;
     if vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
         return Err(Malformed);
@@ -95,7 +129,13 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
         return Err(Malformed);
     }
     let first_fragment = u16::from_be_bytes(frags) & IPV4_FRAGMENT_OFFSET_MASK == 0;
-    let tcp_syn = proto == IPPROTO_TCP && first_fragment && is_syn(ctx, offset + header_len)?;
+    let tcp_syn = proto == IPPROTO_TCP
+        && first_fragment
+        && is_syn(
+            ctx,
+            offset + header_len,
+            ip_end(offset, usize::from(u16::from_be_bytes(total_len))),
+        )?;
     let mut src = [0u8; 16];
     src[..12].copy_from_slice(&IPV4_MAPPED_PREFIX);
     src[12..].copy_from_slice(&v4);
@@ -106,28 +146,95 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
     })
 }
 
-/// IPv6; SYN detection covers TCP directly after the fixed header (extension headers
-/// in front of TCP are not walked).
+/// IPv6, walking up to [`MAX_IPV6_EXT_HEADERS`] extension headers (Hop-by-Hop,
+/// Routing, Fragment, Destination Options, AH) to find TCP; a chain that is cut short
+/// or longer than the bound is [`Malformed`]. A non-first fragment carries no TCP
+/// header and is judged by its source alone, as for IPv4.
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, offset)?;
     // SAFETY: ptr_at checked that the header lies inside the frame.
-    let (version, next_hdr, src) = unsafe { ((*ip).vcf[0] >> 4, (*ip).next_hdr, (*ip).src_addr) };
+    let (version, payload_len, mut next_hdr, src) = unsafe {
+        (
+            (*ip).vcf[0] >> 4,
+            (*ip).payload_len,
+            (*ip).next_hdr,
+            (*ip).src_addr,
+        )
+    };
     if version != 6 {
         return Err(Malformed);
     }
-    let tcp_syn = next_hdr == IPPROTO_TCP && is_syn(ctx, offset + Ipv6Hdr::LEN)?;
-    Ok(Packet {
+    let packet = |tcp_syn| Packet {
         src,
         is_ipv6: true,
         tcp_syn,
-    })
+    };
+    let end = ip_end(
+        offset + Ipv6Hdr::LEN,
+        usize::from(u16::from_be_bytes(payload_len)),
+    );
+    let mut cursor = offset + Ipv6Hdr::LEN;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        let header_len = match next_hdr {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
+                let header: *const [u8; 2] = ptr_at(ctx, cursor)?;
+                // SAFETY: ptr_at checked both bytes.
+                let [next, len] = unsafe { *header };
+                // AH counts its length in 4-byte units less two, the others in
+                // 8-byte units less one (RFC 4302, RFC 8200).
+                let header_len = if next_hdr == IPPROTO_AH {
+                    (usize::from(len) + 2) * 4
+                } else {
+                    (usize::from(len) + 1) * 8
+                };
+                next_hdr = next;
+                header_len
+            }
+            IPPROTO_FRAGMENT => {
+                let header: *const [u8; 8] = ptr_at(ctx, cursor)?;
+                // SAFETY: ptr_at checked the whole (fixed-size) header.
+                let [next, _, offset_hi, offset_lo, ..] = unsafe { *header };
+                if u16::from_be_bytes([offset_hi, offset_lo]) & IPV6_FRAGMENT_OFFSET_MASK != 0 {
+                    return Ok(packet(false));
+                }
+                next_hdr = next;
+                8
+            }
+            IPPROTO_TCP => return is_syn(ctx, cursor, end).map(packet),
+            _ => return Ok(packet(false)),
+        };
+        cursor += header_len;
+        // A header that runs past the frame is cut short, like any other.
+        if ctx.data() + cursor > ctx.data_end() {
+            return Err(Malformed);
+        }
+    }
+    match next_hdr {
+        IPPROTO_TCP => is_syn(ctx, cursor, end).map(packet),
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_DSTOPTS | IPPROTO_AH => {
+            Err(Malformed)
+        }
+        _ => Ok(packet(false)),
+    }
 }
 
-/// Reads the TCP flags; a TCP header cut short is [`Malformed`].
+/// Where the IP packet ends, from its length field; a zero length (a GRO super-packet
+/// in generic mode, or a jumbogram) leaves only the frame's end as the bound.
 #[inline(always)]
-fn is_syn(ctx: &XdpContext, offset: usize) -> Result<bool, Malformed> {
+fn ip_end(start: usize, len: usize) -> usize {
+    if len == 0 { usize::MAX } else { start + len }
+}
+
+/// Reads the TCP flags. A TCP header cut short by the frame or by the IP length is
+/// [`Malformed`]: the stack would discard it, and a first fragment too short to hold
+/// it would hide its flags in the fragment that follows (or in Ethernet padding).
+#[inline(always)]
+fn is_syn(ctx: &XdpContext, offset: usize, ip_end: usize) -> Result<bool, Malformed> {
     let tcp: *const TcpHdr = ptr_at(ctx, offset)?;
+    if offset + TcpHdr::LEN > ip_end {
+        return Err(Malformed);
+    }
     // SAFETY: the whole fixed TCP header (20 bytes) is inside the frame.
     let flags = unsafe { *tcp.cast::<u8>().add(TCP_FLAGS_BYTE) };
     Ok(flags & (TCP_SYN | TCP_ACK) == TCP_SYN)

@@ -97,13 +97,25 @@ impl LoadedProgram {
     /// Runs `frame` and checks the action and that exactly the counter of `reason`
     /// (plus any `extra` monitor counters) moved, by one packet of the frame's size.
     pub fn expect(&mut self, frame: &[u8], action: u32, reason: Reason, extra: &[Reason]) {
+        self.expect_named("frame", frame, action, reason, extra);
+    }
+
+    /// [`LoadedProgram::expect`] with a name for the frame in failure messages.
+    pub fn expect_named(
+        &mut self,
+        name: &str,
+        frame: &[u8],
+        action: u32,
+        reason: Reason,
+        extra: &[Reason],
+    ) {
         let before = self.counters();
         let got = self.run(frame);
         let after = self.counters();
         assert_eq!(
             got,
             action,
-            "frame of {} bytes: expected action {action} ({}), got {got}",
+            "{name} of {} bytes: expected action {action} ({}), got {got}",
             frame.len(),
             reason.name()
         );
@@ -112,20 +124,15 @@ impl LoadedProgram {
             let moved = after[index].packets - before[index].packets;
             let bytes = after[index].bytes - before[index].bytes;
             if candidate == reason || extra.contains(&candidate) {
-                assert_eq!(moved, 1, "{} should count this packet", candidate.name());
+                assert_eq!(moved, 1, "{name}: {} should count it", candidate.name());
                 assert_eq!(
                     bytes,
                     frame.len() as u64,
-                    "{} should count its bytes",
+                    "{name}: {} should count its bytes",
                     candidate.name()
                 );
             } else {
-                assert_eq!(
-                    moved,
-                    0,
-                    "{} should not count this packet",
-                    candidate.name()
-                );
+                assert_eq!(moved, 0, "{name}: {} should not count it", candidate.name());
             }
         }
     }

@@ -6,11 +6,11 @@ use std::{net::IpAddr, time::Duration};
 
 use gateway::{addr::Cidr, lists::ListKind, state::Source, xdp::RateLimit};
 use gateway_common::{
-    consts::{NO_EXPIRY, Reason, event_kind, map_names, monitor},
+    consts::{NO_EXPIRY, Reason, event_kind, map_names, monitor, parse_limits},
     maps::{BlockEntry, CidrRule, RateEvent},
 };
 use gateway_tests::{
-    frames::{ETH_P_8021AD, ETH_P_8021Q, Frame, TCP_ACK, TCP_SYN, arp},
+    frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, Frame, PRIORITY_TCI, TCP_ACK, TCP_SYN, arp},
     program::{LoadedProgram, XDP_DROP, XDP_PASS},
 };
 
@@ -39,6 +39,24 @@ fn set_limits(program: &LoadedProgram, limit: RateLimit, monitor_bits: u32) {
     program.maps.set_config(&config).expect("writing config");
 }
 
+/// A packet rate limit alone.
+fn packet_limit(pps: u64, burst: u64) -> RateLimit {
+    RateLimit {
+        pps,
+        burst,
+        ..RateLimit::default()
+    }
+}
+
+/// A SYN rate limit alone.
+fn syn_limit(syn_pps: u64, syn_burst: u64) -> RateLimit {
+    RateLimit {
+        syn_pps,
+        syn_burst,
+        ..RateLimit::default()
+    }
+}
+
 #[test]
 fn well_formed_ipv4_ipv6_and_vlan_frames_pass_and_are_counted() {
     let mut program = LoadedProgram::load();
@@ -60,13 +78,318 @@ fn well_formed_ipv4_ipv6_and_vlan_frames_pass_and_are_counted() {
 fn non_ip_frames_pass_untouched() {
     let mut program = LoadedProgram::load();
     program.expect(&arp(), XDP_PASS, Reason::PassNonIp, &[]);
-    // A third VLAN tag is beyond what the parser reads: handed to the stack as not-IP.
-    let triple = Frame::udp(ip("198.18.0.10"))
-        .vlan(ETH_P_8021AD)
-        .vlan(ETH_P_8021Q)
-        .vlan(ETH_P_8021Q)
-        .build();
-    program.expect(&triple.bytes, XDP_PASS, Reason::PassNonIp, &[]);
+    program.expect(
+        &tagged_arp(parse_limits::VLAN_TAGS),
+        XDP_PASS,
+        Reason::PassNonIp,
+        &[],
+    );
+}
+
+/// An ARP request behind `tags` priority tags.
+fn tagged_arp(tags: usize) -> Vec<u8> {
+    let plain = arp();
+    let mut bytes = plain[..12].to_vec();
+    for _ in 0..tags {
+        bytes.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+        bytes.extend_from_slice(&PRIORITY_TCI.to_be_bytes());
+    }
+    bytes.extend_from_slice(&plain[12..]);
+    bytes
+}
+
+/// The longest chain RFC 8200 allows in front of the upper layer, in its order.
+fn longest_chain(frame: Frame) -> Frame {
+    frame
+        .ext(Ext::HopByHop)
+        .ext(Ext::DestOpts)
+        .ext(Ext::Routing)
+        .ext(Ext::Fragment {
+            offset: 0,
+            more: true,
+        })
+        .ext(Ext::Ah)
+        .ext(Ext::DestOpts)
+}
+
+/// Every framing the kernel stack undoes before it delivers the IP packet inside, up
+/// to the parser's limits, around a TCP segment from `src` with `flags`.
+fn encapsulations(src: IpAddr, flags: u8) -> Vec<(String, Frame)> {
+    let base = || Frame::tcp(src, flags);
+    let mut all = vec![("bare".to_owned(), base())];
+    for count in 1..=parse_limits::VLAN_TAGS {
+        for (name, tpid) in [("802.1Q", ETH_P_8021Q), ("802.1ad", ETH_P_8021AD)] {
+            all.push((
+                format!("{count} {name} priority tags"),
+                base().priority_tags(tpid, count),
+            ));
+        }
+    }
+    all.push((
+        "802.1ad + 802.1Q".to_owned(),
+        base().vlan(ETH_P_8021AD).vlan(ETH_P_8021Q),
+    ));
+    all.push((
+        "priority tags around 802.1ad + 802.1Q".to_owned(),
+        base()
+            .priority_tag(ETH_P_8021AD)
+            .vlan(ETH_P_8021AD)
+            .priority_tag(ETH_P_8021Q)
+            .vlan(ETH_P_8021Q)
+            .priority_tags(ETH_P_8021Q, parse_limits::VLAN_TAGS - 4),
+    ));
+    if src.is_ipv6() {
+        for ext in [
+            Ext::HopByHop,
+            Ext::Routing,
+            Ext::DestOpts,
+            Ext::Ah,
+            Ext::Fragment {
+                offset: 0,
+                more: true,
+            },
+            Ext::Fragment {
+                offset: 0,
+                more: false,
+            },
+        ] {
+            all.push((format!("{ext:?} header"), base().ext(ext)));
+        }
+        all.push((
+            "the longest RFC 8200 chain".to_owned(),
+            longest_chain(base()),
+        ));
+        all.push((
+            format!("{} extension headers", parse_limits::IPV6_EXT_HEADERS),
+            (0..parse_limits::IPV6_EXT_HEADERS).fold(base(), |frame, _| frame.ext(Ext::DestOpts)),
+        ));
+        all.push((
+            "priority tags and a chain".to_owned(),
+            base()
+                .priority_tags(ETH_P_8021Q, 3)
+                .ext(Ext::HopByHop)
+                .ext(Ext::Routing)
+                .ext(Ext::Ah),
+        ));
+    } else {
+        all.push((
+            "first fragment".to_owned(),
+            base().payload(4).ipv4_fragment(0, true),
+        ));
+        all.push((
+            "priority tags, options".to_owned(),
+            base()
+                .priority_tags(ETH_P_8021Q, 3)
+                .ipv4_options(&[0x01; 40]),
+        ));
+    }
+    all
+}
+
+/// Frames framed deeper than the parser walks, from `src`.
+fn too_deep(src: IpAddr) -> Vec<(String, Frame)> {
+    let over = parse_limits::VLAN_TAGS + 1;
+    let mut all = vec![
+        (
+            format!("{over} 802.1Q priority tags"),
+            Frame::tcp(src, TCP_SYN).priority_tags(ETH_P_8021Q, over),
+        ),
+        (
+            format!("{over} 802.1ad priority tags"),
+            Frame::udp(src).priority_tags(ETH_P_8021AD, over),
+        ),
+        (
+            "40 tags".to_owned(),
+            Frame::tcp(src, TCP_ACK)
+                .vlan(ETH_P_8021AD)
+                .vlan(ETH_P_8021Q)
+                .priority_tags(ETH_P_8021Q, 38),
+        ),
+    ];
+    if src.is_ipv6() {
+        let over = parse_limits::IPV6_EXT_HEADERS + 1;
+        for (name, base) in [("SYN", Frame::tcp(src, TCP_SYN)), ("UDP", Frame::udp(src))] {
+            all.push((
+                format!("{name} behind {over} extension headers"),
+                (0..over).fold(base, |frame, index| {
+                    frame.ext(if index % 2 == 0 {
+                        Ext::DestOpts
+                    } else {
+                        Ext::Routing
+                    })
+                }),
+            ));
+        }
+    }
+    all
+}
+
+/// An exact block and a CIDR block of each family.
+const BLOCKED_BOTH_WAYS: [&str; 4] = [
+    "198.18.0.66",
+    "2001:2::66",
+    "198.18.7.0/24",
+    "2001:2:0:7::/64",
+];
+
+/// A blocked, a CIDR-blocked and an unlisted source of each family, behind every
+/// framing the stack undoes: the verdict follows the source, whatever the framing.
+#[test]
+fn every_encapsulation_the_stack_undoes_is_judged_by_its_source() {
+    let mut program = LoadedProgram::load();
+    block(&program, &BLOCKED_BOTH_WAYS);
+    for (src, action, reason) in [
+        ("198.18.0.66", XDP_DROP, Reason::DropBlocked),
+        ("2001:2::66", XDP_DROP, Reason::DropBlocked),
+        ("198.18.7.9", XDP_DROP, Reason::DropCidr),
+        ("2001:2:0:7::9", XDP_DROP, Reason::DropCidr),
+        ("198.18.0.10", XDP_PASS, Reason::Pass),
+        ("2001:2::10", XDP_PASS, Reason::Pass),
+    ] {
+        for flags in [TCP_SYN, TCP_ACK] {
+            for (name, frame) in encapsulations(ip(src), flags) {
+                let name = format!("{src} {name}");
+                program.expect_named(&name, &frame.build().bytes, action, reason, &[]);
+            }
+        }
+    }
+}
+
+/// Past the bound the parser cannot judge the packet, and the stack would deliver
+/// it: dropped as malformed, from any source.
+#[test]
+fn framing_deeper_than_the_parser_walks_is_dropped_as_malformed() {
+    let mut program = LoadedProgram::load();
+    block(&program, &["198.18.0.66", "2001:2::66"]);
+    for src in ["198.18.0.66", "2001:2::66", "198.18.0.10", "2001:2::10"] {
+        for (name, frame) in too_deep(ip(src)) {
+            let name = format!("{src} {name}");
+            let bytes = frame.build().bytes;
+            program.expect_named(&name, &bytes, XDP_DROP, Reason::DropMalformed, &[]);
+        }
+    }
+    program.expect_named(
+        "ARP behind too many tags",
+        &tagged_arp(parse_limits::VLAN_TAGS + 1),
+        XDP_DROP,
+        Reason::DropMalformed,
+        &[],
+    );
+}
+
+/// The packet bucket is charged whatever the framing.
+#[test]
+fn rate_limit_charges_every_encapsulation() {
+    let mut program = LoadedProgram::load();
+    set_limits(&program, packet_limit(1, 1), 0);
+    for src in ["198.18.0.30", "2001:2:0:30::1"] {
+        let first = Frame::udp(ip(src)).build().bytes;
+        program.expect_named(src, &first, XDP_PASS, Reason::Pass, &[]);
+        for (name, frame) in encapsulations(ip(src), TCP_ACK) {
+            let name = format!("{src} {name}");
+            let bytes = frame.build().bytes;
+            program.expect_named(&name, &bytes, XDP_DROP, Reason::DropRateLimit, &[]);
+        }
+    }
+}
+
+/// A SYN behind any framing is charged to the SYN bucket; segments without SYN behind
+/// the same framing are not.
+#[test]
+fn syn_bucket_is_charged_behind_every_encapsulation() {
+    let mut program = LoadedProgram::load();
+    set_limits(&program, syn_limit(1, 1), 0);
+    for family in ["198.18.1.{}", "2001:2:1:{}::1"] {
+        let source = |index: usize| ip(&family.replace("{}", &(index + 1).to_string()));
+        for (index, (name, frame)) in encapsulations(source(0), TCP_SYN).into_iter().enumerate() {
+            let src = source(index);
+            let name = format!("{src} {name}");
+            let syn = frame.source(src).build().bytes;
+            program.expect_named(&name, &syn, XDP_PASS, Reason::Pass, &[]);
+            program.expect_named(&name, &syn, XDP_DROP, Reason::DropSynRateLimit, &[]);
+            let ack = Frame::tcp(src, TCP_ACK).build().bytes;
+            program.expect_named(&name, &ack, XDP_PASS, Reason::Pass, &[]);
+        }
+    }
+}
+
+/// A later fragment carries no TCP header: it is judged by its source (blocklists,
+/// packet bucket) and never charged to the SYN bucket. A first fragment too short to
+/// hold the TCP header would hide its flags in the next fragment: malformed.
+#[test]
+fn fragments_are_judged_by_source_and_first_fragments_by_their_flags() {
+    let mut program = LoadedProgram::load();
+    block(&program, &BLOCKED_BOTH_WAYS);
+    let later = |src: &str| {
+        let frame = Frame::tcp(ip(src), TCP_SYN);
+        if src.contains(':') {
+            frame.ext(Ext::Fragment {
+                offset: 3,
+                more: false,
+            })
+        } else {
+            frame.ipv4_fragment(3, false)
+        }
+    };
+    for (src, reason) in [
+        ("198.18.0.66", Reason::DropBlocked),
+        ("2001:2::66", Reason::DropBlocked),
+        ("198.18.7.9", Reason::DropCidr),
+        ("2001:2:0:7::9", Reason::DropCidr),
+    ] {
+        let bytes = later(src).build().bytes;
+        program.expect_named(src, &bytes, XDP_DROP, reason, &[]);
+    }
+
+    set_limits(&program, syn_limit(1, 1), 0);
+    for src in ["198.18.0.40", "2001:2:0:40::1"] {
+        let syn = Frame::tcp(ip(src), TCP_SYN).build().bytes;
+        program.expect_named(src, &syn, XDP_PASS, Reason::Pass, &[]);
+        let bytes = later(src).build().bytes;
+        for _ in 0..3 {
+            program.expect_named(src, &bytes, XDP_PASS, Reason::Pass, &[]);
+        }
+        program.expect_named(src, &syn, XDP_DROP, Reason::DropSynRateLimit, &[]);
+    }
+
+    set_limits(&program, packet_limit(1, 1), 0);
+    for src in ["198.18.0.41", "2001:2:0:41::1"] {
+        let bytes = later(src).build().bytes;
+        program.expect_named(src, &bytes, XDP_PASS, Reason::Pass, &[]);
+        program.expect_named(src, &bytes, XDP_DROP, Reason::DropRateLimit, &[]);
+    }
+
+    // First fragments whose IP length ends 8 bytes into the TCP header: the rest of
+    // the header (and the flags) sits in Ethernet padding, an ACK to the eye.
+    let mut v4 = Frame::tcp(ip("198.18.0.42"), TCP_ACK)
+        .payload(0)
+        .ipv4_fragment(0, true)
+        .build()
+        .bytes;
+    v4[16..18].copy_from_slice(&(20u16 + 8).to_be_bytes());
+    program.expect_named(
+        "IPv4 tiny first fragment",
+        &v4,
+        XDP_DROP,
+        Reason::DropMalformed,
+        &[],
+    );
+    let mut v6 = Frame::tcp(ip("2001:2:0:42::1"), TCP_ACK)
+        .payload(0)
+        .ext(Ext::Fragment {
+            offset: 0,
+            more: true,
+        })
+        .build()
+        .bytes;
+    v6[18..20].copy_from_slice(&(8u16 + 8).to_be_bytes());
+    program.expect_named(
+        "IPv6 tiny first fragment",
+        &v6,
+        XDP_DROP,
+        Reason::DropMalformed,
+        &[],
+    );
 }
 
 /// The source address is found behind options and VLAN tags: blocking it drops
@@ -108,6 +431,15 @@ fn frames_truncated_at_every_header_boundary_are_dropped_as_malformed() {
         Frame::tcp(ip("2001:2::10"), TCP_ACK)
             .vlan(ETH_P_8021AD)
             .vlan(ETH_P_8021Q),
+        Frame::tcp(ip("198.18.0.10"), TCP_SYN).priority_tags(ETH_P_8021Q, parse_limits::VLAN_TAGS),
+        longest_chain(Frame::tcp(ip("2001:2::10"), TCP_SYN)),
+        Frame::udp(ip("2001:2::10"))
+            .ext(Ext::DestOpts)
+            .ext(Ext::HopByHop),
+        Frame::tcp(ip("2001:2::10"), TCP_SYN).ext(Ext::Fragment {
+            offset: 5,
+            more: false,
+        }),
     ] {
         let built = frame.build();
         let ip_end = built.boundaries[built.boundaries.len() - 2];
