@@ -15,6 +15,7 @@ pub mod idp;
 pub mod net;
 pub mod pki;
 pub mod program;
+pub mod raw;
 pub mod upstream;
 
 use std::{

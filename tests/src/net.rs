@@ -190,6 +190,36 @@ impl Topology {
 }
 
 impl Topology {
+    /// MAC addresses of the gateway's and the client's veth.
+    pub fn macs(&self) -> ([u8; 6], [u8; 6]) {
+        (
+            mac_of(&self.gateway.name, &self.gw_iface),
+            mac_of(&self.client.name, &self.client_iface),
+        )
+    }
+
+    /// Static neighbour entries on the gateway: `addrs` are at the client's veth.
+    /// For sources that only raw frames use, which no stack answers neighbour
+    /// discovery for.
+    pub fn neighbours_on_gateway(&self, addrs: &[&str]) {
+        let client_mac = mac_of(&self.client.name, &self.client_iface)
+            .map(|byte| format!("{byte:02x}"))
+            .join(":");
+        for addr in addrs {
+            ip(&[
+                "-n",
+                &self.gateway.name,
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                &client_mac,
+                "dev",
+                &self.gw_iface,
+            ]);
+        }
+    }
+
     /// Waits until both ends have carrier and usable link-local addresses.
     ///
     /// Attaching XDP to a veth flaps its peer's carrier, and IPv6 on the peer needs a
@@ -222,6 +252,25 @@ impl Topology {
             }
         }
     }
+}
+
+/// The MAC address of `iface` in namespace `ns`.
+fn mac_of(ns: &str, iface: &str) -> [u8; 6] {
+    let output = Command::new("ip")
+        .args(["-n", ns, "-br", "link", "show", "dev", iface])
+        .output()
+        .expect("running ip link show");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let bytes: Vec<u8> = text
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .split(':')
+        .filter_map(|hex| u8::from_str_radix(hex, 16).ok())
+        .collect();
+    bytes
+        .try_into()
+        .unwrap_or_else(|_| panic!("no MAC address for {iface} in `{text}`"))
 }
 
 /// Counts UDP datagrams per source address, on port `port` of both families.

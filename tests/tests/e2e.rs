@@ -4,13 +4,16 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    sync::atomic::{AtomicU16, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use gateway_tests::{
+    frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, Frame, TCP_SYN},
     gateway::{Daemon, Gateway},
     net::{GATEWAY_V4, GATEWAY_V6, Topology, UdpCounter, start_tcp_echo, tcp_reachable, udp_from},
+    raw::{SynReport, send_syns},
 };
 
 const TCP_PORT: u16 = 7000;
@@ -172,6 +175,153 @@ fn blocklisted_sources_cannot_connect_and_cli_changes_apply_at_once() {
     );
     rig.gateway.ok(&["blocklist", "flush"]);
     assert!(rig.reachable(BAD_V6), "flush lifts every block");
+}
+
+/// A way of framing a raw SYN.
+type Framing = fn(Frame) -> Frame;
+
+/// Sources that only raw frames use (no socket, so no stack answers for them).
+const RAW_V4: &str = "198.18.0.30";
+const RAW_V6: &str = "2001:2::30";
+
+impl Rig {
+    /// Sends `count` TCP SYNs to the echo service from `source`, each from its own
+    /// port and framed by `frame`, as raw frames out of the client veth.
+    fn raw_syns(&self, source: &str, count: u16, frame: Framing) -> SynReport {
+        // Every SYN gets a port never used before: the stack retransmits its SYN-ACKs
+        // to earlier ones for a while, and they must not count as answers.
+        static NEXT_PORT: AtomicU16 = AtomicU16::new(20_000);
+        let (gateway_mac, client_mac) = self.topology.macs();
+        let src: IpAddr = source.parse().expect("valid");
+        let syns = (0..count)
+            .map(|_| {
+                let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+                let syn = Frame::tcp(src, TCP_SYN)
+                    .macs(gateway_mac, client_mac)
+                    .src_port(port)
+                    .payload(0);
+                (port, frame(syn).build().bytes)
+            })
+            .collect();
+        send_syns(
+            &self.topology.client,
+            &self.topology.client_iface,
+            syns,
+            Duration::from_millis(600),
+        )
+    }
+}
+
+/// The gateway's stack strips any number of priority tags (VLAN ID 0) and delivers
+/// the packet inside; a blocked or CIDR-blocked source that wraps its SYNs in them
+/// must still get no answer, IPv4 and IPv6.
+#[test]
+fn priority_tagged_syns_from_blocked_sources_get_no_answer() {
+    let rig = Rig::new();
+    rig.attach();
+    rig.topology.neighbours_on_gateway(&[RAW_V4, RAW_V6]);
+    let framings: [(&str, Framing); 4] = [
+        ("untagged", |frame| frame),
+        ("3 priority tags", |frame| {
+            frame.priority_tags(ETH_P_8021Q, 3)
+        }),
+        ("802.1ad + 802.1Q priority tags", |frame| {
+            frame
+                .priority_tag(ETH_P_8021AD)
+                .priority_tags(ETH_P_8021Q, 4)
+        }),
+        ("8 priority tags", |frame| {
+            frame.priority_tags(ETH_P_8021AD, 8)
+        }),
+    ];
+    for source in [RAW_V4, RAW_V6] {
+        for (name, framing) in framings {
+            assert_eq!(
+                rig.raw_syns(source, 4, framing).answered,
+                4,
+                "{source}, {name}: before any block the stack answers every SYN"
+            );
+        }
+    }
+    rig.gateway
+        .ok(&["blocklist", "add", RAW_V4, RAW_V6, "--reason", "tagged"]);
+    for source in [RAW_V4, RAW_V6] {
+        for (name, framing) in framings {
+            assert_eq!(
+                rig.raw_syns(source, 4, framing).answered,
+                0,
+                "{source}, {name}: a blocked source gets no answer"
+            );
+        }
+    }
+    rig.gateway.ok(&["blocklist", "flush"]);
+    rig.gateway
+        .ok(&["blocklist", "add", "198.18.0.16/28", "2001:2::30/124"]);
+    for source in [RAW_V4, RAW_V6] {
+        for (name, framing) in framings {
+            assert_eq!(
+                rig.raw_syns(source, 4, framing).answered,
+                0,
+                "{source}, {name}: a CIDR-blocked source gets no answer"
+            );
+        }
+    }
+}
+
+/// Under a SYN limit of 1/s, SYNs behind priority tags or IPv6 extension headers
+/// draw no more SYN-ACKs than plain ones: they are charged to the same bucket.
+#[test]
+fn syns_behind_tags_and_extension_headers_are_syn_rate_limited() {
+    let rig = Rig::new();
+    rig.attach();
+    rig.topology.neighbours_on_gateway(&[RAW_V4, RAW_V6]);
+    rig.gateway.ok(&[
+        "ratelimit",
+        "set",
+        "--pps",
+        "0",
+        "--burst",
+        "0",
+        "--syn-pps",
+        "1",
+        "--syn-burst",
+        "1",
+    ]);
+    let framings: [(&str, &str, Framing); 6] = [
+        (RAW_V4, "3 priority tags", |frame| {
+            frame.priority_tags(ETH_P_8021Q, 3)
+        }),
+        (RAW_V6, "3 priority tags", |frame| {
+            frame.priority_tags(ETH_P_8021Q, 3)
+        }),
+        (RAW_V6, "Hop-by-Hop", |frame| frame.ext(Ext::HopByHop)),
+        (RAW_V6, "Destination Options", |frame| {
+            frame.ext(Ext::DestOpts)
+        }),
+        (RAW_V6, "Routing", |frame| frame.ext(Ext::Routing)),
+        (RAW_V6, "atomic Fragment", |frame| {
+            frame.ext(Ext::Fragment {
+                offset: 0,
+                more: false,
+            })
+        }),
+    ];
+    for (source, name, framing) in framings {
+        // Each round starts with a fresh bucket.
+        rig.gateway.ok(&["ratelimit", "flush"]);
+        let report = rig.raw_syns(source, 10, framing);
+        // One SYN of burst, plus one per second the sending took.
+        let allowed = 1 + usize::try_from(report.sending.as_secs()).expect("small") + 1;
+        assert!(
+            report.answered <= allowed,
+            "{source}, {name}: {} of 10 SYNs answered under a 1/s SYN limit",
+            report.answered
+        );
+        assert!(
+            report.answered >= 1,
+            "{source}, {name}: the first SYN is within the burst and answered"
+        );
+    }
 }
 
 #[test]
