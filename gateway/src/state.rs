@@ -14,9 +14,10 @@
 //! CLI and the daemon never loses a change), into a unique temporary file in the same
 //! directory, fsync'ed, renamed over the file, and the directory fsync'ed. A reader
 //! sees the old or the new contents, never half of one, and a caller that was told
-//! "saved" keeps its change across kill -9 and power loss. The version a write
-//! replaces is kept as `NAME.bak` (a hard link: no copy), the last good copy named
-//! by the error when a file is found unreadable. Files are created 0600 in a 0700
+//! "saved" keeps its change across kill -9 and power loss. Each write also leaves a
+//! second copy, `NAME.bak`, in a file of its own, so damage done to one (an editor,
+//! a truncating redirect, a bad block) leaves the other: the last good copy that the
+//! error names when a file is found unreadable. Files are created 0600 in a 0700
 //! directory: they name clients and tokens.
 
 use std::{
@@ -24,7 +25,7 @@ use std::{
     fmt,
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -83,7 +84,7 @@ impl fmt::Display for Backup {
         if self.good {
             write!(
                 f,
-                "the last good copy is {bak} (the version before the last change): \
+                "the last good copy is {bak} (written with the last change): \
                  check it and put it back (`cp {bak} {path}`), or move {path} aside to start empty"
             )
         } else {
@@ -337,8 +338,8 @@ impl Locked {
     }
 
     /// Replaces the file: a unique temporary file in the same directory, written
-    /// and fsync'ed, the old version kept as `.bak`, the rename, and the
-    /// directory fsync'ed. Returns once all of it is on disk.
+    /// and fsync'ed, a second copy kept as `.bak`, the rename, and the directory
+    /// fsync'ed. Returns once all of it is on disk.
     pub fn save<T: Serialize>(&self, value: &T) -> Result<(), StateError> {
         let path = self.path();
         let io_error = |source| StateError::Io {
@@ -351,31 +352,11 @@ impl Locked {
         // Only lock holders write temporary files, so any found now were left by a
         // writer killed mid-write.
         self.remove_stale_temporaries().map_err(io_error)?;
-        let tmp = TempFile::create(&self.dir, self.name).map_err(io_error)?;
-        let mut file = &tmp.file;
-        file.write_all(&text).map_err(io_error)?;
-        file.sync_all().map_err(io_error)?;
-        self.keep_backup(&path).map_err(io_error)?;
-        fs::rename(&tmp.path, &path).map_err(io_error)?;
-        tmp.disarm();
+        let tmp = TempFile::write(&self.dir, self.name, &text).map_err(io_error)?;
+        let bak = TempFile::write(&self.dir, self.name, &text).map_err(io_error)?;
+        bak.rename_to(&backup_path(&path)).map_err(io_error)?;
+        tmp.rename_to(&path).map_err(io_error)?;
         sync_dir(&self.dir)
-    }
-
-    /// Hard-links the current version as `NAME.bak` (through a temporary name, so
-    /// the swap is atomic); nothing to keep on the first write.
-    fn keep_backup(&self, path: &Path) -> io::Result<()> {
-        let link = self.dir.join(temporary_name(self.name));
-        match fs::hard_link(path, &link) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(err) => return Err(err),
-        }
-        let kept = fs::set_permissions(&link, fs::Permissions::from_mode(FILE_MODE))
-            .and_then(|()| fs::rename(&link, backup_path(path)));
-        if kept.is_err() {
-            let _ = fs::remove_file(&link);
-        }
-        kept
     }
 
     fn remove_stale_temporaries(&self) -> io::Result<()> {
@@ -416,6 +397,15 @@ struct TempFile {
 }
 
 impl TempFile {
+    /// A new temporary file next to `name` holding `text`, fsync'ed.
+    fn write(dir: &Path, name: &str, text: &[u8]) -> io::Result<Self> {
+        let tmp = Self::create(dir, name)?;
+        let mut file = &tmp.file;
+        file.write_all(text)?;
+        file.sync_all()?;
+        Ok(tmp)
+    }
+
     fn create(dir: &Path, name: &str) -> io::Result<Self> {
         loop {
             let path = dir.join(temporary_name(name));
@@ -438,8 +428,11 @@ impl TempFile {
         }
     }
 
-    fn disarm(mut self) {
+    /// Moves the file into place (atomically replacing what is there).
+    fn rename_to(mut self, path: &Path) -> io::Result<()> {
+        fs::rename(&self.path, path)?;
         self.armed = false;
+        Ok(())
     }
 }
 

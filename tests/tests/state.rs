@@ -359,11 +359,21 @@ fn a_corrupt_state_file_stops_the_daemon_before_the_kernel_and_the_cli_names_the
     assert!(err.contains("lists.json is unreadable"), "{err}");
     assert!(reachable(&topology, GOOD));
 
-    // The named copy is the version before the last change: put back, the
-    // daemon starts and the kernel's second entry gets its record back.
+    // The named copy holds every acknowledged entry: put back, the daemon starts
+    // with both records.
     fs::copy(state.join("lists.json.bak"), state.join("lists.json")).expect("restore");
     let daemon = gateway.spawn_daemon(&fs::read_to_string(&config_path).expect("config"));
-    assert!(kernel_blocklist(&gateway).contains("198.18.0.99"));
+    let listed = gateway.json(&["blocklist", "list"]);
+    for (address, reason) in [(BAD, "first"), ("198.18.0.99", "second")] {
+        assert!(
+            listed
+                .as_array()
+                .expect("array")
+                .iter()
+                .any(|e| e["cidr"] == address && e["reason"] == reason && e["source"] == "cli"),
+            "{address} with its record: {listed}"
+        );
+    }
     daemon.stop();
 
     // A torn revocations.json stops it too: a revoked token must not come back.
@@ -543,14 +553,20 @@ fn ip_netns_exec_is_refused_and_the_netns_option_attaches_for_good() {
         "nothing was attached"
     );
     // The other commands say the same under `ip netns exec`.
-    let mut command = Command::new("ip");
-    command
-        .args(["netns", "exec", &topology.gateway.name])
-        .arg(gateway::binary())
-        .args(["blocklist", "list"]);
-    env(&mut command);
-    let text = stderr(&command.output().expect("ip netns exec"));
-    assert!(text.contains("--netns"), "{text}");
+    for args in [
+        &["blocklist", "list"][..],
+        &["xdp", "status"],
+        &["xdp", "detach"],
+    ] {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &topology.gateway.name])
+            .arg(gateway::binary())
+            .args(args);
+        env(&mut command);
+        let text = stderr(&command.output().expect("ip netns exec"));
+        assert!(text.contains("--netns"), "{args:?}: {text}");
+    }
 
     let netns_cli = |args: &[&str]| {
         let mut command = Command::new(gateway::binary());

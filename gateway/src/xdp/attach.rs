@@ -237,9 +237,7 @@ pub fn detach(pins: &PinDir) -> Result<(), XdpError> {
         found |= remove_pin(&pins.map(name))?;
     }
     if !found {
-        return Err(XdpError::NotAttached {
-            dir: pins.path().to_owned(),
-        });
+        return Err(super::netns::not_attached(pins));
     }
     match fs::remove_dir(pins.path()) {
         Ok(()) => Ok(()),
@@ -292,9 +290,7 @@ pub fn pinned_program_id(pins: &PinDir) -> Result<Option<u32>, XdpError> {
 /// The pinned program and the size and fill of every map.
 pub fn status(pins: &PinDir) -> Result<Status, XdpError> {
     require_root()?;
-    let program_id = pinned_program_id(pins)?.ok_or_else(|| XdpError::NotAttached {
-        dir: pins.path().to_owned(),
-    })?;
+    let program_id = pinned_program_id(pins)?.ok_or_else(|| super::netns::not_attached(pins))?;
     let maps = KernelMaps::open(pins)?;
     let maps = map_names::ALL
         .into_iter()

@@ -84,14 +84,7 @@ impl KernelMaps {
     pub fn open(pins: &PinDir) -> Result<Self, XdpError> {
         require_root()?;
         if !pins.map(map_names::CONFIG).exists() {
-            // Under `ip netns exec` the host's bpffs is hidden: say so, not "nothing attached".
-            let parent = pins.path().parent().unwrap_or(pins.path());
-            if !super::attach::is_bpffs(parent) {
-                super::netns::check_mount_namespace(parent)?;
-            }
-            return Err(XdpError::NotAttached {
-                dir: pins.path().to_owned(),
-            });
+            return Err(super::netns::not_attached(pins));
         }
         Ok(Self { pins: pins.clone() })
     }

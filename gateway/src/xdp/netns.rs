@@ -7,7 +7,7 @@
 
 use std::{fs, fs::File, io, os::fd::AsRawFd as _, path::Path};
 
-use super::XdpError;
+use super::{PinDir, XdpError, attach::is_bpffs};
 
 /// Where `ip netns add` keeps named network namespaces.
 const NETNS_DIR: &str = "/run/netns";
@@ -60,4 +60,18 @@ fn host_mount_namespace() -> Option<std::path::PathBuf> {
             .then(|| fs::read_link("/proc/2/ns/mnt").ok())
             .flatten()
     })
+}
+
+/// Nothing is pinned under `pins`: [`XdpError::NotAttached`], or, under `ip netns
+/// exec` (the host's bpffs hidden by a private /sys), the error that says so.
+pub(super) fn not_attached(pins: &PinDir) -> XdpError {
+    let parent = pins.path().parent().unwrap_or(pins.path());
+    if !is_bpffs(parent)
+        && let Err(err) = check_mount_namespace(parent)
+    {
+        return err;
+    }
+    XdpError::NotAttached {
+        dir: pins.path().to_owned(),
+    }
 }
