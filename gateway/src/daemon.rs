@@ -23,7 +23,7 @@ use crate::{
     auth::revocation::Denylist,
     clock,
     config::Config,
-    lists::{ListError, ListKind, Lists},
+    lists::{ListError, ListKind, Lists, Sweeper},
     observe::admin::{self, AdminState},
     policy::quota::Quotas,
     proxy::{Proxy, ProxyStartError},
@@ -63,6 +63,8 @@ pub enum DaemonError {
 struct KernelPlane {
     maps: KernelMaps,
     events: AsyncFd<RingBuf<MapData>>,
+    /// The lists as of the last sweep, with their expiry index.
+    sweeper: Sweeper,
 }
 
 impl KernelPlane {
@@ -71,7 +73,7 @@ impl KernelPlane {
         apply_settings(config, &maps)?;
         let lists = Lists::new(&maps, state);
         lists.replace_config(&config.xdp.allowlist, &config.xdp.blocklist)?;
-        let restored = lists.restore()?;
+        let (sweeper, restored) = Sweeper::start(&lists)?;
         info!(restored, "lists restored from the state file");
         // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the
         // RingBuf, and always reports that same fd.
@@ -80,7 +82,11 @@ impl KernelPlane {
                 what: "watching the event ring buffer",
                 source: err.into_parts().1,
             })?;
-        Ok(Self { maps, events })
+        Ok(Self {
+            maps,
+            events,
+            sweeper,
+        })
     }
 
     /// Takes a reloaded config's XDP settings and static lists.
@@ -187,8 +193,8 @@ pub async fn run(
                 block(kernel.as_ref(), state, &mut provenance, request);
             }
             _ = sweep.tick() => {
-                if let Some(kernel) = &kernel {
-                    sweep_once(&Lists::new(&kernel.maps, state));
+                if let Some(kernel) = &mut kernel {
+                    sweep_once(kernel, state);
                 }
                 end_blocks(kernel.as_ref(), state, &mut provenance);
                 save_quotas(&quotas, state);
@@ -227,8 +233,8 @@ pub async fn run(
         }
     }
     save_quotas(&quotas, state);
-    if let Some(kernel) = &kernel {
-        sweep_once(&Lists::new(&kernel.maps, state));
+    if let Some(kernel) = &mut kernel {
+        sweep_once(kernel, state);
         info!("stopping; the XDP program stays attached and keeps filtering");
     }
     Ok(())
@@ -398,8 +404,8 @@ fn apply_settings(config: &Config, maps: &KernelMaps) -> Result<(), DaemonError>
     Ok(())
 }
 
-fn sweep_once(lists: &Lists<'_>) {
-    match lists.sweep() {
+fn sweep_once(kernel: &mut KernelPlane, state: &StateDir) {
+    match kernel.sweeper.sweep(&Lists::new(&kernel.maps, state)) {
         Ok(sweep) => {
             for (kind, cidr) in sweep.expired {
                 info!(target: "audit", event = "list_expired", list = kind.name(), %cidr, source = "daemon");
@@ -485,18 +491,11 @@ fn end_blocks(kernel: Option<&KernelPlane>, state: &StateDir, provenance: &mut P
     if open.is_empty() {
         return;
     }
-    let live: Option<Vec<Cidr>> = kernel.and_then(|kernel| {
-        Lists::new(&kernel.maps, state)
-            .list(ListKind::Block)
-            .map(|entries| entries.into_iter().map(|e| e.cidr).collect())
-            .inspect_err(|err| error!(%err, "reading the blocklist failed"))
-            .ok()
-    });
     let mut changed = false;
     for (cidr, expires_at) in open {
         let reason = if expires_at <= now {
             "expired"
-        } else if live.as_ref().is_some_and(|live| !live.contains(&cidr)) {
+        } else if kernel.is_some_and(|kernel| !kernel.sweeper.contains(ListKind::Block, &cidr)) {
             "removed"
         } else {
             continue;

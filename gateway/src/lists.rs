@@ -1,30 +1,55 @@
 //! The allowlist and the blocklist. Every change goes to the kernel map and to the
-//! state file under one lock, so the CLI, the daemon and a reboot all see the same
-//! lists.
+//! state directory under one lock, so the CLI, the daemon and a reboot all see the
+//! same lists.
 //!
-//! A single address on the blocklist goes to the exact-match `BLOCKLIST` hash, which
-//! counts its hits; a wider CIDR goes to the `CIDR_BLOCKLIST` trie. Allowlist entries
-//! all live in the `ALLOWLIST` trie.
+//! A single address on the blocklist goes to the exact-address `BLOCKLIST` hash,
+//! which counts its hits; a wider CIDR goes to the `CIDR_BLOCKLIST` trie. Allowlist
+//! entries all live in the `ALLOWLIST` trie.
+//!
+//! Built for a million entries: kernel maps are read and written in batches, a
+//! change appends to `lists.journal` instead of rewriting `lists.json` (see
+//! [`journal`]), and the daemon's [`Sweeper`] keeps an [`ExpiryIndex`] so that its
+//! per-second sweep costs what expires, not what exists.
 
-use std::time::Duration;
+mod expiry;
+mod journal;
 
+use std::{
+    collections::HashSet,
+    io::{self, BufRead},
+    time::{Duration, Instant},
+};
+
+use aya::maps::lpm_trie::Key;
 use gateway_common::{
     consts::{NO_EXPIRY, block_reason, map_names},
-    maps::{BlockEntry, CidrRule},
+    maps::{Addr, BlockEntry, CidrRule},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+pub use self::expiry::ExpiryIndex;
+use self::journal::Op;
 use crate::{
     addr::Cidr,
     clock,
-    state::{self, Record, Source, StateDir, StateError},
-    xdp::{KernelMaps, XdpError},
+    state::{self, ListsLock, Record, Source, StateDir, StateError},
+    xdp::{KernelMaps, Undo, XdpError},
 };
 
+/// The longest TTL a list entry may have. Longer ones are refused, never wrapped or
+/// clamped: a year is past any sensible temporary block, and a permanent one is an
+/// entry without a TTL.
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The longest line `--file` accepts: an address or CIDR with a comment.
+const MAX_LINE: usize = 1024;
+
 /// Which list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ListKind {
+    #[serde(rename = "allowlist")]
     Allow,
+    #[serde(rename = "blocklist")]
     Block,
 }
 
@@ -42,15 +67,98 @@ impl ListKind {
             ListKind::Block => &mut lists.blocklist,
         }
     }
+
+    /// The trie holding this list's prefixes.
+    fn trie(self) -> &'static str {
+        match self {
+            ListKind::Allow => map_names::ALLOWLIST,
+            ListKind::Block => map_names::CIDR_BLOCKLIST,
+        }
+    }
 }
 
-/// A list change failed in the kernel or in the state file.
+/// A list change failed in the kernel or in the state directory, or was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
     #[error(transparent)]
     Xdp(#[from] XdpError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Ttl(#[from] TtlError),
+}
+
+/// A TTL that cannot be honoured.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TtlError {
+    #[error(
+        "a TTL of {0} is longer than the maximum of 365 days; leave the TTL out for a \
+         permanent entry"
+    )]
+    TooLong(String),
+}
+
+/// Refuses a TTL longer than [`MAX_TTL`].
+pub fn check_ttl(ttl: Duration) -> Result<(), TtlError> {
+    if ttl > MAX_TTL {
+        return Err(TtlError::TooLong(
+            humantime::format_duration(ttl).to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// A line of an entry file that is not an address or CIDR, or a file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("{name}, line {line}: {message}; nothing was applied")]
+    Line {
+        name: String,
+        line: usize,
+        message: String,
+    },
+    #[error("reading {name}: {source}; nothing was applied")]
+    Io { name: String, source: io::Error },
+}
+
+/// Reads entries from `input` (named `name` in errors), one per line. Blank lines and
+/// everything after a `#` are ignored; surrounding whitespace is trimmed. The first
+/// bad line fails the whole input.
+pub fn read_entries(mut input: impl BufRead, name: &str) -> Result<Vec<Cidr>, InputError> {
+    let mut entries = Vec::new();
+    let mut buf = Vec::new();
+    for line in 1.. {
+        buf.clear();
+        let read = io::Read::take(&mut input, MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|source| InputError::Io {
+                name: name.to_owned(),
+                source,
+            })?;
+        if read == 0 {
+            break;
+        }
+        let bad = |message: String| InputError::Line {
+            name: name.to_owned(),
+            line,
+            message,
+        };
+        if buf.len() > MAX_LINE {
+            return Err(bad(format!("longer than {MAX_LINE} bytes")));
+        }
+        let text = std::str::from_utf8(&buf).map_err(|_| bad("not UTF-8 text".to_owned()))?;
+        let text = if line == 1 {
+            text.trim_start_matches('\u{feff}')
+        } else {
+            text
+        };
+        let text = text.split('#').next().unwrap_or_default().trim();
+        if text.is_empty() {
+            continue;
+        }
+        entries.push(text.parse::<Cidr>().map_err(|err| bad(err.to_string()))?);
+    }
+    Ok(entries)
 }
 
 /// A live list entry, as `list` shows it.
@@ -77,11 +185,24 @@ struct KernelEntry {
     hits: Option<(u64, u64)>,
 }
 
-/// What a [`Lists::sweep`] changed.
+/// What a [`Sweeper::sweep`] changed.
 #[derive(Debug, Default)]
 pub struct Sweep {
     /// Entries whose TTL ran out and that were removed.
     pub expired: Vec<(ListKind, Cidr)>,
+}
+
+/// An entry as it goes into the kernel.
+struct Put {
+    cidr: Cidr,
+    expires_at_ns: u64,
+    reason: u32,
+}
+
+/// What [`Lists::put_all`] changed in each map, so it can be undone.
+struct Applied {
+    hosts: Option<Undo<Addr, BlockEntry>>,
+    prefixes: Option<(&'static str, Undo<Key<Addr>, CidrRule>)>,
 }
 
 /// The lists of one gateway: its pinned maps plus its state directory.
@@ -95,7 +216,8 @@ impl<'a> Lists<'a> {
         Self { maps, state }
     }
 
-    /// Adds (or replaces) entries; they take effect on the next packet.
+    /// Adds (or replaces) entries; they take effect on the next packet. Either all
+    /// of them are added or, when a map has no room for them all, none.
     pub fn add(
         &self,
         kind: ListKind,
@@ -104,246 +226,285 @@ impl<'a> Lists<'a> {
         reason: &str,
         source: Source,
     ) -> Result<(), ListError> {
+        if let Some(ttl) = ttl {
+            check_ttl(ttl)?;
+        }
+        let cidrs = unique(cidrs);
         let lock = self.state.lock_lists()?;
-        let mut lists = lock.load()?;
+        let now = clock::unix_now();
         let expires_at_ns = ttl.map_or(NO_EXPIRY, clock::boot_ns_after);
-        let expires_at = ttl.map(|ttl| clock::unix_now() + ttl.as_secs_f64().ceil() as u64);
-        for cidr in cidrs {
-            self.put(kind, cidr, expires_at_ns, reason_code(source))?;
-            kind.records(&mut lists).insert(
-                *cidr,
-                Record {
+        // Rounded up, so a restored block never lifts early.
+        let expires_at = ttl.map(|ttl| now + ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0));
+        let puts: Vec<Put> = cidrs
+            .iter()
+            .map(|cidr| Put {
+                cidr: *cidr,
+                expires_at_ns,
+                reason: reason_code(source),
+            })
+            .collect();
+        let applied = self.put_all(kind, &puts)?;
+        let ops: Vec<Op> = cidrs
+            .iter()
+            .map(|cidr| Op::Put {
+                list: kind,
+                cidr: *cidr,
+                record: Record {
                     reason: reason.to_owned(),
                     source,
-                    added_at: clock::unix_now(),
+                    added_at: now,
                     expires_at,
                 },
-            );
+            })
+            .collect();
+        if let Err(err) = self.record(&lock, &ops) {
+            // Not durable, so not acknowledged: take it out of the kernel again.
+            self.undo(applied)?;
+            return Err(err);
         }
-        lock.save(&lists)?;
         Ok(())
     }
 
-    /// Removes entries; returns, for each, whether it was there.
+    /// Removes entries; returns, for each, whether the kernel had it.
     pub fn remove(&self, kind: ListKind, cidrs: &[Cidr]) -> Result<Vec<bool>, ListError> {
         let lock = self.state.lock_lists()?;
-        let mut lists = lock.load()?;
-        let mut found = Vec::with_capacity(cidrs.len());
-        for cidr in cidrs {
-            let in_kernel = self.delete(kind, cidr)?;
-            let in_state = kind.records(&mut lists).remove(cidr).is_some();
-            found.push(in_kernel || in_state);
-        }
-        lock.save(&lists)?;
+        let found = self.delete_all(kind, cidrs)?;
+        let ops: Vec<Op> = cidrs
+            .iter()
+            .map(|cidr| Op::Remove {
+                list: kind,
+                cidr: *cidr,
+            })
+            .collect();
+        self.record(&lock, &ops)?;
         Ok(found)
     }
 
     /// Removes every entry of `kind`; returns how many there were.
     pub fn flush(&self, kind: ListKind) -> Result<usize, ListError> {
         let lock = self.state.lock_lists()?;
-        let mut lists = lock.load()?;
-        let removed = match kind {
-            ListKind::Allow => self.maps.trie(map_names::ALLOWLIST)?.clear()?,
-            ListKind::Block => {
-                self.maps.blocklist()?.clear()?
-                    + self.maps.trie(map_names::CIDR_BLOCKLIST)?.clear()?
-            }
-        };
-        kind.records(&mut lists).clear();
-        lock.save(&lists)?;
+        let mut removed = self.maps.trie(kind.trie())?.clear()?;
+        if kind == ListKind::Block {
+            removed += self.maps.blocklist()?.clear()?;
+        }
+        self.record(&lock, &[Op::Flush { list: kind }])?;
         Ok(removed)
     }
 
     /// The live (unexpired) entries of `kind`, with their provenance.
     pub fn list(&self, kind: ListKind) -> Result<Vec<Entry>, ListError> {
-        let lists = self.state.lock_lists()?.load()?;
-        let records = match kind {
-            ListKind::Allow => &lists.allowlist,
-            ListKind::Block => &lists.blocklist,
-        };
+        let mut lists = load(&self.state.lock_lists()?, self.state)?;
+        let records = kind.records(&mut lists);
         let now = clock::boot_ns();
         let mut entries: Vec<Entry> = self
             .kernel_entries(kind)?
             .into_iter()
             .filter(|entry| !expired(entry.expires_at_ns, now))
             .map(|entry| {
-                let record = records.get(&entry.cidr);
-                Entry {
-                    cidr: entry.cidr,
-                    reason: record.map_or_else(
-                        || reason_name(entry.reason).to_owned(),
-                        |r| r.reason.clone(),
-                    ),
-                    source: record.map_or(Source::Kernel, |r| r.source),
-                    added_at: record.map(|r| r.added_at),
+                let record = records.remove(&entry.cidr);
+                let expires_at = match &record {
                     // The record's Unix time is exact; converting the kernel's boot
                     // time back would jitter by a second from one listing to the next.
-                    expires_at: record.map_or_else(
-                        || {
-                            (entry.expires_at_ns != NO_EXPIRY)
-                                .then(|| clock::unix_at_boot_ns(entry.expires_at_ns))
-                        },
-                        |r| r.expires_at,
-                    ),
+                    Some(record) => record.expires_at,
+                    None => (entry.expires_at_ns != NO_EXPIRY)
+                        .then(|| clock::unix_at_boot_ns(entry.expires_at_ns)),
+                };
+                Entry {
+                    cidr: entry.cidr,
+                    source: record.as_ref().map_or(Source::Kernel, |r| r.source),
+                    added_at: record.as_ref().map(|r| r.added_at),
+                    reason: record
+                        .map_or_else(|| reason_name(entry.reason).to_owned(), |r| r.reason),
+                    expires_at,
                     hits: entry.hits.map(|(hits, _)| hits),
                     bytes: entry.hits.map(|(_, bytes)| bytes),
                 }
             })
             .collect();
-        entries.sort_by_key(|entry| entry.cidr);
+        entries.sort_unstable_by_key(|entry| entry.cidr);
         Ok(entries)
     }
 
     /// Makes the config's static lists the only entries with [`Source::Config`].
     pub fn replace_config(&self, allow: &[Cidr], block: &[Cidr]) -> Result<(), ListError> {
         let lock = self.state.lock_lists()?;
-        let mut lists = lock.load()?;
+        let mut lists = load(&lock, self.state)?;
+        let mut ops = Vec::new();
         for (kind, wanted) in [(ListKind::Allow, allow), (ListKind::Block, block)] {
+            let wanted = unique(wanted);
+            let keep: HashSet<&Cidr> = wanted.iter().collect();
             let stale: Vec<Cidr> = kind
                 .records(&mut lists)
                 .iter()
-                .filter(|(cidr, record)| record.source == Source::Config && !wanted.contains(cidr))
+                .filter(|(cidr, record)| record.source == Source::Config && !keep.contains(cidr))
                 .map(|(cidr, _)| *cidr)
                 .collect();
-            for cidr in stale {
-                self.delete(kind, &cidr)?;
-                kind.records(&mut lists).remove(&cidr);
-            }
-            for cidr in wanted {
-                self.put(kind, cidr, NO_EXPIRY, block_reason::MANUAL)?;
-                kind.records(&mut lists).insert(
-                    *cidr,
-                    Record {
-                        reason: "config".to_owned(),
-                        source: Source::Config,
-                        added_at: clock::unix_now(),
-                        expires_at: None,
-                    },
-                );
-            }
+            self.delete_all(kind, &stale)?;
+            ops.extend(
+                stale
+                    .into_iter()
+                    .map(|cidr| Op::Remove { list: kind, cidr }),
+            );
+            let puts: Vec<Put> = wanted
+                .iter()
+                .map(|cidr| Put {
+                    cidr: *cidr,
+                    expires_at_ns: NO_EXPIRY,
+                    reason: block_reason::MANUAL,
+                })
+                .collect();
+            let _kept = self.put_all(kind, &puts)?;
+            ops.extend(wanted.into_iter().map(|cidr| Op::Put {
+                list: kind,
+                cidr,
+                record: Record {
+                    reason: "config".to_owned(),
+                    source: Source::Config,
+                    added_at: clock::unix_now(),
+                    expires_at: None,
+                },
+            }));
         }
-        lock.save(&lists)?;
-        Ok(())
+        self.record(&lock, &ops)
     }
 
     /// Puts every unexpired saved entry that the kernel lacks back into the kernel,
-    /// with its remaining TTL (after a reboot or a detach wiped the maps). Returns how
-    /// many were restored.
+    /// with its remaining TTL (after a reboot or a detach wiped the maps), and folds
+    /// the journal into a fresh `lists.json`. Returns how many were restored.
     pub fn restore(&self) -> Result<usize, ListError> {
-        let lock = self.state.lock_lists()?;
-        let mut lists = lock.load()?;
-        let now = clock::unix_now();
-        let mut restored = 0;
-        for kind in [ListKind::Allow, ListKind::Block] {
-            let present: Vec<Cidr> = self.kernel_entries(kind)?.iter().map(|e| e.cidr).collect();
-            let records = kind.records(&mut lists);
-            records.retain(|_, record| record.expires_at.is_none_or(|at| at > now));
-            for (cidr, record) in records.iter() {
-                if present.contains(cidr) {
-                    continue;
-                }
-                let expires_at_ns = record.expires_at.map_or(NO_EXPIRY, clock::boot_ns_at_unix);
-                self.put(kind, cidr, expires_at_ns, reason_code(record.source))?;
-                restored += 1;
-            }
-        }
-        lock.save(&lists)?;
-        Ok(restored)
+        Ok(self.restore_locked(&self.state.lock_lists()?)?.0)
     }
 
-    /// Deletes expired entries from the kernel and brings the state file in line with
-    /// the kernel: records of entries that are gone are dropped, entries added by other
-    /// tools get a record.
-    pub fn sweep(&self) -> Result<Sweep, ListError> {
-        let lock = self.state.lock_lists()?;
-        let saved = lock.load()?;
-        let mut lists = saved.clone();
-        let now = clock::boot_ns();
-        let mut sweep = Sweep::default();
+    /// [`restore`](Self::restore) under a lock the caller holds; also returns the
+    /// saved lists as they now are.
+    fn restore_locked(&self, lock: &ListsLock) -> Result<(usize, state::Lists), ListError> {
+        let mut lists = load(lock, self.state)?;
+        let now = clock::unix_now();
+        let mut restored = 0;
+        let mut dropped = false;
         for kind in [ListKind::Allow, ListKind::Block] {
-            let mut live = Vec::new();
-            for entry in self.kernel_entries(kind)? {
-                if expired(entry.expires_at_ns, now) {
-                    self.delete(kind, &entry.cidr)?;
-                    sweep.expired.push((kind, entry.cidr));
-                } else {
-                    live.push(entry);
-                }
-            }
+            let present: HashSet<Cidr> =
+                self.kernel_entries(kind)?.iter().map(|e| e.cidr).collect();
             let records = kind.records(&mut lists);
-            records.retain(|cidr, _| live.iter().any(|entry| entry.cidr == *cidr));
-            for entry in live {
-                records.entry(entry.cidr).or_insert_with(|| Record {
-                    reason: reason_name(entry.reason).to_owned(),
-                    source: Source::Kernel,
-                    added_at: clock::unix_now(),
-                    expires_at: (entry.expires_at_ns != NO_EXPIRY)
-                        .then(|| clock::unix_at_boot_ns(entry.expires_at_ns)),
+            let before = records.len();
+            records.retain(|_, record| record.expires_at.is_none_or(|at| at > now));
+            dropped |= records.len() != before;
+            let puts: Vec<Put> = records
+                .iter()
+                .filter(|(cidr, _)| !present.contains(cidr))
+                .map(|(cidr, record)| Put {
+                    cidr: *cidr,
+                    expires_at_ns: record.expires_at.map_or(NO_EXPIRY, clock::boot_ns_at_unix),
+                    reason: reason_code(record.source),
+                })
+                .collect();
+            let _kept = self.put_all(kind, &puts)?;
+            restored += puts.len();
+        }
+        let journal = journal::path(self.state);
+        if dropped || std::fs::metadata(&journal).is_ok_and(|meta| meta.len() > 0) {
+            compact(lock, &journal, &lists)?;
+        }
+        Ok((restored, lists))
+    }
+
+    /// Writes `ops` to the journal, and folds the journal into `lists.json` when it
+    /// has grown far past it (the daemon does that much earlier; this bounds the
+    /// journal when no daemon runs).
+    fn record(&self, lock: &ListsLock, ops: &[Op]) -> Result<(), ListError> {
+        let path = journal::path(self.state);
+        let len = journal::append(&path, ops)?;
+        if len > 4 * compact_threshold(self.state) {
+            compact(lock, &path, &load(lock, self.state)?)?;
+        }
+        Ok(())
+    }
+
+    /// Inserts `puts` into the kernel; all or, when a map is full, none.
+    fn put_all(&self, kind: ListKind, puts: &[Put]) -> Result<Applied, ListError> {
+        let mut hosts = (Vec::new(), Vec::new());
+        let mut prefixes = (Vec::new(), Vec::new());
+        for put in puts {
+            let (prefix_len, addr) = put.cidr.key();
+            if kind == ListKind::Block && put.cidr.is_host() {
+                hosts.0.push(addr);
+                hosts.1.push(BlockEntry {
+                    expires_at_ns: put.expires_at_ns,
+                    reason: put.reason,
+                    ..BlockEntry::default()
+                });
+            } else {
+                prefixes.0.push(Key::new(prefix_len, addr));
+                prefixes.1.push(CidrRule {
+                    expires_at_ns: put.expires_at_ns,
+                    reason: put.reason,
+                    reserved: 0,
                 });
             }
         }
-        if lists != saved {
-            lock.save(&lists)?;
-        }
-        Ok(sweep)
-    }
-
-    fn put(
-        &self,
-        kind: ListKind,
-        cidr: &Cidr,
-        expires_at_ns: u64,
-        reason: u32,
-    ) -> Result<(), XdpError> {
-        let (prefix_len, addr) = cidr.key();
-        let rule = CidrRule {
-            expires_at_ns,
-            reason,
-            reserved: 0,
+        let mut applied = Applied {
+            hosts: None,
+            prefixes: None,
         };
-        match kind {
-            ListKind::Block if cidr.is_host() => self.maps.blocklist()?.insert(
-                &addr,
-                &BlockEntry {
-                    expires_at_ns,
-                    reason,
-                    ..BlockEntry::default()
-                },
-            ),
-            ListKind::Block => self
-                .maps
-                .trie(map_names::CIDR_BLOCKLIST)?
-                .insert(prefix_len, addr, &rule),
-            ListKind::Allow => self
-                .maps
-                .trie(map_names::ALLOWLIST)?
-                .insert(prefix_len, addr, &rule),
+        if !hosts.0.is_empty() {
+            applied.hosts = Some(self.maps.blocklist()?.insert_all(&hosts.0, &hosts.1)?);
         }
+        if !prefixes.0.is_empty() {
+            let name = kind.trie();
+            match self.maps.trie(name)?.insert_all(&prefixes.0, &prefixes.1) {
+                Ok(undo) => applied.prefixes = Some((name, undo)),
+                Err(err) => {
+                    self.undo(applied)?;
+                    return Err(err.into());
+                }
+            }
+        }
+        Ok(applied)
     }
 
-    fn delete(&self, kind: ListKind, cidr: &Cidr) -> Result<bool, XdpError> {
-        let (prefix_len, addr) = cidr.key();
-        match kind {
-            ListKind::Block if cidr.is_host() => self.maps.blocklist()?.remove(&addr),
-            ListKind::Block => self
-                .maps
-                .trie(map_names::CIDR_BLOCKLIST)?
-                .remove(prefix_len, addr),
-            ListKind::Allow => self
-                .maps
-                .trie(map_names::ALLOWLIST)?
-                .remove(prefix_len, addr),
+    fn undo(&self, applied: Applied) -> Result<(), XdpError> {
+        if let Some(undo) = applied.hosts {
+            self.maps.blocklist()?.undo(undo)?;
         }
+        if let Some((name, undo)) = applied.prefixes {
+            self.maps.trie(name)?.undo(undo)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes `cidrs` from the kernel; returns, for each, whether it was there.
+    fn delete_all(&self, kind: ListKind, cidrs: &[Cidr]) -> Result<Vec<bool>, XdpError> {
+        let mut found = vec![false; cidrs.len()];
+        let (hosts, prefixes): (Vec<usize>, Vec<usize>) =
+            (0..cidrs.len()).partition(|&i| kind == ListKind::Block && cidrs[i].is_host());
+        if !hosts.is_empty() {
+            let keys: Vec<Addr> = hosts.iter().map(|&i| cidrs[i].key().1).collect();
+            for (i, was) in hosts.iter().zip(self.maps.blocklist()?.remove_all(&keys)?) {
+                found[*i] = was;
+            }
+        }
+        if !prefixes.is_empty() {
+            let keys: Vec<Key<Addr>> = prefixes
+                .iter()
+                .map(|&i| {
+                    let (prefix_len, addr) = cidrs[i].key();
+                    Key::new(prefix_len, addr)
+                })
+                .collect();
+            for (i, was) in prefixes
+                .iter()
+                .zip(self.maps.trie(kind.trie())?.remove_all(&keys)?)
+            {
+                found[*i] = was;
+            }
+        }
+        Ok(found)
     }
 
     fn kernel_entries(&self, kind: ListKind) -> Result<Vec<KernelEntry>, XdpError> {
-        let trie = match kind {
-            ListKind::Allow => map_names::ALLOWLIST,
-            ListKind::Block => map_names::CIDR_BLOCKLIST,
-        };
         let mut entries: Vec<KernelEntry> = self
             .maps
-            .trie(trie)?
+            .trie(kind.trie())?
             .entries()?
             .into_iter()
             .filter_map(|(prefix_len, addr, rule)| {
@@ -369,6 +530,227 @@ impl<'a> Lists<'a> {
     }
 }
 
+/// The saved lists: `lists.json` with the journal replayed on top.
+fn load(lock: &ListsLock, state: &StateDir) -> Result<state::Lists, StateError> {
+    let mut lists = lock.load()?;
+    for op in journal::read_all(&journal::path(state))? {
+        op.apply(&mut lists);
+    }
+    Ok(lists)
+}
+
+/// Writes `lists` as the new `lists.json` and empties the journal it includes.
+fn compact(
+    lock: &ListsLock,
+    journal: &std::path::Path,
+    lists: &state::Lists,
+) -> Result<(), StateError> {
+    lock.save(lists)?;
+    journal::reset(journal)
+}
+
+/// Journal size past which the daemon folds it into `lists.json`: the size of
+/// `lists.json` itself (so rewriting it costs at most as much as the changes it
+/// absorbs), and at least 32 MiB.
+fn compact_threshold(state: &StateDir) -> u64 {
+    let snapshot = std::fs::metadata(state.path().join("lists.json")).map_or(0, |meta| meta.len());
+    snapshot.max(32 << 20)
+}
+
+/// `cidrs` without repeats, in their first order.
+fn unique(cidrs: &[Cidr]) -> Vec<Cidr> {
+    let mut seen = HashSet::with_capacity(cidrs.len());
+    cidrs
+        .iter()
+        .filter(|cidr| seen.insert(**cidr))
+        .copied()
+        .collect()
+}
+
+/// The shortest and longest pause between two checks of the kernel maps for entries
+/// that another tool (bpftool) added or removed. In between, the pause is 100 times
+/// what the last check took, so the checks cost at most 1% of a core.
+const RECONCILE_MIN: Duration = Duration::from_secs(5);
+const RECONCILE_MAX: Duration = Duration::from_secs(300);
+
+/// The daemon's side of the lists: follows the journal into an [`ExpiryIndex`] and
+/// removes entries when they expire.
+pub struct Sweeper {
+    index: ExpiryIndex,
+    journal: journal::Reader,
+    next_reconcile: Instant,
+}
+
+impl Sweeper {
+    /// [`Lists::restore`]s the saved lists into the kernel and indexes them; also
+    /// returns how many entries were restored.
+    pub fn start(lists: &Lists<'_>) -> Result<(Self, usize), ListError> {
+        let lock = lists.state.lock_lists()?;
+        let (restored, saved) = lists.restore_locked(&lock)?;
+        let path = journal::path(lists.state);
+        let mut journal = journal::Reader::open(&path)?;
+        let mut index = ExpiryIndex::of(&saved);
+        // Already in `saved`; replaying them again changes nothing.
+        for op in journal.read_new(&path)? {
+            index.apply(&op);
+        }
+        let sweeper = Self {
+            index,
+            journal,
+            next_reconcile: Instant::now() + RECONCILE_MIN,
+        };
+        Ok((sweeper, restored))
+    }
+
+    fn load(
+        lock: &ListsLock,
+        state: &StateDir,
+    ) -> Result<(ExpiryIndex, journal::Reader), StateError> {
+        let path = journal::path(state);
+        let mut journal = journal::Reader::open(&path)?;
+        let mut index = ExpiryIndex::of(&lock.load()?);
+        for op in journal.read_new(&path)? {
+            index.apply(&op);
+        }
+        Ok((index, journal))
+    }
+
+    /// Whether an entry is on its list (as of the last sweep).
+    pub fn contains(&self, kind: ListKind, cidr: &Cidr) -> bool {
+        self.index.contains(&(kind, *cidr))
+    }
+
+    /// Catches up with the journal; reloads everything when it was replaced.
+    fn follow(&mut self, state: &StateDir, lock: Option<&ListsLock>) -> Result<(), ListError> {
+        let path = journal::path(state);
+        if self.journal.is_current(&path)? {
+            for op in self.journal.read_new(&path)? {
+                self.index.apply(&op);
+            }
+            return Ok(());
+        }
+        let reloaded = match lock {
+            Some(lock) => Self::load(lock, state)?,
+            None => Self::load(&state.lock_lists()?, state)?,
+        };
+        (self.index, self.journal) = reloaded;
+        Ok(())
+    }
+
+    /// Removes the entries whose TTL ran out from the kernel and the state, now and
+    /// then adopts or forgets entries another tool changed in the kernel, and folds
+    /// a long journal into `lists.json`. Costs what expired; the occasional map walk
+    /// and fold are spaced so that they stay a small share of a core.
+    pub fn sweep(&mut self, lists: &Lists<'_>) -> Result<Sweep, ListError> {
+        let mut sweep = Sweep::default();
+        self.follow(lists.state, None)?;
+        let now = clock::unix_now();
+        if !self.index.due(now).is_empty() {
+            let lock = lists.state.lock_lists()?;
+            self.follow(lists.state, Some(&lock))?;
+            let due = self.index.due(now);
+            let mut ops = Vec::with_capacity(due.len());
+            for kind in [ListKind::Allow, ListKind::Block] {
+                let cidrs: Vec<Cidr> = due
+                    .iter()
+                    .filter(|(k, _)| *k == kind)
+                    .map(|(_, c)| *c)
+                    .collect();
+                lists.delete_all(kind, &cidrs)?;
+                for cidr in cidrs {
+                    self.index.remove(&(kind, cidr));
+                    ops.push(Op::Remove { list: kind, cidr });
+                    sweep.expired.push((kind, cidr));
+                }
+            }
+            journal::append(&journal::path(lists.state), &ops)?;
+        }
+        if Instant::now() >= self.next_reconcile {
+            let started = Instant::now();
+            self.reconcile(lists)?;
+            self.next_reconcile =
+                Instant::now() + (started.elapsed() * 100).clamp(RECONCILE_MIN, RECONCILE_MAX);
+        }
+        if self.journal.offset() > compact_threshold(lists.state) {
+            let lock = lists.state.lock_lists()?;
+            self.follow(lists.state, Some(&lock))?;
+            let path = journal::path(lists.state);
+            compact(&lock, &path, &load(&lock, lists.state)?)?;
+            (self.index, self.journal) = Self::load(&lock, lists.state)?;
+        }
+        Ok(sweep)
+    }
+
+    /// Brings the state in line with entries another tool added to or removed from
+    /// the kernel. The walk runs without the lock; only when it finds a difference
+    /// is it repeated under the lock and the difference recorded.
+    fn reconcile(&mut self, lists: &Lists<'_>) -> Result<(), ListError> {
+        if self.differences(lists)?.is_empty() {
+            return Ok(());
+        }
+        let lock = lists.state.lock_lists()?;
+        self.follow(lists.state, Some(&lock))?;
+        let ops = self.differences(lists)?;
+        for op in &ops {
+            if let Op::Remove { list, cidr } = op
+                && !self.index.contains(&(*list, *cidr))
+            {
+                // Another tool's entry that has expired: the kernel ignores it.
+                lists.delete_all(*list, &[*cidr])?;
+            }
+            self.index.apply(op);
+        }
+        journal::append(&journal::path(lists.state), &ops)?;
+        Ok(())
+    }
+
+    /// What the state must record to match the kernel: a record for each live entry
+    /// it lacks, and a removal for each entry the kernel no longer has (or has only
+    /// as an expired entry nobody recorded).
+    fn differences(&self, lists: &Lists<'_>) -> Result<Vec<Op>, ListError> {
+        let now = clock::boot_ns();
+        let mut ops = Vec::new();
+        for kind in [ListKind::Allow, ListKind::Block] {
+            let mut seen = HashSet::new();
+            for entry in lists.kernel_entries(kind)? {
+                let key = (kind, entry.cidr);
+                seen.insert(entry.cidr);
+                if self.index.contains(&key) {
+                    continue;
+                }
+                if expired(entry.expires_at_ns, now) {
+                    ops.push(Op::Remove {
+                        list: kind,
+                        cidr: entry.cidr,
+                    });
+                    continue;
+                }
+                ops.push(Op::Put {
+                    list: kind,
+                    cidr: entry.cidr,
+                    record: Record {
+                        reason: reason_name(entry.reason).to_owned(),
+                        source: Source::Kernel,
+                        added_at: clock::unix_now(),
+                        expires_at: (entry.expires_at_ns != NO_EXPIRY)
+                            .then(|| clock::unix_at_boot_ns(entry.expires_at_ns)),
+                    },
+                });
+            }
+            ops.extend(
+                self.index
+                    .keys()
+                    .filter(|(k, cidr)| *k == kind && !seen.contains(cidr))
+                    .map(|(_, cidr)| Op::Remove {
+                        list: kind,
+                        cidr: *cidr,
+                    }),
+            );
+        }
+        Ok(ops)
+    }
+}
+
 fn expired(expires_at_ns: u64, now: u64) -> bool {
     expires_at_ns != NO_EXPIRY && now >= expires_at_ns
 }
@@ -387,5 +769,67 @@ fn reason_name(code: u32) -> &'static str {
         block_reason::ABUSE => "abuse",
         block_reason::RESTORED => "restored",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_up_to_a_year_pass_and_longer_ones_are_refused() {
+        assert_eq!(check_ttl(Duration::from_secs(1)), Ok(()));
+        assert_eq!(check_ttl(MAX_TTL), Ok(()));
+        let err = check_ttl(MAX_TTL + Duration::from_nanos(1)).expect_err("past the bound");
+        assert!(err.to_string().contains("maximum of 365 days"), "{err}");
+        let err = check_ttl(Duration::from_secs(u64::MAX)).expect_err("u64::MAX seconds");
+        assert!(err.to_string().contains("maximum of 365 days"), "{err}");
+        // The bound keeps every expiry computation far from overflow.
+        assert!(clock::unix_now().checked_add(MAX_TTL.as_secs()).is_some());
+        assert!(
+            clock::boot_ns()
+                .checked_add(MAX_TTL.as_nanos() as u64)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn entry_files_allow_comments_and_blank_lines() {
+        let text = "\u{feff}# scanners\n198.18.0.1\n\n  198.18.1.0/24  # a range\r\n2001:2::7\n";
+        let entries = read_entries(text.as_bytes(), "list.txt").expect("valid");
+        assert_eq!(
+            entries.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["198.18.0.1", "198.18.1.0/24", "2001:2::7"]
+        );
+        assert!(read_entries(&b""[..], "empty").expect("empty").is_empty());
+    }
+
+    #[test]
+    fn a_bad_line_is_named_by_its_number() {
+        let err = read_entries(&b"198.18.0.1\n\n198.18.0.300\n"[..], "list.txt").expect_err("bad");
+        let text = err.to_string();
+        assert!(
+            text.contains("list.txt, line 3") && text.contains("198.18.0.300"),
+            "{text}"
+        );
+        let err = read_entries(&b"198.18.0.7/24\n"[..], "-").expect_err("host bits");
+        assert!(err.to_string().contains("line 1"), "{err}");
+        let long = format!("198.18.0.1\n{}\n", "1".repeat(MAX_LINE + 10));
+        let err = read_entries(long.as_bytes(), "long").expect_err("too long");
+        assert!(err.to_string().contains("line 2: longer than"), "{err}");
+        let err = read_entries(&b"198.18.0.1\n\xff\xfe\n"[..], "bin").expect_err("binary");
+        assert!(err.to_string().contains("line 2: not UTF-8"), "{err}");
+        // A line without its newline still counts.
+        let err = read_entries(&b"198.18.0.1\nnope"[..], "tail").expect_err("last line");
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn unique_keeps_first_order() {
+        let cidrs: Vec<Cidr> = ["198.18.0.2", "198.18.0.1", "198.18.0.2"]
+            .iter()
+            .map(|text| text.parse().expect("cidr"))
+            .collect();
+        assert_eq!(unique(&cidrs), cidrs[..2]);
     }
 }

@@ -9,6 +9,11 @@ use clap::Parser as _;
 
 /// Exit code for an unusable configuration (EX_CONFIG-style usage error, sysexits 64).
 const EXIT_CONFIG: u8 = 64;
+/// Exit code for a bad line in a `--file` or stdin list of entries (sysexits EX_DATAERR).
+const EXIT_DATA: u8 = 65;
+/// Exit code for a list change refused because a map has no room for it; nothing
+/// was changed (sysexits EX_TEMPFAIL: remove entries and retry).
+const EXIT_FULL: u8 = 75;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
@@ -26,6 +31,13 @@ fn main() -> ExitCode {
             eprintln!("error: {}", cli::table::escape_lines(&format!("{err:#}")));
             if err.downcast_ref::<gateway::config::ConfigError>().is_some() {
                 ExitCode::from(EXIT_CONFIG)
+            } else if err.downcast_ref::<gateway::lists::InputError>().is_some() {
+                ExitCode::from(EXIT_DATA)
+            } else if let Some(gateway::lists::ListError::Xdp(gateway::xdp::XdpError::MapFull {
+                ..
+            })) = err.downcast_ref()
+            {
+                ExitCode::from(EXIT_FULL)
             } else {
                 ExitCode::FAILURE
             }

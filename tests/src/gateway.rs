@@ -124,6 +124,12 @@ impl Gateway {
 
     /// Starts `gateway run` with this config; logs go to a file in the state dir.
     pub fn spawn_daemon(&self, config: &str) -> Daemon {
+        self.spawn_daemon_within(config, Duration::from_secs(20))
+    }
+
+    /// [`spawn_daemon`](Self::spawn_daemon), allowing `timeout` for the start (a
+    /// debug build restoring a large list on a busy machine takes a while).
+    pub fn spawn_daemon_within(&self, config: &str, timeout: Duration) -> Daemon {
         let config_path = self.state_dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).expect("writing the config");
         let log = self
@@ -139,7 +145,7 @@ impl Gateway {
             .spawn()
             .expect("spawning gateway run");
         let daemon = Daemon { child, log };
-        daemon.wait_for_log("gateway running", Duration::from_secs(20));
+        daemon.wait_for_log("gateway running", timeout);
         daemon
     }
 }

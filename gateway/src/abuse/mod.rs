@@ -200,7 +200,9 @@ impl Abuse {
                     cidr.addr(),
                     last.offence,
                     now.checked_sub(ago).unwrap_or(now),
-                    now + remaining,
+                    // A state file's expiry is bounded like any block's TTL, so a
+                    // damaged one cannot overflow the clock.
+                    now + remaining.min(crate::lists::MAX_TTL),
                 );
             }
         }

@@ -1,43 +1,71 @@
 //! `gateway blocklist|allowlist add|remove|list|flush`.
 
+use std::{
+    fs::File,
+    io::{self, BufReader, Write as _},
+};
+
 use anyhow::bail;
 use gateway::{
     addr::Cidr,
-    lists::{ListKind, Lists},
+    lists::{ListKind, Lists, read_entries},
     state::Source,
     xdp::KernelMaps,
 };
 
-use super::{Context, ListCommand, format_unix, print_json, table};
+use super::{Context, EntryArg, EntryArgs, ListCommand, format_unix, print_json, table};
+
+/// Up to this many entries, `add` and `remove` print one line per entry and the
+/// audit log names each; past it they summarise.
+const ITEMISE: usize = 100;
 
 pub fn run(ctx: &Context, kind: ListKind, command: ListCommand) -> anyhow::Result<()> {
+    // Read and check every entry before touching the kernel: a bad line applies nothing.
+    let entries = match &command {
+        ListCommand::Add(args) => collect(&args.entries)?,
+        ListCommand::Remove(args) => collect(args)?,
+        ListCommand::List | ListCommand::Flush => Vec::new(),
+    };
     let maps = KernelMaps::open(&ctx.pins)?;
     let lists = Lists::new(&maps, &ctx.state);
     match command {
         ListCommand::Add(args) => {
-            lists.add(kind, &args.entries, args.ttl, &args.reason, Source::Cli)?;
+            lists.add(kind, &entries, args.ttl, &args.reason, Source::Cli)?;
             tracing::info!(
                 target: "audit",
                 event = "list_add",
                 list = kind.name(),
-                entries = %joined(&args.entries),
+                count = entries.len(),
+                entries = %joined(&entries),
+                file = args.entries.file.as_ref().map(|path| path.display().to_string()),
                 ttl_secs = args.ttl.map(|ttl| ttl.as_secs()),
                 reason = %args.reason,
                 source = Source::Cli.as_str(),
             );
             if ctx.json {
-                return print_json(&serde_json::json!({ "added": args.entries }));
+                return print_json(&serde_json::json!({ "added": entries }));
             }
             let ttl = args.ttl.map_or_else(
                 || "no expiry".to_owned(),
                 |ttl| format!("expires in {}", humantime::format_duration(ttl)),
             );
-            for cidr in &args.entries {
-                println!("{}: added {cidr} ({ttl})", kind.name());
+            let mut out = io::BufWriter::new(io::stdout().lock());
+            if entries.len() > ITEMISE {
+                writeln!(
+                    out,
+                    "{}: added {} entries ({ttl})",
+                    kind.name(),
+                    entries.len()
+                )?;
+            } else {
+                for cidr in &entries {
+                    writeln!(out, "{}: added {cidr} ({ttl})", kind.name())?;
+                }
             }
+            out.flush()?;
             Ok(())
         }
-        ListCommand::Remove { entries } => {
+        ListCommand::Remove(_) => {
             let found = lists.remove(kind, &entries)?;
             let removed: Vec<_> = entries
                 .iter()
@@ -50,6 +78,7 @@ pub fn run(ctx: &Context, kind: ListKind, command: ListCommand) -> anyhow::Resul
                     target: "audit",
                     event = "list_remove",
                     list = kind.name(),
+                    count = removed.len(),
                     entries = %joined(&removed),
                     source = Source::Cli.as_str(),
                 );
@@ -61,21 +90,29 @@ pub fn run(ctx: &Context, kind: ListKind, command: ListCommand) -> anyhow::Resul
                 .map(|(cidr, _)| cidr.to_string())
                 .collect();
             if ctx.json {
-                print_json(
-                    &serde_json::json!({ "removed": entries.len() - missing.len(), "not_found": missing }),
-                )?;
+                print_json(&serde_json::json!({ "removed": removed.len(), "not_found": missing }))?;
             } else {
-                for (cidr, found) in entries.iter().zip(&found) {
-                    if *found {
-                        println!("{}: removed {cidr}", kind.name());
+                let mut out = io::BufWriter::new(io::stdout().lock());
+                if removed.len() > ITEMISE {
+                    writeln!(out, "{}: removed {} entries", kind.name(), removed.len())?;
+                } else {
+                    for cidr in &removed {
+                        writeln!(out, "{}: removed {cidr}", kind.name())?;
                     }
                 }
+                out.flush()?;
             }
             if !missing.is_empty() {
+                let shown = missing.len().min(ITEMISE);
+                let more = if missing.len() > shown {
+                    format!(" and {} more", missing.len() - shown)
+                } else {
+                    String::new()
+                };
                 bail!(
-                    "not on the {}: {}; see `gateway {} list`",
+                    "not on the {}: {}{more}; see `gateway {} list`",
                     kind.name(),
-                    missing.join(", "),
+                    missing[..shown].join(", "),
                     kind.name()
                 );
             }
@@ -126,11 +163,56 @@ pub fn run(ctx: &Context, kind: ListKind, command: ListCommand) -> anyhow::Resul
     }
 }
 
-/// Entries as one audit field: `198.18.0.1,198.18.2.0/24`.
-fn joined(entries: &[Cidr]) -> String {
-    entries
+/// The entries named on the command line, then those of `--file` or stdin (`-`),
+/// each read and checked in full.
+fn collect(args: &EntryArgs) -> anyhow::Result<Vec<Cidr>> {
+    let stdin_args = args
+        .entries
         .iter()
+        .filter(|entry| matches!(entry, EntryArg::Stdin))
+        .count();
+    let file_is_stdin = args
+        .file
+        .as_ref()
+        .is_some_and(|path| path.as_os_str() == "-");
+    if stdin_args + usize::from(file_is_stdin) > 1 {
+        bail!("stdin (`-`) can be read only once per command");
+    }
+    let mut entries: Vec<Cidr> = args
+        .entries
+        .iter()
+        .filter_map(|entry| match entry {
+            EntryArg::Cidr(cidr) => Some(*cidr),
+            EntryArg::Stdin => None,
+        })
+        .collect();
+    if stdin_args == 1 || file_is_stdin {
+        entries.extend(read_entries(io::stdin().lock(), "stdin")?);
+    } else if let Some(path) = &args.file {
+        let name = path.display().to_string();
+        let file = File::open(path).map_err(|source| gateway::lists::InputError::Io {
+            name: name.clone(),
+            source,
+        })?;
+        entries.extend(read_entries(BufReader::new(file), &name)?);
+    }
+    if entries.is_empty() {
+        bail!("no entries given (the input held only blank lines and comments)");
+    }
+    Ok(entries)
+}
+
+/// Entries as one audit field: `198.18.0.1,198.18.2.0/24`, the first [`ITEMISE`]
+/// of them and a count of the rest.
+fn joined(entries: &[Cidr]) -> String {
+    let mut text = entries
+        .iter()
+        .take(ITEMISE)
         .map(ToString::to_string)
         .collect::<Vec<_>>()
-        .join(",")
+        .join(",");
+    if entries.len() > ITEMISE {
+        text.push_str(&format!(",... ({} more)", entries.len() - ITEMISE));
+    }
+    text
 }

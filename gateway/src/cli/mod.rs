@@ -187,24 +187,53 @@ enum XdpCommand {
 
 #[derive(Debug, Subcommand)]
 enum ListCommand {
-    /// Add addresses or CIDRs.
+    /// Add addresses or CIDRs: all of them, or none when the map has no room.
     Add(AddArgs),
     /// Remove addresses or CIDRs.
-    Remove {
-        #[arg(required = true, value_name = "ADDRESS|CIDR")]
-        entries: Vec<Cidr>,
-    },
+    Remove(EntryArgs),
     /// Show the live entries.
     List,
     /// Remove every entry.
     Flush,
 }
 
+/// Where a list command's entries come from.
+#[derive(Debug, Args)]
+struct EntryArgs {
+    /// Addresses or CIDRs; `-` reads them from stdin like `--file -`.
+    #[arg(value_name = "ADDRESS|CIDR|-", required_unless_present = "file")]
+    entries: Vec<EntryArg>,
+    /// Read entries from this file (`-`: stdin), one per line; blank lines and
+    /// `#` comments are allowed. A bad line fails the command before anything is
+    /// applied.
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+}
+
+/// One positional entry: an address or CIDR, or `-` for stdin.
+#[derive(Clone, Debug)]
+enum EntryArg {
+    Cidr(Cidr),
+    Stdin,
+}
+
+impl std::str::FromStr for EntryArg {
+    type Err = gateway::addr::CidrError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "-" {
+            return Ok(EntryArg::Stdin);
+        }
+        text.parse().map(EntryArg::Cidr)
+    }
+}
+
 #[derive(Debug, Args)]
 struct AddArgs {
-    #[arg(required = true, value_name = "ADDRESS|CIDR")]
-    entries: Vec<Cidr>,
-    /// Remove the entry after this long (e.g. 90s, 10m, 12h); default: never.
+    #[command(flatten)]
+    entries: EntryArgs,
+    /// Remove the entry after this long (e.g. 90s, 10m, 12h; at most 365d);
+    /// default: never.
     #[arg(long, value_parser = parse_ttl)]
     ttl: Option<Duration>,
     /// Why, for the record.
@@ -247,6 +276,7 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
             "a TTL of zero would expire at once; leave --ttl out for a permanent entry".into(),
         );
     }
+    gateway::lists::check_ttl(ttl).map_err(|err| err.to_string())?;
     Ok(ttl)
 }
 

@@ -106,7 +106,9 @@ impl TokenTarget {
 /// An RFC 3339 time or a duration from now (`2h`, `7d`).
 fn parse_until(text: &str, now: u64) -> anyhow::Result<u64> {
     if let Ok(duration) = humantime::parse_duration(text) {
-        return Ok(now + duration.as_secs());
+        return now.checked_add(duration.as_secs()).with_context(|| {
+            format!("--until {text:?}: too far in the future; leave --until out to revoke forever")
+        });
     }
     let time = humantime::parse_rfc3339_weak(text).with_context(|| {
         format!("--until {text:?}: give a duration (2h, 7d) or a time (2026-12-01T00:00:00Z)")

@@ -107,6 +107,12 @@ impl AbuseSection {
         if self.block_ttl < Duration::from_secs(1) {
             problems.push("abuse.block_ttl: must be at least 1s".to_owned());
         }
+        if self.max_block_ttl > crate::lists::MAX_TTL {
+            problems.push(format!(
+                "abuse.max_block_ttl: {} is longer than the longest list TTL (365 days)",
+                humantime::format_duration(self.max_block_ttl)
+            ));
+        }
         if self.max_block_ttl < self.block_ttl {
             problems.push(format!(
                 "abuse.max_block_ttl: {} is shorter than abuse.block_ttl ({})",

@@ -56,10 +56,17 @@ pub enum XdpError {
         source: Box<aya::maps::MapError>,
     },
     #[error(
-        "map {name} is full ({capacity} entries); remove entries, or raise its capacity in the \
-         config and re-attach"
+        "map {name} is full: it holds at most {capacity} entries and had room for {room} more, \
+         fewer than this change adds; nothing was changed. Add at most {room} new entries, \
+         remove entries, or raise its capacity (`gateway xdp attach --blocklist-entries N` / \
+         `--cidr-entries N`, or [xdp.capacity] in the config) and re-attach"
     )]
-    MapFull { name: &'static str, capacity: u32 },
+    MapFull {
+        name: &'static str,
+        capacity: u32,
+        /// New keys the map still had room for.
+        room: usize,
+    },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error(

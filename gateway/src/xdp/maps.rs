@@ -1,19 +1,29 @@
 //! Typed access to the pinned maps, from any process.
 
-use std::path::PathBuf;
+use std::{
+    io,
+    os::fd::{AsFd as _, BorrowedFd},
+    path::PathBuf,
+};
 
 use aya::maps::{
-    Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key,
+    Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf,
+    lpm_trie::Key,
 };
 use gateway_common::{
     consts::{Reason, map_names},
     maps::{Addr, BlockEntry, CidrRule, Counter, RateBucket, XdpConfig},
 };
 
-use super::{PinDir, XdpError, require_root};
+use super::{PinDir, XdpError, batch, require_root};
 
-/// `errno` the kernel returns when a hash or trie has no room for a new key.
+/// `errno` the kernel returns when a hash has no room for a new key (a trie says
+/// `ENOSPC`).
 const E2BIG: i32 = libc::E2BIG;
+/// `BPF_ANY`: create or replace.
+const ANY: u64 = 0;
+/// `BPF_NOEXIST`: create only; `EEXIST` when the key is there.
+const NOEXIST: u64 = 1;
 
 /// True for the error a lookup or delete of a missing key gives.
 fn not_found(err: &MapError) -> bool {
@@ -196,11 +206,9 @@ impl KernelMaps {
     /// buffers, where it means nothing.
     pub fn entry_count(&self, name: &'static str) -> Result<Option<usize>, XdpError> {
         Ok(match name {
-            map_names::BLOCKLIST => Some(self.blocklist()?.map.keys().count()),
-            map_names::RATE_LIMIT => Some(self.rate_limit()?.map.keys().count()),
-            map_names::ALLOWLIST | map_names::CIDR_BLOCKLIST => {
-                Some(self.trie(name)?.map.keys().count())
-            }
+            map_names::BLOCKLIST => Some(self.blocklist()?.count()?),
+            map_names::RATE_LIMIT => Some(self.rate_limit()?.count()?),
+            map_names::ALLOWLIST | map_names::CIDR_BLOCKLIST => Some(self.trie(name)?.count()?),
             _ => None,
         })
     }
@@ -224,123 +232,303 @@ pub struct Table<M> {
     path: PathBuf,
 }
 
+/// Every entry of a map, as keys and values.
+pub type Pairs<K, V> = Vec<(K, V)>;
+
+/// The one-key operations of a hash or trie map, so that the batched operations
+/// below are written once for both.
+pub trait KeyOps {
+    type Key: aya::Pod;
+    type Value: aya::Pod;
+    fn fd(&self) -> BorrowedFd<'_>;
+    /// The value stored for `key`. For a trie this is a longest-prefix match, which
+    /// is the exact entry whenever one with `key`'s prefix exists.
+    fn get_one(&self, key: &Self::Key) -> Result<Self::Value, MapError>;
+    fn insert_one(
+        &mut self,
+        key: &Self::Key,
+        value: &Self::Value,
+        flags: u64,
+    ) -> Result<(), MapError>;
+    fn remove_one(&mut self, key: &Self::Key) -> Result<(), MapError>;
+    /// Every entry, one key at a time: for kernels without batch lookups.
+    fn walk(&self) -> Result<Pairs<Self::Key, Self::Value>, MapError>;
+}
+
+impl<V: aya::Pod> KeyOps for HashMap<MapData, Addr, V> {
+    type Key = Addr;
+    type Value = V;
+    fn fd(&self) -> BorrowedFd<'_> {
+        IterableMap::map(self).fd().as_fd()
+    }
+    fn get_one(&self, key: &Addr) -> Result<V, MapError> {
+        self.get(key, 0)
+    }
+    fn insert_one(&mut self, key: &Addr, value: &V, flags: u64) -> Result<(), MapError> {
+        self.insert(key, value, flags)
+    }
+    fn remove_one(&mut self, key: &Addr) -> Result<(), MapError> {
+        self.remove(key)
+    }
+    fn walk(&self) -> Result<Pairs<Addr, V>, MapError> {
+        walk(self.keys(), |key| self.get(key, 0))
+    }
+}
+
+impl KeyOps for LpmTrie<MapData, Addr, CidrRule> {
+    type Key = Key<Addr>;
+    type Value = CidrRule;
+    fn fd(&self) -> BorrowedFd<'_> {
+        IterableMap::map(self).fd().as_fd()
+    }
+    fn get_one(&self, key: &Key<Addr>) -> Result<CidrRule, MapError> {
+        self.get(key, 0)
+    }
+    fn insert_one(
+        &mut self,
+        key: &Key<Addr>,
+        value: &CidrRule,
+        flags: u64,
+    ) -> Result<(), MapError> {
+        self.insert(key, value, flags)
+    }
+    fn remove_one(&mut self, key: &Key<Addr>) -> Result<(), MapError> {
+        self.remove(key)
+    }
+    fn walk(&self) -> Result<Pairs<Key<Addr>, CidrRule>, MapError> {
+        walk(self.keys(), |key| self.get(key, 0))
+    }
+}
+
+/// Reads the value of every key `keys` yields; keys that vanish while we walk
+/// (LRU eviction, a concurrent delete) are skipped.
+fn walk<K, V>(
+    keys: impl Iterator<Item = Result<K, MapError>>,
+    get: impl Fn(&K) -> Result<V, MapError>,
+) -> Result<Pairs<K, V>, MapError> {
+    let mut entries = Vec::new();
+    for key in keys {
+        let key = key?;
+        match get(&key) {
+            Ok(value) => entries.push((key, value)),
+            Err(err) if not_found(&err) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(entries)
+}
+
+/// What [`Table::insert_all`] changed, so that it can be undone.
+#[must_use = "an insert is undone with Table::undo, or kept by dropping this"]
+pub struct Undo<K, V> {
+    /// Keys that were not there before.
+    created: Vec<K>,
+    /// Keys that were there, with their old values.
+    replaced: Vec<(K, V)>,
+}
+
 impl<M> Table<M> {
     fn new(name: &'static str) -> impl FnOnce((M, PathBuf)) -> Self {
         move |(map, path)| Self { map, name, path }
     }
 
-    /// Turns a failed insert into [`XdpError::MapFull`] when the map had no room.
-    fn insert_error(&self, source: MapError) -> XdpError {
-        if let MapError::SyscallError(err) = &source
-            && err.io_error.raw_os_error() == Some(E2BIG)
-        {
-            return XdpError::MapFull {
-                name: self.name,
-                capacity: capacity_of(&self.path).unwrap_or(0),
-            };
+    fn error(&self, what: &'static str, source: MapError) -> XdpError {
+        map_error(what, &self.path, source)
+    }
+
+    fn batch_error(&self, what: &'static str, source: io::Error) -> XdpError {
+        self.error(
+            what,
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_batch",
+                io_error: source,
+            }),
+        )
+    }
+
+    fn full(&self, room: usize) -> XdpError {
+        XdpError::MapFull {
+            name: self.name,
+            capacity: capacity_of(&self.path).unwrap_or(0),
+            room,
         }
-        map_error("inserting into", &self.path, source)
+    }
+}
+
+/// True for the errors of an insert into a hash (`E2BIG`) or trie (`ENOSPC`) that
+/// has no room for another key.
+fn is_full(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(E2BIG | libc::ENOSPC))
+}
+
+fn os_error(err: &MapError) -> Option<&io::Error> {
+    match err {
+        MapError::SyscallError(err) => Some(&err.io_error),
+        _ => None,
+    }
+}
+
+impl<M: KeyOps> Table<M> {
+    /// The value stored for `key` (for a trie see [`KeyOps::get_one`]).
+    fn lookup(&self, key: &M::Key) -> Result<Option<M::Value>, XdpError> {
+        match self.map.get_one(key) {
+            Ok(value) => Ok(Some(value)),
+            Err(err) if not_found(&err) => Ok(None),
+            Err(source) => Err(self.error("reading", source)),
+        }
+    }
+
+    /// Every entry, read in batches of thousands per syscall. Entries that vanish
+    /// while we walk (LRU eviction, a concurrent delete) are skipped.
+    fn all(&self) -> Result<Pairs<M::Key, M::Value>, XdpError> {
+        match batch::lookup_all(self.map.fd()) {
+            Ok(entries) => Ok(entries),
+            Err(batch::BatchError::Unsupported) => self
+                .map
+                .walk()
+                .map_err(|source| self.error("walking", source)),
+            Err(batch::BatchError::Failed { source, .. }) => {
+                Err(self.batch_error("walking", source))
+            }
+        }
+    }
+
+    /// Number of entries.
+    pub fn count(&self) -> Result<usize, XdpError> {
+        self.all().map(|entries| entries.len())
+    }
+
+    /// Inserts (or replaces) every `keys[i] = values[i]`. When the map runs out of
+    /// room, everything this call changed is undone and the error
+    /// ([`XdpError::MapFull`]) says how many new keys would have fitted.
+    pub fn insert_all(
+        &mut self,
+        keys: &[M::Key],
+        values: &[M::Value],
+    ) -> Result<Undo<M::Key, M::Value>, XdpError> {
+        let mut undo = Undo {
+            created: Vec::new(),
+            replaced: Vec::new(),
+        };
+        for (key, value) in keys.iter().zip(values) {
+            // BPF_NOEXIST tells a new key from a replaced one, whose old value the
+            // undo needs; for a trie the lookup then finds exactly that prefix.
+            let mut result = self.map.insert_one(key, value, NOEXIST);
+            if result.as_ref().is_err_and(|err| {
+                os_error(err).and_then(io::Error::raw_os_error) == Some(libc::EEXIST)
+            }) {
+                if let Some(old) = self.lookup(key)? {
+                    undo.replaced.push((*key, old));
+                }
+                result = self.map.insert_one(key, value, ANY);
+            } else if result.is_ok() {
+                undo.created.push(*key);
+            }
+            if let Err(err) = result {
+                let full = os_error(&err).is_some_and(is_full);
+                let room = undo.created.len();
+                self.undo(undo)?;
+                return Err(if full {
+                    self.full(room)
+                } else {
+                    self.error("inserting into", err)
+                });
+            }
+        }
+        Ok(undo)
+    }
+
+    /// Puts back what an [`insert_all`](Self::insert_all) changed.
+    pub fn undo(&mut self, undo: Undo<M::Key, M::Value>) -> Result<(), XdpError> {
+        for (key, old) in undo.replaced.iter().rev() {
+            self.map
+                .insert_one(key, old, ANY)
+                .map_err(|source| self.error("restoring", source))?;
+        }
+        self.remove_all(&undo.created)?;
+        Ok(())
+    }
+
+    /// Removes `keys`, in batches; returns, for each, whether it was there.
+    pub fn remove_all(&mut self, keys: &[M::Key]) -> Result<Vec<bool>, XdpError> {
+        let mut found = vec![true; keys.len()];
+        let mut at = 0;
+        while at < keys.len() {
+            let end = (at + batch::CHUNK).min(keys.len());
+            match batch::delete(self.map.fd(), &keys[at..end]) {
+                Ok(()) => at = end,
+                // The key at `at + done` is not there; carry on after it.
+                Err(batch::BatchError::Failed { done, source })
+                    if source.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    found[at + done] = false;
+                    at += done + 1;
+                }
+                Err(batch::BatchError::Failed { source, .. }) => {
+                    return Err(self.batch_error("removing from", source));
+                }
+                Err(batch::BatchError::Unsupported) => {
+                    found[at] = match self.map.remove_one(&keys[at]) {
+                        Ok(()) => true,
+                        Err(err) if not_found(&err) => false,
+                        Err(source) => return Err(self.error("removing from", source)),
+                    };
+                    at += 1;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Removes every entry and returns how many there were.
+    pub fn clear(&mut self) -> Result<usize, XdpError> {
+        let keys: Vec<M::Key> = self.all()?.into_iter().map(|(key, _)| key).collect();
+        Ok(self
+            .remove_all(&keys)?
+            .into_iter()
+            .filter(|found| *found)
+            .count())
     }
 }
 
 impl<V: aya::Pod> Table<HashMap<MapData, Addr, V>> {
     pub fn get(&self, key: &Addr) -> Result<Option<V>, XdpError> {
-        match self.map.get(key, 0) {
-            Ok(value) => Ok(Some(value)),
-            Err(err) if not_found(&err) => Ok(None),
-            Err(source) => Err(map_error("reading", &self.path, source)),
-        }
+        self.lookup(key)
     }
 
     pub fn insert(&mut self, key: &Addr, value: &V) -> Result<(), XdpError> {
-        self.map
-            .insert(key, value, 0)
-            .map_err(|source| self.insert_error(source))
+        self.insert_all(&[*key], &[*value]).map(drop)
     }
 
     /// Removes `key`; false when it was not there.
     pub fn remove(&mut self, key: &Addr) -> Result<bool, XdpError> {
-        match self.map.remove(key) {
-            Ok(()) => Ok(true),
-            Err(err) if not_found(&err) => Ok(false),
-            Err(source) => Err(map_error("removing from", &self.path, source)),
-        }
+        Ok(self.remove_all(&[*key])?[0])
     }
 
-    /// Every entry. Entries that vanish while we walk (LRU eviction, a concurrent
-    /// delete) are skipped.
+    /// Every entry.
     pub fn entries(&self) -> Result<Vec<(Addr, V)>, XdpError> {
-        let mut entries = Vec::new();
-        for key in self.map.keys() {
-            let key = key.map_err(|source| map_error("walking", &self.path, source))?;
-            if let Some(value) = self.get(&key)? {
-                entries.push((key, value));
-            }
-        }
-        Ok(entries)
-    }
-
-    /// Removes every entry and returns how many there were.
-    pub fn clear(&mut self) -> Result<usize, XdpError> {
-        let keys = self
-            .map
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| map_error("walking", &self.path, source))?;
-        let mut removed = 0;
-        for key in &keys {
-            removed += usize::from(self.remove(key)?);
-        }
-        Ok(removed)
+        self.all()
     }
 }
 
 impl Table<LpmTrie<MapData, Addr, CidrRule>> {
-    /// The rule stored for exactly this prefix (not a longest-prefix match).
-    pub fn get_exact(&self, prefix_len: u32, addr: Addr) -> Result<Option<CidrRule>, XdpError> {
-        Ok(self
-            .entries()?
-            .into_iter()
-            .find(|(p, a, _)| *p == prefix_len && *a == addr)
-            .map(|(_, _, rule)| rule))
-    }
-
     pub fn insert(&mut self, prefix_len: u32, addr: Addr, rule: &CidrRule) -> Result<(), XdpError> {
-        self.map
-            .insert(&Key::new(prefix_len, addr), rule, 0)
-            .map_err(|source| self.insert_error(source))
+        self.insert_all(&[Key::new(prefix_len, addr)], &[*rule])
+            .map(drop)
     }
 
     /// Removes exactly this prefix; false when it was not there.
     pub fn remove(&mut self, prefix_len: u32, addr: Addr) -> Result<bool, XdpError> {
-        match self.map.remove(&Key::new(prefix_len, addr)) {
-            Ok(()) => Ok(true),
-            Err(err) if not_found(&err) => Ok(false),
-            Err(source) => Err(map_error("removing from", &self.path, source)),
-        }
+        Ok(self.remove_all(&[Key::new(prefix_len, addr)])?[0])
     }
 
     /// Every (prefix length, address, rule).
     pub fn entries(&self) -> Result<Vec<(u32, Addr, CidrRule)>, XdpError> {
-        let mut entries = Vec::new();
-        for key in self.map.keys() {
-            let key = key.map_err(|source| map_error("walking", &self.path, source))?;
-            match self.map.get(&key, 0) {
-                Ok(rule) => entries.push((key.prefix_len(), key.data(), rule)),
-                Err(err) if not_found(&err) => {}
-                Err(source) => return Err(map_error("reading", &self.path, source)),
-            }
-        }
-        Ok(entries)
-    }
-
-    /// Removes every entry and returns how many there were.
-    pub fn clear(&mut self) -> Result<usize, XdpError> {
-        let mut removed = 0;
-        for (prefix_len, addr, _) in self.entries()? {
-            removed += usize::from(self.remove(prefix_len, addr)?);
-        }
-        Ok(removed)
+        Ok(self
+            .all()?
+            .into_iter()
+            .map(|(key, rule)| (key.prefix_len(), key.data(), rule))
+            .collect())
     }
 }
 

@@ -7,6 +7,7 @@
 //! to the process that attached it.
 
 mod attach;
+mod batch;
 mod error;
 mod maps;
 pub mod netns;
@@ -18,7 +19,7 @@ pub use attach::{
     attachment_is_live, detach, load, pinned_program_id, status, unpin_link,
 };
 pub use error::XdpError;
-pub use maps::{KernelMaps, RateLimit};
+pub use maps::{KernelMaps, RateLimit, Table, Undo};
 
 /// Default bpffs directory for the pinned maps and link.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gateway";
