@@ -327,7 +327,7 @@ async fn reload(
 /// Refuses to start over a state file that cannot be read: starting empty would
 /// forget blocks and revocations that were acknowledged as saved.
 fn check_state(state: &StateDir) -> Result<(), StateError> {
-    state.lock_lists()?.load()?;
+    crate::lists::check_saved(state)?;
     Denylist::load(&state.revocations_path())?;
     state.attachment()?;
     Ok(())

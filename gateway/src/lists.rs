@@ -16,7 +16,9 @@ mod journal;
 
 use std::{
     collections::HashSet,
+    fs::File,
     io::{self, BufRead},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -408,11 +410,23 @@ impl<'a> Lists<'a> {
         Ok((restored, lists))
     }
 
-    /// Writes `ops` to the journal, and folds the journal into `lists.json` when it
-    /// has grown far past it (the daemon does that much earlier; this bounds the
+    /// Makes `ops` durable. While the lists are small (and the journal empty) they
+    /// go straight into `lists.json`, rewritten whole as before; past that they
+    /// are appended to the journal, which is folded into `lists.json` when it has
+    /// grown far past it (the daemon does that much earlier; this bounds the
     /// journal when no daemon runs).
     fn record(&self, lock: &ListsLock, ops: &[Op]) -> Result<(), ListError> {
         let path = journal::path(self.state);
+        let size = |path: &Path| std::fs::metadata(path).map_or(0, |meta| meta.len());
+        if size(&path) == 0 && size(&lock.path()) < SMALL_SNAPSHOT {
+            let mut lists = lock.load()?;
+            for op in ops {
+                op.apply(&mut lists);
+            }
+            lock.save(&lists)?;
+            return Ok(());
+        }
+        check_shape(lock)?;
         let len = journal::append(&path, ops)?;
         if len > 4 * compact_threshold(self.state) {
             compact(lock, &path, &load(lock, self.state)?)?;
@@ -530,6 +544,39 @@ impl<'a> Lists<'a> {
     }
 }
 
+/// Up to this size `lists.json` is rewritten on every change (a few milliseconds);
+/// past it changes go to the journal.
+const SMALL_SNAPSHOT: u64 = 1 << 20;
+
+/// Refuses to journal over a `lists.json` that is visibly damaged (empty, cut
+/// short, not a JSON object) without parsing all of it, which at a million entries
+/// costs more than the change. The daemon parses it in full when it starts.
+fn check_shape(lock: &ListsLock) -> Result<(), StateError> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let path = lock.path();
+    let mut file = match File::open(&path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(StateError::Io { path, source }),
+    };
+    let (mut head, mut tail) = ([0u8; 1], [0u8; 2]);
+    let looks_whole = file.read_exact(&mut head).is_ok()
+        && file.seek(SeekFrom::End(-2)).is_ok()
+        && file.read_exact(&mut tail).is_ok()
+        && head == *b"{"
+        && tail == *b"}\n";
+    if looks_whole {
+        return Ok(());
+    }
+    // Parse it for the error that names the file and its last good copy.
+    lock.load().map(drop)
+}
+
+/// Reads the saved lists in full, for the error when they cannot be read.
+pub fn check_saved(state: &StateDir) -> Result<(), StateError> {
+    load(&state.lock_lists()?, state).map(drop)
+}
+
 /// The saved lists: `lists.json` with the journal replayed on top.
 fn load(lock: &ListsLock, state: &StateDir) -> Result<state::Lists, StateError> {
     let mut lists = lock.load()?;
@@ -540,11 +587,7 @@ fn load(lock: &ListsLock, state: &StateDir) -> Result<state::Lists, StateError> 
 }
 
 /// Writes `lists` as the new `lists.json` and empties the journal it includes.
-fn compact(
-    lock: &ListsLock,
-    journal: &std::path::Path,
-    lists: &state::Lists,
-) -> Result<(), StateError> {
+fn compact(lock: &ListsLock, journal: &Path, lists: &state::Lists) -> Result<(), StateError> {
     lock.save(lists)?;
     journal::reset(journal)
 }
@@ -553,7 +596,7 @@ fn compact(
 /// `lists.json` itself (so rewriting it costs at most as much as the changes it
 /// absorbs), and at least 32 MiB.
 fn compact_threshold(state: &StateDir) -> u64 {
-    let snapshot = std::fs::metadata(state.path().join("lists.json")).map_or(0, |meta| meta.len());
+    let snapshot = std::fs::metadata(state.path().join(state::LISTS)).map_or(0, |meta| meta.len());
     snapshot.max(32 << 20)
 }
 
@@ -578,6 +621,8 @@ const RECONCILE_MAX: Duration = Duration::from_secs(300);
 pub struct Sweeper {
     index: ExpiryIndex,
     journal: journal::Reader,
+    /// `lists.json` as last loaded (held open so that a rewrite is noticed).
+    snapshot: Option<File>,
     next_reconcile: Instant,
 }
 
@@ -597,22 +642,32 @@ impl Sweeper {
         let sweeper = Self {
             index,
             journal,
+            snapshot: File::open(lock.path()).ok(),
             next_reconcile: Instant::now() + RECONCILE_MIN,
         };
         Ok((sweeper, restored))
     }
 
-    fn load(
-        lock: &ListsLock,
-        state: &StateDir,
-    ) -> Result<(ExpiryIndex, journal::Reader), StateError> {
+    /// Reads `lists.json` and the journal afresh.
+    fn reload(&mut self, lock: &ListsLock, state: &StateDir) -> Result<(), StateError> {
         let path = journal::path(state);
         let mut journal = journal::Reader::open(&path)?;
+        self.snapshot = File::open(lock.path()).ok();
         let mut index = ExpiryIndex::of(&lock.load()?);
         for op in journal.read_new(&path)? {
             index.apply(&op);
         }
-        Ok((index, journal))
+        (self.index, self.journal) = (index, journal);
+        Ok(())
+    }
+
+    /// Whether `lists.json` is still the one last loaded.
+    fn snapshot_is_current(&self, state: &StateDir) -> Result<bool, StateError> {
+        let path = state.path().join(state::LISTS);
+        match &self.snapshot {
+            Some(file) => journal::is_same_file(file, &path),
+            None => Ok(!path.exists()),
+        }
     }
 
     /// Whether an entry is on its list (as of the last sweep).
@@ -623,17 +678,16 @@ impl Sweeper {
     /// Catches up with the journal; reloads everything when it was replaced.
     fn follow(&mut self, state: &StateDir, lock: Option<&ListsLock>) -> Result<(), ListError> {
         let path = journal::path(state);
-        if self.journal.is_current(&path)? {
+        if self.journal.is_current(&path)? && self.snapshot_is_current(state)? {
             for op in self.journal.read_new(&path)? {
                 self.index.apply(&op);
             }
             return Ok(());
         }
-        let reloaded = match lock {
-            Some(lock) => Self::load(lock, state)?,
-            None => Self::load(&state.lock_lists()?, state)?,
-        };
-        (self.index, self.journal) = reloaded;
+        match lock {
+            Some(lock) => self.reload(lock, state)?,
+            None => self.reload(&state.lock_lists()?, state)?,
+        }
         Ok(())
     }
 
@@ -676,7 +730,7 @@ impl Sweeper {
             self.follow(lists.state, Some(&lock))?;
             let path = journal::path(lists.state);
             compact(&lock, &path, &load(&lock, lists.state)?)?;
-            (self.index, self.journal) = Self::load(&lock, lists.state)?;
+            self.reload(&lock, lists.state)?;
         }
         Ok(sweep)
     }

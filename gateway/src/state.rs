@@ -67,6 +67,17 @@ pub enum StateError {
         reason: String,
         backup: Backup,
     },
+    /// A line of `lists.journal` (the list changes since `lists.json` was last
+    /// written) cannot be parsed.
+    #[error(
+        "{path} is unreadable at byte {offset} ({reason}); repair that line, or move the file \
+         aside to drop the list changes made since lists.json was last written"
+    )]
+    Journal {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
 }
 
 /// What the error about an unreadable state file says of its last good copy.
@@ -377,6 +388,11 @@ impl Locked {
 }
 
 impl ListsLock {
+    /// `lists.json`.
+    pub fn path(&self) -> PathBuf {
+        self.0.path()
+    }
+
     /// The saved lists; empty when there is no file yet.
     pub fn load(&self) -> Result<Lists, StateError> {
         Ok(self.0.load()?.unwrap_or_default())

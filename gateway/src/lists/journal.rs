@@ -72,21 +72,25 @@ fn io_error(path: &Path) -> impl Fn(io::Error) -> StateError + '_ {
 /// Parses the complete lines of `bytes` (a journal read from `offset`); returns the
 /// changes and how many bytes they took. A last line without its newline is left
 /// for later: it is an append still under way, or one a crash tore.
-pub fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<Op>, usize), StateError> {
+pub fn parse(path: &Path, bytes: &[u8], offset: u64) -> Result<(Vec<Op>, usize), StateError> {
     let complete = bytes
         .iter()
         .rposition(|b| *b == b'\n')
         .map_or(0, |at| at + 1);
-    let ops = bytes[..complete]
-        .split(|b| *b == b'\n')
-        .filter(|line| !line.is_empty())
-        .map(|line| {
-            serde_json::from_slice(line).map_err(|source| StateError::Corrupt {
+    let mut ops = Vec::new();
+    let mut at = 0;
+    for line in bytes[..complete].split_inclusive(|b| *b == b'\n') {
+        let text = &line[..line.len() - 1];
+        if !text.is_empty() {
+            let op = serde_json::from_slice(text).map_err(|err| StateError::Journal {
                 path: path.to_owned(),
-                source,
-            })
-        })
-        .collect::<Result<_, _>>()?;
+                offset: offset + at as u64,
+                reason: err.to_string(),
+            })?;
+            ops.push(op);
+        }
+        at += line.len();
+    }
     Ok((ops, complete))
 }
 
@@ -116,24 +120,15 @@ impl Reader {
             .seek(SeekFrom::Start(self.offset))
             .and_then(|_| self.file.read_to_end(&mut bytes))
             .map_err(io_error(path))?;
-        let (ops, used) = parse(path, &bytes)?;
+        let (ops, used) = parse(path, &bytes, self.offset)?;
         self.offset += used as u64;
         Ok(ops)
     }
 
     /// Whether `path` is still the file this reader reads: a compaction puts a new
-    /// file in its place. The open file keeps its inode from being reused, so an
-    /// equal inode means the same file.
+    /// file in its place.
     pub fn is_current(&self, path: &Path) -> Result<bool, StateError> {
-        let open = self.file.metadata().map_err(io_error(path))?;
-        match fs::metadata(path) {
-            Ok(now) => Ok(now.dev() == open.dev() && now.ino() == open.ino()),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(source) => Err(StateError::Io {
-                path: path.to_owned(),
-                source,
-            }),
-        }
+        is_same_file(&self.file, path)
     }
 
     /// Bytes read so far.
@@ -142,10 +137,24 @@ impl Reader {
     }
 }
 
+/// Whether `path` names the open `file`. The open file keeps its inode from being
+/// reused, so an equal inode means the same file, not a new one in its place.
+pub fn is_same_file(file: &File, path: &Path) -> Result<bool, StateError> {
+    let open = file.metadata().map_err(io_error(path))?;
+    match fs::metadata(path) {
+        Ok(now) => Ok(now.dev() == open.dev() && now.ino() == open.ino()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(StateError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// Reads every change in the journal at `path` (none when there is no file).
 pub fn read_all(path: &Path) -> Result<Vec<Op>, StateError> {
     match fs::read(path) {
-        Ok(bytes) => parse(path, &bytes).map(|(ops, _)| ops),
+        Ok(bytes) => parse(path, &bytes, 0).map(|(ops, _)| ops),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(source) => Err(StateError::Io {
             path: path.to_owned(),
