@@ -4,8 +4,9 @@
 //! (`::ffff:a.b.c.d`), so one trie and one hash serve both families and an IPv4 CIDR
 //! `a.b.c.d/n` is the IPv6 prefix `::ffff:a.b.c.d/(96 + n)`.
 //!
-//! Times are `CLOCK_BOOTTIME` nanoseconds (`bpf_ktime_get_boot_ns`), which keep
-//! counting across suspend.
+//! Expiries are `CLOCK_BOOTTIME` nanoseconds (`bpf_ktime_get_boot_ns`), which keep
+//! counting across suspend. The rate limiter's times are `CLOCK_MONOTONIC`
+//! nanoseconds, read coarse (`bpf_ktime_get_coarse_ns`) on its per-packet path.
 
 /// A source address as a map key (see the module docs for the IPv4 mapping).
 pub type Addr = [u8; 16];
@@ -101,7 +102,7 @@ pub struct Counter {
 pub struct RateEvent {
     /// Rate-limit key of the source (IPv6 already masked).
     pub addr: Addr,
-    /// `CLOCK_BOOTTIME` of the drop.
+    /// `CLOCK_MONOTONIC` of the drop (read coarse: to the scheduler tick).
     pub timestamp_ns: u64,
     /// One of [`crate::consts::event_kind`].
     pub kind: u32,

@@ -4,7 +4,11 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::{helpers::bpf_ktime_get_boot_ns, maps::LpmTrie, maps::lpm_trie::Key};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    maps::LpmTrie,
+    maps::lpm_trie::Key,
+};
 use gateway_common::{
     consts::{EVENT_INTERVAL_NS, NO_EXPIRY, Reason, event_kind, monitor},
     maps::{Addr, CidrRule, RateBucket, RateEvent, XdpConfig},
@@ -16,9 +20,9 @@ use crate::{
     parse::Packet,
 };
 
-/// The time, read at most once per packet and only by a check that needs it: an entry
-/// with an expiry, or a rate limit. Reading the clock costs as much as a map lookup
-/// (a third of the blocklist path in `cargo xtask bench xdp` on a VM, mostly
+/// `CLOCK_BOOTTIME` (the clock userspace writes expiries on), read at most once per
+/// packet and only for an entry with an expiry. Reading it costs as much as a map
+/// lookup (a third of the blocklist path in `cargo xtask bench xdp` on a VM, mostly
 /// `read_tsc`), and entries without expiry are the common case.
 struct Clock(Option<u64>);
 
@@ -58,7 +62,7 @@ pub fn verdict(packet: &Packet, bytes: u64) -> Reason {
     {
         return Reason::DropBlocked;
     }
-    match rate_limit(config, packet, clock) {
+    match rate_limit(config, packet) {
         RateOutcome::Conform => Reason::Pass,
         RateOutcome::OverPackets
             if enforced(config, monitor::RATE_LIMIT, Reason::MonitorRateLimit, bytes) =>
@@ -134,11 +138,11 @@ enum RateOutcome {
 /// one source can each let a packet through on the same token. The outcome counters
 /// are atomic, so `gateway ratelimit show` stays exact.
 #[inline(always)]
-fn rate_limit(config: &XdpConfig, packet: &Packet, clock: &mut Clock) -> RateOutcome {
+fn rate_limit(config: &XdpConfig, packet: &Packet) -> RateOutcome {
     if config.rate_interval_ns == 0 && config.syn_interval_ns == 0 {
         return RateOutcome::Conform;
     }
-    let now = clock.now();
+    let now = rate_now(config);
     let key = rate_key(config, packet);
     let bucket = match RATE_LIMIT.get_ptr_mut(&key) {
         Some(bucket) => bucket,
@@ -186,6 +190,29 @@ fn rate_limit(config: &XdpConfig, packet: &Packet, clock: &mut Clock) -> RateOut
         }
     }
     outcome
+}
+
+/// The coarse clock moves once per scheduler tick: 1 ms (HZ=1000) to 10 ms (HZ=100).
+const COARSE_TICK_NS: u64 = 10_000_000;
+
+/// The rate limiter's time, `CLOCK_MONOTONIC`. Every packet reads it, so it is read
+/// coarse (`bpf_ktime_get_coarse_ns`: the time of the last tick, no TSC read, which on
+/// a VM costs as much as a map lookup). Every packet of one tick then sees the same
+/// time, which is exact enough while each burst window spans a tick; a shorter window
+/// would let only `burst` packets through per tick, so such a limit reads the precise
+/// clock (`bpf_ktime_get_ns`, the same clock at full resolution).
+#[inline(always)]
+fn rate_now(config: &XdpConfig) -> u64 {
+    let short = |interval_ns: u64, burst_ns: u64| interval_ns != 0 && burst_ns < COARSE_TICK_NS;
+    if short(config.rate_interval_ns, config.rate_burst_ns)
+        || short(config.syn_interval_ns, config.syn_burst_ns)
+    {
+        // SAFETY: a helper without arguments or side effects.
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        // SAFETY: as above.
+        unsafe { bpf_ktime_get_coarse_ns() }
+    }
 }
 
 /// The rate-limit key: the IPv4 address, or the IPv6 address masked to its prefix.
