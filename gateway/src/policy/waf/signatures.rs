@@ -10,7 +10,7 @@
 
 use std::{net::Ipv6Addr, sync::LazyLock};
 
-use regex::{Regex, RegexSet};
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
 use super::decode::{Decoded, contains};
 
@@ -119,8 +119,13 @@ static STRONG_AFTER: LazyLock<String> = LazyLock::new(|| {
 /// `(?:/usr)?/bin/` and the like before a command.
 const BIN: &str = r"(?:(?:/usr)?(?:/local)?/s?bin/)?";
 
-static CMDI_SEPARATED: LazyLock<String> =
-    LazyLock::new(|| format!(r"(?:[;|&]|\$\(|(?:^|[^\s`])`)\s*{BIN}(?:{})", *STRONG_AFTER));
+static CMDI_SEPARATED: LazyLock<String> = LazyLock::new(|| {
+    // `{cat,/etc/passwd}` is bash brace expansion: no spaces inside.
+    format!(
+        r"(?:[;|&]|\$\(|(?:^|[^\s`])`)\s*(?:{BIN}(?:{})|\{{(?:{STRONG}|{WEAK}),\S)",
+        *STRONG_AFTER
+    )
+});
 
 static CMDI_NEWLINE: LazyLock<String> =
     LazyLock::new(|| format!(r"^[\w.:/@\-\[\]]*[\r\n]+\s*{BIN}(?:{})", *STRONG_AFTER));
@@ -141,7 +146,7 @@ pub(super) static BUILTINS: LazyLock<Vec<Builtin>> = LazyLock::new(|| {
             "path_traversal",
             EVERYWHERE,
             // `..;` is Tomcat's path parameter: `/..;/` climbs there.
-            r"(?:^|[/\\])\.\.(?:[/\\;]|$)|(?:^|[/\\])\.\.\.\.[/\\]"
+            r"(?:^|[/\\])\.\.(?:[/\\;]|$)|(?:^|[/\\])\.\.\.\.[/\\]|(?:^|[/\\])\.\.\.[/\\]\.[/\\]"
         ),
         rule!(
             "traversal-002",
@@ -154,7 +159,7 @@ pub(super) static BUILTINS: LazyLock<Vec<Builtin>> = LazyLock::new(|| {
             "traversal-003",
             "path_traversal",
             EVERYWHERE,
-            r"/etc/(?:passwd|shadow|group|hosts|issue|hostname|sudoers|crontab|fstab|master\.passwd)\b|/proc/(?:self|\d+)/|(?:^|[^a-z])[a-z]:[/\\]+(?:windows|winnt)\b|\\windows\\(?:win\.ini|system32)|\b(?:win|boot|system)\.ini\b|\bsystem32[/\\]|/\.ssh/"
+            r"[/\\]etc[/\\]+(?:\.[/\\]+)*(?:passwd|shadow|group|hosts|issue|hostname|sudoers|crontab|fstab|master\.passwd)\b|/proc/+(?:self|\d+)/|(?:^|[^a-z])[a-z]:[/\\]+(?:windows|winnt)\b|\\windows\\(?:win\.ini|system32)|\b(?:win|boot|system)\.ini\b|\bsystem32[/\\]|/\.ssh/"
         ),
         rule!(
             "traversal-004",
@@ -379,7 +384,12 @@ static PATTERNS: LazyLock<(RegexSet, Vec<usize>)> = LazyLock::new(|| {
             Check::Code(_) => None,
         })
         .unzip();
-    let set = RegexSet::new(patterns).expect("built-in WAF patterns compile");
+    // ASCII classes and word boundaries: the views are already folded, and
+    // Unicode-aware `\b`, `\w` and `\s` would keep the set off its fast DFA.
+    let set = RegexSetBuilder::new(patterns)
+        .unicode(false)
+        .build()
+        .expect("built-in WAF patterns compile");
     (set, rules)
 });
 
@@ -388,7 +398,7 @@ pub(super) fn matches(decoded: &Decoded, place: Place) -> Vec<&'static Builtin> 
     let (set, pattern_rules) = &*PATTERNS;
     let mut hit = vec![false; BUILTINS.len()];
     for view in &decoded.views {
-        for index in set.matches(view) {
+        for index in set.matches(view.as_bytes()) {
             if let Some(rule) = pattern_rules.get(index).and_then(|r| hit.get_mut(*r)) {
                 *rule = true;
             }
@@ -428,13 +438,20 @@ fn nul(decoded: &Decoded, _: Place) -> bool {
     decoded.bytes.contains(&0)
 }
 
-/// `scheme://host`, `//host` and `\\host` authorities in a text.
+/// `scheme://host`, `//host` and `\\host` authorities in a text, and for the
+/// special schemes also `http:/host` and `http:host` (WHATWG URL parsers
+/// read those as `http://host`).
 #[expect(
     clippy::expect_used,
     reason = "a constant pattern covered by the unit tests"
 )]
 static AUTHORITY: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?:[a-z][a-z0-9+.\-]*:)?[/\\]{2}([^/?#\\\s]+)").expect("authority pattern")
+    RegexBuilder::new(
+        r"(?:\b(?:https?|ftps?|wss?):[/\\]*|(?:[a-z][a-z0-9+.\-]*:)?[/\\]{2})([^/?#\\\s]+)",
+    )
+    .unicode(false)
+    .build()
+    .expect("authority pattern")
 });
 
 /// A URL whose host is loopback, private, link-local or a metadata service,
@@ -442,10 +459,11 @@ static AUTHORITY: LazyLock<Regex> = LazyLock::new(|| {
 /// `http://[::ffff:a9fe:a9fe]/`, `http://user@127.0.0.1/`).
 fn internal_url(decoded: &Decoded, _: Place) -> bool {
     decoded.views.iter().any(|view| {
-        (view.contains("//") || view.contains("\\\\"))
-            && AUTHORITY.captures_iter(view).any(|captures| {
+        (view.contains("//") || view.contains("\\\\") || view.contains(':'))
+            && AUTHORITY.captures_iter(view.as_bytes()).any(|captures| {
                 captures.get(1).is_some_and(|authority| {
-                    let authority = authority.as_str();
+                    let authority = String::from_utf8_lossy(authority.as_bytes());
+                    let authority = authority.as_ref();
                     let host = authority.rsplit('@').next().unwrap_or(authority);
                     internal_host(strip_port(host), Spelling::Url)
                 })

@@ -874,3 +874,67 @@ fn attack_corpus_is_blocked_and_benign_corpus_passes() {
         false_positives.join("\n")
     );
 }
+
+/// The WAF's own cost per request, in process: a browser-like head (path,
+/// three query parameters, twelve headers) and a 1 KiB JSON body. Run with
+/// `cargo test -p gateway --release --lib inspection_cost -- --ignored
+/// --nocapture`; a measurement, so it asserts nothing about time.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn inspection_cost() {
+    let waf = policy(RouteWaf::default());
+    let headers = [
+        ("host", "api.test"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+        ),
+        (
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        ),
+        ("accept-language", "en-US,en;q=0.9"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("referer", "https://www.example.com/search?q=rust+waf"),
+        (
+            "cookie",
+            "theme=dark; lang=en; session=eyJhbGciOiJIUzI1NiJ9.e30.abc",
+        ),
+        ("cache-control", "no-cache"),
+        ("x-request-id", "4278add6-0c1e-4b57-9a4e-2f0e6c1d7b3a"),
+        ("sec-fetch-mode", "navigate"),
+        ("content-type", "application/json"),
+        ("origin", "https://www.example.com"),
+    ];
+    let body = format!(
+        r#"{{"name":"O'Brien","items":[{}],"note":"select a seat from row 5"}}"#,
+        (0..20)
+            .map(|i| format!(
+                r#"{{"sku":"A-{i:04}","qty":{i},"url":"https://cdn.example.com/{i}.png"}}"#
+            ))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let rounds = 2_000;
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        assert_eq!(
+            head_check(
+                &waf,
+                "/api/v1/orders?page=2&sort=-created_at&q=red+shoes",
+                &headers
+            ),
+            Ok(())
+        );
+    }
+    let head = started.elapsed() / rounds;
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        assert_eq!(body_check(&waf, "application/json", &body), Ok(()));
+    }
+    let per_body = started.elapsed() / rounds;
+    println!(
+        "WAF per request: head {head:?}, JSON body of {} bytes {per_body:?}",
+        body.len()
+    );
+}
