@@ -143,6 +143,9 @@ pub async fn run(
         );
         None
     };
+    for warning in config.warnings() {
+        warn!("{warning}");
+    }
     let (abuse, mut block_requests) = Abuse::new(&config);
     abuse.restore(&provenance);
     let proxy = if config.listeners.is_empty() {

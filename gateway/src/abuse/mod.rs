@@ -73,7 +73,11 @@ impl Signal {
             | "unauthenticated" => Signal::AuthFailure,
             "insufficient_scope" | "forbidden" | "access_denied" => Signal::AuthzFailure,
             "waf_blocked" => Signal::WafBlock,
-            "rate_limited" | "quota_exceeded" => Signal::RateLimited,
+            "rate_limited"
+            | "quota_exceeded"
+            | "too_many_client_requests"
+            | "too_many_client_connections"
+            | "body_too_slow" => Signal::RateLimited,
             "uri_too_long"
             | "headers_too_large"
             | "invalid_path"

@@ -342,6 +342,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn check(path: &Path) -> anyhow::Result<()> {
     let config = Config::load_checked(path)?;
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
     println!(
         "{}: valid ({} listener(s), {} route(s), {} upstream pool(s), XDP {})",
         path.display(),

@@ -4,6 +4,7 @@
 
 pub mod abuse;
 pub mod auth;
+pub mod byte_rate;
 mod duration;
 pub mod limits;
 pub mod observe;
@@ -124,6 +125,12 @@ impl Config {
                 problems,
             })
         }
+    }
+
+    /// What is allowed but probably not meant: `gateway check` prints these,
+    /// `gateway run` logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        crate::policy::routes::listener_warnings(&self.listeners, &self.routes)
     }
 
     /// Every problem, each with its key path.

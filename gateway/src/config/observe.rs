@@ -11,6 +11,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{ListenerConfig, duration};
+use crate::addr::Cidr;
 
 /// `[admin]`: the listener serving `/metrics`, `/healthz`, `/readyz` and
 /// `/config`. Plain HTTP: it belongs on loopback or a management network,
@@ -22,6 +23,21 @@ pub struct AdminSection {
     pub enabled: bool,
     /// `ip:port` to bind.
     pub address: SocketAddr,
+    /// Client networks that may connect; others are closed at accept. Required
+    /// (or `allow_non_loopback`) when `address` is not a loopback address.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<Cidr>,
+    /// Serve anyone who can reach a non-loopback `address` (a management
+    /// network fenced off by other means): the explicit opt-out of `allow`.
+    pub allow_non_loopback: bool,
+}
+
+impl AdminSection {
+    /// Whether `client` may use the admin endpoint: anyone when `allow` is
+    /// empty (validation made sure that is loopback or was opted into).
+    pub fn admits(&self, client: std::net::IpAddr) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|net| net.contains(client))
+    }
 }
 
 /// The admin port when the config names none.
@@ -33,6 +49,8 @@ impl Default for AdminSection {
         Self {
             enabled: true,
             address: DEFAULT_ADMIN_ADDRESS,
+            allow: Vec::new(),
+            allow_non_loopback: false,
         }
     }
 }
@@ -220,6 +238,25 @@ pub fn problems(
     listeners: &[ListenerConfig],
 ) -> Vec<String> {
     let mut problems = Vec::new();
+    if admin.enabled && !admin.allow_non_loopback {
+        // An IPv4-mapped loopback (::ffff:127.0.0.1) is loopback too; 0.0.0.0
+        // and :: are not. A /0 in `allow` admits everyone: no control at all.
+        let loopback = admin.address.ip().to_canonical().is_loopback();
+        let controlled = !admin.allow.is_empty() && admin.allow.iter().all(|n| n.prefix_len() > 0);
+        if !loopback && !controlled {
+            problems.push(format!(
+                "admin.address: {} is not a loopback address and the admin endpoint (metrics,                  config) has no access control: list the client networks in admin.allow, or set                  admin.allow_non_loopback = true if the network itself is fenced off",
+                admin.address
+            ));
+        }
+    }
+    for (i, net) in admin.allow.iter().enumerate() {
+        if net.prefix_len() == 0 && !admin.allow_non_loopback {
+            problems.push(format!(
+                "admin.allow[{i}]: {net} admits every address; that is no access control (set                  admin.allow_non_loopback = true to mean it)"
+            ));
+        }
+    }
     if admin.enabled {
         for (i, listener) in listeners.iter().enumerate() {
             let same_port = listener.address.port() == admin.address.port();

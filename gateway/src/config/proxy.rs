@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::duration;
+use super::{byte_rate::ByteRate, duration};
 use crate::addr::Cidr;
 
 /// `[proxy]`: settings shared by every listener.
@@ -30,6 +30,11 @@ pub struct ProxySection {
     /// them at once).
     #[serde(with = "duration")]
     pub certificate_check_interval: Duration,
+    /// File descriptors kept out of the listeners' reach (admin endpoint,
+    /// health checks, logs, BPF maps): the default `max_connections` of all
+    /// listeners together is half of what `RLIMIT_NOFILE` leaves after these,
+    /// the other half being room for upstream connections.
+    pub reserved_descriptors: u64,
 }
 
 impl Default for ProxySection {
@@ -39,6 +44,7 @@ impl Default for ProxySection {
             trusted_proxies: Vec::new(),
             forwarded_headers: ForwardedStyle::XForwarded,
             certificate_check_interval: Duration::from_secs(5),
+            reserved_descriptors: 256,
         }
     }
 }
@@ -69,12 +75,31 @@ pub struct ListenerConfig {
     /// `optional` accepts them but still rejects invalid ones.
     #[serde(default)]
     pub client_auth: ClientAuth,
+    /// Whether a request's host must be covered by the connection's SNI (the
+    /// name itself, or the `server_names` of the certificate it selected, so
+    /// HTTP/2 connection coalescing keeps working) → 421 otherwise. Absent: on
+    /// when the listener requires client certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni_host_match: Option<bool>,
     /// Timeouts against slow or idle clients.
     #[serde(default)]
     pub timeouts: ListenerTimeouts,
     /// Request size limits.
     #[serde(default)]
     pub limits: ListenerLimits,
+}
+
+impl ListenerConfig {
+    /// Whether every client must present a valid certificate.
+    pub fn requires_client_certificates(&self) -> bool {
+        self.client_ca.is_some() && self.client_auth == ClientAuth::Required
+    }
+
+    /// Whether requests must name a host their connection's SNI covers.
+    pub fn checks_sni_host(&self) -> bool {
+        self.sni_host_match
+            .unwrap_or_else(|| self.requires_client_certificates())
+    }
 }
 
 /// One certificate chain and key for a listener.
@@ -115,6 +140,14 @@ pub struct ListenerTimeouts {
     /// A connection with no request in flight for this long is closed.
     #[serde(with = "duration")]
     pub idle: Duration,
+    /// `min_body_rate` is checked over windows of this much time spent
+    /// waiting for the client (time the upstream makes the body wait is not
+    /// the client's and does not count).
+    #[serde(with = "duration")]
+    pub body_rate_window: Duration,
+    /// Waiting time a body gets before its first window is checked.
+    #[serde(with = "duration")]
+    pub body_rate_grace: Duration,
 }
 
 impl Default for ListenerTimeouts {
@@ -124,6 +157,8 @@ impl Default for ListenerTimeouts {
             request_header: Duration::from_secs(10),
             body_read: Duration::from_secs(30),
             idle: Duration::from_secs(60),
+            body_rate_window: Duration::from_secs(10),
+            body_rate_grace: Duration::from_secs(5),
         }
     }
 }
@@ -140,6 +175,21 @@ pub struct ListenerLimits {
     pub max_header_bytes: usize,
     /// Largest request body unless a route says otherwise → 413.
     pub max_body_bytes: u64,
+    /// A request body arriving slower than this (per `body_rate_window`) is
+    /// cut off → 408; routes may override; `"off"` disables.
+    pub min_body_rate: ByteRate,
+    /// Open connections; at the cap the oldest connection with no request in
+    /// flight is closed for the new one, or the new one is refused if every
+    /// connection is busy. Absent: derived from `RLIMIT_NOFILE` (see
+    /// `proxy.reserved_descriptors`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u64>,
+    /// Open connections from one client address (IPv6: one /64); more are
+    /// refused at accept. Clients in `proxy.trusted_proxies` are exempt.
+    pub max_connections_per_client: u64,
+    /// Requests in flight from one client address (IPv6: one /64) → 429.
+    /// Clients in `proxy.trusted_proxies` are exempt.
+    pub max_requests_per_client: u64,
 }
 
 impl Default for ListenerLimits {
@@ -149,6 +199,10 @@ impl Default for ListenerLimits {
             max_header_count: 100,
             max_header_bytes: 64 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
+            min_body_rate: ByteRate(1024),
+            max_connections: None,
+            max_connections_per_client: 256,
+            max_requests_per_client: 128,
         }
     }
 }
@@ -162,6 +216,10 @@ pub struct RouteConfig {
     /// Hosts this route serves: exact or `*.example.com`; empty means any host.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Names of the listeners that serve this route; empty means all. A host
+    /// whose matching routes are all on other listeners gets 421.
+    #[serde(default)]
+    pub listeners: Vec<String>,
     /// Path prefix matched against the normalized path; the longest one wins.
     #[serde(default = "root_prefix")]
     pub path_prefix: String,
@@ -179,6 +237,9 @@ pub struct RouteConfig {
     /// Overrides the listener's `max_body_bytes` for this route.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// Overrides the listener's `min_body_rate` for this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_body_rate: Option<ByteRate>,
     /// Whole-request deadline, retries included → 504.
     #[serde(default = "default_route_timeout", with = "duration")]
     pub timeout: Duration,
@@ -465,6 +526,7 @@ pub fn problems(
             ("request_header", t.request_header),
             ("body_read", t.body_read),
             ("idle", t.idle),
+            ("body_rate_window", t.body_rate_window),
         ] {
             if value.is_zero() {
                 problems.push(format!("{key}.timeouts.{field}: must be above zero"));
@@ -475,6 +537,15 @@ pub fn problems(
             ("max_uri_bytes", l.max_uri_bytes),
             ("max_header_count", l.max_header_count),
             ("max_header_bytes", l.max_header_bytes),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key}.limits.{field}: must be at least 1"));
+            }
+        }
+        for (field, value) in [
+            ("max_connections", l.max_connections.unwrap_or(1)),
+            ("max_connections_per_client", l.max_connections_per_client),
+            ("max_requests_per_client", l.max_requests_per_client),
         ] {
             if value == 0 {
                 problems.push(format!("{key}.limits.{field}: must be at least 1"));
@@ -507,6 +578,19 @@ pub fn problems(
         for host in &route.hosts {
             if let Err(why) = check_host_pattern(host) {
                 problems.push(format!("{key}.hosts: {host:?} {why}"));
+            }
+        }
+        for name in &route.listeners {
+            if !listeners.iter().any(|l| l.name == *name) {
+                let known: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+                problems.push(format!(
+                    "{key}.listeners: no listener named {name:?} (defined: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ));
             }
         }
         for method in &route.methods {
@@ -544,7 +628,10 @@ pub fn problems(
     }
     for (i, a) in routes.iter().enumerate() {
         for b in &routes[..i] {
-            if a.path_prefix == b.path_prefix && a.hosts == b.hosts {
+            if a.path_prefix == b.path_prefix
+                && a.hosts == b.hosts
+                && share_a_listener(a, b, listeners)
+            {
                 problems.push(format!(
                     "route {:?}: same hosts and path_prefix as route {:?}; only one can match",
                     a.name, b.name
@@ -637,6 +724,21 @@ pub fn problems(
         }
     }
     problems
+}
+
+/// Whether some listener serves both routes (empty `listeners` means all).
+fn share_a_listener(a: &RouteConfig, b: &RouteConfig, listeners: &[ListenerConfig]) -> bool {
+    listeners
+        .iter()
+        .any(|l| a.serves(&l.name) && b.serves(&l.name))
+        || (listeners.is_empty() && a.listeners.is_empty() && b.listeners.is_empty())
+}
+
+impl RouteConfig {
+    /// Whether the listener called `listener` serves this route.
+    pub fn serves(&self, listener: &str) -> bool {
+        self.listeners.is_empty() || self.listeners.iter().any(|l| l == listener)
+    }
 }
 
 /// Host patterns are lower-case-insensitive DNS names with at most one leading

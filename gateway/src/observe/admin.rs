@@ -1,5 +1,6 @@
 //! The admin listener: plain HTTP/1.1 on a private address (127.0.0.1:9090 by
-//! default), never on a public listener.
+//! default), never on a public listener; clients outside `admin.allow` (when
+//! set) are closed at accept.
 //!
 //! - `GET /metrics`: Prometheus text, with the pool and XDP gauges read now.
 //! - `GET /healthz`: 200 while the process serves requests at all.
@@ -271,6 +272,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
                 continue;
             }
         };
+        if !state.config.load().admin.admits(peer.ip()) {
+            debug!(%peer, "admin listener: client not in admin.allow; closed");
+            continue;
+        }
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {

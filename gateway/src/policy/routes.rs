@@ -6,7 +6,10 @@ use std::{borrow::Cow, collections::HashMap, sync::Arc, time::Duration};
 
 use http::{HeaderValue, Method};
 
-use crate::{config::proxy::RouteConfig, observe::metrics::RouteMetrics};
+use crate::{
+    config::{ListenerConfig, proxy::RouteConfig},
+    observe::metrics::RouteMetrics,
+};
 
 /// Why no route serves a request; each becomes exactly one response.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -17,6 +20,9 @@ pub enum RouteError {
     /// 405; `allow` is the value for the `Allow` header.
     #[error("method not allowed on this route; allowed: {allow}")]
     MethodNotAllowed { allow: String },
+    /// 421: the route for this host and path is served by other listeners.
+    #[error("this host and path are not served on this listener")]
+    Misdirected,
 }
 
 /// One `[[route]]`, with its strings parsed for the request path.
@@ -41,6 +47,10 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     /// `methods` joined for the `Allow` header, computed once.
     allow: String,
+    /// Listeners serving this route; `None` means all.
+    listeners: Option<Vec<String>>,
+    /// Overrides the listener's minimum body rate.
+    pub min_body_rate: Option<crate::config::byte_rate::ByteRate>,
     /// Who may call this route.
     pub auth: crate::config::RouteAuth,
     /// This route's request metrics, registered once.
@@ -74,6 +84,8 @@ impl Route {
                 .as_deref()
                 .and_then(|host| HeaderValue::from_str(host).ok()),
             max_body_bytes: config.max_body_bytes,
+            listeners: (!config.listeners.is_empty()).then(|| config.listeners.clone()),
+            min_body_rate: config.min_body_rate,
             timeout: config.timeout,
             methods,
             allow,
@@ -90,6 +102,13 @@ impl Route {
             .is_some_and(|rest| {
                 rest.is_empty() || rest.starts_with('/') || self.path_prefix.ends_with('/')
             })
+    }
+
+    /// Whether the listener called `listener` serves this route.
+    fn serves(&self, listener: &str) -> bool {
+        self.listeners
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|name| name == listener))
     }
 
     fn allows(&self, method: &Method) -> bool {
@@ -178,39 +197,50 @@ impl RouteTable {
         table
     }
 
-    /// The route for a request: `host` is the `Host` header or `:authority`
-    /// (any case, optional port, optional trailing dot), `path` the normalized
-    /// path.
+    /// The route for a request on the listener called `listener`: `host` is
+    /// the `Host` header or `:authority` (any case, optional port, optional
+    /// trailing dot), `path` the normalized path.
     ///
     /// Host groups are tried from the most specific down (exact name, then
     /// wildcards from the longest suffix, then routes for any host); the first
     /// group with a matching prefix decides, and within it the longest prefix.
-    /// Methods are checked only on that route, so a 405 names what the route
-    /// the client meant would accept.
+    /// Listener bindings never make the search fall through to a less
+    /// specific route: when the routes that decide are all bound to other
+    /// listeners the answer is [`RouteError::Misdirected`], so a host meant for
+    /// one listener is never served by another listener's catch-all.
+    /// Methods are checked only on the chosen route, so a 405 names what the
+    /// route the client meant would accept.
     pub fn find(
         &self,
         host: Option<&str>,
         path: &str,
         method: &Method,
+        listener: &str,
     ) -> Result<&Route, RouteError> {
         let host = host.map(normalize_host);
         let host = host.as_deref().filter(|h| !h.is_empty());
-        let route = self
-            .host_groups(host)
-            .find_map(|group| {
-                group
-                    .iter()
-                    .map(|&i| &self.routes[i])
-                    .find(|route| route.matches_path(path))
-            })
-            .ok_or(RouteError::NotFound)?;
-        if route.allows(method) {
-            Ok(route)
-        } else {
-            Err(RouteError::MethodNotAllowed {
-                allow: route.allow.clone(),
-            })
+        for group in self.host_groups(host) {
+            let mut matching = group
+                .iter()
+                .map(|&i| &self.routes[i])
+                .filter(|route| route.matches_path(path))
+                .peekable();
+            let Some(longest) = matching.peek().map(|route| route.path_prefix.len()) else {
+                continue;
+            };
+            let route = matching
+                .take_while(|route| route.path_prefix.len() == longest)
+                .find(|route| route.serves(listener))
+                .ok_or(RouteError::Misdirected)?;
+            return if route.allows(method) {
+                Ok(route)
+            } else {
+                Err(RouteError::MethodNotAllowed {
+                    allow: route.allow.clone(),
+                })
+            };
         }
+        Err(RouteError::NotFound)
     }
 
     /// The route groups that apply to `host`, most specific first.
@@ -230,9 +260,67 @@ impl RouteTable {
     }
 }
 
+/// `gateway check`'s warnings: a route served on a listener that requires
+/// client certificates whose host and prefix another listener, without that
+/// requirement, also answers (through the same route or another one), so the
+/// certificate can be skipped by sending the request there. Asked of the same
+/// route table the proxy uses, so shadowing by more specific routes counts.
+pub fn listener_warnings(listeners: &[ListenerConfig], routes: &[RouteConfig]) -> Vec<String> {
+    let table = RouteTable::new(routes);
+    let mut warnings = Vec::new();
+    for strict in listeners
+        .iter()
+        .filter(|l| l.requires_client_certificates())
+    {
+        for route in routes.iter().filter(|r| r.serves(&strict.name)) {
+            // One host per pattern: the name itself, a name under a wildcard,
+            // or none for a route that serves any host.
+            let hosts: Vec<Option<String>> = if route.hosts.is_empty() {
+                vec![None]
+            } else {
+                route
+                    .hosts
+                    .iter()
+                    .map(|h| Some(h.replace('*', "any")))
+                    .collect()
+            };
+            for open in listeners
+                .iter()
+                .filter(|l| !l.requires_client_certificates())
+            {
+                for host in &hosts {
+                    let reached = match table.find(
+                        host.as_deref(),
+                        &route.path_prefix,
+                        &Method::GET,
+                        &open.name,
+                    ) {
+                        Ok(other) => Some(other.name.as_str()),
+                        Err(RouteError::MethodNotAllowed { .. }) => Some("(405)"),
+                        Err(_) => None,
+                    };
+                    if let Some(other) = reached {
+                        warnings.push(format!(
+                            "route {:?}: {}{} is served on listener {:?}, which requires client \
+                             certificates, and also on listener {:?} (route {other:?}), which does \
+                             not; bind the routes with `listeners = [...]`",
+                            route.name,
+                            host.as_deref().unwrap_or("any host"),
+                            route.path_prefix,
+                            strict.name,
+                            open.name,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    warnings
+}
+
 /// Lower-cases a host and strips its port and trailing dot; borrows when it is
 /// already in that form, which is the common case.
-fn normalize_host(host: &str) -> Cow<'_, str> {
+pub(crate) fn normalize_host(host: &str) -> Cow<'_, str> {
     let name = if host.starts_with('[') {
         // IPv6 literal: keep the brackets, drop anything after them.
         host.find(']').map_or(host, |end| &host[..=end])
@@ -258,6 +346,8 @@ mod tests {
         RouteConfig {
             name: name.to_owned(),
             hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            listeners: Vec::new(),
+            min_body_rate: None,
             path_prefix: prefix.to_owned(),
             methods: Vec::new(),
             upstream: format!("pool-{name}"),
@@ -274,7 +364,7 @@ mod tests {
 
     fn name<'a>(table: &'a RouteTable, host: Option<&str>, path: &str) -> Option<&'a str> {
         table
-            .find(host, path, &Method::GET)
+            .find(host, path, &Method::GET, "public")
             .ok()
             .map(|r| r.name.as_str())
     }
@@ -284,7 +374,7 @@ mod tests {
         let table = RouteTable::new(&[]);
         assert_eq!(
             table
-                .find(Some("a.example"), "/", &Method::GET)
+                .find(Some("a.example"), "/", &Method::GET, "public")
                 .map(|r| &r.name),
             Err(RouteError::NotFound)
         );
@@ -432,16 +522,22 @@ mod tests {
         let mut config = route("api", &[], "/api");
         config.methods = vec!["GET".to_owned(), "POST".to_owned()];
         let table = RouteTable::new(&[config, route("root", &[], "/")]);
-        assert!(table.find(None, "/api/x", &Method::GET).is_ok());
-        assert!(table.find(None, "/api/x", &Method::POST).is_ok());
+        assert!(table.find(None, "/api/x", &Method::GET, "public").is_ok());
+        assert!(table.find(None, "/api/x", &Method::POST, "public").is_ok());
         assert_eq!(
-            table.find(None, "/api/x", &Method::DELETE).map(|r| &r.name),
+            table
+                .find(None, "/api/x", &Method::DELETE, "public")
+                .map(|r| &r.name),
             Err(RouteError::MethodNotAllowed {
                 allow: "GET, POST".to_owned()
             })
         );
         // The chosen route decides; a less specific route does not take over.
-        assert!(table.find(None, "/other", &Method::DELETE).is_ok());
+        assert!(
+            table
+                .find(None, "/other", &Method::DELETE, "public")
+                .is_ok()
+        );
     }
 
     #[test]
@@ -450,7 +546,9 @@ mod tests {
         config.methods = vec!["BAD METHOD".to_owned()];
         let table = RouteTable::new(&[config]);
         assert_eq!(
-            table.find(None, "/", &Method::GET).map(|r| &r.name),
+            table
+                .find(None, "/", &Method::GET, "public")
+                .map(|r| &r.name),
             Err(RouteError::MethodNotAllowed {
                 allow: String::new()
             })
@@ -466,7 +564,7 @@ mod tests {
         config.timeout = Duration::from_secs(5);
         let table = RouteTable::new(&[config]);
         let found = table
-            .find(Some("api.example.com"), "/api", &Method::PUT)
+            .find(Some("api.example.com"), "/api", &Method::PUT, "public")
             .expect("route");
         assert_eq!(found.upstream, "pool-api");
         assert_eq!(found.path_prefix, "/api");
@@ -478,6 +576,68 @@ mod tests {
         assert_eq!(found.max_body_bytes, Some(1024));
         assert_eq!(found.timeout, Duration::from_secs(5));
         assert_eq!(found.methods, None);
+    }
+
+    fn bound(name: &str, hosts: &[&str], prefix: &str, listeners: &[&str]) -> RouteConfig {
+        RouteConfig {
+            listeners: listeners.iter().map(|l| (*l).to_owned()).collect(),
+            ..route(name, hosts, prefix)
+        }
+    }
+
+    fn on<'a>(
+        table: &'a RouteTable,
+        listener: &str,
+        host: &str,
+        path: &str,
+    ) -> Result<&'a str, RouteError> {
+        table
+            .find(Some(host), path, &Method::GET, listener)
+            .map(|r| r.name.as_str())
+    }
+
+    #[test]
+    fn a_host_bound_to_another_listener_is_misdirected_not_caught_by_a_catch_all() {
+        let table = RouteTable::new(&[
+            bound("admin", &["admin.example"], "/", &["mtls"]),
+            bound("admin-docs", &["admin.example"], "/docs", &["public"]),
+            route("catch-all", &[], "/"),
+            bound("wild", &["*.internal.example"], "/", &["mtls"]),
+        ]);
+        assert_eq!(on(&table, "mtls", "admin.example", "/x"), Ok("admin"));
+        assert_eq!(
+            on(&table, "public", "ADMIN.example.:443", "/x"),
+            Err(RouteError::Misdirected)
+        );
+        assert_eq!(
+            on(&table, "public", "admin.example", "/docs/a"),
+            Ok("admin-docs")
+        );
+        // The longer prefix decides even where a shorter one serves this listener.
+        assert_eq!(
+            on(&table, "mtls", "admin.example", "/docs"),
+            Err(RouteError::Misdirected)
+        );
+        assert_eq!(
+            on(&table, "public", "a.internal.example", "/"),
+            Err(RouteError::Misdirected)
+        );
+        assert_eq!(on(&table, "public", "other.example", "/"), Ok("catch-all"));
+        assert_eq!(on(&table, "mtls", "other.example", "/"), Ok("catch-all"));
+    }
+
+    #[test]
+    fn the_same_host_and_prefix_may_go_to_different_pools_per_listener() {
+        let table = RouteTable::new(&[
+            bound("outside", &["api.example"], "/", &["public"]),
+            bound("inside", &["api.example"], "/", &["mtls", "internal"]),
+        ]);
+        assert_eq!(on(&table, "public", "api.example", "/"), Ok("outside"));
+        assert_eq!(on(&table, "internal", "api.example", "/"), Ok("inside"));
+        assert_eq!(
+            on(&table, "other", "api.example", "/"),
+            Err(RouteError::Misdirected)
+        );
     }
 
     fn rewrite(prefix: &str, rewrite: Option<&str>, path: &str) -> String {

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt as _, Full};
 use super::normalize::PathError;
 use crate::{
     auth::AuthError,
+    config::byte_rate::ByteRate,
     policy::{quota::Exhausted, ratelimit::Rejection, waf::Verdict},
     upstream::{BoxBody, UpstreamError, breaker::BreakerOpen},
 };
@@ -33,12 +34,20 @@ pub enum ProxyError {
     BadPath(#[from] PathError),
     #[error("no route for this host and path")]
     NoRoute,
+    #[error(
+        "this host is not served on this connection; connect to it by its own name and listener"
+    )]
+    Misdirected,
+    #[error("more than {limit} requests in flight from this client")]
+    ClientBusy { limit: u64 },
     #[error("method not allowed; allowed: {allow}")]
     MethodNotAllowed { allow: String },
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("request body stalled for {0:?}")]
     BodyTimeout(Duration),
+    #[error("request body slower than {0}")]
+    BodyTooSlow(ByteRate),
     #[error("reading the request body failed: {0}")]
     ClientBody(String),
     #[error(transparent)]
@@ -81,9 +90,11 @@ impl ProxyError {
             }
             Self::BadPath(_) | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Self::ClientBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyTimeout(_) | Self::BodyTooSlow(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Upstream(
                 UpstreamError::NoHealthyEndpoint { .. }
                 | UpstreamError::BreakerOpen(_)
@@ -113,9 +124,12 @@ impl ProxyError {
             Self::TooManyHeaders { .. } | Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::BadPath(_) => "invalid_path",
             Self::NoRoute => "no_route",
+            Self::Misdirected => "misdirected_request",
+            Self::ClientBusy { .. } => "too_many_client_requests",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BodyTimeout(_) => "body_timeout",
+            Self::BodyTooSlow(_) => "body_too_slow",
             Self::ClientBody(_) => "bad_body",
             Self::Upstream(UpstreamError::NoHealthyEndpoint { .. }) => "no_healthy_upstream",
             Self::Upstream(UpstreamError::BreakerOpen(_)) => "upstream_overloaded",
@@ -182,6 +196,7 @@ impl ProxyError {
                 Some(1)
             }
             Self::RateLimited(rejection) => Some(rejection.retry_secs()),
+            Self::ClientBusy { .. } => Some(1),
             Self::QuotaExceeded(spent) => Some(spent.reset_secs.max(1)),
             _ => None,
         }

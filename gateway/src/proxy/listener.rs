@@ -25,10 +25,11 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::{mpsc, watch},
 };
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{
     Shared, Snapshot,
+    connections::{ConnectionGuard, Connections, Refusal, RefusalLog},
     service::{self, ConnInfo},
     tls::ServerTls,
 };
@@ -46,7 +47,7 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// (10 s), not after `idle`. Here `request_header` runs from the first byte of a
 /// head (or from the handshake, for the first request) and `idle` from the end of
 /// the last response.
-struct Activity {
+pub(super) struct Activity {
     in_flight: AtomicUsize,
     last: Mutex<Instant>,
     head_started: Mutex<Option<Instant>>,
@@ -54,13 +55,19 @@ struct Activity {
 
 impl Activity {
     /// A connection whose first request head is due within `request_header`.
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let now = Instant::now();
         Self {
             in_flight: AtomicUsize::new(0),
             last: Mutex::new(now),
             head_started: Mutex::new(Some(now)),
         }
+    }
+
+    /// Since when the connection has had no request in flight (its start, or
+    /// the end of its last response); `None` while one is.
+    pub(super) fn idle_since(&self) -> Option<Instant> {
+        (self.in_flight.load(Ordering::Acquire) == 0).then(|| *lock(&self.last))
     }
 
     fn idle_for(&self) -> Option<Duration> {
@@ -83,7 +90,7 @@ impl Activity {
     }
 
     /// A whole head arrived: the service has the request.
-    fn begin(&self) {
+    pub(super) fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         *lock(&self.head_started) = None;
     }
@@ -158,34 +165,90 @@ pub(super) struct Acceptor {
     pub shutdown: watch::Receiver<bool>,
     /// Each connection holds a clone; the drain waits until all are dropped.
     pub open: mpsc::Sender<()>,
+    /// Connection caps, shared by every listener.
+    pub connections: Arc<Connections>,
 }
 
 impl Acceptor {
     /// Accepts until the gateway starts draining.
     pub async fn run(mut self) {
+        let refusals = RefusalLog::new(self.name.clone());
         loop {
             tokio::select! {
                 _ = self.shutdown.changed() => return,
                 accepted = self.socket.accept() => match accepted {
-                    Ok((tcp, _)) => {
-                        let connection = Connection {
-                            name: self.name.clone(),
-                            tls: self.tls.clone(),
-                            shared: self.shared.clone(),
-                            shutdown: self.shutdown.clone(),
-                            _open: self.open.clone(),
-                        };
-                        tokio::spawn(connection.serve(tcp));
+                    Ok((tcp, client)) => self.admit(tcp, client, &refusals),
+                    Err(err) if out_of_descriptors(&err) => {
+                        // Make room by closing idle connections, and back off
+                        // briefly: the pending client stays in the backlog.
+                        let shed = self.connections.shed(SHED_ON_EMFILE);
+                        refusals.refused("accept_error", &format_args!("{err}; closed {shed} idle connection(s)"));
+                        tokio::time::sleep(Duration::from_millis(if shed > 0 { 5 } else { 50 })).await;
                     }
-                    Err(err) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        warn!(listener = &*self.name, %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    // The client went away before accept: nothing to do.
+                    Err(err) => debug!(listener = &*self.name, %err, "accept failed"),
                 },
             }
         }
     }
+
+    /// Takes a new connection into the table and serves it, or closes it at
+    /// once (its refusal counted, a per-client refusal reported as abuse).
+    fn admit(&self, tcp: TcpStream, client: SocketAddr, refusals: &RefusalLog) {
+        let snapshot = self.shared.snapshot.load();
+        let limits = snapshot.listener(&self.name).limits;
+        let exempt = snapshot
+            .proxy
+            .trusted_proxies
+            .iter()
+            .any(|cidr| cidr.contains(client.ip()));
+        let activity = Arc::new(Activity::new());
+        match self
+            .connections
+            .admit(&self.name, client.ip(), &limits, exempt, activity.clone())
+        {
+            Ok(guard) => {
+                let connection = Connection {
+                    name: self.name.clone(),
+                    tls: self.tls.clone(),
+                    shared: self.shared.clone(),
+                    shutdown: self.shutdown.clone(),
+                    _open: self.open.clone(),
+                    connections: self.connections.clone(),
+                    activity,
+                    guard,
+                };
+                tokio::spawn(connection.serve(tcp, client));
+            }
+            Err(refusal) => {
+                refusals.refused(
+                    refusal.label(),
+                    &format_args!("latest from {}", client.ip()),
+                );
+                if refusal == Refusal::PerClient {
+                    snapshot.abuse.record(
+                        client.ip(),
+                        Signal::RateLimited,
+                        Evidence {
+                            code: Some("too_many_client_connections".to_owned()),
+                            ..Evidence::new(Signal::RateLimited)
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Idle connections closed when accept runs out of descriptors.
+const SHED_ON_EMFILE: usize = 8;
+
+/// EMFILE and its kin: the process or system is out of descriptors or memory.
+fn out_of_descriptors(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 struct Connection {
@@ -194,31 +257,36 @@ struct Connection {
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
     _open: mpsc::Sender<()>,
+    connections: Arc<Connections>,
+    activity: Arc<Activity>,
+    /// Its place in the table; notified when it must close for a newcomer.
+    guard: ConnectionGuard,
 }
 
 impl Connection {
-    async fn serve(mut self, tcp: TcpStream) {
-        let Ok(client) = tcp.peer_addr() else { return };
+    async fn serve(mut self, tcp: TcpStream, client: SocketAddr) {
         let _ = tcp.set_nodelay(true);
         let snapshot = self.shared.snapshot.load_full();
         let listener = snapshot.listener(&self.name).clone();
         let timeouts = listener.timeouts;
-        let stream =
-            match tokio::time::timeout(timeouts.tls_handshake, self.tls.acceptor().accept(tcp))
-                .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(err)) => {
-                    debug!(listener = &*self.name, %client, %err, "TLS handshake failed");
-                    report_handshake_failure(&snapshot, client, "tls_handshake_failed");
-                    return;
-                }
-                Err(_) => {
-                    debug!(listener = &*self.name, %client, "TLS handshake timed out");
-                    report_handshake_failure(&snapshot, client, "tls_handshake_timeout");
-                    return;
-                }
-            };
+        let close = self.guard.close.clone();
+        let handshake = tokio::select! {
+            handshake = tokio::time::timeout(timeouts.tls_handshake, self.tls.acceptor().accept(tcp)) => handshake,
+            () = close.notified() => return,
+        };
+        let stream = match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                debug!(listener = &*self.name, %client, %err, "TLS handshake failed");
+                report_handshake_failure(&snapshot, client, "tls_handshake_failed");
+                return;
+            }
+            Err(_) => {
+                debug!(listener = &*self.name, %client, "TLS handshake timed out");
+                report_handshake_failure(&snapshot, client, "tls_handshake_timeout");
+                return;
+            }
+        };
         let session = stream.get_ref().1;
         let conn = Arc::new(ConnInfo {
             listener: self.name.clone(),
@@ -229,12 +297,13 @@ impl Connection {
                 _ => "unknown",
             },
             sni: session.server_name().map(Arc::from),
+            connections: self.connections.clone(),
         });
 
         // HTTP/2 clients keep idle connections alive with pings: only HTTP/1.1 heads
         // are timed (HTTP/2 bounds its headers by size and its idleness by `idle`).
         let http2 = session.alpn_protocol() == Some(b"h2".as_slice());
-        let activity = Arc::new(Activity::new());
+        let activity = self.activity.clone();
         let shared = self.shared.clone();
         let service_activity = activity.clone();
         let service = service_fn(move |request| {
@@ -281,6 +350,15 @@ impl Connection {
                         debug!(listener = &*self.name, %client, %err, "connection ended with an error");
                     }
                     return;
+                }
+                () = close.notified() => {
+                    debug!(listener = &*self.name, %client, "closing an idle connection to make room");
+                    if activity.idle_since().is_some() {
+                        return;
+                    }
+                    // A request began since it was chosen: let it finish.
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
                 }
                 _ = self.shutdown.changed(), if !closing => {
                     closing = true;

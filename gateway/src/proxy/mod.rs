@@ -7,11 +7,15 @@
 //! - [`error`]: the one place where failures become responses.
 //! - [`tls`]: certificates by SNI, client certificates, reload.
 //! - [`normalize`], [`headers`], [`body`]: what the pipeline's stages use.
+//! - `connections`: connection caps per listener and per client address;
+//!   `authority`: whether a request's host belongs on its connection (421).
 //!
 //! The active configuration is one [`Snapshot`] behind an atomic pointer: a
 //! reload builds a new one and swaps it in, requests in flight keep theirs.
 
+mod authority;
 pub mod body;
+mod connections;
 pub mod error;
 pub mod headers;
 mod listener;
@@ -28,7 +32,7 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use self::{listener::Acceptor, tls::ServerTls};
+use self::{connections::Connections, listener::Acceptor, tls::ServerTls};
 use crate::{
     abuse::Abuse,
     auth::{Auth, AuthStartError, revocation::Revocations},
@@ -166,6 +170,13 @@ impl Proxy {
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (open, closed) = mpsc::channel(1);
+        let nofile = connections::descriptor_limit();
+        let connections = Arc::new(Connections::new(nofile, config.proxy.reserved_descriptors));
+        info!(
+            descriptors = nofile,
+            default_max_connections = connections.budget(),
+            "connection budget"
+        );
         let mut listeners = Vec::new();
         let mut acceptors = Vec::new();
         for (index, listener) in config.listeners.iter().enumerate() {
@@ -191,6 +202,7 @@ impl Proxy {
                 shared: shared.clone(),
                 shutdown: shutdown_rx.clone(),
                 open: open.clone(),
+                connections: connections.clone(),
             });
             listeners.push(RunningListener {
                 name: listener.name.clone(),

@@ -15,8 +15,9 @@ use hyper::body::Incoming;
 use tracing::info;
 
 use super::{
-    Snapshot,
-    body::ClientBody,
+    Snapshot, authority,
+    body::{ClientBody, Pace},
+    connections::Connections,
     error::{self, ProxyError},
     headers::{self, REQUEST_ID},
     normalize::normalize_path,
@@ -40,6 +41,8 @@ pub struct ConnInfo {
     pub client: SocketAddr,
     pub tls_version: &'static str,
     pub sni: Option<Arc<str>>,
+    /// Where the client's requests in flight are counted.
+    pub connections: Arc<Connections>,
 }
 
 /// What one request did, for the access log.
@@ -180,15 +183,32 @@ async fn proxy<'a>(
     outcome: &mut Outcome<'a>,
 ) -> Result<Response<BoxBody>, ProxyError> {
     let listener = snapshot.listener(&conn.listener);
+    let exempt = snapshot
+        .proxy
+        .trusted_proxies
+        .iter()
+        .any(|cidr| cidr.contains(conn.client.ip()));
+    let limit = listener.limits.max_requests_per_client;
+    let _in_flight = conn
+        .connections
+        .begin_request(conn.client.ip(), limit, exempt)
+        .ok_or(ProxyError::ClientBusy { limit })?;
     check_head_limits(&request, listener)?;
     waf::check_protocol(request.headers())?;
     let path = normalize_path(request.uri().path())?;
     outcome.path = Some(path.clone());
+    let host = request_host(&request);
+    if listener.checks_sni_host()
+        && !host.is_some_and(|host| authority::covers(listener, conn.sni.as_deref(), host))
+    {
+        return Err(ProxyError::Misdirected);
+    }
     let route = snapshot
         .routes
-        .find(request_host(&request), &path, request.method())
+        .find(host, &path, request.method(), &conn.listener)
         .map_err(|err| match err {
             RouteError::NotFound => ProxyError::NoRoute,
+            RouteError::Misdirected => ProxyError::Misdirected,
             RouteError::MethodNotAllowed { allow } => ProxyError::MethodNotAllowed { allow },
         })?;
     outcome.route = Some(route);
@@ -227,6 +247,11 @@ async fn proxy<'a>(
             .max_body_bytes
             .unwrap_or(listener.limits.max_body_bytes),
         listener.timeouts.body_read,
+        Pace {
+            min_rate: route.min_body_rate.unwrap_or(listener.limits.min_body_rate),
+            window: listener.timeouts.body_rate_window,
+            grace: listener.timeouts.body_rate_grace,
+        },
         waf.map_or(retry_buffer, |waf| {
             retry_buffer.max(waf.inspect_body_bytes())
         }),

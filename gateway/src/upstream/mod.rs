@@ -75,6 +75,8 @@ pub enum ClientBodyError {
     TooLarge(u64),
     #[error("request body stalled for {0:?}")]
     Stalled(std::time::Duration),
+    #[error("request body slower than {0}")]
+    TooSlow(crate::config::byte_rate::ByteRate),
 }
 
 /// Finds a [`ClientBodyError`] among an error's causes: the upstream client
