@@ -102,6 +102,7 @@ impl Fleet {
             }],
             client_ca: None,
             client_auth: Default::default(),
+            sni_host_match: None,
             timeouts: Default::default(),
             limits: Default::default(),
         };
@@ -130,6 +131,7 @@ impl Fleet {
             admin: AdminSection {
                 enabled: true,
                 address: self.admin,
+                ..AdminSection::default()
             },
             ..Config::default()
         }

@@ -130,6 +130,17 @@ impl Gateway {
     /// [`spawn_daemon`](Self::spawn_daemon), allowing `timeout` for the start (a
     /// debug build restoring a large list on a busy machine takes a while).
     pub fn spawn_daemon_within(&self, config: &str, timeout: Duration) -> Daemon {
+        self.spawn_daemon_with(config, timeout, |_| {})
+    }
+
+    /// Like [`Gateway::spawn_daemon_within`], with `adjust` applied to the
+    /// command first (a lower descriptor limit, …).
+    pub fn spawn_daemon_with(
+        &self,
+        config: &str,
+        timeout: Duration,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let config_path = self.state_dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).expect("writing the config");
         let log = self
@@ -137,8 +148,10 @@ impl Gateway {
             .path()
             .join(format!("daemon-{}.log", crate::unique_suffix()));
         let log_file = std::fs::File::create(&log).expect("creating the daemon log");
-        let child = self
-            .command(&["run", "--config", config_path.to_str().expect("UTF-8 path")])
+        let mut command =
+            self.command(&["run", "--config", config_path.to_str().expect("UTF-8 path")]);
+        adjust(&mut command);
+        let child = command
             .stdout(log_file.try_clone().expect("log fd"))
             .stderr(log_file)
             .stdin(Stdio::null())

@@ -230,12 +230,35 @@ pub fn json(response: &Response<Bytes>) -> serde_json::Value {
 /// malformed request lines): no client certificate, ALPN `http/1.1`. Panics if the
 /// connection or handshake fails.
 pub async fn raw_tls(addr: SocketAddr, server_name: &str, ca_pem: &str) -> TlsStream<TcpStream> {
+    raw_tls_from(None, addr, server_name, ca_pem)
+        .await
+        .unwrap_or_else(|err| panic!("TLS connection to {addr} as {server_name}: {err}"))
+}
+
+/// Like [`raw_tls`] from the local address `source` (any loopback address, for
+/// tests that play many clients), returning the error instead of panicking.
+pub async fn raw_tls_from(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+) -> io::Result<TlsStream<TcpStream>> {
     let name = ServerName::try_from(server_name.to_owned())
         .unwrap_or_else(|err| panic!("invalid server name {server_name:?}: {err}"));
     let connector = TlsConnector::from(Arc::new(tls_config(ca_pem, None, Protocol::Http1)));
-    connect(addr, &connector, name, Protocol::Http1)
-        .await
-        .unwrap_or_else(|err| panic!("TLS connection to {addr} as {server_name}: {err}"))
+    let tcp = match source {
+        None => TcpStream::connect(addr).await?,
+        Some(source) => {
+            let socket = match source {
+                std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(source, 0))?;
+            socket.connect(addr).await?
+        }
+    };
+    tcp.set_nodelay(true)?;
+    connector.connect(name, tcp).await
 }
 
 /// Reads a body to its end, counting bytes as frames arrive (nothing is kept).
