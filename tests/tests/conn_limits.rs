@@ -76,6 +76,18 @@ fn metric(text: &str, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
+/// Waits until `/readyz` says the pool has a healthy endpoint: on a loaded
+/// 2-core machine the first health check of a debug build may time out.
+async fn ready(fleet: &Fleet) {
+    for _ in 0..100 {
+        if let Some((200, _)) = admin_get_from(loopback(1), fleet.admin, "/readyz").await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the gateway did not become ready within 20 s");
+}
+
 async fn scrape(fleet: &Fleet) -> String {
     let (status, body) = admin_get_from(loopback(1), fleet.admin, "/metrics")
         .await
@@ -117,6 +129,7 @@ async fn a_host_bound_to_the_client_certificate_listener_is_misdirected_elsewher
     let mtls = free_port();
     let config = two_listeners(&fleet, &clients_ca, mtls);
     let _daemon = fleet.start(&config);
+    ready(&fleet).await;
 
     for protocol in [Protocol::Http1, Protocol::Http2] {
         // On the public listener, whatever the SNI, the internal host is 421…
@@ -349,6 +362,7 @@ async fn trickling_uploads_hold_no_pool_slots_and_are_cut_off() {
     listener.limits.max_connections_per_client = 200;
     listener.limits.max_requests_per_client = 200;
     let daemon = fleet.start(&config);
+    ready(&fleet).await;
 
     // 1,100 uploads from 127.0.0.2-12, one byte every 3 s: half declare a
     // small body (buffered before it may take a slot), half a large one
@@ -427,6 +441,7 @@ async fn one_address_cannot_take_the_listener_or_the_pool() {
     listener.limits.max_connections_per_client = 100;
     listener.limits.max_requests_per_client = 20;
     let _daemon = fleet.start(&config);
+    ready(&fleet).await;
 
     // 300 connections from one address: 100 are kept, the rest refused.
     let attacker = loopback(20);
@@ -592,6 +607,7 @@ async fn descriptor_exhaustion_degrades_and_never_locks_clients_out() {
 
     // The default cap: (2048 - 256 reserved) / 2 = 896 connections.
     let daemon = start_with_nofile(&fleet, &config, 2048);
+    ready(&fleet).await;
     let held = within(180, "2,500 idle connections", hold_idle(&fleet, 2500)).await;
     assert!(
         held.len() >= 500,
@@ -629,6 +645,7 @@ async fn descriptor_exhaustion_degrades_and_never_locks_clients_out() {
     config.listeners[0].limits.max_connections = Some(100_000);
     config.proxy.reserved_descriptors = 0;
     let daemon = start_with_nofile(&fleet, &config, 1024);
+    ready(&fleet).await;
     let held = within(180, "1,500 idle connections", hold_idle(&fleet, 1500)).await;
     assert!(
         held.len() >= 300,
