@@ -553,22 +553,24 @@ fn start_with_nofile(
     nofile: u64,
 ) -> gateway_tests::gateway::Daemon {
     let start = Duration::from_secs(20);
-    fleet.gateway.spawn_daemon_with(&render(config), start, |command| {
-        // SAFETY: setrlimit is async-signal-safe and touches only the child.
-        unsafe {
-            command.pre_exec(move || {
-                let limit = libc::rlimit {
-                    rlim_cur: nofile,
-                    rlim_max: nofile,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-    })
+    fleet
+        .gateway
+        .spawn_daemon_with(&render(config), start, |command| {
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: nofile,
+                        rlim_max: nofile,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        })
 }
 
 /// Holds `n` idle keep-alive connections from 127.0.0.30 onwards (at most
