@@ -266,3 +266,63 @@ impl Body for ClientBody {
         with_prefix
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+
+    /// 1000 B/s: 200 bytes per 200 ms window, after a 200 ms grace.
+    fn pace() -> Pace {
+        Pace {
+            min_rate: ByteRate(1000),
+            window: Duration::from_millis(200),
+            grace: Duration::from_millis(200),
+        }
+    }
+
+    /// Waits `for_` as a body would: the client has nothing, the timer runs.
+    async fn wait(meter: &mut PaceMeter, for_: Duration) -> Option<ClientBodyError> {
+        let until = Instant::now() + for_;
+        while Instant::now() < until {
+            let mut cx = Context::from_waker(Waker::noop());
+            if let Poll::Ready(err) = meter.poll_waiting(&mut cx) {
+                return Some(err);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+
+    #[tokio::test]
+    async fn a_trickle_is_cut_after_grace_and_one_window() {
+        let mut meter = PaceMeter::new(pace());
+        assert!(meter.received(1).is_ok());
+        assert!(wait(&mut meter, Duration::from_millis(300)).await.is_none());
+        assert!(matches!(
+            wait(&mut meter, Duration::from_millis(300)).await,
+            Some(ClientBodyError::TooSlow(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_steady_client_passes_and_time_the_upstream_takes_does_not_count() {
+        let mut meter = PaceMeter::new(pace());
+        for _ in 0..8 {
+            assert!(wait(&mut meter, Duration::from_millis(100)).await.is_none());
+            assert!(meter.received(150).is_ok());
+            // The upstream is slow to read: nobody waits for the client.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn off_never_cuts() {
+        let mut meter = PaceMeter::new(Pace {
+            min_rate: ByteRate(0),
+            ..pace()
+        });
+        assert!(wait(&mut meter, Duration::from_secs(1)).await.is_none());
+    }
+}
