@@ -199,7 +199,7 @@ pub async fn run(
                 if let Some(kernel) = &mut kernel {
                     sweep_once(kernel, state);
                 }
-                end_blocks(kernel.as_ref(), state, &mut provenance);
+                end_blocks(kernel.as_ref(), state, &mut provenance, &abuse);
                 save_quotas(&quotas, state);
             }
             _ = user2.recv() => {
@@ -468,6 +468,7 @@ fn block(
         last_route = p.last.route.as_deref(),
         last_rule = p.last.rule.as_deref(),
         last_token_id = p.last.token_id.as_deref(),
+        last_forwarded_by = p.last.forwarded_by.map(|ip| ip.to_string()),
         aggregated_from = p.aggregated_from.map(|c| c.to_string()),
         kernel_plane = if kernel.is_some() { "on" } else { "off" },
         applied,
@@ -478,8 +479,13 @@ fn block(
 }
 
 /// Ends the open blocks whose TTL ran out or that someone removed from the
-/// blocklist, each with an audit event.
-fn end_blocks(kernel: Option<&KernelPlane>, state: &StateDir, provenance: &mut ProvenanceFile) {
+/// blocklist, each with an audit event; the proxy stops enforcing them.
+fn end_blocks(
+    kernel: Option<&KernelPlane>,
+    state: &StateDir,
+    provenance: &mut ProvenanceFile,
+    abuse: &Abuse,
+) {
     let now = clock::unix_now();
     let open: Vec<(Cidr, u64)> = provenance
         .blocks
@@ -503,6 +509,7 @@ fn end_blocks(kernel: Option<&KernelPlane>, state: &StateDir, provenance: &mut P
         } else {
             continue;
         };
+        abuse.lift(&cidr);
         if let Some(ended) = provenance.end(&cidr, now, reason) {
             info!(
                 target: "audit",

@@ -12,7 +12,7 @@ use std::{
     convert::Infallible,
     future::Future,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -84,9 +84,16 @@ pub struct ClientBuilder {
     server_name: String,
     identity: Option<(String, String)>,
     protocol: Protocol,
+    local: Option<IpAddr>,
 }
 
 impl ClientBuilder {
+    /// Connects from this source address (one of several the namespace holds).
+    pub fn local_address(mut self, local: IpAddr) -> Self {
+        self.local = Some(local);
+        self
+    }
+
     /// Presents this client certificate and key.
     pub fn identity(mut self, issued: &Issued) -> Self {
         self.identity = Some((issued.cert_pem.clone(), issued.key_pem.clone()));
@@ -107,6 +114,7 @@ impl ClientBuilder {
             connector: TlsConnector::from(Arc::new(tls)),
             server_name,
             protocol: self.protocol,
+            local: self.local,
             pools: Mutex::new(HashMap::new()),
         }
     }
@@ -117,6 +125,7 @@ pub struct Client {
     connector: TlsConnector,
     server_name: ServerName<'static>,
     protocol: Protocol,
+    local: Option<IpAddr>,
     pools: Mutex<HashMap<SocketAddr, legacy::Client<Connector, Body>>>,
 }
 
@@ -129,6 +138,7 @@ impl Client {
             server_name: server_name.to_owned(),
             identity: None,
             protocol: Protocol::Http1,
+            local: None,
         }
     }
 
@@ -209,6 +219,7 @@ impl Client {
                         tls: self.connector.clone(),
                         server_name: self.server_name.clone(),
                         protocol: self.protocol,
+                        local: self.local,
                     })
             })
             .clone()
@@ -238,7 +249,7 @@ pub async fn raw_tls(addr: SocketAddr, server_name: &str, ca_pem: &str) -> TlsSt
 /// Like [`raw_tls`] from the local address `source` (any loopback address, for
 /// tests that play many clients), returning the error instead of panicking.
 pub async fn raw_tls_from(
-    source: Option<std::net::IpAddr>,
+    source: Option<IpAddr>,
     addr: SocketAddr,
     server_name: &str,
     ca_pem: &str,
@@ -246,17 +257,7 @@ pub async fn raw_tls_from(
     let name = ServerName::try_from(server_name.to_owned())
         .unwrap_or_else(|err| panic!("invalid server name {server_name:?}: {err}"));
     let connector = TlsConnector::from(Arc::new(tls_config(ca_pem, None, Protocol::Http1)));
-    let tcp = match source {
-        None => TcpStream::connect(addr).await?,
-        Some(source) => {
-            let socket = match source {
-                std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-                std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-            };
-            socket.bind(SocketAddr::new(source, 0))?;
-            socket.connect(addr).await?
-        }
-    };
+    let tcp = tcp_from(addr, source).await?;
     tcp.set_nodelay(true)?;
     connector.connect(name, tcp).await
 }
@@ -352,15 +353,29 @@ fn tls_config(
     config
 }
 
-/// TCP to `addr`, TLS handshake as `name`, and a check that the server agreed to
-/// `protocol`.
+/// TCP to `addr`, from the local address `source` when given.
+async fn tcp_from(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = match source {
+        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
+/// TCP to `addr` (from `local` when given), TLS handshake as `name`, and a check
+/// that the server agreed to `protocol`.
 async fn connect(
     addr: SocketAddr,
+    local: Option<IpAddr>,
     connector: &TlsConnector,
     name: ServerName<'static>,
     protocol: Protocol,
 ) -> io::Result<TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
+    let tcp = tcp_from(addr, local).await?;
     tcp.set_nodelay(true)?;
     let tls = connector.connect(name, tcp).await?;
     let negotiated = tls.get_ref().1.alpn_protocol();
@@ -381,6 +396,7 @@ struct Connector {
     tls: TlsConnector,
     server_name: ServerName<'static>,
     protocol: Protocol,
+    local: Option<IpAddr>,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -395,7 +411,14 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let stream = connect(this.addr, &this.tls, this.server_name, this.protocol).await?;
+            let stream = connect(
+                this.addr,
+                this.local,
+                &this.tls,
+                this.server_name,
+                this.protocol,
+            )
+            .await?;
             Ok(TokioIo::new(TlsConnection {
                 stream,
                 h2: this.protocol == Protocol::Http2,

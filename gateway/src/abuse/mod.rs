@@ -2,12 +2,20 @@
 //!
 //! Every request outcome that says "this client misbehaves" (a failed token, a
 //! WAF block, a 429, a malformed request), every failed TLS handshake and every
-//! XDP "rate exceeded" event is a weighted [`Signal`] for the client address.
-//! [`Abuse::record`] adds it to a sliding window; once the window's weight
-//! reaches `abuse.threshold`, a [`BlockRequest`] goes over a channel to the
-//! daemon, which owns the kernel maps and puts the address on the dynamic
-//! blocklist with a TTL that doubles for repeat offenders. Each block keeps its
-//! [`Provenance`] in the state directory for `gateway explain`.
+//! XDP "rate exceeded" event is a weighted [`Signal`] for the client's key: the
+//! address, or for IPv6 the prefix the XDP rate limiter buckets by, so both
+//! planes count the same thing. [`Abuse::record`] adds it to a sliding window;
+//! once the window's weight reaches `abuse.threshold`, a [`BlockRequest`] goes
+//! over a channel to the daemon, which owns the kernel maps and puts the key on
+//! the blocklist with a TTL that doubles for repeat offenders. Each block keeps
+//! its [`Provenance`] in the state directory for `gateway explain`.
+//!
+//! Only evidence from a source that proved its address can block it: L7
+//! signals come over a completed TCP handshake; a packet-level signal counts
+//! only for a key that completed one recently ([`Abuse::connected`]), and for
+//! at most as much as its L7 signals, unless `abuse.trust_packet_sources` says
+//! otherwise. A forged-source flood therefore blocks nobody (XDP still rate
+//! limits it).
 //!
 //! The proxy runs on tokio worker threads and must never wait on the kernel, so
 //! recording is a short critical section and the block itself is the daemon's.
@@ -24,10 +32,11 @@ use std::{
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{debug, warn};
 
 pub use self::provenance::{Provenance, ProvenanceFile};
-use self::tracker::Tracker;
+pub use self::tracker::ActiveBlock;
+use self::tracker::{Observation, Proven, Tracker};
 use crate::{
     addr::Cidr,
     clock,
@@ -89,6 +98,12 @@ impl Signal {
         })
     }
 
+    /// Whether the signal is seen in packets only, with no handshake behind
+    /// it: its source address may be forged.
+    pub fn is_packet_level(self) -> bool {
+        matches!(self, Signal::XdpRateExceeded)
+    }
+
     fn weight(self, weights: &Weights) -> u32 {
         match self {
             Signal::AuthFailure => weights.auth_failure,
@@ -123,6 +138,10 @@ pub struct Evidence {
     pub token_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The trusted proxy the request came through, when the client address
+    /// was taken from its forwarding headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarded_by: Option<IpAddr>,
 }
 
 impl Evidence {
@@ -144,10 +163,23 @@ pub struct BlockRequest {
     pub provenance: Provenance,
 }
 
+/// The key signals of `ip` count under and its block covers: the IPv4
+/// address itself, or the IPv6 address's /`ipv6_prefix` network, the bucket
+/// the XDP rate limiter uses (`xdp.ipv6_rate_limit_prefix`), so an L7 signal
+/// and a rate event of the same host add up, and the block drops that host
+/// whichever address of its prefix it uses next.
+pub fn key_of(ip: IpAddr, ipv6_prefix: u8) -> Cidr {
+    match ip.to_canonical() {
+        ip @ IpAddr::V4(_) => Cidr::host(ip),
+        ip @ IpAddr::V6(_) => Cidr::network_of(ip, ipv6_prefix),
+    }
+}
+
 /// The settings in force: `[abuse]` plus the addresses that are never blocked.
 struct Settings {
     config: AbuseSection,
     never: Vec<Cidr>,
+    ipv6_prefix: u8,
 }
 
 impl Settings {
@@ -158,7 +190,12 @@ impl Settings {
         Self {
             config: config.abuse.clone(),
             never,
+            ipv6_prefix: config.xdp.ipv6_rate_limit_prefix,
         }
+    }
+
+    fn key(&self, ip: IpAddr) -> Cidr {
+        key_of(ip, self.ipv6_prefix)
     }
 }
 
@@ -166,6 +203,8 @@ impl Settings {
 pub struct Abuse {
     settings: ArcSwap<Settings>,
     tracker: Mutex<Tracker>,
+    /// Kept apart from the windows: touched on every accepted connection.
+    proven: Mutex<Proven>,
     blocks: mpsc::UnboundedSender<BlockRequest>,
 }
 
@@ -176,6 +215,7 @@ impl Abuse {
         let abuse = Arc::new(Self {
             settings: ArcSwap::from_pointee(Settings::from_config(config)),
             tracker: Mutex::new(Tracker::default()),
+            proven: Mutex::new(Proven::default()),
             blocks,
         });
         (abuse, receiver)
@@ -200,20 +240,52 @@ impl Abuse {
                     Some(_) => Duration::ZERO,
                     None => Duration::from_secs(last.expires_at.saturating_sub(now_unix)),
                 };
+                let blocked_at = now.checked_sub(ago).unwrap_or(now);
                 tracker.restore(
-                    cidr.addr(),
-                    last.offence,
-                    now.checked_sub(ago).unwrap_or(now),
+                    last.aggregated_from.unwrap_or(*cidr),
+                    *cidr,
+                    last,
+                    blocked_at,
                     // A state file's expiry is bounded like any block's TTL, so a
                     // damaged one cannot overflow the clock.
-                    now + remaining.min(crate::lists::MAX_TTL),
+                    now.max(blocked_at) + remaining.min(crate::lists::MAX_TTL),
                 );
             }
         }
     }
 
-    /// Counts `signal` against `client`; past the threshold, asks the daemon to
-    /// block it.
+    /// `peer` completed a TCP handshake: its address is its own, so its
+    /// packet-level signals may count for a while (see [`Signal::is_packet_level`]).
+    pub fn connected(&self, peer: IpAddr) {
+        let settings = self.settings.load();
+        if !settings.config.enabled || settings.config.trust_packet_sources {
+            return;
+        }
+        self.proven
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .saw(settings.key(peer), Instant::now(), settings.config.window);
+    }
+
+    /// The block in force for `client`, for enforcement at L7 of clients the
+    /// kernel cannot drop (behind a trusted proxy).
+    pub fn blocked(&self, client: IpAddr) -> Option<ActiveBlock> {
+        let settings = self.settings.load();
+        let client = client.to_canonical();
+        let aggregate = Cidr::network_of(client, if client.is_ipv4() { 24 } else { 64 });
+        let candidates = [settings.key(client), Cidr::host(client), aggregate];
+        self.lock().blocked(&candidates, Instant::now())
+    }
+
+    /// The block on `cidr` ended before its TTL (an operator removed it): the
+    /// proxy stops enforcing it.
+    pub fn lift(&self, cidr: &Cidr) {
+        self.lock().lift(cidr, Instant::now());
+    }
+
+    /// Counts `signal` against `client`'s key; past the threshold, asks the
+    /// daemon to block it. A packet-level signal for a key that completed no
+    /// handshake recently is dropped here (unless packet sources are trusted).
     pub fn record(&self, client: IpAddr, signal: Signal, evidence: Evidence) {
         let settings = self.settings.load();
         if !settings.config.enabled {
@@ -227,9 +299,31 @@ impl Abuse {
         if settings.never.iter().any(|cidr| cidr.contains(client)) {
             return;
         }
-        let decision =
-            self.lock()
-                .record(&settings.config, client, weight, evidence, Instant::now());
+        let key = settings.key(client);
+        let now = Instant::now();
+        let packet = signal.is_packet_level();
+        if packet
+            && !settings.config.trust_packet_sources
+            && !self
+                .proven
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .recently(&key, now, settings.config.window)
+        {
+            metrics::counter!("gateway_abuse_signals_ignored_total", "signal" => signal.name(), "reason" => "unproven_source").increment(1);
+            debug!(%key, signal = signal.name(), "packet-level signal from a source without a recent handshake: not counted");
+            return;
+        }
+        let observation = Observation {
+            key,
+            host: client.to_canonical(),
+            weight,
+            packet,
+            evidence,
+        };
+        let decision = self
+            .lock()
+            .record(&settings.config, &settings.never, observation, now);
         if let Some(request) = decision
             && self.blocks.send(request).is_err()
         {

@@ -1,5 +1,11 @@
-//! The sliding windows and offence counts behind [`super::Abuse`]: plain data,
-//! driven with an explicit `now` so tests control time.
+//! The sliding windows, offence counts, blocks in force and proven addresses
+//! behind [`super::Abuse`]: plain data, driven with an explicit `now` so tests
+//! control time.
+//!
+//! Everything is keyed by the address's *key* (see [`super::key_of`]): the
+//! IPv4 address, or the IPv6 prefix the XDP rate limiter buckets by, so that an
+//! L7 signal from `2001:2::10` and a rate event for `2001:2::/64` add up in the
+//! same window and the block covers the host behind both.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -10,24 +16,43 @@ use std::{
 use super::{BlockRequest, Evidence, Provenance};
 use crate::{addr::Cidr, clock, config::AbuseSection};
 
-/// Addresses with an open window at most; beyond it new addresses are not
-/// tracked until old windows expire (a flood of one-off sources must not grow
-/// memory without bound).
+/// Keys with an open window (or a proof of handshake) at most; beyond it new
+/// keys are not tracked until old ones expire (a flood of one-off sources
+/// must not grow memory without bound).
 const MAX_TRACKED: usize = 100_000;
 
 /// Expired windows are swept after this many records.
-const PRUNE_EVERY: u32 = 4096;
+pub(super) const PRUNE_EVERY: u32 = 4096;
+
+/// One signal as the tracker takes it.
+pub(super) struct Observation {
+    /// The window it counts in: the address, or its IPv6 prefix.
+    pub key: Cidr,
+    /// The address that sent it (for a rate event, the masked key address).
+    pub host: IpAddr,
+    pub weight: u32,
+    /// A packet-level signal (its source address proves nothing).
+    pub packet: bool,
+    pub evidence: Evidence,
+}
 
 struct Event {
     at: Instant,
     weight: u32,
+    packet: bool,
     evidence: Evidence,
 }
 
 #[derive(Default)]
 struct Window {
     events: VecDeque<Event>,
-    score: u32,
+    /// The weight of L7 signals (from sources that completed a handshake).
+    l7: u32,
+    /// The weight of packet-level signals.
+    packet: u32,
+    /// The last address an L7 signal came from, for a host-only block when
+    /// the key's prefix must not be blocked.
+    host: Option<IpAddr>,
 }
 
 impl Window {
@@ -36,9 +61,25 @@ impl Window {
             if now.duration_since(event.at) < window {
                 break;
             }
-            self.score -= event.weight;
+            if event.packet {
+                self.packet -= event.weight;
+            } else {
+                self.l7 -= event.weight;
+            }
             self.events.pop_front();
         }
+    }
+
+    /// The weight that counts against the threshold: packet-level signals
+    /// count for at most as much as the L7 ones unless the operator trusts
+    /// packet sources, so they can corroborate but never block alone.
+    fn score(&self, trust_packet_sources: bool) -> u32 {
+        let packet = if trust_packet_sources {
+            self.packet
+        } else {
+            self.packet.min(self.l7)
+        };
+        self.l7.saturating_add(packet)
     }
 }
 
@@ -48,48 +89,77 @@ struct Offender {
     blocked_until: Instant,
 }
 
+/// A block in force, as the proxy enforces it at L7 for clients the kernel
+/// cannot see (those behind a trusted proxy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActiveBlock {
+    /// What the block covers.
+    pub cidr: Cidr,
+    /// The tracker key the block was decided for.
+    key: Cidr,
+    pub until: Instant,
+    pub offence: u32,
+    /// The signals behind it (`waf_block=2 xdp_rate_exceeded=1`).
+    pub signals: String,
+}
+
 #[derive(Default)]
 pub(super) struct Tracker {
-    windows: HashMap<IpAddr, Window>,
-    offenders: HashMap<IpAddr, Offender>,
-    /// Blocked addresses per /24 or /64, for aggregation.
-    prefixes: HashMap<Cidr, Vec<(IpAddr, Instant)>>,
+    windows: HashMap<Cidr, Window>,
+    offenders: HashMap<Cidr, Offender>,
+    /// Blocks in force by the CIDR they cover.
+    active: HashMap<Cidr, ActiveBlock>,
+    /// Blocked keys per /24 or /64, for aggregation.
+    prefixes: HashMap<Cidr, Vec<(Cidr, Instant)>>,
     since_prune: u32,
 }
 
 impl Tracker {
-    /// An offence remembered from the state directory.
+    /// A block remembered from the state directory: `key` is what it was
+    /// decided for, `cidr` what it covers.
     pub(super) fn restore(
         &mut self,
-        client: IpAddr,
-        offences: u32,
+        key: Cidr,
+        cidr: Cidr,
+        provenance: &Provenance,
         last: Instant,
         blocked_until: Instant,
     ) {
         self.offenders.insert(
-            client,
+            key,
             Offender {
-                offences,
+                offences: provenance.offence,
                 last,
                 blocked_until,
             },
         );
+        if blocked_until > last {
+            self.active.insert(
+                cidr,
+                ActiveBlock {
+                    cidr,
+                    key,
+                    until: blocked_until,
+                    offence: provenance.offence,
+                    signals: summary(&provenance.signals),
+                },
+            );
+        }
     }
 
     /// Adds one weighted signal; returns the block when the window crossed the
-    /// threshold.
+    /// threshold. `never` are the networks no block may cover.
     pub(super) fn record(
         &mut self,
         config: &AbuseSection,
-        client: IpAddr,
-        weight: u32,
-        evidence: Evidence,
+        never: &[Cidr],
+        observation: Observation,
         now: Instant,
     ) -> Option<BlockRequest> {
-        let client = client.to_canonical();
+        let key = observation.key;
         if self
             .offenders
-            .get(&client)
+            .get(&key)
             .is_some_and(|offender| offender.blocked_until > now)
         {
             // Already blocked (in-flight requests, or XDP is off): the block
@@ -100,24 +170,40 @@ impl Tracker {
         if self.since_prune >= PRUNE_EVERY {
             self.prune(config, now);
         }
-        if !self.windows.contains_key(&client) && self.windows.len() >= MAX_TRACKED {
+        if !self.windows.contains_key(&key) && self.windows.len() >= MAX_TRACKED {
             metrics::counter!("gateway_abuse_untracked_total").increment(1);
             return None;
         }
-        let window = self.windows.entry(client).or_default();
+        let window = self.windows.entry(key).or_default();
         window.expire(now, config.window);
-        window.score = window.score.saturating_add(weight);
+        if observation.packet {
+            window.packet = window.packet.saturating_add(observation.weight);
+        } else {
+            window.l7 = window.l7.saturating_add(observation.weight);
+            window.host = Some(observation.host);
+        }
         window.events.push_back(Event {
             at: now,
-            weight,
-            evidence,
+            weight: observation.weight,
+            packet: observation.packet,
+            evidence: observation.evidence,
         });
-        if window.score < config.threshold {
+        let score = window.score(config.trust_packet_sources);
+        if score < config.threshold {
             return None;
         }
-        let window = self.windows.remove(&client)?;
+        let window = self.windows.remove(&key)?;
+        let (cidr, aggregated_from) = match self.aggregate(config, key, now) {
+            Some(prefix) => (prefix, Some(key)),
+            None => (key, None),
+        };
+        let Some(cidr) = allowed_cover(cidr, window.host, never) else {
+            metrics::counter!("gateway_abuse_not_blocked_total", "reason" => "exempt_overlap")
+                .increment(1);
+            return None;
+        };
 
-        let offender = self.offenders.entry(client).or_insert(Offender {
+        let offender = self.offenders.entry(key).or_insert(Offender {
             offences: 0,
             last: now,
             blocked_until: now,
@@ -131,14 +217,20 @@ impl Tracker {
         offender.blocked_until = now + ttl;
         let offence = offender.offences;
 
-        let (cidr, aggregated_from) = match self.aggregate(config, client, now) {
-            Some(prefix) => (prefix, Some(Cidr::host(client))),
-            None => (Cidr::host(client), None),
-        };
         let mut signals = BTreeMap::new();
         for event in &window.events {
             *signals.entry(event.evidence.signal.clone()).or_insert(0) += 1;
         }
+        self.active.insert(
+            cidr,
+            ActiveBlock {
+                cidr,
+                key,
+                until: now + ttl,
+                offence,
+                signals: summary(&signals),
+            },
+        );
         let first = window.events.front().map(|e| e.evidence.clone());
         let last = window.events.back().map(|e| e.evidence.clone());
         let blocked_at = clock::unix_now();
@@ -150,31 +242,54 @@ impl Tracker {
                 ttl_secs: ttl.as_secs(),
                 expires_at: blocked_at + ttl.as_secs(),
                 offence,
-                score: window.score,
+                score,
                 threshold: config.threshold,
                 window_secs: config.window.as_secs(),
                 signals,
                 first: first.unwrap_or_default(),
                 last: last.unwrap_or_default(),
                 kernel: false,
-                aggregated_from,
+                aggregated_from: aggregated_from.filter(|from| *from != cidr),
                 unblocked_at: None,
                 unblock_reason: None,
             },
         })
     }
 
-    /// The /24 or /64 around `client` once enough of its addresses offended.
-    fn aggregate(&mut self, config: &AbuseSection, client: IpAddr, now: Instant) -> Option<Cidr> {
+    /// The block in force that covers `candidates` (an address's key, host
+    /// and aggregation prefix), if any.
+    pub(super) fn blocked(&self, candidates: &[Cidr], now: Instant) -> Option<ActiveBlock> {
+        candidates
+            .iter()
+            .filter_map(|cidr| self.active.get(cidr))
+            .find(|block| block.until > now)
+            .cloned()
+    }
+
+    /// Ends the block on `cidr` early (an operator removed it); the offence
+    /// still counts for escalation.
+    pub(super) fn lift(&mut self, cidr: &Cidr, now: Instant) {
+        if let Some(block) = self.active.remove(cidr)
+            && let Some(offender) = self.offenders.get_mut(&block.key)
+        {
+            offender.blocked_until = offender.blocked_until.min(now);
+        }
+    }
+
+    /// The /24 or /64 around `key` once enough keys of that prefix offended;
+    /// never narrower than the key itself.
+    fn aggregate(&mut self, config: &AbuseSection, key: Cidr, now: Instant) -> Option<Cidr> {
         if config.aggregate_after == 0 {
             return None;
         }
-        let prefix_len = if client.is_ipv4() { 24 } else { 64 };
-        let prefix = Cidr::network_of(client, prefix_len);
+        let prefix_len = if key.addr().is_ipv4() { 24 } else { 64 };
+        if key.prefix_len() <= prefix_len {
+            return None;
+        }
+        let prefix = Cidr::network_of(key.addr(), prefix_len);
         let offenders = self.prefixes.entry(prefix).or_default();
-        offenders
-            .retain(|(ip, at)| *ip != client && now.duration_since(*at) <= config.offence_memory);
-        offenders.push((client, now));
+        offenders.retain(|(k, at)| *k != key && now.duration_since(*at) <= config.offence_memory);
+        offenders.push((key, now));
         (offenders.len() >= config.aggregate_after as usize).then_some(prefix)
     }
 
@@ -188,11 +303,73 @@ impl Tracker {
             offender.blocked_until > now
                 || now.duration_since(offender.last) <= config.offence_memory
         });
+        self.active.retain(|_, block| block.until > now);
         self.prefixes.retain(|_, offenders| {
             offenders.retain(|(_, at)| now.duration_since(*at) <= config.offence_memory);
             !offenders.is_empty()
         });
     }
+}
+
+/// The keys that completed a TCP handshake recently: the only ones whose
+/// packet-level signals may count (a forged source never completes one).
+#[derive(Default)]
+pub(super) struct Proven {
+    seen: HashMap<Cidr, Instant>,
+    since_prune: u32,
+}
+
+impl Proven {
+    /// `key` completed a handshake at `now`; remembered for `memory`. Expired
+    /// keys are swept every [`PRUNE_EVERY`] calls, never more often, so a
+    /// full record costs a connection from a new address nothing but a lookup.
+    pub(super) fn saw(&mut self, key: Cidr, now: Instant, memory: Duration) {
+        self.since_prune += 1;
+        if self.since_prune >= PRUNE_EVERY {
+            self.since_prune = 0;
+            self.seen
+                .retain(|_, at| now.saturating_duration_since(*at) < memory);
+        }
+        if self.seen.len() >= MAX_TRACKED && !self.seen.contains_key(&key) {
+            // Full of live entries: this key's packet signals will not count,
+            // which errs on the side of never blocking.
+            metrics::counter!("gateway_abuse_untracked_total").increment(1);
+            return;
+        }
+        self.seen.insert(key, now);
+    }
+
+    /// Whether `key` completed a handshake within `memory` before `now`.
+    pub(super) fn recently(&self, key: &Cidr, now: Instant, memory: Duration) -> bool {
+        self.seen
+            .get(key)
+            .is_some_and(|at| now.saturating_duration_since(*at) < memory)
+    }
+}
+
+/// `cidr` when it covers no never-blocked network; else the single address
+/// `host` when that one is not exempt itself; else nothing. A trusted proxy
+/// or allowlisted host inside an offender's /64 keeps being served.
+fn allowed_cover(cidr: Cidr, host: Option<IpAddr>, never: &[Cidr]) -> Option<Cidr> {
+    let clear = |cidr: &Cidr| !never.iter().any(|exempt| overlaps(cidr, exempt));
+    if clear(&cidr) {
+        return Some(cidr);
+    }
+    host.map(Cidr::host).filter(|h| *h != cidr && clear(h))
+}
+
+/// Whether two networks share an address (one contains the other).
+fn overlaps(a: &Cidr, b: &Cidr) -> bool {
+    a.addr().is_ipv4() == b.addr().is_ipv4() && (a.contains(b.addr()) || b.contains(a.addr()))
+}
+
+/// `signal=count …`, as logs and the L7 refusal show it.
+pub(super) fn summary(signals: &BTreeMap<String, u32>) -> String {
+    signals
+        .iter()
+        .map(|(signal, count)| format!("{signal}={count}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `base` doubled for every offence after the first, at most `cap`.

@@ -88,6 +88,11 @@ pub fn run(ctx: &Context, address: IpAddr) -> anyhow::Result<()> {
             println!("  signals      {}", escape(&signals.join(" ")));
             println!("  first        {}", evidence(&block.first));
             println!("  last         {}", evidence(&block.last));
+            if let Some(proxy) = block.last.forwarded_by.or(block.first.forwarded_by) {
+                println!(
+                    "  enforced     at L7 too: requests forwarded by trusted proxies (e.g. {proxy}) are refused 403 blocked"
+                );
+            }
             if let Some(from) = block.aggregated_from {
                 println!("  aggregated   from {from} (many offenders in {cidr})");
             }
@@ -137,6 +142,9 @@ fn evidence(evidence: &Evidence) -> String {
         if let Some(value) = value {
             parts.push(format!("{name}={value}"));
         }
+    }
+    if let Some(proxy) = evidence.forwarded_by {
+        parts.push(format!("via={proxy}"));
     }
     escape(&parts.join(" ")).into_owned()
 }

@@ -37,6 +37,14 @@ pub struct AbuseSection {
     /// many addresses of that prefix were blocked within `offence_memory`;
     /// 0 never aggregates.
     pub aggregate_after: u32,
+    /// Whether packet-level signals (XDP rate events) count like L7 signals for
+    /// any address. Off by default, and it should stay off unless every path
+    /// to the gateway drops forged sources: a packet's source address proves
+    /// nothing, so with this on anyone who can forge packets can get any
+    /// address blocked. Off, a packet-level signal counts only for an address
+    /// that completed a TCP handshake within `window`, and then for at most as
+    /// much as that address's L7 signals (it corroborates, never blocks alone).
+    pub trust_packet_sources: bool,
     /// The weight of each signal; 0 ignores it.
     pub weights: Weights,
 }
@@ -86,6 +94,7 @@ impl Default for AbuseSection {
             offence_memory: Duration::from_secs(7 * 24 * 3600),
             exempt: Vec::new(),
             aggregate_after: 0,
+            trust_packet_sources: false,
             weights: Weights::default(),
         }
     }

@@ -2,7 +2,7 @@
 //! its status and a message safe to show a client; upstream details go to the
 //! log, never to the client.
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -10,6 +10,7 @@ use http_body_util::{BodyExt as _, Full};
 
 use super::normalize::PathError;
 use crate::{
+    abuse::ActiveBlock,
     auth::AuthError,
     config::byte_rate::ByteRate,
     policy::{quota::Exhausted, ratelimit::Rejection, waf::Verdict},
@@ -68,6 +69,10 @@ pub enum ProxyError {
     ContentTypeNotAllowed(String),
     #[error("the request body does not match the route's schema at {path:?}: {message}")]
     SchemaInvalid { path: String, message: String },
+    /// A client behind a trusted proxy that the abuse loop blocked: the
+    /// kernel cannot drop it, so the proxy refuses its requests.
+    #[error("client {client} is blocked for abuse: {} offence {}, {}", .block.cidr, .block.offence, .block.signals)]
+    Blocked { client: IpAddr, block: ActiveBlock },
 }
 
 impl From<Verdict> for ProxyError {
@@ -111,7 +116,7 @@ impl ProxyError {
             Self::Auth(AuthError::InsufficientScope { .. }) => StatusCode::FORBIDDEN,
             Self::Auth(AuthError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited(_) | Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::WafBlocked { .. } => StatusCode::FORBIDDEN,
+            Self::WafBlocked { .. } | Self::Blocked { .. } => StatusCode::FORBIDDEN,
             Self::ProtocolAnomaly(_) | Self::SchemaInvalid { .. } => StatusCode::BAD_REQUEST,
             Self::ContentTypeNotAllowed(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
@@ -146,6 +151,7 @@ impl ProxyError {
             Self::ProtocolAnomaly(_) => "protocol_anomaly",
             Self::ContentTypeNotAllowed(_) => "content_type_not_allowed",
             Self::SchemaInvalid { .. } => "schema_invalid",
+            Self::Blocked { .. } => "blocked",
         }
     }
 
@@ -177,6 +183,7 @@ impl ProxyError {
             Self::Upstream(UpstreamError::Internal(_)) => "internal gateway error".to_owned(),
             Self::Upstream(_) => "the upstream could not be reached or failed".to_owned(),
             Self::Timeout(_) => "the upstream did not answer in time".to_owned(),
+            Self::Blocked { .. } => "this client is blocked for abuse".to_owned(),
             other => other.to_string(),
         }
     }
@@ -198,6 +205,13 @@ impl ProxyError {
             Self::RateLimited(rejection) => Some(rejection.retry_secs()),
             Self::ClientBusy { .. } => Some(1),
             Self::QuotaExceeded(spent) => Some(spent.reset_secs.max(1)),
+            Self::Blocked { block, .. } => Some(
+                block
+                    .until
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_secs()
+                    .max(1),
+            ),
             _ => None,
         }
     }

@@ -267,6 +267,8 @@ impl Connection {
     async fn serve(mut self, tcp: TcpStream, client: SocketAddr) {
         let _ = tcp.set_nodelay(true);
         let snapshot = self.shared.snapshot.load_full();
+        // The handshake completed: the address is the peer's own.
+        snapshot.abuse.connected(client.ip());
         let listener = snapshot.listener(&self.name).clone();
         let timeouts = listener.timeouts;
         let close = self.guard.close.clone();

@@ -6,6 +6,7 @@
 //! - [`service`]: the request pipeline, stage by stage.
 //! - [`error`]: the one place where failures become responses.
 //! - [`tls`]: certificates by SNI, client certificates, reload.
+//! - [`client`]: who the client of a request is (trusted proxies).
 //! - [`normalize`], [`headers`], [`body`]: what the pipeline's stages use.
 //! - `connections`: connection caps per listener and per client address;
 //!   `authority`: whether a request's host belongs on its connection (421).
@@ -15,6 +16,7 @@
 
 mod authority;
 pub mod body;
+pub mod client;
 mod connections;
 pub mod error;
 pub mod headers;

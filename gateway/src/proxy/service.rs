@@ -17,6 +17,7 @@ use tracing::info;
 use super::{
     Snapshot, authority,
     body::{ClientBody, Pace},
+    client::{self, ClientAddr},
     connections::Connections,
     error::{self, ProxyError},
     headers::{self, REQUEST_ID},
@@ -83,6 +84,12 @@ pub async fn handle(
 ) -> Response<BoxBody> {
     let started = Instant::now();
     let request_id = headers::request_id(request.headers());
+    let client = client::resolve(
+        &snapshot.proxy.trusted_proxies,
+        snapshot.proxy.forwarded_headers,
+        conn.client.ip(),
+        request.headers(),
+    );
     let method = request.method().clone();
     let host = request_host(&request).map(str::to_owned);
     let raw_path = request.uri().path().to_owned();
@@ -90,15 +97,16 @@ pub async fn handle(
     let bytes_in = request.body().size_hint().exact().unwrap_or(0);
     let mut outcome = Outcome::default();
 
-    let mut response = match proxy(&snapshot, &conn, request, &request_id, &mut outcome).await {
-        Ok(response) => response,
-        Err(err) => {
-            outcome.error = Some(err.to_string());
-            outcome.code = Some(err.code());
-            report_abuse(&snapshot, &conn, &err, &outcome, &request_id);
-            error::respond(&err, &request_id)
-        }
-    };
+    let mut response =
+        match proxy(&snapshot, &conn, client, request, &request_id, &mut outcome).await {
+            Ok(response) => response,
+            Err(err) => {
+                outcome.error = Some(err.to_string());
+                outcome.code = Some(err.code());
+                report_abuse(&snapshot, client, &err, &outcome, &request_id);
+                error::respond(&err, &request_id)
+            }
+        };
     response
         .headers_mut()
         .insert(REQUEST_ID, request_id.clone());
@@ -122,7 +130,8 @@ pub async fn handle(
         target: "access",
         request_id = request_id.to_str().unwrap_or_default(),
         listener = &*conn.listener,
-        client = %conn.client.ip(),
+        client = %client.ip,
+        forwarded_by = client.forwarded_by.map(tracing::field::display),
         tls = conn.tls_version,
         sni = conn.sni.as_deref(),
         %method,
@@ -150,7 +159,7 @@ pub async fn handle(
 /// answer's code says what the client did (see [`Signal::from_code`]).
 fn report_abuse(
     snapshot: &Snapshot,
-    conn: &ConnInfo,
+    client: ClientAddr,
     err: &ProxyError,
     outcome: &Outcome<'_>,
     request_id: &HeaderValue,
@@ -159,7 +168,7 @@ fn report_abuse(
         return;
     };
     snapshot.abuse.record(
-        conn.client.ip(),
+        client.ip,
         signal,
         Evidence {
             code: Some(err.code().to_owned()),
@@ -167,21 +176,25 @@ fn report_abuse(
             rule: err.rule_id().map(str::to_owned),
             token_id: outcome.identity.as_ref().and_then(|i| i.token_id.clone()),
             request_id: request_id.to_str().ok().map(str::to_owned),
+            forwarded_by: client.forwarded_by,
             ..Evidence::new(signal)
         },
     );
 }
 
-/// The stages in order: head limits and protocol anomalies, normalization,
-/// routing, authentication, rate limits and quotas (keyed on the verified
-/// subject), the WAF on the head, the body (and the WAF on it), forwarding.
+/// The stages in order: a blocked forwarded client, head limits and protocol
+/// anomalies, normalization, routing, authentication, rate limits and quotas
+/// (keyed on the verified subject or `client`), the WAF on the head, the body
+/// (and the WAF on it), forwarding.
 async fn proxy<'a>(
     snapshot: &'a Snapshot,
     conn: &ConnInfo,
+    client: ClientAddr,
     request: Request<Incoming>,
     request_id: &HeaderValue,
     outcome: &mut Outcome<'a>,
 ) -> Result<Response<BoxBody>, ProxyError> {
+    check_blocked(snapshot, client)?;
     let listener = snapshot.listener(&conn.listener);
     let exempt = snapshot
         .proxy
@@ -222,11 +235,11 @@ async fn proxy<'a>(
     outcome.identity = identity.cloned();
     snapshot
         .limits
-        .check(&route.name, conn.client.ip(), identity, &parts.headers)
+        .check(&route.name, client.ip, identity, &parts.headers)
         .map_err(ProxyError::RateLimited)?;
     let quota = snapshot
         .quotas
-        .check(&route.name, conn.client.ip(), identity, &parts.headers)
+        .check(&route.name, client.ip, identity, &parts.headers)
         .map_err(ProxyError::QuotaExceeded)?;
     let waf = snapshot.waf.route(&route.name);
     if let Some(waf) = waf {
@@ -303,6 +316,22 @@ async fn proxy<'a>(
             .insert(error::QUOTA_RESET, HeaderValue::from(quota.reset_secs));
     }
     Ok(Response::from_parts(parts, body.boxed_unsync()))
+}
+
+/// A client behind a trusted proxy is out of the kernel's reach, so its
+/// abuse block is enforced here, before any other work. Direct clients are
+/// dropped in XDP (or, with XDP off, only recorded: a dry run).
+fn check_blocked(snapshot: &Snapshot, client: ClientAddr) -> Result<(), ProxyError> {
+    if client.forwarded_by.is_none() {
+        return Ok(());
+    }
+    match snapshot.abuse.blocked(client.ip) {
+        Some(block) => Err(ProxyError::Blocked {
+            client: client.ip,
+            block,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// What the WAF reads of a request head. The path is the normalized one the
