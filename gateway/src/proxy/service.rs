@@ -229,7 +229,7 @@ async fn proxy<'a>(
     let (mut parts, body) = request.into_parts();
     let verified = snapshot
         .auth
-        .authenticate(&route.auth, &parts.headers, conn.client.ip())
+        .authenticate(&route.auth, &parts.headers, client.ip)
         .await?;
     let identity = verified.as_ref().map(|v| &v.identity);
     outcome.identity = identity.cloned();
