@@ -417,6 +417,9 @@ fn waf_offender_is_dropped_at_xdp_and_explained() {
     daemon.wait_for_log("abuse_unblock", Duration::from_secs(3));
     trip_waf(&topology.client, rig.ca(), 2);
     until_connects(&topology.client, BAD, false, Duration::from_secs(3));
+    // The kernel entry goes in before the provenance is written (durably):
+    // the audit line follows the write.
+    daemon.wait_for_log("\"offence\":2", Duration::from_secs(3));
     let explained = gateway.json(&["explain", BAD]);
     let second = &explained["blocks"][0]["history"][1];
     assert_eq!(second["offence"], 2, "{explained}");
