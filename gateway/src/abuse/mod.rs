@@ -91,6 +91,8 @@ impl Signal {
             | "headers_too_large"
             | "invalid_path"
             | "bad_body"
+            | "malformed_request"
+            | "invalid_request"
             | "protocol_anomaly"
             | "content_type_not_allowed"
             | "schema_invalid" => Signal::Malformed,

@@ -76,6 +76,10 @@ pub enum AuthError {
     InsufficientScope { scope: String, description: String },
     #[error("the identity provider is unavailable; try again later")]
     Unavailable,
+    /// Credentials that two readers could read differently (RFC 6750 §3.1
+    /// `invalid_request`): several, or not in the scheme's grammar.
+    #[error("invalid request: {0}")]
+    InvalidRequest(&'static str),
 }
 
 impl AuthError {
@@ -93,6 +97,9 @@ impl AuthError {
                 quote(description),
                 quote(scope)
             )),
+            Self::InvalidRequest(description) => Some(format!(
+                "Bearer realm=\"gateway\", error=\"invalid_request\", error_description=\"{description}\""
+            )),
             Self::Unavailable => None,
         }
     }
@@ -104,6 +111,7 @@ impl AuthError {
             Self::InvalidToken(_) => "invalid_token",
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::Unavailable => "auth_unavailable",
+            Self::InvalidRequest(_) => "invalid_request",
         }
     }
 }
@@ -248,7 +256,8 @@ impl Auth {
         if policy.mode == AuthMode::None {
             return Ok(None);
         }
-        let Some(token) = extract_token(policy, headers) else {
+        let token = extract_token(policy, headers).map_err(|err| self.refused(&err, None))?;
+        let Some(token) = token else {
             return match policy.mode {
                 AuthMode::Required => Err(self.refused(&AuthError::MissingToken, None)),
                 _ => Ok(None),
@@ -512,39 +521,102 @@ async fn verify_jwt(issuer: &Issuer, token: &str) -> Result<(Value, Fingerprint)
     }
 }
 
-/// The token from `Authorization: Bearer`, else the route's header, else its cookie.
-fn extract_token<'a>(policy: &RouteAuth, headers: &'a HeaderMap) -> Option<&'a str> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+/// The one token of the request: from `Authorization: Bearer`, the route's
+/// `token_header` or its `token_cookie`. Credentials in more than one place,
+/// several `Authorization` fields (or token headers, or token cookies), or a
+/// Bearer value outside RFC 6750 §2.1 are refused rather than guessed at: a
+/// component behind the gateway might read another one than the gateway did.
+fn extract_token<'a>(
+    policy: &RouteAuth,
+    headers: &'a HeaderMap,
+) -> Result<Option<&'a str>, AuthError> {
+    let one = |values: header::GetAll<'a, HeaderValue>, what| {
+        let mut values = values.iter();
+        match (values.next(), values.next()) {
+            (_, Some(_)) => Err(AuthError::InvalidRequest(what)),
+            (value, None) => Ok(value),
+        }
+    };
+    let authorization = one(
+        headers.get_all(header::AUTHORIZATION),
+        "more than one Authorization header",
+    )?;
+    let from_header = match policy.token_header.as_deref() {
+        Some(name) => one(headers.get_all(name), "more than one token header")?,
+        None => None,
+    };
+    let from_cookie = match policy.token_cookie.as_deref() {
+        Some(name) => cookie(headers, name)?,
+        None => None,
+    };
+    let present = [
+        authorization.is_some(),
+        from_header.is_some(),
+        from_cookie.is_some(),
+    ];
+    if present.iter().filter(|&&p| p).count() > 1 {
+        return Err(AuthError::InvalidRequest(
+            "credentials in more than one place",
+        ));
+    }
+    if let Some(value) = authorization {
+        return bearer(value.as_bytes());
+    }
+    let token = from_header
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| AuthError::InvalidRequest("a token that is not ASCII"))
+        })
+        .transpose()?
+        .or(from_cookie);
+    Ok(token.filter(|t| !t.is_empty()))
+}
+
+/// `Bearer 1*SP b64token` (RFC 6750 §2.1; the scheme is case-insensitive).
+/// `None` for another scheme: the route then has no bearer token.
+fn bearer(value: &[u8]) -> Result<Option<&str>, AuthError> {
+    let scheme_end = value
+        .iter()
+        .position(|&b| b == b' ' || b == b'\t')
+        .unwrap_or(value.len());
+    if !value[..scheme_end].eq_ignore_ascii_case(b"bearer") {
+        return Ok(None);
+    }
+    let rest = &value[scheme_end..];
+    if !rest.starts_with(b" ") {
+        return Err(AuthError::InvalidRequest(
+            "Bearer is not followed by a space and a token",
+        ));
+    }
+    let token = &rest[rest.iter().take_while(|&&b| b == b' ').count()..];
+    let body = token
+        .iter()
+        .take_while(|&&b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+        .count();
+    let valid = body > 0 && token[body..].iter().all(|&b| b == b'=');
+    if !valid {
+        return Err(AuthError::InvalidRequest(
+            "a Bearer token outside the b64token grammar",
+        ));
+    }
+    Ok(std::str::from_utf8(token).ok())
+}
+
+/// The value of cookie `name`, refusing it more than once.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, AuthError> {
+    let mut found = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then_some(value)
         });
-    let from_header = || {
-        policy
-            .token_header
-            .as_deref()
-            .and_then(|name| headers.get(name))
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    let from_cookie = || {
-        let name = policy.token_cookie.as_deref()?;
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| {
-                let (key, value) = pair.trim().split_once('=')?;
-                (key == name).then_some(value)
-            })
-    };
-    bearer
-        .or_else(from_header)
-        .or_else(from_cookie)
-        .filter(|t| !t.is_empty())
+    match (found.next(), found.next()) {
+        (_, Some(_)) => Err(AuthError::InvalidRequest("the token cookie more than once")),
+        (value, None) => Ok(value),
+    }
 }
 
 /// The first 16 hex digits of the SHA-256 of `text` (a token or its `jti`):

@@ -31,7 +31,7 @@ pub use self::{
         ListenerConfig, ListenerLimits, ListenerTimeouts, OutlierConfig, ProxySection, RetryConfig,
         RouteConfig, UpstreamConfig,
     },
-    waf::{CustomRule, Operator, RouteWaf, WafMode},
+    waf::{CustomRule, Operator, Oversize, RouteWaf, WafMode},
     xdp::{Monitor, XdpSection, rate_limit_problems},
 };
 

@@ -17,15 +17,31 @@ pub enum WafMode {
     Block,
 }
 
+/// What happens to a body longer than `inspect_body_bytes` on a route that
+/// inspects bodies (ModSecurity's `SecRequestBodyLimitAction`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Oversize {
+    /// 413: nothing the WAF has not seen is forwarded.
+    #[default]
+    Refuse,
+    /// Inspect the first `inspect_body_bytes`, stream the rest uninspected
+    /// (counted in `gateway_waf_bodies_uninspected_total`).
+    InspectPrefix,
+}
+
 /// One route's WAF settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteWaf {
     /// The built-in rules' mode on this route.
     pub mode: WafMode,
-    /// Request bodies up to this size are buffered and inspected; larger ones
-    /// stream to the upstream uninspected (and are counted).
+    /// Request bodies up to this size are read whole and inspected before
+    /// anything is forwarded, whatever their framing; see `oversize`.
     pub inspect_body_bytes: usize,
+    /// What a longer body gets: refused (413, the default) or inspected in
+    /// part (`inspect_prefix`). A route with a `json_schema` always refuses.
+    pub oversize: Oversize,
     /// Whether the upstream renders request data as HTML: only then is any
     /// HTML tag (`<b>`) in a value an attack; script, event-handler and
     /// `javascript:` signatures are blocked either way. Off by default, so
@@ -42,7 +58,7 @@ pub struct RouteWaf {
     /// built-in ones.
     pub rules: Vec<CustomRule>,
     /// A JSON Schema file every request body must match (400 with the failing
-    /// path otherwise); bodies over `inspect_body_bytes` are refused then.
+    /// path otherwise); bodies over `inspect_body_bytes` are refused (413).
     pub json_schema: Option<PathBuf>,
 }
 
@@ -51,6 +67,7 @@ impl Default for RouteWaf {
         Self {
             mode: WafMode::Block,
             inspect_body_bytes: 64 * 1024,
+            oversize: Oversize::Refuse,
             renders_html: false,
             content_types: Vec::new(),
             disabled_rules: Vec::new(),

@@ -211,6 +211,8 @@ pub fn record_upstreams(upstreams: &Upstreams) {
                 .set(f64::from(u8::from(up)));
             metrics::gauge!("gateway_upstream_endpoint_in_flight", &labels)
                 .set(endpoint.in_flight() as f64);
+            metrics::gauge!("gateway_upstream_endpoint_ejected", &labels)
+                .set(f64::from(u8::from(endpoint.is_ejected())));
         }
         let name = pool.name.clone();
         metrics::gauge!("gateway_upstream_endpoints", "upstream" => name.clone())

@@ -56,6 +56,9 @@ pub struct Remaining {
     pub quota: String,
     pub remaining: u64,
     pub reset_secs: u64,
+    /// The counts this request was charged to (slot, period start): what a
+    /// refund gives back. Empty for a look that charged nothing.
+    charged: Vec<(String, u64)>,
 }
 
 /// Every quota's counts, shared by all snapshots (a reload keeps them).
@@ -110,14 +113,8 @@ impl Quotas {
         now: u64,
         key: impl Fn(&QuotaConfig) -> String,
     ) -> Result<Option<Remaining>, Exhausted> {
+        let slots = slots(route, quotas, now, key);
         let mut file = self.lock();
-        let slots: Vec<(String, u64, u64)> = quotas
-            .iter()
-            .map(|quota| {
-                let (start, end) = period_bounds(quota.period, now);
-                (format!("{route}/{}/{}", quota.name, key(quota)), start, end)
-            })
-            .collect();
         for (quota, (slot, start, end)) in quotas.iter().zip(&slots) {
             let used = file
                 .counts
@@ -134,6 +131,10 @@ impl Quotas {
             }
         }
         let mut tightest: Option<Remaining> = None;
+        let charged = slots
+            .iter()
+            .map(|(slot, start, _)| (slot.clone(), *start))
+            .collect();
         for (quota, (slot, start, end)) in quotas.iter().zip(slots) {
             let count = file.counts.entry(slot).or_default();
             if count.period_start != start {
@@ -149,16 +150,77 @@ impl Quotas {
                     quota: quota.name.clone(),
                     remaining,
                     reset_secs: end - now,
+                    charged: Vec::new(),
                 });
             }
         }
         self.dirty.store(true, Ordering::Release);
-        Ok(tightest)
+        Ok(tightest.map(|t| Remaining { charged, ..t }))
+    }
+
+    /// What is left of the tightest quota, charging nothing.
+    fn peek_at(
+        &self,
+        route: &str,
+        quotas: &[QuotaConfig],
+        now: u64,
+        key: impl Fn(&QuotaConfig) -> String,
+    ) -> Option<Remaining> {
+        let slots = slots(route, quotas, now, key);
+        let file = self.lock();
+        quotas
+            .iter()
+            .zip(slots)
+            .map(|(quota, (slot, start, end))| {
+                let used = file
+                    .counts
+                    .get(&slot)
+                    .filter(|count| count.period_start == start)
+                    .map_or(0, |count| count.used);
+                Remaining {
+                    quota: quota.name.clone(),
+                    remaining: quota.requests.saturating_sub(used),
+                    reset_secs: end - now,
+                    charged: Vec::new(),
+                }
+            })
+            .min_by_key(|r| r.remaining)
+    }
+
+    /// Gives back what `charge` took, in the periods it was taken in, and
+    /// counts it in its `remaining`.
+    fn refund(&self, charge: &mut Remaining) {
+        let mut file = self.lock();
+        for (slot, start) in charge.charged.drain(..) {
+            if let Some(count) = file.counts.get_mut(&slot)
+                && count.period_start == start
+            {
+                count.used = count.used.saturating_sub(1);
+            }
+        }
+        charge.remaining += 1;
+        self.dirty.store(true, Ordering::Release);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, QuotaFile> {
         self.counts.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Each quota's count key (`route/quota/key`) and period bounds at `now`.
+fn slots(
+    route: &str,
+    quotas: &[QuotaConfig],
+    now: u64,
+    key: impl Fn(&QuotaConfig) -> String,
+) -> Vec<(String, u64, u64)> {
+    quotas
+        .iter()
+        .map(|quota| {
+            let (start, end) = period_bounds(quota.period, now);
+            (format!("{route}/{}/{}", quota.name, key(quota)), start, end)
+        })
+        .collect()
 }
 
 /// One configuration's quotas per route, over the counts every
@@ -196,6 +258,31 @@ impl RouteQuotas {
         match self.routes.get(route) {
             Some(quotas) => self.counts.check(route, quotas, client, identity, headers),
             None => Ok(None),
+        }
+    }
+
+    /// What is left of the route's tightest quota for this caller, charging
+    /// nothing: for the headers of answers that were not charged.
+    pub fn peek(
+        &self,
+        route: &str,
+        client: IpAddr,
+        identity: Option<&Identity>,
+        headers: &HeaderMap,
+    ) -> Option<Remaining> {
+        let quotas = self.routes.get(route)?;
+        self.counts
+            .peek_at(route, quotas, clock::unix_now(), |quota| {
+                key_for(&quota.key, client, identity, headers)
+            })
+    }
+
+    /// Gives back a charge: the request was not served after all (the
+    /// client broke its body, or no endpoint could take it). A look that
+    /// charged nothing is left as it is.
+    pub fn refund(&self, route: &str, charge: &mut Remaining) {
+        if self.routes.contains_key(route) && !charge.charged.is_empty() {
+            self.counts.refund(charge);
         }
     }
 }

@@ -121,6 +121,11 @@ impl RouteWafPolicy {
         self.config.inspect_body_bytes
     }
 
+    /// What a body longer than that gets.
+    pub fn oversize(&self) -> crate::config::Oversize {
+        self.config.oversize
+    }
+
     /// Checks the head: content type, protocol rules, then signatures and
     /// custom rules on the path, every query key and value and every header
     /// value but credentials.

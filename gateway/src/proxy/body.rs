@@ -1,9 +1,13 @@
-//! The client's request body on its way upstream: streamed frame by frame, never
-//! more than the route allows, never stalled longer than the listener allows,
-//! never slower than the minimum rate. The first bytes of every body, whatever
-//! its framing, are buffered before the request asks the pool for a slot, so a
-//! slow client holds no upstream capacity while it has not even sent that much;
-//! bodies no larger than the buffer can also be sent again.
+//! The client's request body on its way upstream: never more than the route
+//! allows, never stalled longer than the listener allows, never slower than
+//! the minimum rate, and held back until the part the policy must see has
+//! arrived, whatever the framing (`Content-Length`, chunked, HTTP/2 with or
+//! without `content-length`). The request asks the pool for a slot only
+//! then, so a slow client holds no upstream capacity meanwhile.
+//!
+//! Every failure of the client's body (bad framing, a reset, an early end, a
+//! limit, a stall, a crawl) is recorded in the body's [`BodyFault`] where it
+//! happens, so the pool never mistakes it for a failure of the endpoint.
 
 use std::{
     pin::Pin,
@@ -12,7 +16,6 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -21,7 +24,7 @@ use tokio::time::{Instant, Sleep};
 use super::error::ProxyError;
 use crate::{
     config::byte_rate::ByteRate,
-    upstream::{BoxError, ClientBodyError, RequestBody, client_body_error},
+    upstream::{BodyFault, BoxError, ClientBodyError, RequestBody},
 };
 
 impl From<ClientBodyError> for ProxyError {
@@ -30,6 +33,9 @@ impl From<ClientBodyError> for ProxyError {
             ClientBodyError::TooLarge(limit) => ProxyError::BodyTooLarge { limit },
             ClientBodyError::Stalled(wait) => ProxyError::BodyTimeout(wait),
             ClientBodyError::TooSlow(rate) => ProxyError::BodyTooSlow(rate),
+            ClientBodyError::Malformed | ClientBodyError::Incomplete => {
+                ProxyError::ClientBody(err)
+            }
         }
     }
 }
@@ -129,10 +135,29 @@ impl PaceMeter {
     }
 }
 
+/// How much of a body to read before anything goes upstream.
+#[derive(Clone, Copy, Debug)]
+pub struct Hold {
+    /// Bodies up to this size are read whole (inspected, replayable); of a
+    /// longer one this much is read first, then the rest streams.
+    pub bytes: usize,
+    /// A body longer than this is refused (413): the route inspects bodies
+    /// and does not take a partial look.
+    pub refuse_over: Option<usize>,
+}
+
+/// A request body read as far as [`Hold`] says.
+pub struct Prepared {
+    pub body: RequestBody,
+    /// The bytes read so far: the whole body when `complete`.
+    pub seen: Bytes,
+    pub complete: bool,
+}
+
 /// A request body with a size limit, a stall timeout and a minimum rate.
 pub struct ClientBody {
     inner: Incoming,
-    /// Bytes read ahead before the request went upstream, sent first.
+    /// Bytes read before forwarding began, sent first.
     prefix: Option<Bytes>,
     limit: u64,
     received: u64,
@@ -142,10 +167,11 @@ pub struct ClientBody {
     polled: bool,
     timer: Pin<Box<Sleep>>,
     pace: PaceMeter,
+    fault: BodyFault,
 }
 
 impl ClientBody {
-    pub fn new(inner: Incoming, limit: u64, stall: Duration, pace: Pace) -> Self {
+    fn new(inner: Incoming, limit: u64, stall: Duration, pace: Pace) -> Self {
         Self {
             inner,
             prefix: None,
@@ -155,51 +181,96 @@ impl ClientBody {
             polled: false,
             timer: Box::pin(tokio::time::sleep(stall)),
             pace: PaceMeter::new(pace),
+            fault: BodyFault::default(),
         }
     }
 
-    /// Checks the declared length, then reads up to `buffer` bytes of the
-    /// body, whatever its framing: a body that ends within them is replayable,
-    /// a longer one streams on (what was read first, then the rest).
+    /// Checks the declared length, then reads the body up to `hold`: whole
+    /// (replayable) when it fits, else that much and the rest streaming.
     pub async fn prepare(
         inner: Incoming,
-        headers: &HeaderMap,
         limit: u64,
         stall: Duration,
         pace: Pace,
-        buffer: usize,
-    ) -> Result<RequestBody, ProxyError> {
-        let declared = headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit) {
-            return Err(ProxyError::BodyTooLarge { limit });
+        hold: Hold,
+    ) -> Result<Prepared, ProxyError> {
+        let refuse_over = hold.refuse_over.map(|max| max as u64);
+        if let Some(declared) = inner.size_hint().exact() {
+            if declared > limit {
+                return Err(ProxyError::BodyTooLarge { limit });
+            }
+            if let Some(max) = refuse_over.filter(|&max| declared > max) {
+                return Err(ProxyError::BodyTooLarge { limit: max });
+            }
         }
         if inner.is_end_stream() {
             // No body (most GETs): nothing to read, so no stall timer to arm.
-            return Ok(RequestBody::Replayable(Bytes::new()));
+            return Ok(Prepared {
+                body: RequestBody::Replayable(Bytes::new()),
+                seen: Bytes::new(),
+                complete: true,
+            });
         }
         let mut body = Self::new(inner, limit, stall, pace);
-        let mut read = BytesMut::new();
-        while read.len() <= buffer {
-            match body.frame().await {
-                None => return Ok(RequestBody::Replayable(read.freeze())),
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        read.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(err)) => {
-                    return Err(match client_body_error(err.as_ref()) {
-                        Some(found) => found.into(),
-                        None => ProxyError::ClientBody(err.to_string()),
-                    });
-                }
+        let mut seen = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            // Every error of this body records its fault first.
+            let frame = frame.map_err(|_| {
+                ProxyError::from(body.fault.get().unwrap_or(ClientBodyError::Malformed))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                seen.extend_from_slice(&data);
+            }
+            if let Some(max) = refuse_over.filter(|&max| seen.len() as u64 > max) {
+                return Err(ProxyError::BodyTooLarge { limit: max });
+            }
+            if seen.len() > hold.bytes {
+                let seen = seen.freeze();
+                body.prefix = Some(seen.clone());
+                let fault = body.fault.clone();
+                return Ok(Prepared {
+                    body: RequestBody::Streaming {
+                        body: Some(body.boxed_unsync()),
+                        fault,
+                    },
+                    seen,
+                    complete: false,
+                });
             }
         }
-        body.prefix = Some(read.freeze());
-        Ok(RequestBody::Streaming(Some(body.boxed_unsync())))
+        let seen = seen.freeze();
+        Ok(Prepared {
+            body: RequestBody::Replayable(seen.clone()),
+            seen,
+            complete: true,
+        })
+    }
+
+    /// Records `err` as the body's fault and hands it on.
+    fn failed(&self, err: ClientBodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.fault.set(err);
+        Poll::Ready(Some(Err(err.into())))
+    }
+}
+
+/// What a failed read of the client's body was: an early end (the
+/// connection closed or the stream was reset before the declared length or
+/// the last chunk), or anything else the client sent wrong (bad chunked
+/// framing, an HTTP/2 length mismatch).
+fn classify(err: &hyper::Error) -> ClientBodyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::UnexpectedEof
+        {
+            return ClientBodyError::Incomplete;
+        }
+        source = cause.source();
+    }
+    if err.is_incomplete_message() || err.is_canceled() {
+        ClientBodyError::Incomplete
+    } else {
+        ClientBodyError::Malformed
     }
 }
 
@@ -219,31 +290,34 @@ impl Body for ClientBody {
             this.polled = true;
             this.timer.as_mut().reset(Instant::now() + this.stall);
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = Instant::now() + this.stall;
+                    this.timer.as_mut().reset(deadline);
+                    // Trailers stay on the client's hop: the upstream gets
+                    // framing the gateway wrote.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     this.received += data.len() as u64;
                     if this.received > this.limit {
-                        return Poll::Ready(Some(
-                            Err(ClientBodyError::TooLarge(this.limit).into()),
-                        ));
+                        return this.failed(ClientBodyError::TooLarge(this.limit));
                     }
                     if let Err(err) = this.pace.received(data.len()) {
-                        return Poll::Ready(Some(Err(err.into())));
+                        return this.failed(err);
                     }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                let deadline = Instant::now() + this.stall;
-                this.timer.as_mut().reset(deadline);
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                if let Poll::Ready(err) = this.pace.poll_waiting(cx) {
-                    return Poll::Ready(Some(Err(err.into())));
+                Poll::Ready(Some(Err(err))) => return this.failed(classify(&err)),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    if let Poll::Ready(err) = this.pace.poll_waiting(cx) {
+                        return this.failed(err);
+                    }
+                    ready!(this.timer.as_mut().poll(cx));
+                    return this.failed(ClientBodyError::Stalled(this.stall));
                 }
-                ready!(this.timer.as_mut().poll(cx));
-                Poll::Ready(Some(Err(ClientBodyError::Stalled(this.stall).into())))
             }
         }
     }
@@ -253,17 +327,16 @@ impl Body for ClientBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let hint = self.inner.size_hint();
-        let Some(prefix) = &self.prefix else {
-            return hint;
-        };
-        let len = prefix.len() as u64;
-        let mut with_prefix = SizeHint::new();
-        with_prefix.set_lower(hint.lower() + len);
-        if let Some(upper) = hint.upper() {
-            with_prefix.set_upper(upper + len);
+        let held = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let inner = self.inner.size_hint();
+        match inner.exact() {
+            Some(rest) => SizeHint::with_exact(rest + held),
+            None => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + held);
+                hint
+            }
         }
-        with_prefix
     }
 }
 

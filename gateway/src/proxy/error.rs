@@ -8,19 +8,21 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full};
 
-use super::normalize::PathError;
+use super::{framing::FramingError, normalize::PathError};
 use crate::{
     abuse::ActiveBlock,
     auth::AuthError,
     config::byte_rate::ByteRate,
     policy::{quota::Exhausted, ratelimit::Rejection, waf::Verdict},
-    upstream::{BoxBody, UpstreamError, breaker::BreakerOpen},
+    upstream::{BoxBody, ClientBodyError, UpstreamError, breaker::BreakerOpen},
 };
 
 /// What is left of the tightest quota of the route, on every answer.
 pub const QUOTA_REMAINING: &str = "quota-remaining";
 /// Seconds until that quota's calendar period ends.
 pub const QUOTA_RESET: &str = "quota-reset";
+/// The code of a request refused for its framing or host (400, closed).
+pub const MALFORMED_REQUEST: &str = "malformed_request";
 
 /// Why the gateway answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +51,10 @@ pub enum ProxyError {
     BodyTimeout(Duration),
     #[error("request body slower than {0}")]
     BodyTooSlow(ByteRate),
-    #[error("reading the request body failed: {0}")]
-    ClientBody(String),
+    #[error("{0}")]
+    ClientBody(ClientBodyError),
+    #[error("malformed request: {0}")]
+    Framing(#[from] FramingError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error("no response from the upstream within {0:?}")]
@@ -93,7 +97,7 @@ impl ProxyError {
             Self::TooManyHeaders { .. } | Self::HeadersTooLarge { .. } => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
-            Self::BadPath(_) | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::BadPath(_) | Self::ClientBody(_) | Self::Framing(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::ClientBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -115,6 +119,7 @@ impl ProxyError {
             }
             Self::Auth(AuthError::InsufficientScope { .. }) => StatusCode::FORBIDDEN,
             Self::Auth(AuthError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Auth(AuthError::InvalidRequest(_)) => StatusCode::BAD_REQUEST,
             Self::RateLimited(_) | Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::WafBlocked { .. } | Self::Blocked { .. } => StatusCode::FORBIDDEN,
             Self::ProtocolAnomaly(_) | Self::SchemaInvalid { .. } => StatusCode::BAD_REQUEST,
@@ -136,6 +141,7 @@ impl ProxyError {
             Self::BodyTimeout(_) => "body_timeout",
             Self::BodyTooSlow(_) => "body_too_slow",
             Self::ClientBody(_) => "bad_body",
+            Self::Framing(_) => MALFORMED_REQUEST,
             Self::Upstream(UpstreamError::NoHealthyEndpoint { .. }) => "no_healthy_upstream",
             Self::Upstream(UpstreamError::BreakerOpen(_)) => "upstream_overloaded",
             Self::Upstream(UpstreamError::CircuitOpen(_)) => "circuit_open",
@@ -153,6 +159,27 @@ impl ProxyError {
             Self::SchemaInvalid { .. } => "schema_invalid",
             Self::Blocked { .. } => "blocked",
         }
+    }
+
+    /// Whether the client, not the gateway or the fleet, is at fault: such
+    /// an answer names no upstream in metrics and logs.
+    pub fn is_client_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::BodyTooLarge { .. }
+                | Self::BodyTimeout(_)
+                | Self::BodyTooSlow(_)
+                | Self::ClientBody(_)
+                | Self::Framing(_)
+                | Self::Upstream(UpstreamError::ClientBody(_))
+        )
+    }
+
+    /// Whether the connection must close after this answer: what follows
+    /// the request on an HTTP/1.1 connection cannot be trusted to be framed
+    /// as the client meant.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Self::Framing(_) | Self::ClientBody(_))
     }
 
     /// The WAF rule that refused the request, for the response and the abuse

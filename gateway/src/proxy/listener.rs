@@ -11,7 +11,7 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
 
@@ -25,11 +25,13 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::{mpsc, watch},
 };
-use tracing::debug;
+use tracing::{debug, info};
 
+use super::error::MALFORMED_REQUEST;
 use super::{
     Shared, Snapshot,
     connections::{ConnectionGuard, Connections, Refusal, RefusalLog},
+    framing::{End, FramingError, Scanner},
     service::{self, ConnInfo},
     tls::ServerTls,
 };
@@ -37,6 +39,9 @@ use crate::abuse::{Evidence, Signal};
 
 /// How often a connection checks its idle and request-head deadlines.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How much an HTTP/1.1 connection reads at once for its framing scanner:
+/// one TLS record.
+const SCAN_CHUNK: usize = 16 * 1024;
 
 /// What one connection is doing, for its deadlines: requests in flight, when the last
 /// one ended, and when the head of the next one began to arrive.
@@ -105,10 +110,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The client's stream, telling [`Activity`] when bytes arrive.
+/// The client's stream, telling [`Activity`] when bytes arrive. On HTTP/1.1
+/// connections hyper reads it through a framing [`Scanner`]: only validated
+/// bytes reach hyper (see [`super::framing`]).
 struct Watched<S> {
     inner: S,
     activity: Arc<Activity>,
+    scanner: Option<Scanner>,
+    /// Told about every request head the scanner refused.
+    refused: Box<dyn Fn(FramingError) + Send + Sync>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
@@ -117,12 +127,41 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.read_some();
+        let this = &mut *self;
+        let Some(scanner) = this.scanner.as_mut() else {
+            let before = buf.filled().len();
+            let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+            if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+                this.activity.read_some();
+            }
+            return poll;
+        };
+        loop {
+            let out = scanner.output();
+            if !out.is_empty() || buf.remaining() == 0 {
+                let n = out.len().min(buf.remaining());
+                buf.put_slice(&out.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            match scanner.end() {
+                Some(End::Eof) => return Poll::Ready(Ok(())),
+                Some(End::Error(err)) => {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, err)));
+                }
+                None => {}
+            }
+            let mut scratch = [0u8; SCAN_CHUNK];
+            let mut read = ReadBuf::new(&mut scratch);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            this.activity.read_some();
+            scanner.feed(read.filled());
+            if let Some(err) = scanner.take_refused() {
+                (this.refused)(err);
+            }
         }
-        poll
     }
 }
 
@@ -321,15 +360,16 @@ impl Connection {
         });
 
         let limits = listener.limits;
+        // Room for a request line up to the URI limit and the header bytes, so
+        // the service can answer those limits precisely (414, 431).
+        let max_head = (limits.max_uri_bytes + limits.max_header_bytes + 4096).max(8192);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(None)
             .max_headers(limits.max_header_count)
-            // Room for a request line up to the URI limit and the header bytes, so
-            // the service can answer those limits precisely (414, 431).
-            .max_buf_size((limits.max_uri_bytes + limits.max_header_bytes + 4096).max(8192));
+            .max_buf_size(max_head);
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -337,9 +377,16 @@ impl Connection {
             .keep_alive_interval(Some(timeouts.idle / 2))
             .keep_alive_timeout(timeouts.tls_handshake);
 
+        let (name, shared) = (self.name.clone(), self.shared.clone());
         let stream = Watched {
             inner: stream,
             activity: activity.clone(),
+            // HTTP/2 frames its messages itself; everything else is HTTP/1.x
+            // (an HTTP/2 preface without ALPN is refused as a bad head).
+            scanner: (!http2).then(|| Scanner::new(max_head, limits.max_header_count)),
+            refused: Box::new(move |err| {
+                report_refused_head(&shared.snapshot.load(), &name, client, err);
+            }),
         };
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
@@ -386,15 +433,51 @@ impl Connection {
     }
 }
 
+/// A request head the framing scanner refused (hyper answers it 400 and
+/// closes): an access line, a count and the client's `malformed` signal.
+fn report_refused_head(
+    snapshot: &Snapshot,
+    listener: &Arc<str>,
+    client: SocketAddr,
+    err: FramingError,
+) {
+    info!(
+        target: "access",
+        listener = &**listener,
+        client = %client.ip(),
+        status = 400,
+        decision = "deny",
+        reason = MALFORMED_REQUEST,
+        error = %err,
+    );
+    crate::observe::metrics::record_request(&crate::observe::metrics::RequestRecord {
+        listener,
+        route: None,
+        status: 400,
+        error_code: Some(MALFORMED_REQUEST),
+        latency: Duration::ZERO,
+        upstream_latency: None,
+        retries: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+    });
+    report_signal(snapshot, client, Signal::Malformed, MALFORMED_REQUEST);
+}
+
 /// A failed handshake is one of the abuse loop's signals (scanners, TLS
 /// floods); its evidence names how it failed.
 fn report_handshake_failure(snapshot: &Snapshot, client: SocketAddr, code: &str) {
+    report_signal(snapshot, client, Signal::TlsHandshakeFailure, code);
+}
+
+/// An abuse signal of the connection's client, its evidence the code.
+fn report_signal(snapshot: &Snapshot, client: SocketAddr, signal: Signal, code: &str) {
     snapshot.abuse.record(
         client.ip(),
-        Signal::TlsHandshakeFailure,
+        signal,
         Evidence {
             code: Some(code.to_owned()),
-            ..Evidence::new(Signal::TlsHandshakeFailure)
+            ..Evidence::new(signal)
         },
     );
 }

@@ -7,6 +7,7 @@
 //! - [`error`]: the one place where failures become responses.
 //! - [`tls`]: certificates by SNI, client certificates, reload.
 //! - [`client`]: who the client of a request is (trusted proxies).
+//! - [`framing`]: strict HTTP/1.1 framing on the raw bytes, `Host` rules.
 //! - [`normalize`], [`headers`], [`body`]: what the pipeline's stages use.
 //! - `connections`: connection caps per listener and per client address;
 //!   `authority`: whether a request's host belongs on its connection (421).
@@ -19,6 +20,7 @@ pub mod body;
 pub mod client;
 mod connections;
 pub mod error;
+pub mod framing;
 pub mod headers;
 mod listener;
 pub mod normalize;

@@ -16,19 +16,21 @@ use tracing::info;
 
 use super::{
     Snapshot, authority,
-    body::{ClientBody, Pace},
+    body::{ClientBody, Hold, Pace, Prepared},
     client::{self, ClientAddr},
     connections::Connections,
     error::{self, ProxyError},
+    framing,
     headers::{self, REQUEST_ID},
     normalize::normalize_path,
 };
 use crate::{
     abuse::{Evidence, Signal},
     auth::Identity,
-    config::{Balance, ListenerConfig},
+    config::{Balance, ListenerConfig, Oversize},
     observe,
     policy::{
+        quota::Remaining,
         routes::{Route, RouteError},
         waf::{self, Head, RouteWafPolicy},
     },
@@ -61,6 +63,11 @@ struct Outcome<'a> {
     code: Option<&'static str>,
     /// The verified caller, once authentication accepted a token.
     identity: Option<Identity>,
+    /// The route's tightest quota: what the request was charged, or what is
+    /// left when it was not (every answer on a quota route says).
+    quota: Option<Remaining>,
+    /// The client caused the failure: no upstream is named for it.
+    client_fault: bool,
 }
 
 impl Outcome<'_> {
@@ -91,6 +98,7 @@ pub async fn handle(
         request.headers(),
     );
     let method = request.method().clone();
+    let version = request.version();
     let host = request_host(&request).map(str::to_owned);
     let raw_path = request.uri().path().to_owned();
     // Declared sizes (Content-Length): a streamed body of unknown length counts 0.
@@ -103,10 +111,28 @@ pub async fn handle(
             Err(err) => {
                 outcome.error = Some(err.to_string());
                 outcome.code = Some(err.code());
+                if err.is_client_fault() {
+                    outcome.client_fault = true;
+                    outcome.endpoint = None;
+                    outcome.upstream_latency = None;
+                }
                 report_abuse(&snapshot, client, &err, &outcome, &request_id);
-                error::respond(&err, &request_id)
+                let mut response = error::respond(&err, &request_id);
+                if err.closes_connection() && version < Version::HTTP_2 {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
             }
         };
+    if let Some(quota) = &outcome.quota {
+        let headers = response.headers_mut();
+        if !headers.contains_key(error::QUOTA_REMAINING) {
+            headers.insert(error::QUOTA_REMAINING, HeaderValue::from(quota.remaining));
+            headers.insert(error::QUOTA_RESET, HeaderValue::from(quota.reset_secs));
+        }
+    }
     response
         .headers_mut()
         .insert(REQUEST_ID, request_id.clone());
@@ -138,7 +164,9 @@ pub async fn handle(
         host = host.as_deref(),
         path = outcome.path.as_deref().unwrap_or(&raw_path),
         route = route.map(|r| r.name.as_str()),
-        upstream = route.map(|r| r.upstream.as_str()),
+        upstream = route
+            .filter(|_| !outcome.client_fault)
+            .map(|r| r.upstream.as_str()),
         endpoint = outcome.endpoint.map(|e| e.to_string()),
         status,
         decision = outcome.decision(status),
@@ -182,10 +210,12 @@ fn report_abuse(
     );
 }
 
-/// The stages in order: a blocked forwarded client, head limits and protocol
-/// anomalies, normalization, routing, authentication, rate limits and quotas
-/// (keyed on the verified subject or `client`), the WAF on the head, the body
-/// (and the WAF on it), forwarding.
+/// The stages in order: a blocked forwarded client, host rules, head limits
+/// and protocol anomalies, normalization, routing, authentication, rate
+/// limits (keyed on the verified subject or `client`), the WAF on the head,
+/// the body (held back until the part the WAF reads has arrived, and the WAF
+/// on it), the quota (charged only for a request every check admitted),
+/// forwarding.
 async fn proxy<'a>(
     snapshot: &'a Snapshot,
     conn: &ConnInfo,
@@ -196,6 +226,7 @@ async fn proxy<'a>(
 ) -> Result<Response<BoxBody>, ProxyError> {
     check_blocked(snapshot, client)?;
     let listener = snapshot.listener(&conn.listener);
+    framing::check_host(request.uri(), request.headers())?;
     let exempt = snapshot
         .proxy
         .trusted_proxies
@@ -227,35 +258,51 @@ async fn proxy<'a>(
     outcome.route = Some(route);
 
     let (mut parts, body) = request.into_parts();
-    let verified = snapshot
+    let client_ip = client.ip;
+    let verified = match snapshot
         .auth
-        .authenticate(&route.auth, &parts.headers, client.ip)
-        .await?;
+        .authenticate(&route.auth, &parts.headers, client_ip)
+        .await
+    {
+        Ok(verified) => verified,
+        Err(err) => {
+            outcome.quota = snapshot
+                .quotas
+                .peek(&route.name, client_ip, None, &parts.headers);
+            return Err(err.into());
+        }
+    };
     let identity = verified.as_ref().map(|v| &v.identity);
     outcome.identity = identity.cloned();
+    outcome.quota = snapshot
+        .quotas
+        .peek(&route.name, client_ip, identity, &parts.headers);
     snapshot
         .limits
-        .check(&route.name, client.ip, identity, &parts.headers)
+        .check(&route.name, client_ip, identity, &parts.headers)
         .map_err(ProxyError::RateLimited)?;
-    let quota = snapshot
-        .quotas
-        .check(&route.name, client.ip, identity, &parts.headers)
-        .map_err(ProxyError::QuotaExceeded)?;
     let waf = snapshot.waf.route(&route.name);
     if let Some(waf) = waf {
         waf.check_head(&route.name, &waf_head(&parts, &path))?;
     }
-    snapshot
-        .auth
-        .forward(&route.auth, verified.as_deref(), &mut parts.headers);
     let pool = snapshot
         .upstreams
         .get(&route.upstream)
         .ok_or_else(|| UpstreamError::Internal(format!("route {} names no pool", route.name)))?;
     let retry_buffer = pool.config().retry.buffer_bytes;
-    let body = ClientBody::prepare(
+    let hold = match waf {
+        Some(waf) => Hold {
+            bytes: retry_buffer.max(waf.inspect_body_bytes()),
+            refuse_over: (waf.oversize() == Oversize::Refuse || waf.needs_whole_body())
+                .then(|| waf.inspect_body_bytes()),
+        },
+        None => Hold {
+            bytes: retry_buffer,
+            refuse_over: None,
+        },
+    };
+    let prepared = ClientBody::prepare(
         body,
-        &parts.headers,
         route
             .max_body_bytes
             .unwrap_or(listener.limits.max_body_bytes),
@@ -265,14 +312,22 @@ async fn proxy<'a>(
             window: listener.timeouts.body_rate_window,
             grace: listener.timeouts.body_rate_grace,
         },
-        waf.map_or(retry_buffer, |waf| {
-            retry_buffer.max(waf.inspect_body_bytes())
-        }),
+        hold,
     )
     .await?;
     if let Some(waf) = waf {
-        inspect_body(waf, &route.name, &parts, &path, &body)?;
+        inspect_body(waf, &route.name, &parts, &path, &prepared)?;
     }
+    let charged = snapshot
+        .quotas
+        .check(&route.name, client_ip, identity, &parts.headers)
+        .map_err(ProxyError::QuotaExceeded)?;
+    if charged.is_some() {
+        outcome.quota = charged;
+    }
+    snapshot
+        .auth
+        .forward(&route.auth, verified.as_deref(), &mut parts.headers);
 
     let upstream_parts = upstream_request(snapshot, conn, parts, route, request_id);
     let path_and_query = match upstream_parts.uri.query() {
@@ -286,35 +341,55 @@ async fn proxy<'a>(
         &upstream_parts,
     );
 
+    let fault = match &prepared.body {
+        RequestBody::Streaming { fault, .. } => Some(fault.clone()),
+        RequestBody::Replayable(_) => None,
+    };
     let sent = Instant::now();
     let forwarded = tokio::time::timeout(
         route.timeout,
-        pool.send(&upstream_parts, &path_and_query, body, key),
+        pool.send(&upstream_parts, &path_and_query, prepared.body, key),
     )
     .await
-    .map_err(|_| ProxyError::Timeout(route.timeout))?;
+    .map_err(|_| match fault.as_ref().and_then(|f| f.get()) {
+        Some(client) => ProxyError::from(client),
+        None => ProxyError::Timeout(route.timeout),
+    });
     outcome.upstream_latency = Some(sent.elapsed());
+    let forwarded = forwarded.and_then(|result| {
+        result.map_err(|err| match err {
+            UpstreamError::ClientBody(client) => client.into(),
+            other => ProxyError::Upstream(other),
+        })
+    });
     let Forwarded {
         response,
         endpoint,
         retries,
-    } = forwarded.map_err(|err| match err {
-        UpstreamError::ClientBody(client) => client.into(),
-        other => ProxyError::Upstream(other),
-    })?;
+    } = match forwarded {
+        Ok(forwarded) => forwarded,
+        Err(err) => {
+            // Not forwarded, or broken by the client: not charged.
+            let unserved = err.is_client_fault()
+                || matches!(
+                    err,
+                    ProxyError::Upstream(
+                        UpstreamError::NoHealthyEndpoint { .. }
+                            | UpstreamError::BreakerOpen(_)
+                            | UpstreamError::Internal(_)
+                    )
+                );
+            if unserved && let Some(quota) = &mut outcome.quota {
+                snapshot.quotas.refund(&route.name, quota);
+            }
+            return Err(err);
+        }
+    };
     outcome.endpoint = Some(endpoint);
     outcome.retries = retries;
 
     let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
-    if let Some(quota) = quota {
-        parts
-            .headers
-            .insert(error::QUOTA_REMAINING, HeaderValue::from(quota.remaining));
-        parts
-            .headers
-            .insert(error::QUOTA_RESET, HeaderValue::from(quota.reset_secs));
-    }
     Ok(Response::from_parts(parts, body.boxed_unsync()))
 }
 
@@ -346,33 +421,24 @@ fn waf_head<'a>(parts: &'a Parts, path: &'a str) -> Head<'a> {
     }
 }
 
-/// The WAF's look at a buffered body; bodies too large to buffer stream on
-/// uninspected (counted, so an operator sees how many).
+/// The WAF's look at the body read before forwarding: all of it, or (only
+/// with `oversize = "inspect_prefix"`) its first `inspect_body_bytes`, with
+/// the rest streaming on uninspected (counted, so an operator sees how many).
 fn inspect_body(
     waf: &RouteWafPolicy,
     route: &str,
     parts: &Parts,
     path: &str,
-    body: &RequestBody,
+    body: &Prepared,
 ) -> Result<(), ProxyError> {
-    match body {
-        RequestBody::Replayable(bytes) if !bytes.is_empty() => {
-            Ok(waf.check_body(route, &waf_head(parts, path), bytes)?)
-        }
-        RequestBody::Replayable(_) => Ok(()),
-        RequestBody::Streaming(_) if waf.needs_whole_body() => Err(ProxyError::SchemaInvalid {
-            path: String::new(),
-            message: format!(
-                "a body over {} bytes cannot be validated",
-                waf.inspect_body_bytes()
-            ),
-        }),
-        RequestBody::Streaming(_) => {
-            metrics::counter!("gateway_waf_bodies_uninspected_total", "route" => route.to_owned())
-                .increment(1);
-            Ok(())
-        }
+    if !body.complete {
+        metrics::counter!("gateway_waf_bodies_uninspected_total", "route" => route.to_owned())
+            .increment(1);
     }
+    if body.seen.is_empty() {
+        return Ok(());
+    }
+    Ok(waf.check_body(route, &waf_head(parts, path), &body.seen)?)
 }
 
 /// The `Host` header (HTTP/1.1) or the `:authority` (HTTP/2).
@@ -450,6 +516,8 @@ fn upstream_request(
     if let Some(host) = route.upstream_host.clone().or(client_host) {
         headers.insert(header::HOST, host);
     }
+    // The upstream client frames the body itself, from what it holds.
+    headers.remove(header::CONTENT_LENGTH);
     headers.insert(REQUEST_ID, request_id.clone());
     parts.version = Version::HTTP_11;
     parts

@@ -68,8 +68,9 @@ pub enum UpstreamError {
 }
 
 /// The request body failed for a reason that is the client's: such a failure
-/// is neither retried nor held against the endpoint.
-#[derive(Clone, Copy, Debug, thiserror::Error)]
+/// is answered 400/408/413 and is neither retried nor held against the
+/// endpoint, the pool or its metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClientBodyError {
     #[error("request body larger than {0} bytes")]
     TooLarge(u64),
@@ -77,19 +78,27 @@ pub enum ClientBodyError {
     Stalled(std::time::Duration),
     #[error("request body slower than {0}")]
     TooSlow(crate::config::byte_rate::ByteRate),
+    #[error("the request body's framing is malformed")]
+    Malformed,
+    #[error("the request body ended before it was complete")]
+    Incomplete,
 }
 
-/// Finds a [`ClientBodyError`] among an error's causes: the upstream client
-/// reports a failed request body as its own error, with ours inside.
-pub fn client_body_error(err: &(dyn std::error::Error + 'static)) -> Option<ClientBodyError> {
-    let mut current = Some(err);
-    while let Some(err) = current {
-        if let Some(found) = err.downcast_ref::<ClientBodyError>() {
-            return Some(*found);
-        }
-        current = err.source();
+/// Where a client's body records that it failed, when it does: the body
+/// knows, so the pool need not guess from the error the upstream client
+/// reports.
+#[derive(Clone, Debug, Default)]
+pub struct BodyFault(Arc<std::sync::OnceLock<ClientBodyError>>);
+
+impl BodyFault {
+    /// Records the first failure.
+    pub fn set(&self, err: ClientBodyError) {
+        let _ = self.0.set(err);
     }
-    None
+
+    pub fn get(&self) -> Option<ClientBodyError> {
+        self.0.get().copied()
+    }
 }
 
 /// A pool could not be built.

@@ -31,11 +31,10 @@ use hyper_util::{
 use tracing::{debug, warn};
 
 use super::{
-    BoxBody, BoxError, UpstreamError,
+    BodyFault, BoxBody, BoxError, ClientBodyError, UpstreamError,
     balance::{Balancer, Candidate, endpoint_id},
     breaker::Breaker,
     circuit::Circuit,
-    client_body_error,
     outlier::Outlier,
     retry::{RetryBudget, is_idempotent},
     tls::{self, TimedConnector},
@@ -83,6 +82,11 @@ impl Endpoint {
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether outlier detection has taken it out of rotation now.
+    pub fn is_ejected(&self) -> bool {
+        self.outlier.is_ejected(Instant::now())
     }
 
     /// Requests this endpoint is serving now (for metrics).
@@ -142,11 +146,23 @@ impl Endpoint {
 /// A request body that can be sent again (buffered) or only once (streamed).
 pub enum RequestBody {
     Replayable(Bytes),
-    /// `None` once sent.
-    Streaming(Option<BoxBody>),
+    Streaming {
+        /// `None` once sent.
+        body: Option<BoxBody>,
+        /// Set by the body if the client fails it.
+        fault: BodyFault,
+    },
 }
 
 impl RequestBody {
+    /// How the client failed its body, if it did.
+    fn fault(&self) -> Option<ClientBodyError> {
+        match self {
+            Self::Replayable(_) => None,
+            Self::Streaming { fault, .. } => fault.get(),
+        }
+    }
+
     fn take(&mut self) -> Option<BoxBody> {
         match self {
             Self::Replayable(bytes) => Some(
@@ -154,7 +170,7 @@ impl RequestBody {
                     .map_err(|never| match never {})
                     .boxed_unsync(),
             ),
-            Self::Streaming(body) => body.take(),
+            Self::Streaming { body, .. } => body.take(),
         }
     }
 }
@@ -346,6 +362,11 @@ impl Pool {
                     && retries < self.config.retry.attempts
                     && self.budget.try_retry(Instant::now())
             };
+            // Whatever the endpoint said, a request whose body the client
+            // broke is the client's: nothing is counted against the endpoint.
+            if let Some(client) = body.fault() {
+                break Err(UpstreamError::ClientBody(client));
+            }
             let failure = match result {
                 Ok(response) => {
                     let status = response.status();
@@ -368,9 +389,6 @@ impl Pool {
                     break Ok(forwarded);
                 }
                 Err(Attempt::Client(err)) => {
-                    if let Some(client) = client_body_error(&err) {
-                        break Err(UpstreamError::ClientBody(client));
-                    }
                     let connect = err.is_connect();
                     self.record_failure(&endpoint, if connect { "connect" } else { "request" });
                     let reason = error_chain(&err);
