@@ -261,7 +261,7 @@ async fn quota_counts_survive_a_restart_exactly() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn smuggling_attempts_are_refused_or_closed_and_never_forwarded_twice() {
+async fn smuggling_attempts_are_refused_and_never_forwarded() {
     let _shared = LOAD.read().await;
     let fleet = Fleet::new(1);
     let daemon = fleet.start(&fleet.config());
@@ -306,8 +306,7 @@ async fn smuggling_attempts_are_refused_or_closed_and_never_forwarded_twice() {
             "POST / HTTP/1.1\r\nHost: api.test\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n{smuggled}"
         ),
     ];
-    let mut forwarded = Vec::new();
-    for (i, attempt) in attempts.iter().enumerate() {
+    for attempt in &attempts {
         let mut tls = raw_tls(fleet.listen, EDGE_NAME, fleet.edge_ca.cert_pem()).await;
         within(10, "writing", tls.write_all(attempt.as_bytes()))
             .await
@@ -328,31 +327,15 @@ async fn smuggling_attempts_are_refused_or_closed_and_never_forwarded_twice() {
             !answer.contains("/smuggled"),
             "{attempt:?} smuggled: {answer}"
         );
-        if answer.starts_with("HTTP/1.1 200") {
-            // Both framing headers (CL.TE, TE.CL): hyper drops Content-Length,
-            // reads the body as chunked and closes the connection after the
-            // answer (RFC 9112 §6.3), so the rest is never read as a request.
-            assert!(
-                answer.contains("connection: close"),
-                "{attempt:?}: {answer}"
-            );
-            forwarded.push(i);
-        } else {
-            assert!(
-                answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
-                "{attempt:?} got {answer}"
-            );
-        }
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{attempt:?} got {answer}"
+        );
     }
     assert_eq!(
-        forwarded,
-        [0, 1],
-        "only CL.TE and TE.CL are forwarded, as one request each"
-    );
-    assert_eq!(
         fleet.upstream_count().await,
-        before + 2,
-        "no smuggled request reached the upstream"
+        before,
+        "no smuggling attempt reached the upstream (tests/tests/framing.rs has the full suite)"
     );
     daemon.stop();
 }

@@ -333,9 +333,11 @@ async fn forged_expired_and_foreign_tokens_never_reach_the_upstream() {
             format!("{}.{}.{}", parts[0], parts[1], b64url(&[0; 64])),
         ),
         (
+            // b64token characters (RFC 6750 §2.1) that are not base64url;
+            // other characters are refused before (400 invalid_request).
             "malformed base64",
             "malformed token",
-            format!("{}.@@@!.{}", parts[0], parts[2]),
+            format!("{}.a+/a.{}", parts[0], parts[2]),
         ),
         (
             "malformed JSON",
@@ -971,4 +973,135 @@ async fn the_access_log_names_a_token_by_a_hash_of_its_jti() {
     assert_eq!(access[0]["jti_hash"], hash16(&jti), "{}", access[0]);
     assert_eq!(access[1]["jti_hash"], hash16(&anonymous), "{}", access[1]);
     assert!(!log.contains(&jti), "the raw jti reached the log:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_or_malformed_credentials_are_refused_400_invalid_request() {
+    let idp = Idp::start().await;
+    let es = SigningKey::generate(Algorithm::ES256, "es-1");
+    idp.publish(&[&es]);
+    let fleet = Fleet::new(1);
+    let daemon = start(&fleet, &config(&fleet, &idp)).await;
+    let valid = es.sign(&claims(&idp, "alice", "payments:write"));
+    let other = es.sign(&claims(&idp, "mallory", "payments:write"));
+    let bearer = format!("Bearer {valid}");
+    // (case, path, header fields)
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, String)>);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "two Authorization fields, same token",
+            "/",
+            vec![
+                ("authorization", bearer.clone()),
+                ("authorization", bearer.clone()),
+            ],
+        ),
+        (
+            "two Authorization fields, different tokens",
+            "/",
+            vec![
+                ("authorization", bearer.clone()),
+                ("authorization", format!("Bearer {other}")),
+            ],
+        ),
+        (
+            "Authorization and the token header",
+            "/forwarding",
+            vec![
+                ("authorization", bearer.clone()),
+                ("x-api-token", other.clone()),
+            ],
+        ),
+        (
+            "the token header twice",
+            "/forwarding",
+            vec![
+                ("x-api-token", valid.clone()),
+                ("x-api-token", other.clone()),
+            ],
+        ),
+        (
+            "Authorization and the token cookie",
+            "/maybe",
+            vec![
+                ("authorization", bearer.clone()),
+                ("cookie", format!("session={other}")),
+            ],
+        ),
+        (
+            "the token cookie twice",
+            "/maybe",
+            vec![("cookie", format!("session={valid}; session={other}"))],
+        ),
+        (
+            "SP TAB before the token",
+            "/",
+            vec![("authorization", format!("Bearer \t{valid}"))],
+        ),
+        (
+            "TAB after Bearer",
+            "/",
+            vec![("authorization", format!("Bearer\t{valid}"))],
+        ),
+        (
+            "two tokens",
+            "/",
+            vec![("authorization", format!("Bearer {valid} {other}"))],
+        ),
+        (
+            "a comma list",
+            "/",
+            vec![("authorization", format!("Bearer {valid}, Bearer {other}"))],
+        ),
+        (
+            "Bearer alone",
+            "/",
+            vec![("authorization", "Bearer".to_owned())],
+        ),
+        (
+            "padding before the token",
+            "/",
+            vec![("authorization", format!("Bearer ={valid}"))],
+        ),
+    ];
+    let baseline = fleet.upstream_count().await;
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        let client = fleet.client(protocol);
+        for (case, path, headers) in &cases {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let response = send(&fleet, &client, path, &headers).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::BAD_REQUEST,
+                "{protocol:?} {case}: {}",
+                String::from_utf8_lossy(response.body())
+            );
+            assert_eq!(body(&response)["error"], "invalid_request", "{case}");
+            assert!(
+                challenge(&response).contains("error=\"invalid_request\""),
+                "{case}: {}",
+                challenge(&response)
+            );
+        }
+    }
+    assert_eq!(
+        fleet.upstream_count().await,
+        baseline,
+        "no ambiguous credential reached the upstream"
+    );
+    // What RFC 6750 §2.1 allows passes: any case of the scheme, several spaces.
+    let client = fleet.client(Protocol::Http1);
+    for value in [
+        format!("Bearer {valid}"),
+        format!("bearer {valid}"),
+        format!("Bearer   {valid}"),
+    ] {
+        let response = send(&fleet, &client, "/", &[("authorization", &value)]).await;
+        assert_eq!(
+            echo(&response, &value)["headers"]["x-auth-subject"],
+            "alice"
+        );
+    }
+    daemon.stop();
 }
