@@ -253,7 +253,6 @@ async fn corpora_with_content_length() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs chunked inspection (http-framing)"]
 async fn corpora_chunked_and_streamed() {
     corpora_in(&[Framing::SplitInToken, Framing::BytePerChunk]).await;
 }

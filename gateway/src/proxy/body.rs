@@ -33,9 +33,7 @@ impl From<ClientBodyError> for ProxyError {
             ClientBodyError::TooLarge(limit) => ProxyError::BodyTooLarge { limit },
             ClientBodyError::Stalled(wait) => ProxyError::BodyTimeout(wait),
             ClientBodyError::TooSlow(rate) => ProxyError::BodyTooSlow(rate),
-            ClientBodyError::Malformed | ClientBodyError::Incomplete => {
-                ProxyError::ClientBody(err)
-            }
+            ClientBodyError::Malformed | ClientBodyError::Incomplete => ProxyError::ClientBody(err),
         }
     }
 }
