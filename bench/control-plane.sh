@@ -22,13 +22,14 @@ ip netns add $NS
 ip -n $NS link add g$NS type veth peer name c$NS
 ip -n $NS link set g$NS up
 ip -n $NS link set c$NS up
-g() { nsenter --net=/run/netns/$NS "$BIN" --pin-dir "$PIN" --state-dir "$STATE" "$@"; }
+G=(nsenter --net=/run/netns/$NS "$BIN" --pin-dir "$PIN" --state-dir "$STATE")
+g() { "${G[@]}" "$@"; }
 # Wall-clock seconds and CPU seconds (user+sys) of one command.
 timed() {
     local label=$1; shift
-    local out
-    out=$( { /usr/bin/time -f "%e %U %S" "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -1)
-    read -r wall user sys <<<"$out"
+    /usr/bin/time -o "$STATE/time" -f "%e %U %S" "$@" >/dev/null 2>"$STATE/stderr" \
+        || { echo "$label failed: $(cat "$STATE/stderr")"; return 1; }
+    read -r wall user sys <"$STATE/time"
     printf '%-34s wall %6.3f s  cpu %6.3f s\n' "$label" "$wall" "$(echo "$user + $sys" | bc)"
 }
 # Addresses from 2001:2::/48 only (the benchmarking range).
@@ -46,17 +47,17 @@ PY
 CAP=$(( N + 200000 ))
 g xdp attach --iface g$NS --blocklist-entries $CAP >/dev/null
 echo "== $N entries (capacity $CAP), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-timed "fill: add --file ($N lines)" g blocklist add --file "$STATE/fill.txt" --ttl 1h
-timed "one add" g blocklist add 2001:2:0:ffff::1 --ttl 10m
-timed "one add (again)" g blocklist add 2001:2:0:ffff::2
-timed "one remove" g blocklist remove 2001:2:0:ffff::2
-timed "100k-line file add" g blocklist add --file "$STATE/file100k.txt" --ttl 1h
-timed "100k-line file remove" g blocklist remove --file "$STATE/file100k.txt"
-timed "list" g blocklist list
-timed "list --json" g --json blocklist list
-timed "xdp status" g xdp status
-timed "ratelimit show" g ratelimit show
-timed "stats" g stats
+timed "fill: add --file ($N lines)" "${G[@]}" blocklist add --file "$STATE/fill.txt" --ttl 1h
+timed "one add" "${G[@]}" blocklist add 2001:2:0:ffff::1 --ttl 10m
+timed "one add (again)" "${G[@]}" blocklist add 2001:2:0:ffff::2
+timed "one remove" "${G[@]}" blocklist remove 2001:2:0:ffff::2
+timed "100k-line file add" "${G[@]}" blocklist add --file "$STATE/file100k.txt" --ttl 1h
+timed "100k-line file remove" "${G[@]}" blocklist remove --file "$STATE/file100k.txt"
+timed "list" "${G[@]}" blocklist list
+timed "list --json" "${G[@]}" --json blocklist list
+timed "xdp status" "${G[@]}" xdp status
+timed "ratelimit show" "${G[@]}" ratelimit show
+timed "stats" "${G[@]}" stats
 printf '[xdp]\ninterface = "g%s"\n[admin]\nenabled = false\n' $NS > "$STATE/gw.toml"
 start=$(date +%s.%N)
 nsenter --net=/run/netns/$NS "$BIN" --pin-dir "$PIN" --state-dir "$STATE" run --config "$STATE/gw.toml" >"$STATE/daemon.log" 2>&1 &
@@ -65,10 +66,11 @@ until grep -q "gateway running" "$STATE/daemon.log"; do sleep 0.05; done
 printf '%-34s wall %6.3f s\n' "daemon start (restore, index)" "$(echo "$(date +%s.%N) - $start" | bc)"
 sleep 10  # past the first reconcile walk
 ticks() { awk '{print $14 + $15}' /proc/$DAEMON/stat; }
-t0=$(ticks); sleep 60; t1=$(ticks)
+IDLE=${IDLE:-30}
+t0=$(ticks); sleep "$IDLE"; t1=$(ticks)
 HZ=$(getconf CLK_TCK)
-printf '%-34s %6.2f %% of a core (60 s)\n' "daemon idle CPU" "$(echo "scale=4; ($t1 - $t0) * 100 / $HZ / 60" | bc)"
-timed "one add (daemon running)" g blocklist add 2001:2:0:ffff::3 --ttl 2s
+printf '%-34s %6.2f %% of a core (%s s)\n' "daemon idle CPU" "$(echo "scale=4; ($t1 - $t0) * 100 / $HZ / $IDLE" | bc)" "$IDLE"
+timed "one add (daemon running)" "${G[@]}" blocklist add 2001:2:0:ffff::3 --ttl 2s
 sleep 3
 start=$(date +%s.%N)
 kill -TERM $DAEMON
