@@ -76,29 +76,23 @@ impl TokenCache {
         None
     }
 
-    /// Remembers a verified token for `ttl` (callers cap it at the token's `exp`).
+    /// Remembers a verified token for `ttl` (callers cap it at the token's `exp`),
+    /// at most [`MAX_ENTRY_TTL`].
     pub fn insert_valid(&self, key: TokenHash, verified: Arc<Verified>, ttl: Duration) {
-        if ttl.is_zero() {
+        let Some(until) = deadline(ttl) else {
             return;
-        }
+        };
         // A token now valid is no longer inactive (it may have been refused
         // while the provider had not seen it yet).
         self.inactive.remove(&key);
-        self.valid.insert(
-            key,
-            Valid {
-                verified,
-                until: Instant::now() + ttl,
-            },
-        );
+        self.valid.insert(key, Valid { verified, until });
     }
 
     /// Remembers that introspection refused the token, for `ttl`.
     pub fn insert_inactive(&self, key: TokenHash, ttl: Duration) {
-        if ttl.is_zero() {
-            return;
+        if let Some(until) = deadline(ttl) {
+            self.inactive.insert(key, until);
         }
-        self.inactive.insert(key, Instant::now() + ttl);
     }
 
     /// Forgets a verified token (its key was retired since it was cached).
@@ -130,6 +124,18 @@ impl TokenCache {
     pub fn inactive_len(&self) -> usize {
         self.inactive.len()
     }
+}
+
+/// The longest any entry is kept. A token's `exp` is the client's to choose (a
+/// far-future one would overflow the clock); re-verifying once a day costs nothing.
+pub const MAX_ENTRY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// When an entry kept for `ttl` from now ends; `None` for a zero `ttl` (not kept).
+fn deadline(ttl: Duration) -> Option<Instant> {
+    if ttl.is_zero() {
+        return None;
+    }
+    Instant::now().checked_add(ttl.min(MAX_ENTRY_TTL))
 }
 
 #[cfg(test)]
@@ -173,6 +179,23 @@ mod tests {
             cache.get(&hash("zero")).is_none(),
             "a token at exp is not cached"
         );
+    }
+
+    #[test]
+    fn a_far_future_exp_is_cached_for_a_day_without_overflowing_the_clock() {
+        let cache = TokenCache::new(10);
+        // exp = u64::MAX seconds: the client chose it; the clock must not overflow.
+        cache.insert_valid(
+            hash("forever"),
+            verified("a", None),
+            Duration::from_secs(u64::MAX),
+        );
+        cache.insert_inactive(hash("never"), Duration::MAX);
+        assert!(matches!(
+            cache.get(&hash("forever")),
+            Some(Cached::Valid(_))
+        ));
+        assert!(cache.get(&hash("never")).is_some());
     }
 
     #[test]
