@@ -716,6 +716,31 @@ pub fn problems(
                 "{key}.retry.per_try_timeout: must be longer than 0 (leave it out for the route timeout)"
             ));
         }
+        for (field, value, max) in [
+            (
+                "breaker.open_for",
+                upstream.breaker.open_for,
+                Duration::from_secs(86_400),
+            ),
+            (
+                "breaker.window",
+                upstream.breaker.window,
+                Duration::from_secs(3_600),
+            ),
+            (
+                "retry.backoff_max",
+                upstream.retry.backoff_max,
+                Duration::from_secs(60),
+            ),
+        ] {
+            if value > max {
+                problems.push(format!(
+                    "{key}.{field}: {} is longer than the maximum of {}",
+                    humantime::format_duration(value),
+                    humantime::format_duration(max)
+                ));
+            }
+        }
         if upstream.retry.backoff_base > upstream.retry.backoff_max {
             problems.push(format!("{key}.retry.backoff_base: longer than backoff_max"));
         }
