@@ -319,6 +319,32 @@ impl HttpBody for Filler {
     }
 }
 
+/// A request body sent as `pieces`, one chunk (HTTP/1.1) or DATA frame (HTTP/2)
+/// each, with no length announced: for tests of framing that splits a payload.
+pub fn pieces(pieces: impl IntoIterator<Item = Bytes>) -> Body {
+    Pieces(pieces.into_iter().collect())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+struct Pieces(std::collections::VecDeque<Bytes>);
+
+impl HttpBody for Pieces {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|piece| Ok(Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Client TLS settings: trust `ca_pem` only, offer exactly `protocol` by ALPN.
 fn tls_config(
     ca_pem: &str,

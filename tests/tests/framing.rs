@@ -6,25 +6,16 @@
 //! own bodies never costs an endpoint anything; quotas charge admitted
 //! requests only and every answer on a quota route says what is left.
 
-use std::{
-    collections::VecDeque,
-    convert::Infallible,
-    net::SocketAddr,
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use gateway::config::{LimitKey, Oversize, Period, QuotaConfig, WafMode};
 use gateway_tests::{
     fleet::{EDGE_NAME, FLEET_NAME, Fleet, route},
     gateway::Daemon,
-    http::{Body, Client, Protocol, json, raw_tls},
+    http::{Body, Client, Protocol, json, pieces, raw_tls},
 };
 use http::{Request, Response, StatusCode};
-use http_body::{Body as HttpBody, Frame};
-use http_body_util::BodyExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A request that must never arrive: it follows every refused one on the
@@ -72,26 +63,10 @@ fn chunked(parts: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-/// A streaming request body that yields `parts` one frame each and does not
-/// know its length (HTTP/2 without `content-length`).
-struct Parts(VecDeque<Bytes>);
-
-impl HttpBody for Parts {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|part| Ok(Frame::data(part))))
-    }
-}
-
+/// `parts` one frame each, with no length announced (HTTP/2 without
+/// `content-length`).
 fn unsized_body(parts: &[&[u8]]) -> Body {
-    Parts(parts.iter().map(|p| Bytes::copy_from_slice(p)).collect())
-        .map_err(|never| match never {})
-        .boxed()
+    pieces(parts.iter().map(|p| Bytes::copy_from_slice(p)))
 }
 
 /// Starts the gateway with health checks that a busy machine does not fail

@@ -8,21 +8,14 @@
 //! framing. One gateway per test; the clients keep
 //! their connections (HTTP/1.1 keep-alive, HTTP/2 multiplexing).
 
-use std::{
-    collections::VecDeque,
-    convert::Infallible,
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_tests::{
     fleet::Fleet,
-    http::{Body, Client, Protocol},
+    http::{Body, Client, Protocol, pieces},
 };
 use http::{Method, Request, StatusCode};
-use http_body::{Body as HttpBody, Frame};
 use http_body_util::{BodyExt as _, Full};
 
 const ATTACKS: &str = include_str!("../corpus/attacks.txt");
@@ -64,25 +57,6 @@ enum Framing {
     BytePerChunk,
 }
 
-/// A request body of pieces with no length announced.
-struct Pieces(VecDeque<Bytes>);
-
-impl HttpBody for Pieces {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|piece| Ok(Frame::data(piece))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
 /// Where to cut a body so that a signature's token straddles two pieces.
 fn token_split(body: &[u8]) -> usize {
     let lower = body.to_ascii_lowercase();
@@ -117,13 +91,9 @@ fn body(bytes: Bytes, framing: Framing) -> Body {
         Framing::Length => Full::new(bytes).map_err(|never| match never {}).boxed(),
         Framing::SplitInToken => {
             let at = token_split(&bytes);
-            Pieces(VecDeque::from([bytes.slice(..at), bytes.slice(at..)]))
-                .map_err(|never| match never {})
-                .boxed()
+            pieces([bytes.slice(..at), bytes.slice(at..)])
         }
-        Framing::BytePerChunk => Pieces((0..bytes.len()).map(|i| bytes.slice(i..=i)).collect())
-            .map_err(|never| match never {})
-            .boxed(),
+        Framing::BytePerChunk => pieces((0..bytes.len()).map(|i| bytes.slice(i..=i))),
     }
 }
 
