@@ -490,3 +490,96 @@ async fn with_every_host_ejected_the_pool_answers_503_unless_panic_routing_is_on
     let (response, _) = call(&fleet, &client, Method::GET, "/panic").await;
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+/// Every fault at once on all three hosts, each on a fresh gateway with ejection and
+/// the circuit off, so the answer is the fault's own: the status a client gets, a
+/// bound from the configured timeouts, and no descriptor left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_on_every_host_gets_a_bounded_answer_and_leaks_no_descriptor() {
+    let fleet = Fleet::new(3);
+    let mut config = quiet_config(&fleet);
+    config.routes[0].timeout = Duration::from_secs(5);
+    let pool = config.upstreams.get_mut("fleet").expect("pool");
+    pool.connect_timeout = Duration::from_millis(300);
+    pool.retry.per_try_timeout = Some(Duration::from_millis(500));
+    pool.outlier.consecutive_failures = 0;
+    pool.breaker.min_requests = 0;
+    // (mode, GET's status, POST's status); None: the head arrives, then the body is cut.
+    let cases: [(&str, Option<StatusCode>, Option<StatusCode>); 6] = [
+        (
+            "slow 8000",
+            Some(StatusCode::GATEWAY_TIMEOUT),
+            Some(StatusCode::GATEWAY_TIMEOUT),
+        ),
+        (
+            "status 500",
+            Some(StatusCode::INTERNAL_SERVER_ERROR),
+            Some(StatusCode::INTERNAL_SERVER_ERROR),
+        ),
+        (
+            "reset",
+            Some(StatusCode::BAD_GATEWAY),
+            Some(StatusCode::BAD_GATEWAY),
+        ),
+        (
+            "blackhole",
+            Some(StatusCode::BAD_GATEWAY),
+            Some(StatusCode::BAD_GATEWAY),
+        ),
+        (
+            "close-after-headers",
+            Some(StatusCode::BAD_GATEWAY),
+            Some(StatusCode::BAD_GATEWAY),
+        ),
+        ("truncate", None, None),
+    ];
+    for (mode, get_status, post_status) in cases {
+        for upstream in &fleet.upstreams {
+            upstream.set_mode(mode);
+        }
+        let daemon = fleet.start(&config);
+        let client = fleet.client(Protocol::Http1);
+        let fds_before = descriptors(&daemon);
+        for (method, expected) in [(Method::GET, get_status), (Method::POST, post_status)] {
+            for i in 0..3 {
+                let uri = format!("/{}/{i}", mode.replace(' ', "-"));
+                let request = Request::builder()
+                    .method(method.clone())
+                    .uri(&uri)
+                    .body(Bytes::from_static(b"{}"))
+                    .expect("request");
+                let started = Instant::now();
+                let answer = within(30, &uri, client.send(fleet.listen, request)).await;
+                let took = started.elapsed();
+                // Three attempts of at most 500 ms each plus backoff, within the
+                // route's 5 s; never the upstream's own 8 s.
+                assert!(
+                    took < Duration::from_secs(5),
+                    "{mode}: {method} took {took:?}"
+                );
+                match (expected, answer) {
+                    (Some(status), Ok(response)) => assert_eq!(
+                        response.status(),
+                        status,
+                        "{mode}: {method} {}",
+                        String::from_utf8_lossy(response.body())
+                    ),
+                    (None, Err(_)) => {}
+                    (expected, answer) => {
+                        panic!("{mode}: {method} expected {expected:?}, got {answer:?}")
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let fds_after = descriptors(&daemon);
+        assert!(
+            fds_after <= fds_before + 12,
+            "{mode}: descriptors grew from {fds_before} to {fds_after}"
+        );
+        drop(daemon);
+        for upstream in &fleet.upstreams {
+            upstream.set_mode("ok");
+        }
+    }
+}
