@@ -5,7 +5,6 @@
 //! gateway did to the endpoint. The README table "When an endpoint …" is this file.
 
 use std::{
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,7 +18,6 @@ use gateway_tests::{
 };
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Bounds every await, so a hang fails the test instead of the suite.
 async fn within<T>(seconds: u64, what: &str, future: impl Future<Output = T>) -> T {
@@ -58,26 +56,6 @@ async fn counts(fleet: &Fleet) -> Vec<u64> {
         counts.push(fleet.count_at(upstream, &fleet.fleet_ca, FLEET_NAME).await);
     }
     counts
-}
-
-/// `/metrics` from the admin listener, as text.
-async fn metrics(admin: SocketAddr) -> String {
-    within(10, "GET /metrics", async {
-        let mut stream = tokio::net::TcpStream::connect(admin)
-            .await
-            .expect("connecting to the admin listener");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("sending the admin request");
-        let mut raw = Vec::new();
-        stream
-            .read_to_end(&mut raw)
-            .await
-            .expect("reading /metrics");
-        String::from_utf8(raw).expect("UTF-8 metrics")
-    })
-    .await
 }
 
 /// Sum of the samples of `name` (over all label sets) in a scrape.
@@ -155,7 +133,7 @@ async fn timeouts_and_hang_ups_give_back_their_in_flight_count() {
     // Every count comes back to zero once nothing is in flight…
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = metrics(fleet.admin).await;
+        let text = fleet.metrics().await;
         let in_flight = metric_sum(&text, "gateway_upstream_endpoint_in_flight");
         if in_flight == 0.0 {
             break;
@@ -376,7 +354,7 @@ async fn a_body_cut_while_streaming_is_metered_and_the_health_check_takes_the_ho
         read.is_err(),
         "the client must see the cut, never a whole-looking body"
     );
-    let text = metrics(fleet.admin).await;
+    let text = fleet.metrics().await;
     assert!(
         metric_sum(&text, "gateway_upstream_body_errors_total") >= 1.0,
         "the broken body is metered:\n{text}"
