@@ -367,11 +367,11 @@ impl Pool {
             if let Some(client) = body.fault() {
                 break Err(UpstreamError::ClientBody(client));
             }
-            let failure = match result {
+            let (failure, nothing_sent) = match result {
                 Ok(response) => {
                     let status = response.status();
                     if status.is_server_error() {
-                        self.record_failure(&endpoint, status.as_str());
+                        endpoint.record_failure(&self.name, status.as_str());
                     } else {
                         endpoint.outlier.record_success();
                     }
@@ -390,7 +390,8 @@ impl Pool {
                 }
                 Err(Attempt::Client(err)) => {
                     let connect = err.is_connect();
-                    self.record_failure(&endpoint, if connect { "connect" } else { "request" });
+                    endpoint
+                        .record_failure(&self.name, if connect { "connect" } else { "request" });
                     let reason = error_chain(&err);
                     let failure = if connect {
                         UpstreamError::Connect {
@@ -408,7 +409,7 @@ impl Pool {
                     (failure, connect)
                 }
                 Err(Attempt::BrokenBody(err)) => {
-                    self.record_failure(&endpoint, "response body");
+                    endpoint.record_failure(&self.name, "response body");
                     let failure = UpstreamError::Request {
                         endpoint: endpoint.addr,
                         reason: format!("the answer's body broke before its first byte: {err}"),
@@ -416,7 +417,7 @@ impl Pool {
                     (failure, false)
                 }
                 Err(Attempt::TimedOut(after)) => {
-                    self.record_failure(&endpoint, "attempt timeout");
+                    endpoint.record_failure(&self.name, "attempt timeout");
                     let failure = UpstreamError::AttemptTimeout {
                         endpoint: endpoint.addr,
                         after,
@@ -424,7 +425,6 @@ impl Pool {
                     (failure, false)
                 }
             };
-            let (failure, nothing_sent) = failure;
             if may_retry(nothing_sent || idempotent) {
                 debug!(pool = %self.name, error = %failure, "retrying");
                 retries += 1;
@@ -487,10 +487,6 @@ impl Pool {
             .saturating_mul(1 << retry.saturating_sub(1).min(16))
             .min(retry_config.backoff_max);
         ceiling.mul_f64(fastrand::f64())
-    }
-
-    fn record_failure(&self, endpoint: &Endpoint, what: &str) {
-        endpoint.record_failure(&self.name, what);
     }
 
     /// One GET of the health path with the pool's own client (same mutual TLS).
