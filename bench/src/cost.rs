@@ -128,11 +128,19 @@ struct Fill {
     name: &'static str,
     /// Entries in the exact-address blocklist (the blocked source included).
     blocklist: usize,
-    /// Prefixes in each of the allowlist and the CIDR blocklist (the test ones included).
+    /// Prefixes in each of the allowlist and the CIDR blocklist (the test ones
+    /// included); 0: both tries empty, which the program skips (most deployments
+    /// have no allowlist, many no CIDR blocklist), and no allowlisted or CIDR-blocked
+    /// path to measure.
     prefixes: usize,
 }
 
-const FILLS: [Fill; 4] = [
+const FILLS: [Fill; 5] = [
+    Fill {
+        name: "blocklist 1, tries empty",
+        blocklist: 1,
+        prefixes: 0,
+    },
     Fill {
         name: "blocklist 1, tries 1",
         blocklist: 1,
@@ -213,15 +221,19 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Vec<Cos
         blocklist_entries: 1 << 20,
         cidr_entries: capacity::CIDR,
     });
-    seed(&growing)?;
-    let mut blocklist_len = 1;
-    for fill in FILLS.iter().filter(|fill| fill.prefixes == 1) {
+    seed_blocked(&growing)?;
+    let (mut blocklist_len, mut tries_seeded) = (1, false);
+    for fill in FILLS.iter().filter(|fill| fill.prefixes <= 1) {
+        if fill.prefixes == 1 && !tries_seeded {
+            seed_tries(&growing)?;
+            tries_seeded = true;
+        }
         fill_blocklist(&growing, blocklist_len, fill.blocklist)?;
         blocklist_len = fill.blocklist;
         for _ in 0..options.runs {
             waiter.wait()?;
             reference_round(&mut samples, &mut refs)?;
-            measure_paths(&mut growing, fill.name, options.repeat, &mut samples)?;
+            measure_paths(&mut growing, fill, options.repeat, &mut samples)?;
         }
     }
     drop(growing);
@@ -231,13 +243,14 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Vec<Cos
         blocklist_entries: capacity::BLOCKLIST,
         cidr_entries: 1 << 17,
     });
-    seed(&wide)?;
+    seed_blocked(&wide)?;
+    seed_tries(&wide)?;
     for fill in FILLS.iter().filter(|fill| fill.prefixes > 1) {
         fill_tries(&wide, fill.prefixes)?;
         for _ in 0..options.runs {
             waiter.wait()?;
             reference_round(&mut samples, &mut refs)?;
-            measure_paths(&mut wide, fill.name, options.repeat, &mut samples)?;
+            measure_paths(&mut wide, fill, options.repeat, &mut samples)?;
         }
     }
 
@@ -275,15 +288,21 @@ pub fn udp_frame(src: Ipv4Addr) -> Vec<u8> {
         .bytes
 }
 
-/// Times every verdict path once, checking that each run took the intended path: the
-/// action, and exactly `repeat` packets more on the path's counter.
+/// Times every verdict path the fill has entries for once, checking that each run
+/// took the intended path: the action, and exactly `repeat` packets more on the
+/// path's counter.
 fn measure_paths(
     program: &mut LoadedProgram,
-    scenario: &str,
+    fill: &Fill,
     repeat: u32,
     samples: &mut Samples<(String, String)>,
 ) -> anyhow::Result<()> {
-    for path in &PATHS {
+    let needs_tries =
+        |path: &&VerdictPath| matches!(path.reason, Reason::PassAllowlist | Reason::DropCidr);
+    for path in PATHS
+        .iter()
+        .filter(|path| fill.prefixes > 0 || !needs_tries(path))
+    {
         let frame = match path.src {
             Some(src) => udp_frame(src),
             None => {
@@ -311,7 +330,7 @@ fn measure_paths(
                 after - before
             );
         }
-        samples.push(key(scenario, path.name), nanos(result.duration));
+        samples.push(key(fill.name, path.name), nanos(result.duration));
     }
     Ok(())
 }
@@ -326,8 +345,17 @@ const FOREVER: CidrRule = CidrRule {
     reserved: 0,
 };
 
-/// The entries every path needs: the allowed and the blocked CIDR, the blocked source.
-fn seed(program: &LoadedProgram) -> anyhow::Result<()> {
+/// The dynamically blocked source.
+fn seed_blocked(program: &LoadedProgram) -> anyhow::Result<()> {
+    program
+        .maps
+        .blocklist()?
+        .insert(&mapped(BLOCKED), &block_entry())?;
+    Ok(())
+}
+
+/// The allowed and the blocked CIDR.
+fn seed_tries(program: &LoadedProgram) -> anyhow::Result<()> {
     let (allow, allow_len) = ALLOW_CIDR;
     let (block, block_len) = BLOCK_CIDR;
     program
@@ -339,10 +367,6 @@ fn seed(program: &LoadedProgram) -> anyhow::Result<()> {
         mapped(block),
         &FOREVER,
     )?;
-    program
-        .maps
-        .blocklist()?
-        .insert(&mapped(BLOCKED), &block_entry())?;
     Ok(())
 }
 

@@ -16,9 +16,12 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     /// Ring buffer of [`crate::maps::RateEvent`].
     pub const EVENTS: &str = "EVENTS";
+    /// Array of one `u32` per list map, indexed by [`crate::consts::filled`]: zero
+    /// when userspace knows that map is empty, so the program skips its lookup.
+    pub const FILLED: &str = "FILLED";
 
     /// Every map, in the order `gateway xdp status` shows them.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         ALLOWLIST,
         CIDR_BLOCKLIST,
         BLOCKLIST,
@@ -26,8 +29,32 @@ pub mod map_names {
         CONFIG,
         COUNTERS,
         EVENTS,
+        FILLED,
     ];
 }
+
+/// Slots of the `FILLED` array. A slot is nonzero whenever its map may hold an
+/// entry: userspace sets it after every insert, and clears it only after seeing the
+/// map empty (then looks again, and sets it back if an insert raced the clear). A
+/// lookup in an empty LPM trie still costs a helper call and a walk; most
+/// deployments leave the allowlist empty, many the CIDR blocklist too.
+pub mod filled {
+    /// The `ALLOWLIST` trie.
+    pub const ALLOWLIST: u32 = 0;
+    /// The `CIDR_BLOCKLIST` trie.
+    pub const CIDR_BLOCKLIST: u32 = 1;
+    /// The exact-address `BLOCKLIST` hash.
+    pub const BLOCKLIST: u32 = 2;
+    /// Number of slots.
+    pub const COUNT: u32 = 3;
+}
+
+/// Version of the maps' layout and meaning, stamped into
+/// [`crate::maps::XdpConfig::layout`] by every config write. Pinned maps with another
+/// version (an older gateway's) are not reused: the loader recreates them and the
+/// lists come back from the state directory. 0: expiries on `CLOCK_BOOTTIME`, no
+/// `FILLED`; 1: expiries on the coarse `CLOCK_MONOTONIC`, `FILLED`.
+pub const LAYOUT_VERSION: u32 = 1;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "gateway_xdp";

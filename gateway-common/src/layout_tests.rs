@@ -42,7 +42,7 @@ fn xdp_config() {
     assert_eq!(offset_of!(XdpConfig, syn_burst_ns), 24);
     assert_eq!(offset_of!(XdpConfig, ipv6_rate_mask), 32);
     assert_eq!(offset_of!(XdpConfig, monitor), 48);
-    assert_eq!(offset_of!(XdpConfig, reserved), 52);
+    assert_eq!(offset_of!(XdpConfig, layout), 52);
 }
 
 #[test]

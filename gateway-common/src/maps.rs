@@ -4,9 +4,11 @@
 //! (`::ffff:a.b.c.d`), so one trie and one hash serve both families and an IPv4 CIDR
 //! `a.b.c.d/n` is the IPv6 prefix `::ffff:a.b.c.d/(96 + n)`.
 //!
-//! Expiries are `CLOCK_BOOTTIME` nanoseconds (`bpf_ktime_get_boot_ns`), which keep
-//! counting across suspend. The rate limiter's times are `CLOCK_MONOTONIC`
-//! nanoseconds, read coarse (`bpf_ktime_get_coarse_ns`) on its per-packet path.
+//! Expiries and the rate limiter's times are `CLOCK_MONOTONIC` nanoseconds, read
+//! coarse (`bpf_ktime_get_coarse_ns`: the time of the last scheduler tick, no TSC
+//! read). An entry therefore lifts up to one tick (1–10 ms) after its expiry, and
+//! the kernel's expiry does not advance during suspend (the daemon's sweep, on wall
+//! time, removes such entries within a second of their TTL).
 
 /// A source address as a map key (see the module docs for the IPv4 mapping).
 pub type Addr = [u8; 16];
@@ -81,8 +83,9 @@ pub struct XdpConfig {
     pub ipv6_rate_mask: Addr,
     /// Bit set of [`crate::consts::monitor`] classes.
     pub monitor: u32,
-    /// Zero.
-    pub reserved: u32,
+    /// [`crate::consts::LAYOUT_VERSION`] of the gateway that wrote this config (0 from
+    /// gateways before the field existed). The program does not read it.
+    pub layout: u32,
 }
 
 /// A per-CPU packet and byte counter.

@@ -5,25 +5,25 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     maps::LpmTrie,
     maps::lpm_trie::Key,
 };
 use gateway_common::{
-    consts::{EVENT_INTERVAL_NS, NO_EXPIRY, Reason, event_kind, monitor},
+    consts::{EVENT_INTERVAL_NS, NO_EXPIRY, Reason, event_kind, filled, monitor},
     maps::{Addr, CidrRule, RateBucket, RateEvent, XdpConfig},
 };
 
 use crate::{
     counters,
-    maps::{ALLOWLIST, BLOCKLIST, CIDR_BLOCKLIST, CONFIG, EVENTS, RATE_LIMIT},
+    maps::{ALLOWLIST, BLOCKLIST, CIDR_BLOCKLIST, CONFIG, EVENTS, FILLED, RATE_LIMIT},
     parse::Packet,
 };
 
-/// `CLOCK_BOOTTIME` (the clock userspace writes expiries on), read at most once per
-/// packet and only for an entry with an expiry. Reading it costs as much as a map
-/// lookup (a third of the blocklist path in `cargo xtask bench xdp` on a VM, mostly
-/// `read_tsc`), and entries without expiry are the common case.
+/// The coarse `CLOCK_MONOTONIC` (the clock userspace writes expiries on), read at
+/// most once per packet and only for an entry with an expiry. The precise clock
+/// costs as much as a map lookup on a VM (`read_tsc`); the coarse one is the time of
+/// the last scheduler tick, so an entry lifts up to one tick (1–10 ms) late.
 struct Clock(Option<u64>);
 
 impl Clock {
@@ -33,7 +33,7 @@ impl Clock {
             Some(now) => now,
             None => {
                 // SAFETY: a helper without arguments or side effects.
-                let now = unsafe { bpf_ktime_get_boot_ns() };
+                let now = unsafe { bpf_ktime_get_coarse_ns() };
                 self.0 = Some(now);
                 now
             }
@@ -45,19 +45,21 @@ impl Clock {
 #[inline(always)]
 pub fn verdict(packet: &Packet, bytes: u64) -> Reason {
     let clock = &mut Clock(None);
-    if cidr_match(&ALLOWLIST, &packet.src, clock) {
+    if filled(filled::ALLOWLIST) && cidr_match(&ALLOWLIST, &packet.src, clock) {
         return Reason::PassAllowlist;
     }
     // An array lookup at index 0 cannot fail; the check only satisfies the verifier.
     let Some(config) = CONFIG.get(0) else {
         return Reason::Pass;
     };
-    if cidr_match(&CIDR_BLOCKLIST, &packet.src, clock)
+    if filled(filled::CIDR_BLOCKLIST)
+        && cidr_match(&CIDR_BLOCKLIST, &packet.src, clock)
         && enforced(config, monitor::CIDR, Reason::MonitorCidr, bytes)
     {
         return Reason::DropCidr;
     }
-    if blocked(&packet.src, clock, bytes)
+    if filled(filled::BLOCKLIST)
+        && blocked(&packet.src, clock, bytes)
         && enforced(config, monitor::BLOCKLIST, Reason::MonitorBlocked, bytes)
     {
         return Reason::DropBlocked;
@@ -81,6 +83,13 @@ pub fn verdict(packet: &Packet, bytes: u64) -> Reason {
         }
         RateOutcome::OverPackets | RateOutcome::OverSyn => Reason::Pass,
     }
+}
+
+/// False when userspace knows the list map behind `slot` is empty, so its lookup can
+/// be skipped (see [`filled`]). An array lookup, inlined by the JIT.
+#[inline(always)]
+fn filled(slot: u32) -> bool {
+    FILLED.get(slot).is_some_and(|flag| *flag != 0)
 }
 
 /// True when the matching rule class drops; in monitor mode, counts the would-be drop

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use gateway_common::{
-    consts::{Reason, capacity},
+    consts::{Reason, capacity, filled},
     maps::{Addr, BlockEntry, CidrRule, Counter, RateBucket, XdpConfig},
 };
 
@@ -31,3 +31,6 @@ pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Reason
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
+
+#[map]
+pub static FILLED: Array<u32> = Array::with_max_entries(filled::COUNT, 0);

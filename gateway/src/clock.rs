@@ -1,16 +1,17 @@
 //! Converts between wall-clock time (what operators and the state file speak) and
-//! `CLOCK_BOOTTIME` nanoseconds (what the XDP program compares expiries against).
+//! `CLOCK_MONOTONIC` nanoseconds (what the XDP program compares expiries against).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// `CLOCK_BOOTTIME` now, in nanoseconds: the clock `bpf_ktime_get_boot_ns` reads.
-pub fn boot_ns() -> u64 {
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock `bpf_ktime_get_coarse_ns` reads
+/// (to the last scheduler tick, so the program sees an expiry up to a tick late).
+pub fn kernel_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
@@ -22,19 +23,19 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// The boot-clock instant `ttl` from now.
-pub fn boot_ns_after(ttl: Duration) -> u64 {
-    boot_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
+/// The kernel-clock instant `ttl` from now.
+pub fn kernel_ns_after(ttl: Duration) -> u64 {
+    kernel_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The boot-clock instant of a Unix time (seconds); the past maps to now.
-pub fn boot_ns_at_unix(unix_secs: u64) -> u64 {
-    boot_ns_after(Duration::from_secs(unix_secs.saturating_sub(unix_now())))
+/// The kernel-clock instant of a Unix time (seconds); the past maps to now.
+pub fn kernel_ns_at_unix(unix_secs: u64) -> u64 {
+    kernel_ns_after(Duration::from_secs(unix_secs.saturating_sub(unix_now())))
 }
 
-/// The Unix time (seconds) of a boot-clock instant, rounded up so a block never
+/// The Unix time (seconds) of a kernel-clock instant, rounded up so a block never
 /// lifts early after a restore.
-pub fn unix_at_boot_ns(ns: u64) -> u64 {
-    let remaining = ns.saturating_sub(boot_ns());
+pub fn unix_at_kernel_ns(ns: u64) -> u64 {
+    let remaining = ns.saturating_sub(kernel_ns());
     unix_now() + remaining.div_ceil(1_000_000_000)
 }

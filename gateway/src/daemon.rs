@@ -343,6 +343,15 @@ fn attach_or_adopt(
     pins: &PinDir,
     state: &StateDir,
 ) -> Result<KernelMaps, DaemonError> {
+    if xdp::pinned_layout_is_old(pins)? && xdp::unpin_link(pins)? {
+        // Its maps cannot be read by this gateway: attaching afresh replaces program
+        // and maps, and the sweeper's start restores the lists from the state files.
+        warn!(
+            "the pinned XDP program and maps come from an older gateway with another map \
+             layout; replacing them (the lists are restored from the state directory, \
+             rate-limit buckets and counters start afresh)"
+        );
+    }
     if let Some(program_id) = xdp::pinned_program_id(pins)? {
         match state.attachment()? {
             Some(attachment) if !xdp::attachment_is_live(&attachment) => {

@@ -234,7 +234,7 @@ impl<'a> Lists<'a> {
         let cidrs = unique(cidrs);
         let lock = self.state.lock_lists()?;
         let now = clock::unix_now();
-        let expires_at_ns = ttl.map_or(NO_EXPIRY, clock::boot_ns_after);
+        let expires_at_ns = ttl.map_or(NO_EXPIRY, clock::kernel_ns_after);
         // Rounded up, so a restored block never lifts early.
         let expires_at = ttl.map(|ttl| now + ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0));
         let puts: Vec<Put> = cidrs
@@ -297,7 +297,7 @@ impl<'a> Lists<'a> {
     pub fn list(&self, kind: ListKind) -> Result<Vec<Entry>, ListError> {
         let mut lists = load(&self.state.lock_lists()?, self.state)?;
         let records = kind.records(&mut lists);
-        let now = clock::boot_ns();
+        let now = clock::kernel_ns();
         let mut entries: Vec<Entry> = self
             .kernel_entries(kind)?
             .into_iter()
@@ -305,11 +305,11 @@ impl<'a> Lists<'a> {
             .map(|entry| {
                 let record = records.remove(&entry.cidr);
                 let expires_at = match &record {
-                    // The record's Unix time is exact; converting the kernel's boot
+                    // The record's Unix time is exact; converting the kernel's clock
                     // time back would jitter by a second from one listing to the next.
                     Some(record) => record.expires_at,
                     None => (entry.expires_at_ns != NO_EXPIRY)
-                        .then(|| clock::unix_at_boot_ns(entry.expires_at_ns)),
+                        .then(|| clock::unix_at_kernel_ns(entry.expires_at_ns)),
                 };
                 Entry {
                     cidr: entry.cidr,
@@ -396,7 +396,9 @@ impl<'a> Lists<'a> {
                 .filter(|(cidr, _)| !present.contains(cidr))
                 .map(|(cidr, record)| Put {
                     cidr: *cidr,
-                    expires_at_ns: record.expires_at.map_or(NO_EXPIRY, clock::boot_ns_at_unix),
+                    expires_at_ns: record
+                        .expires_at
+                        .map_or(NO_EXPIRY, clock::kernel_ns_at_unix),
                     reason: reason_code(record.source),
                 })
                 .collect();
@@ -739,6 +741,9 @@ impl Sweeper {
     /// the kernel. The walk runs without the lock; only when it finds a difference
     /// is it repeated under the lock and the difference recorded.
     fn reconcile(&mut self, lists: &Lists<'_>) -> Result<(), ListError> {
+        // Another tool's inserts set no `FILLED` flag; the program skips their map
+        // until this sets it.
+        lists.maps.refresh_filled()?;
         if self.differences(lists)?.is_empty() {
             return Ok(());
         }
@@ -762,7 +767,7 @@ impl Sweeper {
     /// it lacks, and a removal for each entry the kernel no longer has (or has only
     /// as an expired entry nobody recorded).
     fn differences(&self, lists: &Lists<'_>) -> Result<Vec<Op>, ListError> {
-        let now = clock::boot_ns();
+        let now = clock::kernel_ns();
         let mut ops = Vec::new();
         for kind in [ListKind::Allow, ListKind::Block] {
             let mut seen = HashSet::new();
@@ -787,7 +792,7 @@ impl Sweeper {
                         source: Source::Kernel,
                         added_at: clock::unix_now(),
                         expires_at: (entry.expires_at_ns != NO_EXPIRY)
-                            .then(|| clock::unix_at_boot_ns(entry.expires_at_ns)),
+                            .then(|| clock::unix_at_kernel_ns(entry.expires_at_ns)),
                     },
                 });
             }
@@ -841,7 +846,7 @@ mod tests {
         // The bound keeps every expiry computation far from overflow.
         assert!(clock::unix_now().checked_add(MAX_TTL.as_secs()).is_some());
         assert!(
-            clock::boot_ns()
+            clock::kernel_ns()
                 .checked_add(MAX_TTL.as_nanos() as u64)
                 .is_some()
         );

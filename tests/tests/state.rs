@@ -668,3 +668,62 @@ fn the_daemon_enters_the_network_namespace_its_config_names() {
     let err = gateway.fails(&["check", "--config", bad.to_str().expect("utf-8")]);
     assert!(err.contains("xdp.netns"), "{err}");
 }
+
+/// Makes the maps pinned under `pin_dir` look like an older gateway's (map layout 0):
+/// a config without a layout stamp (and no limits), and no `FILLED` flags.
+fn pin_as_older_gateway(pin_dir: &str) {
+    let mut update = Command::new("bpftool");
+    update.args([
+        "map",
+        "update",
+        "pinned",
+        &format!("{pin_dir}/CONFIG"),
+        "key",
+    ]);
+    update.args(["0", "0", "0", "0", "value"]);
+    update.args(vec!["0"; size_of::<gateway_common::maps::XdpConfig>()]);
+    let output = update.output().expect("bpftool (apt-get install bpftool)");
+    assert!(output.status.success(), "bpftool: {}", stderr(&output));
+    fs::remove_file(format!("{pin_dir}/FILLED")).expect("removing the FILLED pin");
+}
+
+#[test]
+fn a_daemon_replaces_an_older_gateways_maps_and_restores_every_entry() {
+    let (topology, gateway) = attached();
+    gateway.ok(&["blocklist", "add", BAD]);
+    gateway.ok(&["blocklist", "add", "198.18.77.0/24"]);
+    gateway.ok(&["allowlist", "add", "198.18.88.0/24"]);
+    assert!(!reachable(&topology, BAD), "blocked before the restart");
+    let old_program = gateway.json(&["xdp", "status"])["program_id"].clone();
+    pin_as_older_gateway(&gateway.pin_dir);
+
+    // The CLI will not write into maps whose meaning it does not know.
+    let refused = gateway.fails(&["blocklist", "add", "198.18.99.1"]);
+    assert!(refused.contains("older gateway"), "{refused}");
+
+    let config = format!(
+        "[xdp]\ninterface = \"{}\"\n[admin]\nenabled = false\n",
+        topology.gw_iface
+    );
+    let daemon = gateway.spawn_daemon(&config);
+    assert!(
+        daemon.log().contains("older gateway"),
+        "the replacement is logged: {}",
+        daemon.log()
+    );
+    let status = gateway.json(&["xdp", "status"]);
+    assert_ne!(status["program_id"], old_program, "a new program: {status}");
+    let blocked = kernel_blocklist(&gateway);
+    for entry in [BAD, "198.18.77.0/24"] {
+        assert!(blocked.contains(entry), "{entry} restored: {blocked:?}");
+    }
+    let allowed = gateway.json(&["allowlist", "list"]);
+    assert_eq!(allowed[0]["cidr"], "198.18.88.0/24", "{allowed}");
+    assert!(
+        !reachable(&topology, BAD),
+        "still blocked after the restart"
+    );
+    assert!(reachable(&topology, GOOD), "others still pass");
+    gateway.ok(&["blocklist", "add", "198.18.99.1"]);
+    daemon.stop();
+}

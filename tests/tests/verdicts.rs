@@ -581,11 +581,14 @@ fn cidr_and_exact_matches_drop_only_what_they_cover() {
 #[test]
 fn expired_entries_no_longer_drop() {
     let mut program = LoadedProgram::load();
-    let now = gateway::clock::boot_ns();
+    // The program reads the coarse clock, up to a tick (1-10 ms) behind this one:
+    // "expired" is a tick and more in the past.
+    let now = gateway::clock::kernel_ns();
+    let past = now - 20_000_000;
     let expired = |addr: &str| gateway::addr::ip_to_addr(ip(addr));
     let mut blocklist = program.maps.blocklist().expect("blocklist");
     for (addr, expires_at_ns) in [
-        ("198.18.0.20", now - 1),
+        ("198.18.0.20", past),
         ("198.18.0.21", now + 60_000_000_000),
         ("198.18.0.22", NO_EXPIRY),
     ] {
@@ -608,7 +611,7 @@ fn expired_entries_no_longer_drop() {
             prefix,
             addr,
             &CidrRule {
-                expires_at_ns: now - 1,
+                expires_at_ns: past,
                 ..CidrRule::default()
             },
         )
@@ -839,4 +842,104 @@ fn monitor_mode_passes_but_counts_what_it_would_drop() {
         Reason::Pass,
         &[Reason::MonitorCidr],
     );
+}
+
+fn drops(program: &mut LoadedProgram, source: &str, reason: Reason) {
+    let frame = Frame::udp(ip(source)).build().bytes;
+    program.expect_named(source, &frame, XDP_DROP, reason, &[]);
+}
+
+fn passes(program: &mut LoadedProgram, source: &str, reason: Reason) {
+    let frame = Frame::udp(ip(source)).build().bytes;
+    program.expect_named(source, &frame, XDP_PASS, reason, &[]);
+}
+
+/// The program skips a list map that userspace knows is empty (`FILLED`): emptying a
+/// list, refilling it, an add rolled back for lack of room, and entries another
+/// tool put straight into the kernel must never leave an entry unenforced.
+#[test]
+fn emptied_lists_are_skipped_and_every_refilled_one_enforced() {
+    let mut program = LoadedProgram::load();
+    let blocked = cidrs(&["198.18.0.9", "198.18.5.0/24", "2001:2::9"]);
+    let allowed = cidrs(&["198.18.6.0/24"]);
+    for round in 0..2 {
+        program
+            .lists()
+            .add(ListKind::Block, &blocked, None, "test", Source::Cli)
+            .expect("blocking");
+        program
+            .lists()
+            .add(ListKind::Allow, &allowed, None, "test", Source::Cli)
+            .expect("allowing");
+        drops(&mut program, "198.18.0.9", Reason::DropBlocked);
+        drops(&mut program, "2001:2::9", Reason::DropBlocked);
+        drops(&mut program, "198.18.5.1", Reason::DropCidr);
+        passes(&mut program, "198.18.6.1", Reason::PassAllowlist);
+        if round == 0 {
+            program
+                .lists()
+                .remove(ListKind::Block, &blocked)
+                .expect("unblocking");
+            program
+                .lists()
+                .remove(ListKind::Allow, &allowed)
+                .expect("unallowing");
+        } else {
+            program.lists().flush(ListKind::Block).expect("flushing");
+            program.lists().flush(ListKind::Allow).expect("flushing");
+        }
+        for source in ["198.18.0.9", "2001:2::9", "198.18.5.1", "198.18.6.1"] {
+            passes(&mut program, source, Reason::Pass);
+        }
+    }
+
+    // An add too big for the blocklist (1,024 entries here) is rolled back whole,
+    // leaving the map empty; the next add is enforced.
+    let too_many: Vec<Cidr> = (0..1100u32)
+        .map(|n| Cidr::host(IpAddr::from([198, 19, (n >> 8) as u8, n as u8])))
+        .collect();
+    program
+        .lists()
+        .add(ListKind::Block, &too_many, None, "test", Source::Cli)
+        .expect_err("more than the map holds");
+    passes(&mut program, "198.19.0.1", Reason::Pass);
+    block(&program, &["198.18.0.9"]);
+    drops(&mut program, "198.18.0.9", Reason::DropBlocked);
+    program
+        .lists()
+        .remove(ListKind::Block, &cidrs(&["198.18.0.9"]))
+        .expect("unblocking");
+
+    // Another tool (bpftool) inserts behind the lists' back: the daemon's periodic
+    // reconcile refreshes the flags, and from then on the entry counts.
+    program
+        .maps
+        .blocklist()
+        .expect("blocklist")
+        .map
+        .insert(
+            &gateway::addr::ip_to_addr(ip("198.18.0.44")),
+            &BlockEntry::default(),
+            0,
+        )
+        .expect("raw insert");
+    program.maps.refresh_filled().expect("refreshing the flags");
+    drops(&mut program, "198.18.0.44", Reason::DropBlocked);
+}
+
+/// IPv4 sources and IPv4-mapped IPv6 sources (`::ffff:a.b.c.d`, which no honest
+/// host sends) share one key space: a block of the IPv4 address covers both.
+#[test]
+fn ipv4_and_ipv4_mapped_ipv6_sources_are_the_same_source() {
+    let mut program = LoadedProgram::load();
+    block(&program, &["198.18.0.9", "198.18.5.0/24"]);
+    for source in ["198.18.0.9", "::ffff:198.18.0.9"] {
+        drops(&mut program, source, Reason::DropBlocked);
+    }
+    for source in ["198.18.5.1", "::ffff:198.18.5.1"] {
+        drops(&mut program, source, Reason::DropCidr);
+    }
+    for source in ["198.18.0.10", "::ffff:198.18.0.10", "2001:2::9"] {
+        passes(&mut program, source, Reason::Pass);
+    }
 }

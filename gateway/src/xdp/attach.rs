@@ -8,7 +8,7 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode, links::FdLink, links::PinnedLink},
 };
 use gateway_common::{
-    consts::{PROGRAM_NAME, capacity, map_names},
+    consts::{LAYOUT_VERSION, PROGRAM_NAME, capacity, map_names},
     maps::XdpConfig,
 };
 use serde::{Deserialize, Serialize};
@@ -111,10 +111,15 @@ pub struct Status {
 }
 
 /// Loads the object into the kernel with every map pinned under `pins` (reusing maps
-/// already pinned there), without attaching it.
+/// already pinned there, unless an older gateway made them: those are removed and
+/// made afresh, empty, for the caller to restore the lists into), without attaching
+/// it.
 pub fn load(pins: &PinDir, capacity: &Capacity) -> Result<Ebpf, XdpError> {
     require_root()?;
     ensure_bpffs(pins)?;
+    if pinned_layout_is_old(pins)? {
+        remove_map_pins(pins)?;
+    }
     let mut loader = EbpfLoader::new();
     for name in map_names::ALL {
         loader.map_pin_path(name, pins.map(name));
@@ -138,14 +143,41 @@ pub fn load(pins: &PinDir, capacity: &Capacity) -> Result<Ebpf, XdpError> {
         .map_err(|err| XdpError::Load(err.to_string()))?;
     // Fresh maps hold an all-zero config, whose IPv6 mask would put every IPv6 source
     // in one bucket; start from the documented /64 instead. Reused maps keep theirs.
-    let maps = KernelMaps::open(pins)?;
+    let maps = KernelMaps::open_any(pins)?;
     if maps.config()? == XdpConfig::default() {
         maps.set_config(&XdpConfig {
             ipv6_rate_mask: ipv6_mask(DEFAULT_IPV6_RATE_LIMIT_PREFIX),
             ..XdpConfig::default()
         })?;
     }
+    maps.refresh_filled()?;
     Ok(ebpf)
+}
+
+/// Whether the maps pinned under `pins` were made by a gateway with another map
+/// layout ([`LAYOUT_VERSION`]), so they cannot be reused.
+pub fn pinned_layout_is_old(pins: &PinDir) -> Result<bool, XdpError> {
+    if !pins.map(map_names::CONFIG).exists() {
+        return Ok(false);
+    }
+    Ok(KernelMaps::open_any(pins)?.config()?.layout != LAYOUT_VERSION)
+}
+
+/// Removes every pinned map, including ones this gateway does not know (an older
+/// one's), but not the pinned link.
+fn remove_map_pins(pins: &PinDir) -> Result<(), XdpError> {
+    let io_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| XdpError::Io { path, source }
+    };
+    let link = pins.link();
+    for entry in fs::read_dir(pins.path()).map_err(io_error(pins.path()))? {
+        let path = entry.map_err(io_error(pins.path()))?.path();
+        if path != link {
+            remove_pin(&path)?;
+        }
+    }
+    Ok(())
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
@@ -304,7 +336,7 @@ fn map_status(maps: &KernelMaps, name: &'static str) -> Result<MapStatus, XdpErr
         map_names::ALLOWLIST | map_names::CIDR_BLOCKLIST => "lpm_trie",
         map_names::BLOCKLIST => "hash",
         map_names::RATE_LIMIT => "lru_hash",
-        map_names::CONFIG => "array",
+        map_names::CONFIG | map_names::FILLED => "array",
         map_names::COUNTERS => "percpu_array",
         _ => "ringbuf",
     };

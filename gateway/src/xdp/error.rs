@@ -49,6 +49,16 @@ pub enum XdpError {
         path: PathBuf,
         source: Box<aya::maps::MapError>,
     },
+    #[error(
+        "the maps under {dir} were made by an older gateway (map layout {found}, this one \
+         needs {wanted}); restart the daemon (`gateway run` recreates them and restores the \
+         lists from the state directory), or run `gateway xdp detach` and attach again"
+    )]
+    OldLayout {
+        dir: PathBuf,
+        found: u32,
+        wanted: u32,
+    },
     #[error("{what} pinned map {path} failed: {source}")]
     Map {
         what: &'static str,

@@ -11,7 +11,7 @@ use aya::maps::{
     lpm_trie::Key,
 };
 use gateway_common::{
-    consts::{Reason, map_names},
+    consts::{LAYOUT_VERSION, Reason, filled, map_names},
     maps::{Addr, BlockEntry, CidrRule, Counter, RateBucket, XdpConfig},
 };
 
@@ -90,8 +90,23 @@ impl RateLimit {
 }
 
 impl KernelMaps {
-    /// Opens the maps pinned under `pins`; [`XdpError::NotAttached`] when there are none.
+    /// Opens the maps pinned under `pins`; [`XdpError::NotAttached`] when there are
+    /// none, [`XdpError::OldLayout`] when an older gateway made them.
     pub fn open(pins: &PinDir) -> Result<Self, XdpError> {
+        let maps = Self::open_any(pins)?;
+        let found = maps.config()?.layout;
+        if found != LAYOUT_VERSION {
+            return Err(XdpError::OldLayout {
+                dir: pins.path().to_owned(),
+                found,
+                wanted: LAYOUT_VERSION,
+            });
+        }
+        Ok(maps)
+    }
+
+    /// [`open`](Self::open) without the layout check, for the loader.
+    pub(super) fn open_any(pins: &PinDir) -> Result<Self, XdpError> {
         require_root()?;
         if !pins.map(map_names::CONFIG).exists() {
             return Err(super::netns::not_attached(pins));
@@ -119,10 +134,17 @@ impl KernelMaps {
         Ok((typed, path))
     }
 
+    /// The `FILLED` flag of a list map, which every change of that map keeps up.
+    fn filled(&self, slot: u32) -> Result<Filled, XdpError> {
+        let (flags, path) = self.typed(map_names::FILLED)?;
+        Ok(Filled { flags, path, slot })
+    }
+
     /// The exact-address blocklist.
     pub fn blocklist(&self) -> Result<Table<HashMap<MapData, Addr, BlockEntry>>, XdpError> {
+        let filled = self.filled(filled::BLOCKLIST)?;
         self.typed(map_names::BLOCKLIST)
-            .map(Table::new(map_names::BLOCKLIST))
+            .map(Table::new(map_names::BLOCKLIST, Some(filled)))
     }
 
     /// The allowlist or the CIDR blocklist trie.
@@ -130,13 +152,28 @@ impl KernelMaps {
         &self,
         name: &'static str,
     ) -> Result<Table<LpmTrie<MapData, Addr, CidrRule>>, XdpError> {
-        self.typed(name).map(Table::new(name))
+        let slot = match name {
+            map_names::ALLOWLIST => filled::ALLOWLIST,
+            _ => filled::CIDR_BLOCKLIST,
+        };
+        let filled = self.filled(slot)?;
+        self.typed(name).map(Table::new(name, Some(filled)))
+    }
+
+    /// Brings every `FILLED` flag in line with its map: for maps that were filled
+    /// before the flags existed or by another tool (bpftool), which sets no flag.
+    pub fn refresh_filled(&self) -> Result<(), XdpError> {
+        self.blocklist()?.refresh_filled()?;
+        for name in [map_names::ALLOWLIST, map_names::CIDR_BLOCKLIST] {
+            self.trie(name)?.refresh_filled()?;
+        }
+        Ok(())
     }
 
     /// The per-source rate-limit buckets.
     pub fn rate_limit(&self) -> Result<Table<HashMap<MapData, Addr, RateBucket>>, XdpError> {
         self.typed(map_names::RATE_LIMIT)
-            .map(Table::new(map_names::RATE_LIMIT))
+            .map(Table::new(map_names::RATE_LIMIT, None))
     }
 
     /// The `n` rate-limit buckets with the most drops (then the most passed
@@ -177,11 +214,16 @@ impl KernelMaps {
             .map_err(|source| map_error("reading", &path, source))
     }
 
-    /// Replaces the runtime settings; the program sees them on its next packet.
+    /// Replaces the runtime settings; the program sees them on its next packet. The
+    /// value is stamped with this gateway's [`LAYOUT_VERSION`].
     pub fn set_config(&self, value: &XdpConfig) -> Result<(), XdpError> {
         let (mut config, path): (Array<MapData, XdpConfig>, _) = self.typed(map_names::CONFIG)?;
+        let value = XdpConfig {
+            layout: LAYOUT_VERSION,
+            ..*value
+        };
         config
-            .set(0, value, 0)
+            .set(0, &value, 0)
             .map_err(|source| map_error("writing", &path, source))
     }
 
@@ -225,11 +267,28 @@ impl KernelMaps {
     }
 }
 
-/// A hash or trie map with the name and path its errors need.
+/// A hash or trie map with the name and path its errors need, and the `FILLED` flag
+/// it keeps up (list maps only).
 pub struct Table<M> {
     pub map: M,
     name: &'static str,
     path: PathBuf,
+    filled: Option<Filled>,
+}
+
+/// One slot of the `FILLED` array.
+struct Filled {
+    flags: Array<MapData, u32>,
+    path: PathBuf,
+    slot: u32,
+}
+
+impl Filled {
+    fn set(&mut self, filled: bool) -> Result<(), XdpError> {
+        self.flags
+            .set(self.slot, &u32::from(filled), 0)
+            .map_err(|source| map_error("writing", &self.path, source))
+    }
 }
 
 /// Every entry of a map, as keys and values.
@@ -253,6 +312,8 @@ pub trait KeyOps {
     fn remove_one(&mut self, key: &Self::Key) -> Result<(), MapError>;
     /// Every entry, one key at a time: for kernels without batch lookups.
     fn walk(&self) -> Result<Pairs<Self::Key, Self::Value>, MapError>;
+    /// Whether the map holds no entry (one `BPF_MAP_GET_NEXT_KEY`).
+    fn is_empty(&self) -> Result<bool, MapError>;
 }
 
 impl<V: aya::Pod> KeyOps for HashMap<MapData, Addr, V> {
@@ -272,6 +333,9 @@ impl<V: aya::Pod> KeyOps for HashMap<MapData, Addr, V> {
     }
     fn walk(&self) -> Result<Pairs<Addr, V>, MapError> {
         walk(self.keys(), |key| self.get(key, 0))
+    }
+    fn is_empty(&self) -> Result<bool, MapError> {
+        self.keys().next().transpose().map(|key| key.is_none())
     }
 }
 
@@ -297,6 +361,9 @@ impl KeyOps for LpmTrie<MapData, Addr, CidrRule> {
     }
     fn walk(&self) -> Result<Pairs<Key<Addr>, CidrRule>, MapError> {
         walk(self.keys(), |key| self.get(key, 0))
+    }
+    fn is_empty(&self) -> Result<bool, MapError> {
+        self.keys().next().transpose().map(|key| key.is_none())
     }
 }
 
@@ -328,8 +395,13 @@ pub struct Undo<K, V> {
 }
 
 impl<M> Table<M> {
-    fn new(name: &'static str) -> impl FnOnce((M, PathBuf)) -> Self {
-        move |(map, path)| Self { map, name, path }
+    fn new(name: &'static str, filled: Option<Filled>) -> impl FnOnce((M, PathBuf)) -> Self {
+        move |(map, path)| Self {
+            map,
+            name,
+            path,
+            filled,
+        }
     }
 
     fn error(&self, what: &'static str, source: MapError) -> XdpError {
@@ -435,6 +507,15 @@ impl<M: KeyOps> Table<M> {
                 });
             }
         }
+        // After the inserts, so that a concurrent refresh that saw the map empty
+        // cannot clear the flag behind them (see `refresh_filled`).
+        if !keys.is_empty()
+            && let Some(filled) = &mut self.filled
+            && let Err(err) = filled.set(true)
+        {
+            self.undo(undo)?;
+            return Err(err);
+        }
         Ok(undo)
     }
 
@@ -449,8 +530,41 @@ impl<M: KeyOps> Table<M> {
         Ok(())
     }
 
-    /// Removes `keys`, in batches; returns, for each, whether it was there.
+    /// Sets the `FILLED` flag when the map holds an entry; clears it when it holds
+    /// none, then looks again and sets it back if an insert came in between (an
+    /// inserter sets the flag only after inserting, so one of the two sees the other).
+    pub fn refresh_filled(&mut self) -> Result<(), XdpError> {
+        let Self {
+            map, path, filled, ..
+        } = self;
+        let Some(filled) = filled else {
+            return Ok(());
+        };
+        let empty = || {
+            map.is_empty()
+                .map_err(|source| map_error("reading", path, source))
+        };
+        if !empty()? {
+            return filled.set(true);
+        }
+        filled.set(false)?;
+        if !empty()? {
+            filled.set(true)?;
+        }
+        Ok(())
+    }
+
+    /// Removes `keys`, in batches; returns, for each, whether it was there. The
+    /// `FILLED` flag is cleared when that emptied the map.
     pub fn remove_all(&mut self, keys: &[M::Key]) -> Result<Vec<bool>, XdpError> {
+        let found = self.remove_keys(keys)?;
+        if found.contains(&true) {
+            self.refresh_filled()?;
+        }
+        Ok(found)
+    }
+
+    fn remove_keys(&mut self, keys: &[M::Key]) -> Result<Vec<bool>, XdpError> {
         let mut found = vec![true; keys.len()];
         let mut at = 0;
         while at < keys.len() {
