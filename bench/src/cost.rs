@@ -137,11 +137,6 @@ struct Fill {
 
 const FILLS: [Fill; 5] = [
     Fill {
-        name: "blocklist 1, tries empty",
-        blocklist: 1,
-        prefixes: 0,
-    },
-    Fill {
         name: "blocklist 1, tries 1",
         blocklist: 1,
         prefixes: 1,
@@ -160,6 +155,11 @@ const FILLS: [Fill; 5] = [
         name: "tries 100k prefixes",
         blocklist: 1,
         prefixes: 100_000,
+    },
+    Fill {
+        name: "blocklist 1, tries empty",
+        blocklist: 1,
+        prefixes: 0,
     },
 ];
 
@@ -222,12 +222,9 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Vec<Cos
         cidr_entries: capacity::CIDR,
     });
     seed_blocked(&growing)?;
-    let (mut blocklist_len, mut tries_seeded) = (1, false);
-    for fill in FILLS.iter().filter(|fill| fill.prefixes <= 1) {
-        if fill.prefixes == 1 && !tries_seeded {
-            seed_tries(&growing)?;
-            tries_seeded = true;
-        }
+    seed_tries(&growing)?;
+    let mut blocklist_len = 1;
+    for fill in FILLS.iter().filter(|fill| fill.prefixes == 1) {
         fill_blocklist(&growing, blocklist_len, fill.blocklist)?;
         blocklist_len = fill.blocklist;
         for _ in 0..options.runs {
@@ -251,6 +248,17 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Vec<Cos
             waiter.wait()?;
             reference_round(&mut samples, &mut refs)?;
             measure_paths(&mut wide, fill, options.repeat, &mut samples)?;
+        }
+    }
+    drop(wide);
+
+    let mut empty = LoadedProgram::load_with(&Capacity::default());
+    seed_blocked(&empty)?;
+    for fill in FILLS.iter().filter(|fill| fill.prefixes == 0) {
+        for _ in 0..options.runs {
+            waiter.wait()?;
+            reference_round(&mut samples, &mut refs)?;
+            measure_paths(&mut empty, fill, options.repeat, &mut samples)?;
         }
     }
 
