@@ -380,6 +380,8 @@ impl<'a> Lists<'a> {
     /// [`restore`](Self::restore) under a lock the caller holds; also returns the
     /// saved lists as they now are.
     fn restore_locked(&self, lock: &ListsLock) -> Result<(usize, state::Lists), ListError> {
+        // Entries another tool wrote while no daemon ran set no `FILLED` flag.
+        self.maps.refresh_filled()?;
         let mut lists = load(lock, self.state)?;
         let now = clock::unix_now();
         let mut restored = 0;
