@@ -169,6 +169,8 @@ pub async fn run(
     )
     .await?;
 
+    crate::observe::metrics::record_reload(true);
+    crate::observe::metrics::record_certificates(&config);
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut certificates = tokio::time::interval(config.proxy.certificate_check_interval);
     let mut revocations = tokio::time::interval(SWEEP_INTERVAL);
@@ -186,7 +188,10 @@ pub async fn run(
             _ = reopen.recv() => reopen_logs(),
             _ = hangup.recv() => {
                 reopen_logs();
-                if let Some(new) = reload(config_path, &config, kernel.as_ref(), proxy.as_ref(), state).await {
+                let reloaded = reload(config_path, &config, kernel.as_ref(), proxy.as_ref(), state).await;
+                crate::observe::metrics::record_reload(reloaded.is_some());
+                if let Some(new) = reloaded {
+                    crate::observe::metrics::record_certificates(&new);
                     admin.set_config(&new);
                     abuse.reconfigure(&new);
                     config = new;

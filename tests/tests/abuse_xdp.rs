@@ -232,11 +232,7 @@ fn until_connects(ns: &NetNs, source: &str, want: bool, limit: Duration) -> Dura
 /// audit event (the block is in the kernel map before that line is written).
 fn loop_timestamps(log: &str) -> (Duration, Duration) {
     let at = |line: &serde_json::Value| {
-        // Access lines carry `timestamp` (tracing), audit lines `time`.
-        let stamp = line["timestamp"]
-            .as_str()
-            .or_else(|| line["time"].as_str())
-            .expect("timestamp");
+        let stamp = line["timestamp"].as_str().expect("timestamp");
         let time = stamp
             .split('T')
             .nth(1)
@@ -259,7 +255,7 @@ fn loop_timestamps(log: &str) -> (Duration, Duration) {
     let request = lines[..block]
         .iter()
         .rev()
-        .find(|line| line["status"] == 403)
+        .find(|line| line["http.response.status_code"] == 403)
         .expect("a 403 before the block");
     (at(request), at(&lines[block]))
 }
@@ -725,19 +721,19 @@ fn a_client_behind_a_trusted_proxy_is_refused_at_l7_while_the_proxy_and_others_a
         "the proxy is never dropped"
     );
 
-    let refusals = log_lines(daemon, |line| line["reason"] == "blocked");
+    let refusals = log_lines(daemon, |line| line["error.type"] == "blocked");
     assert_eq!(refusals.len(), 3, "{}", daemon.log());
     let line = &refusals[0];
-    assert_eq!(line["client"], BEHIND_BAD, "{line}");
-    assert_eq!(line["forwarded_by"], PROXY, "{line}");
+    assert_eq!(line["client.address"], BEHIND_BAD, "{line}");
+    assert_eq!(line["network.peer.address"], PROXY, "{line}");
     assert!(
-        line["error"]
+        line["error.message"]
             .as_str()
             .is_some_and(|e| e.contains("waf_block=2")),
         "the refusal is logged with its evidence: {line}"
     );
     let served = log_lines(daemon, |line| {
-        line["status"] == 200 && line["client"] == BEHIND_GOOD
+        line["http.response.status_code"] == 200 && line["client.address"] == BEHIND_GOOD
     });
     assert_eq!(served.len(), 1, "the other client is logged as itself");
 
@@ -823,14 +819,14 @@ fn an_untrusted_clients_forwarding_headers_charge_nobody_else() {
     let history = &explained["blocks"][0]["history"][0];
     assert_eq!(history["signals"]["rate_limited"], 10, "{explained}");
     assert!(history["last"].get("forwarded_by").is_none(), "{explained}");
-    let attacker_lines = log_lines(daemon, |line| line["client"] == ATTACKER);
+    let attacker_lines = log_lines(daemon, |line| line["client.address"] == ATTACKER);
     assert_eq!(
         attacker_lines.len(),
         13,
         "every request logged as the attacker's"
     );
     assert!(
-        log_lines(daemon, |line| line["client"] == VICTIM).len() == 3,
+        log_lines(daemon, |line| line["client.address"] == VICTIM).len() == 3,
         "only the victim's own requests are logged as the victim's"
     );
 }

@@ -967,7 +967,7 @@ async fn the_access_log_names_a_token_by_a_hash_of_its_jti() {
     let access: Vec<Value> = log
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|line| line["stream"] == "access" && line["subject"] == "judy")
+        .filter(|line| line["stream"] == "access" && line["user.id"] == "judy")
         .collect();
     assert_eq!(access.len(), 2, "{log}");
     assert_eq!(access[0]["jti_hash"], hash16(&jti), "{}", access[0]);

@@ -584,7 +584,7 @@ async fn clients_breaking_their_bodies_eject_nothing_and_every_endpoint_keeps_se
     let faults: Vec<serde_json::Value> = log
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|line| line["stream"] == "access" && line["reason"] == "bad_body")
+        .filter(|line| line["stream"] == "access" && line["error.type"] == "bad_body")
         .collect();
     assert!(faults.len() >= 20, "{} bad_body lines: {log}", faults.len());
     for line in &faults {
@@ -592,7 +592,7 @@ async fn clients_breaking_their_bodies_eject_nothing_and_every_endpoint_keeps_se
             line["upstream"].is_null() && line["endpoint"].is_null(),
             "a client's fault names an upstream: {line}"
         );
-        assert_eq!(line["status"], 400, "{line}");
+        assert_eq!(line["http.response.status_code"], 400, "{line}");
     }
     // … and every endpoint serves other clients at once.
     let other = fleet.client(Protocol::Http2);

@@ -2,11 +2,17 @@
 //! front of real mTLS `test-upstream` processes, scraped over its admin
 //! listener the way Prometheus and a load balancer's health check would.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::Path,
+    time::Duration,
+};
 
 use bytes::Bytes;
+use gateway::observe::metrics::{DESCRIPTIONS, Kind};
 use gateway_tests::{
-    fleet::Fleet,
+    fleet::{EDGE_NAME, Fleet},
     http::{Client, Protocol},
 };
 use http::{Request, StatusCode};
@@ -122,6 +128,61 @@ async fn scrape(fleet: &Fleet) -> Vec<Sample> {
     parse_prometheus(&body)
 }
 
+/// Every metric family in the exposition has `# HELP` and `# TYPE`, and every
+/// `gateway_*` family is one of the gateway's [`DESCRIPTIONS`], of that type.
+fn assert_described(text: &str) {
+    let mut help = BTreeSet::new();
+    let mut types = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, words) = rest.split_once(' ').unwrap_or((rest, ""));
+            assert!(!words.trim().is_empty(), "empty help: {line:?}");
+            help.insert(name.to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("no type in {line:?}"));
+            types.insert(name.to_owned(), kind.to_owned());
+        }
+    }
+    let samples = parse_prometheus(text);
+    assert!(samples.len() > 20, "too few samples to judge: {text}");
+    for sample in &samples {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                let base = sample.name.strip_suffix(suffix)?;
+                (types.get(base).map(String::as_str) == Some("histogram")).then_some(base)
+            })
+            .unwrap_or(&sample.name);
+        assert!(help.contains(family), "{family} has no # HELP");
+        let kind = types
+            .get(family)
+            .unwrap_or_else(|| panic!("{family} has no # TYPE"));
+        if family.starts_with("gateway_") {
+            let described = DESCRIPTIONS
+                .iter()
+                .find(|d| d.name == family)
+                .unwrap_or_else(|| panic!("{family} is exported but not in DESCRIPTIONS"));
+            let expected = match described.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
+            };
+            assert_eq!(kind, expected, "{family}");
+        }
+    }
+}
+
+/// The leaf certificate's notAfter (Unix seconds) in a PEM file, read apart
+/// from the gateway.
+fn not_after(path: &Path) -> f64 {
+    let pem = std::fs::read(path).expect("reading a certificate");
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).expect("PEM");
+    let cert = pem.parse_x509().expect("X.509");
+    cert.validity().not_after.timestamp() as f64
+}
+
 /// Scrapes until `check` holds; panics with the last scrape after `seconds`.
 async fn scrape_until(fleet: &Fleet, seconds: u64, what: &str, check: impl Fn(&[Sample]) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
@@ -159,7 +220,10 @@ async fn metrics_count_requests_by_route_and_status_and_follow_endpoint_health()
         StatusCode::BAD_REQUEST
     );
 
-    let samples = scrape(&fleet).await;
+    let (status, text) = admin_get(fleet.admin, "/metrics").await;
+    assert_eq!(status, 200, "{text}");
+    assert_described(&text);
+    let samples = parse_prometheus(&text);
     let ok = [("listener", "public"), ("route", "all"), ("status", "200")];
     assert_eq!(metric(&samples, "gateway_requests_total", &ok), Some(3.0));
     assert_eq!(
@@ -217,7 +281,48 @@ async fn metrics_count_requests_by_route_and_status_and_follow_endpoint_health()
     );
     assert_eq!(admin_get(fleet.admin, "/readyz").await.0, 200);
     assert_eq!(admin_get(fleet.admin, "/healthz").await.0, 200);
-    dashboard_names_exported_metrics(&samples);
+
+    // What runs, and the process it runs in.
+    let build = samples
+        .iter()
+        .find(|s| s.name == "gateway_build_info")
+        .expect("gateway_build_info");
+    assert_eq!(build.value, 1.0);
+    let label = |name: &str| {
+        build
+            .labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("gateway_build_info lacks {name}"))
+    };
+    assert_eq!(label("version"), env!("CARGO_PKG_VERSION"));
+    let commit = label("commit");
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "commit {commit:?}"
+    );
+    for name in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(
+            metric(&samples, name, &[]).is_some_and(|v| v > 0.0),
+            "{name} missing or 0"
+        );
+    }
+    assert!(metric(&samples, "process_cpu_seconds_total", &[]).is_some());
+    assert!(
+        metric(
+            &samples,
+            "gateway_listener_connections",
+            &[("listener", "public")]
+        )
+        .is_some()
+    );
 
     fleet.upstreams[0].kill();
     scrape_until(&fleet, 15, "the killed endpoint's health gauge at 0", |s| {
@@ -313,8 +418,21 @@ async fn admin_is_not_on_the_public_listener_and_config_is_shown_redacted() {
     daemon.stop();
 }
 
+/// The line's `timestamp` is RFC 3339 in UTC with milliseconds, the one
+/// time format of every stream.
+fn assert_rfc3339(line: &serde_json::Value) {
+    let stamp = line["timestamp"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no timestamp in {line}"));
+    assert!(
+        humantime::parse_rfc3339(stamp).is_ok() && stamp.len() == 24 && stamp.ends_with('Z'),
+        "timestamp {stamp:?} is not RFC 3339 UTC with milliseconds"
+    );
+    assert!(line.get("time").is_none(), "a second time key: {line}");
+}
+
 /// The JSON lines of a log file (every line must parse).
-fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+fn json_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -328,7 +446,7 @@ fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
 
 /// Waits until `path` has a JSON line for which `check` holds.
 async fn wait_for_line(
-    path: &std::path::Path,
+    path: &Path,
     what: &str,
     check: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
@@ -359,23 +477,34 @@ async fn access_and_audit_logs_go_to_their_files_and_reopen_after_rotation() {
     let daemon = fleet.start(&config);
     let client = fleet.client(Protocol::Http1);
 
-    assert_eq!(get(&fleet, &client, "/echo?x=1").await, StatusCode::OK);
-    let line = wait_for_line(&access, "the allowed request", |l| l["path"] == "/echo").await;
+    echoed(
+        &fleet,
+        Protocol::Http1,
+        "/echo?x=1",
+        &[("user-agent", "observe-test/1")],
+    )
+    .await;
+    let line = wait_for_line(&access, "the allowed request", |l| l["url.path"] == "/echo").await;
     for field in [
-        "time",
+        "timestamp",
         "request_id",
-        "client",
-        "tls",
-        "sni",
-        "method",
-        "host",
-        "path",
-        "route",
+        "trace_id",
+        "span_id",
+        "client.address",
+        "network.peer.address",
+        "network.protocol.version",
+        "tls.protocol.version",
+        "tls.client.server_name",
+        "http.request.method",
+        "server.address",
+        "url.path",
+        "user_agent.original",
+        "http.route",
         "upstream",
         "endpoint",
-        "status",
-        "bytes_in",
-        "bytes_out",
+        "http.response.status_code",
+        "http.request.body.size",
+        "http.response.body.size",
         "latency_ms",
         "upstream_ms",
         "decision",
@@ -386,20 +515,34 @@ async fn access_and_audit_logs_go_to_their_files_and_reopen_after_rotation() {
         );
     }
     assert_eq!(line["stream"], "access");
-    assert_eq!(line["status"], 200);
+    assert_eq!(line["http.response.status_code"], 200);
+    assert_eq!(line["http.request.method"], "GET");
+    assert_eq!(line["network.protocol.version"], "1.1");
+    assert_eq!(line["client.address"], "127.0.0.1");
     assert_eq!(line["decision"], "allow");
-    assert_eq!(line["route"], "all");
-    assert_eq!(line["sni"], gateway_tests::fleet::EDGE_NAME);
+    assert_eq!(line["http.route"], "all");
+    assert_eq!(line["user_agent.original"], "observe-test/1");
+    assert_eq!(line["tls.client.server_name"], EDGE_NAME);
+    assert_eq!(line["server.address"], EDGE_NAME);
     assert_eq!(line["endpoint"], fleet.upstreams[0].addr().to_string());
-    assert!(line["bytes_out"].as_u64().is_some_and(|n| n > 0), "{line}");
+    assert!(
+        line["http.response.body.size"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{line}"
+    );
+    assert_rfc3339(&line);
 
     assert_eq!(
         get(&fleet, &client, "/a/%2F/b").await,
         StatusCode::BAD_REQUEST
     );
-    let denied = wait_for_line(&access, "the refused request", |l| l["status"] == 400).await;
+    let denied = wait_for_line(&access, "the refused request", |l| {
+        l["http.response.status_code"] == 400
+    })
+    .await;
     assert_eq!(denied["decision"], "deny");
-    assert_eq!(denied["reason"], "invalid_path");
+    assert_eq!(denied["error.type"], "invalid_path");
     // The daemon's own messages stay out of the access stream.
     assert!(
         json_lines(&access).iter().all(|l| l["stream"] == "access"),
@@ -416,7 +559,8 @@ async fn access_and_audit_logs_go_to_their_files_and_reopen_after_rotation() {
         reloaded["uid"].is_u64() && reloaded["pid"].is_u64(),
         "{reloaded}"
     );
-    assert!(reloaded["time"].is_string(), "{reloaded}");
+    assert_eq!(reloaded["stream"], "audit");
+    assert_rfc3339(&reloaded);
 
     // logrotate: rename, signal, and new lines go to a new file at the path.
     let rotated = logs.path().join("access.log.1");
@@ -437,13 +581,13 @@ async fn access_and_audit_logs_go_to_their_files_and_reopen_after_rotation() {
         StatusCode::OK
     );
     wait_for_line(&access, "a request after rotation", |l| {
-        l["path"] == "/after-rotation"
+        l["url.path"] == "/after-rotation"
     })
     .await;
     assert!(
         json_lines(&rotated)
             .iter()
-            .all(|l| l["path"] != "/after-rotation"),
+            .all(|l| l["url.path"] != "/after-rotation"),
         "a line went to the rotated file"
     );
     daemon.stop();
@@ -503,7 +647,7 @@ async fn common_log_format_is_available() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
-    assert!(line.contains("] \"GET /clf TLSv1."), "{line}");
+    assert!(line.contains("] \"GET /clf HTTP/1.1\""), "{line}");
     assert!(line.contains("\" 200 "), "{line}");
     daemon.stop();
 }
@@ -693,42 +837,259 @@ async fn alert_fires_its_webhook_once_with_retry_and_sends_a_resolved_notice() {
     daemon.stop();
 }
 
-/// Every metric the Grafana dashboard queries is one the gateway exports (XDP
-/// ones need the kernel plane, which this loopback gateway runs without).
-fn dashboard_names_exported_metrics(samples: &[Sample]) {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/grafana/gateway.json"
+#[tokio::test]
+async fn reload_result_and_certificate_expiry_are_exported() {
+    let fleet = Fleet::new(1);
+    let mut config = fleet.config();
+    let daemon = fleet.start(&config);
+    let listener_cert = config.listeners[0].certificates[0].cert.clone();
+    let client_cert = config.upstreams["fleet"].client_cert.clone();
+    let samples = scrape(&fleet).await;
+    let started = metric(&samples, "gateway_reload_last_timestamp_seconds", &[])
+        .expect("the start is the first load");
+    assert_eq!(
+        metric(&samples, "gateway_reload_last_success", &[]),
+        Some(1.0)
     );
-    let text = std::fs::read_to_string(path).expect("reading the Grafana dashboard");
-    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
-    let panels = dashboard["panels"].as_array().expect("panels");
-    let mut names = Vec::new();
-    for expr in panels
+    let listener_path = listener_cert.display().to_string();
+    assert_eq!(
+        metric(
+            &samples,
+            "gateway_certificate_expiry_seconds",
+            &[
+                ("role", "listener"),
+                ("name", "public"),
+                ("path", &listener_path),
+                ("subject", &format!("CN={EDGE_NAME}"))
+            ]
+        ),
+        Some(not_after(&listener_cert))
+    );
+    assert_eq!(
+        metric(
+            &samples,
+            "gateway_certificate_expiry_seconds",
+            &[
+                ("role", "upstream"),
+                ("name", "fleet"),
+                ("subject", "CN=gateway")
+            ]
+        ),
+        Some(not_after(&client_cert))
+    );
+
+    // A rejected reload: the result drops to 0 and the time moves on.
+    std::fs::write(
+        fleet.gateway.state_dir.path().join("gateway.toml"),
+        "not = [valid",
+    )
+    .expect("breaking the config");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    daemon.signal(libc::SIGHUP);
+    scrape_until(&fleet, 10, "the rejected reload", |s| {
+        metric(s, "gateway_reload_last_success", &[]) == Some(0.0)
+    })
+    .await;
+    let rejected = metric(
+        &scrape(&fleet).await,
+        "gateway_reload_last_timestamp_seconds",
+        &[],
+    )
+    .expect("reload time");
+    assert!(rejected > started, "{rejected} after {started}");
+
+    // An applied reload with a new certificate: 1 again, and its expiry shown.
+    let (cert, key) = fleet.write(&fleet.edge_ca.issue_server_rsa(&[EDGE_NAME]), "edge-next");
+    config.listeners[0].certificates[0].cert = cert.clone();
+    config.listeners[0].certificates[0].key = key;
+    fleet.rewrite(&config);
+    daemon.signal(libc::SIGHUP);
+    let path = cert.display().to_string();
+    scrape_until(&fleet, 10, "the new certificate's expiry", |s| {
+        metric(s, "gateway_reload_last_success", &[]) == Some(1.0)
+            && metric(s, "gateway_certificate_expiry_seconds", &[("path", &path)])
+                == Some(not_after(&cert))
+    })
+    .await;
+    daemon.stop();
+}
+
+#[tokio::test]
+async fn daemon_lines_share_the_timestamp_and_text_logs_into_files_have_no_colour() {
+    let fleet = Fleet::new(1);
+    // JSON (the default): every line of every stream on stdout parses and
+    // carries the one timestamp key.
+    let daemon = fleet.start(&fleet.config());
+    let client = fleet.client(Protocol::Http1);
+    assert_eq!(get(&fleet, &client, "/json").await, StatusCode::OK);
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for_log("config_reloaded", Duration::from_secs(10));
+    daemon.wait_for_log("\"url.path\":\"/json\"", Duration::from_secs(10));
+    let log = daemon.log();
+    let mut streams = BTreeSet::new();
+    for line in log.lines() {
+        let line: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|err| panic!("a non-JSON line ({err}): {line}"));
+        assert_rfc3339(&line);
+        streams.insert(line["stream"].as_str().unwrap_or("none").to_owned());
+    }
+    assert_eq!(
+        streams,
+        BTreeSet::from(["access".to_owned(), "audit".to_owned(), "daemon".to_owned()])
+    );
+    daemon.stop();
+
+    // Text into a file (not a terminal): no escape sequences, same timestamp.
+    let daemon = fleet.gateway.spawn_daemon_with(
+        &gateway_tests::fleet::render(&fleet.config()),
+        Duration::from_secs(20),
+        |command| {
+            command.args(["--log-format", "text"]);
+        },
+    );
+    let log = daemon.log();
+    assert!(!log.contains('\u{1b}'), "colour codes in a file:\n{log:?}");
+    let running = log
+        .lines()
+        .find(|l| l.contains("gateway running"))
+        .expect("the running line");
+    let stamp = running.split_whitespace().next().unwrap_or_default();
+    assert!(
+        humantime::parse_rfc3339(stamp).is_ok() && stamp.len() == 24,
+        "{running}"
+    );
+    daemon.stop();
+}
+
+/// `GET /echo` with `headers`, over `protocol`: the headers the upstream got.
+async fn echoed(
+    fleet: &Fleet,
+    protocol: Protocol,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut request = Request::get(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Bytes::new()).expect("valid request");
+    let response = within(15, path, fleet.client(protocol).send(fleet.listen, request))
+        .await
+        .unwrap_or_else(|err| panic!("GET {path}: {err}"));
+    assert_eq!(response.status(), StatusCode::OK);
+    let echo: serde_json::Value = serde_json::from_slice(response.body()).expect("echo JSON");
+    echo["headers"].clone()
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>`, lowercase, ids not zero: (trace id, parent id, flags).
+fn valid_traceparent(value: &serde_json::Value) -> (String, String, String) {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("one traceparent expected, got {value}"));
+    let parts: Vec<&str> = text.split('-').collect();
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
+            && s.chars().any(|c| c != '0')
+    };
+    assert!(
+        parts.len() == 4
+            && parts[0] == "00"
+            && hex(parts[1], 32)
+            && hex(parts[2], 16)
+            && hex(parts[3], 2),
+        "invalid traceparent forwarded: {text:?}"
+    );
+    (
+        parts[1].to_owned(),
+        parts[2].to_owned(),
+        parts[3].to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn traceparent_reaches_the_fleet_over_both_protocols_and_is_logged() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    let fleet = Fleet::new(1);
+    let logs = tempfile::tempdir().expect("log directory");
+    let access = logs.path().join("access.log");
+    let mut config = fleet.config();
+    config.log.access = gateway::config::LogOutput::File(access.clone());
+    let daemon = fleet.start(&config);
+    let incoming = format!("00-{TRACE}-{PARENT}-01");
+    for (protocol, version) in [(Protocol::Http1, "1.1"), (Protocol::Http2, "2")] {
+        // A valid one: the same trace, a new parent (the gateway's hop), and
+        // its tracestate along.
+        let path = format!("/valid-{version}");
+        let got = echoed(
+            &fleet,
+            protocol,
+            &path,
+            &[
+                ("traceparent", &incoming),
+                ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
+            ],
+        )
+        .await;
+        let (trace, parent, flags) = valid_traceparent(&got["traceparent"]);
+        assert_eq!((trace.as_str(), flags.as_str()), (TRACE, "01"), "{version}");
+        assert_ne!(
+            parent, PARENT,
+            "{version}: the gateway's hop has its own span id"
+        );
+        assert_eq!(got["tracestate"], "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
+        let line = wait_for_line(&access, "the traced request", |l| {
+            l["url.path"] == path.as_str()
+        })
+        .await;
+        assert_eq!(line["trace_id"], TRACE, "{line}");
+        assert_eq!(line["span_id"], parent.as_str(), "{line}");
+        assert_eq!(line["network.protocol.version"], version, "{line}");
+
+        // None: one is generated, and logged.
+        let path = format!("/none-{version}");
+        let got = echoed(&fleet, protocol, &path, &[]).await;
+        let (trace, _, _) = valid_traceparent(&got["traceparent"]);
+        let line = wait_for_line(&access, "the untraced request", |l| {
+            l["url.path"] == path.as_str()
+        })
+        .await;
+        assert_eq!(line["trace_id"], trace.as_str(), "{line}");
+
+        // Malformed ones are replaced, their tracestate dropped.
+        for (i, bad) in [
+            format!("00-{}-{PARENT}-01", TRACE.to_uppercase()),
+            format!("00-{}-{PARENT}-01", "0".repeat(32)),
+            format!("ff-{TRACE}-{PARENT}-01"),
+            format!("00-{TRACE}-{PARENT}-01-extra"),
+            "00-tooshort-01".to_owned(),
+        ]
         .iter()
-        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
-        .filter_map(|t| t["expr"].as_str())
-    {
-        let mut rest = expr;
-        while let Some(at) = rest.find("gateway_") {
-            let name: String = rest[at..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            rest = &rest[at + name.len()..];
-            names.push(name);
+        .enumerate()
+        {
+            let path = format!("/bad-{version}-{i}");
+            let got = echoed(
+                &fleet,
+                protocol,
+                &path,
+                &[("traceparent", bad), ("tracestate", "a=1")],
+            )
+            .await;
+            let (trace, _, _) = valid_traceparent(&got["traceparent"]);
+            assert_ne!(trace, TRACE, "{bad}");
+            assert!(
+                got.get("tracestate").is_none(),
+                "{bad}: tracestate forwarded: {got}"
+            );
+            let line = wait_for_line(&access, "the malformed request", |l| {
+                l["url.path"] == path.as_str()
+            })
+            .await;
+            assert_eq!(line["trace_id"], trace.as_str(), "{line}");
         }
     }
-    assert!(
-        names.len() > 10,
-        "the dashboard queries too little: {names:?}"
-    );
-    for name in names.iter().filter(|n| !n.starts_with("gateway_xdp_")) {
-        assert!(
-            samples.iter().any(|s| &s.name == name),
-            "the dashboard queries {name}, which /metrics does not export"
-        );
-    }
+    daemon.stop();
 }
 
 /// `text` without ANSI escape sequences and whitespace: what a terminal shows,

@@ -82,7 +82,7 @@ fn metrics_show_the_xdp_counters_and_cli_changes_are_audited() {
     assert_eq!(line["list"], "blocklist", "{line}");
     assert_eq!(line["entries"], BLOCKED, "{line}");
     assert_eq!(line["uid"], 0, "{line}");
-    assert!(line["time"].is_string(), "{line}");
+    assert!(line["timestamp"].is_string(), "{line}");
 
     let socket = udp_from(
         &topology.client,

@@ -99,6 +99,7 @@ impl AdminState {
                 warn!(%err, "reading the XDP maps for /metrics failed");
             }
         }
+        metrics::record_process();
         handle.run_upkeep();
         handle.render()
     }

@@ -7,6 +7,12 @@
 //!   through sudo) and pid, so "who changed what when" needs nothing else.
 //! - everything else: the daemon's own messages, filtered by `RUST_LOG`.
 //!
+//! One schema for all three: every JSON line carries `timestamp` (RFC 3339,
+//! UTC, milliseconds), `level` and `stream`; HTTP fields are named after
+//! OpenTelemetry's semantic conventions (`http.request.method`,
+//! `client.address`, ...; docs/operations.md has the table). The daemon's
+//! text format carries the same timestamp, and colour only on a terminal.
+//!
 //! Each stream goes to stdout or to a file. Files are opened for appending
 //! and reopened by [`reopen`] (the daemon calls it on SIGUSR1 and SIGHUP), so
 //! logrotate can rename them and signal.
@@ -15,7 +21,7 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     fs::{DirBuilder, File, OpenOptions},
-    io::Write as _,
+    io::{IsTerminal as _, Write as _},
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
@@ -30,7 +36,7 @@ use tracing::{
 use tracing_subscriber::{
     EnvFilter, Layer,
     filter::{FilterExt as _, LevelFilter, filter_fn},
-    fmt::MakeWriter,
+    fmt::{MakeWriter, format::Writer, time::FormatTime},
     layer::{Context, SubscriberExt as _},
     util::SubscriberInitExt as _,
 };
@@ -41,6 +47,10 @@ use crate::config::{AccessFormat, LogOutput, LogSection};
 pub const ACCESS: &str = "access";
 /// The target of audit events.
 pub const AUDIT: &str = "audit";
+/// The `stream` of the daemon's own lines.
+const DAEMON: &str = "daemon";
+/// The key of every line's time, on every stream.
+const TIMESTAMP: &str = "timestamp";
 
 /// A log file could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +165,13 @@ impl Sink {
         })
     }
 
+    /// Whether colour would reach a terminal (and `NO_COLOR` is unset).
+    fn is_terminal(&self) -> bool {
+        matches!(self, Self::Stdout)
+            && std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    }
+
     fn write_line(&self, line: &str) {
         match self {
             Self::Stdout => {
@@ -211,9 +228,10 @@ enum Format {
     Clf,
 }
 
-/// Writes the events of one target to one sink.
+/// Writes the events its filter lets through to one sink, as one stream.
 struct StreamLayer {
-    target: &'static str,
+    /// The `stream` field: `access`, `audit` or `daemon`.
+    stream: &'static str,
     format: Format,
     sink: Sink,
     /// Add uid, sudo_uid and pid (audit lines say who).
@@ -222,18 +240,21 @@ struct StreamLayer {
 
 impl<S: Subscriber> Layer<S> for StreamLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        if event.metadata().target() != self.target {
-            return;
-        }
         let mut fields = Fields::default();
         event.record(&mut fields);
         let mut map = serde_json::Map::new();
-        map.insert("time".to_owned(), Value::String(now_rfc3339()));
+        map.insert(TIMESTAMP.to_owned(), Value::String(now_rfc3339()));
         map.insert(
             "level".to_owned(),
             Value::String(event.metadata().level().to_string()),
         );
-        map.insert("stream".to_owned(), Value::String(self.target.to_owned()));
+        map.insert("stream".to_owned(), Value::String(self.stream.to_owned()));
+        if self.stream == DAEMON {
+            map.insert(
+                "target".to_owned(),
+                Value::String(event.metadata().target().to_owned()),
+            );
+        }
         if self.who {
             for (key, value) in who() {
                 map.insert(key.to_owned(), value);
@@ -294,8 +315,17 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-/// `client - subject [time] "METHOD path TLS" status bytes_out`: the access
-/// fields an Apache-style grep expects (the protocol slot holds the TLS version).
+/// The daemon's text lines start with the same timestamp as the JSON ones.
+struct Rfc3339;
+
+impl FormatTime for Rfc3339 {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        w.write_str(&now_rfc3339())
+    }
+}
+
+/// `client - user [timestamp] "METHOD path HTTP/version" status bytes_out`:
+/// the access fields an Apache-style grep expects.
 fn common_log_format(map: &serde_json::Map<String, Value>) -> String {
     let field = |key: &str| match map.get(key) {
         Some(Value::String(text)) => text.clone(),
@@ -305,15 +335,15 @@ fn common_log_format(map: &serde_json::Map<String, Value>) -> String {
     let mut line = String::new();
     let _ = write!(
         line,
-        "{} - {} [{}] \"{} {} {}\" {} {}",
-        field("client"),
-        field("subject"),
-        field("time"),
-        field("method"),
-        field("path"),
-        field("tls"),
-        field("status"),
-        field("bytes_out"),
+        "{} - {} [{}] \"{} {} HTTP/{}\" {} {}",
+        field("client.address"),
+        field("user.id"),
+        field(TIMESTAMP),
+        field("http.request.method"),
+        field("url.path"),
+        field("network.protocol.version"),
+        field("http.response.status_code"),
+        field("http.response.body.size"),
     );
     line
 }
@@ -326,7 +356,7 @@ fn common_log_format(map: &serde_json::Map<String, Value>) -> String {
 /// (its fields are never even evaluated).
 pub fn init_daemon(log: &LogSection, json: bool) -> Result<(), LogError> {
     let access = StreamLayer {
-        target: ACCESS,
+        stream: ACCESS,
         format: match log.access_format {
             AccessFormat::Json => Format::Json,
             AccessFormat::Clf => Format::Clf,
@@ -335,7 +365,7 @@ pub fn init_daemon(log: &LogSection, json: bool) -> Result<(), LogError> {
         who: false,
     };
     let audit = StreamLayer {
-        target: AUDIT,
+        stream: AUDIT,
         format: Format::Json,
         sink: Sink::new(&log.audit, true)?,
         who: true,
@@ -356,19 +386,19 @@ pub fn init_daemon(log: &LogSection, json: bool) -> Result<(), LogError> {
         .with(access.with_filter(stream_filter(ACCESS, log.access != LogOutput::Off)))
         .with(audit.with_filter(stream_filter(AUDIT, log.audit != LogOutput::Off)));
     if json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(daemon_sink)
-                    .with_filter(daemon_filter),
-            )
-            .init();
+        let daemon = StreamLayer {
+            stream: DAEMON,
+            format: Format::Json,
+            sink: daemon_sink,
+            who: false,
+        };
+        registry.with(daemon.with_filter(daemon_filter)).init();
     } else {
         registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .with_timer(Rfc3339)
+                    .with_ansi(daemon_sink.is_terminal())
                     .with_writer(daemon_sink)
                     .with_filter(daemon_filter),
             )
@@ -396,7 +426,7 @@ fn stream_filter(
 /// on the first event, so read-only commands never touch it).
 pub fn init_cli_audit(path: &Path) {
     let layer = StreamLayer {
-        target: AUDIT,
+        stream: AUDIT,
         format: Format::Json,
         sink: Sink::File(Arc::new(LogFile {
             path: path.to_owned(),
@@ -416,15 +446,16 @@ mod tests {
     #[test]
     fn clf_line_has_the_classic_shape() {
         let map = serde_json::json!({
-            "client": "198.18.0.7", "time": "2026-11-28T03:00:00.000Z", "method": "GET",
-            "path": "/api/x", "tls": "TLSv1.3", "status": 200, "bytes_out": 12,
+            "client.address": "198.18.0.7", "timestamp": "2026-11-28T03:00:00.000Z",
+            "http.request.method": "GET", "url.path": "/api/x", "network.protocol.version": "1.1",
+            "http.response.status_code": 200, "http.response.body.size": 12,
         });
         let Value::Object(map) = map else {
             unreachable!("a JSON object literal")
         };
         assert_eq!(
             common_log_format(&map),
-            "198.18.0.7 - - [2026-11-28T03:00:00.000Z] \"GET /api/x TLSv1.3\" 200 12"
+            "198.18.0.7 - - [2026-11-28T03:00:00.000Z] \"GET /api/x HTTP/1.1\" 200 12"
         );
     }
 

@@ -9,21 +9,143 @@
 //! XDP reasons), never a client address, token or path. Histograms have fixed
 //! buckets and an upkeep thread folds their samples in, so memory does not
 //! depend on whether anyone scrapes.
+//!
+//! Every metric is listed once in [`DESCRIPTIONS`] with its type, unit and
+//! help text, which become the exposition's `# HELP` and `# TYPE` lines (and
+//! the metric table in docs/operations.md). The process metrics
+//! (`process_*`) are described by `metrics-process` itself.
 
 use std::{
     collections::BTreeMap,
+    path::Path,
     sync::{Arc, LazyLock, OnceLock, PoisonError, RwLock},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use gateway_common::consts::{Reason, map_names};
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::{
+    config::{Config, ListenerConfig},
     upstream::Upstreams,
     xdp::{KernelMaps, XdpError},
 };
+
+/// A metric's Prometheus type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric the gateway exports: what `# HELP` and `# TYPE` say about it.
+#[derive(Debug)]
+pub struct Description {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Unit,
+    /// The labels its series carry (for the docs; the code sets them).
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+const fn describe(
+    name: &'static str,
+    kind: Kind,
+    unit: Unit,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> Description {
+    Description {
+        name,
+        kind,
+        unit,
+        labels,
+        help,
+    }
+}
+
+use Kind::{Counter as C, Gauge as G, Histogram as H};
+use Unit::{Bytes as B, Count as N, Seconds as S};
+
+/// Every `gateway_*` metric, the one place that names them all.
+#[rustfmt::skip]
+pub const DESCRIPTIONS: &[Description] = &[
+    describe("gateway_build_info", G, N, &["version", "commit"], "Always 1; the labels say which build runs."),
+    describe("gateway_reload_last_success", G, N, &[], "1 if the last configuration load (start or SIGHUP) was applied, 0 if it was rejected."),
+    describe("gateway_reload_last_timestamp_seconds", G, S, &[], "Unix time of the last configuration load (start or SIGHUP), applied or not."),
+    describe("gateway_certificate_expiry_seconds", G, S, &["role", "name", "path", "subject"], "Unix time at which a certificate in use expires (notAfter of the leaf); role is listener or upstream (the client certificate)."),
+    describe("gateway_requests_total", C, N, &["listener", "route", "status"], "Requests answered, by listener, route (none: no route matched) and status code."),
+    describe("gateway_request_errors_total", C, N, &["route", "code"], "Requests the gateway answered itself, by error code (no_route, invalid_token, waf_blocked, ...)."),
+    describe("gateway_request_duration_seconds", H, S, &["route"], "Time from the request head to the response head."),
+    describe("gateway_request_bytes_total", C, B, &["route"], "Request body bytes declared by Content-Length."),
+    describe("gateway_response_bytes_total", C, B, &["route"], "Response body bytes declared by Content-Length."),
+    describe("gateway_upstream_duration_seconds", H, S, &["route", "upstream"], "Time the upstream took to answer, retries included."),
+    describe("gateway_upstream_retries_total", C, N, &["upstream"], "Retries sent to another endpoint of the pool."),
+    describe("gateway_upstream_body_errors_total", C, N, &["upstream"], "Upstream response bodies that broke off mid-stream."),
+    describe("gateway_upstream_endpoints", G, N, &["upstream"], "Endpoints in the pool."),
+    describe("gateway_upstream_healthy_endpoints", G, N, &["upstream"], "Endpoints of the pool passing health checks."),
+    describe("gateway_upstream_endpoint_healthy", G, N, &["upstream", "endpoint"], "1 if the endpoint passes its health checks."),
+    describe("gateway_upstream_endpoint_in_flight", G, N, &["upstream", "endpoint"], "Requests in flight to the endpoint."),
+    describe("gateway_upstream_endpoint_ejected", G, N, &["upstream", "endpoint"], "1 while outlier detection keeps the endpoint out."),
+    describe("gateway_upstream_breaker_open", G, N, &["upstream"], "1 while the pool's concurrency breaker refuses requests."),
+    describe("gateway_upstream_breaker_in_flight", G, N, &["upstream"], "Requests holding one of the breaker's slots."),
+    describe("gateway_upstream_breaker_pending", G, N, &["upstream"], "Requests waiting for a breaker slot."),
+    describe("gateway_upstream_circuit_open", G, N, &["upstream"], "1 while the pool's circuit is open (failing fast)."),
+    describe("gateway_listener_connections", G, N, &["listener"], "Client connections open on the listener."),
+    describe("gateway_listener_connections_refused_total", C, N, &["listener", "reason"], "Connections refused at accept, by reason (limit, per_client, accept_error, ...)."),
+    describe("gateway_listener_connections_evicted_total", C, N, &["listener"], "Idle connections closed to make room for new ones."),
+    describe("gateway_auth_requests_total", C, N, &["result"], "Token checks, by result (ok or the refusal code); refusals are auth_refused audit events."),
+    describe("gateway_auth_unknown_kid_total", C, N, &["issuer", "fetched"], "Tokens signed with a key id the issuer's key set lacks; fetched: whether that triggered a refetch."),
+    describe("gateway_auth_jwks_fetch_failures_total", C, N, &["issuer"], "Failed fetches of an issuer's key set (the last good keys stay)."),
+    describe("gateway_auth_jwks_keys", G, N, &["issuer"], "Keys in the issuer's current key set."),
+    describe("gateway_auth_introspection_failures_total", C, N, &["issuer"], "Token introspection calls that failed."),
+    describe("gateway_auth_introspection_throttled_total", C, N, &["issuer", "budget"], "Introspection calls not made because a budget was spent."),
+    describe("gateway_auth_revocations", G, N, &[], "Entries in the token denylist."),
+    describe("gateway_waf_matches_total", C, N, &["rule", "action"], "WAF rule matches; action block answered 403, monitor let the request pass."),
+    describe("gateway_waf_bodies_uninspected_total", C, N, &["route"], "Bodies larger than the WAF reads, streamed on with only their prefix inspected."),
+    describe("gateway_ratelimit_rejected_total", C, N, &["route", "policy"], "Requests refused 429 by an L7 rate limit."),
+    describe("gateway_quota_exhausted_total", C, N, &["route", "quota"], "Requests refused because a quota was spent."),
+    describe("gateway_abuse_signals_total", C, N, &["signal"], "Abuse signals charged to a client (auth failures, WAF hits, rate-limit hits, ...)."),
+    describe("gateway_abuse_signals_ignored_total", C, N, &["signal", "reason"], "Abuse signals not charged (a source that did not prove its address)."),
+    describe("gateway_abuse_blocks_total", C, N, &["applied"], "Clients the abuse loop blocked; applied: whether the block reached the kernel map."),
+    describe("gateway_abuse_not_blocked_total", C, N, &["reason"], "Blocks the abuse loop decided but did not make (exempt_overlap: an allowlisted range)."),
+    describe("gateway_abuse_untracked_total", C, N, &[], "Signals dropped because the tracker was full."),
+    describe("gateway_xdp_packets_total", C, N, &["reason", "verdict"], "Packets the XDP program judged, by verdict (drop, pass, monitor) and reason."),
+    describe("gateway_xdp_bytes_total", C, B, &["reason", "verdict"], "Bytes of the packets the XDP program judged."),
+    describe("gateway_xdp_map_entries", G, N, &["map"], "Entries in a kernel map."),
+    describe("gateway_xdp_map_capacity", G, N, &["map"], "Capacity of a kernel map."),
+];
+
+/// The process metrics `metrics-process` exports on Linux (it describes them).
+pub const PROCESS_METRICS: &[&str] = &[
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_virtual_memory_max_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+];
+
+/// The `process_*` metrics, collected from /proc on every scrape.
+static PROCESS: LazyLock<metrics_process::Collector> =
+    LazyLock::new(metrics_process::Collector::default);
+
+/// Publishes every description (the recorder must exist).
+fn describe_all() {
+    for d in DESCRIPTIONS {
+        match d.kind {
+            Kind::Counter => metrics::describe_counter!(d.name, d.unit, d.help),
+            Kind::Gauge => metrics::describe_gauge!(d.name, d.unit, d.help),
+            Kind::Histogram => metrics::describe_histogram!(d.name, d.unit, d.help),
+        }
+    }
+    PROCESS.describe();
+}
 
 /// Latency buckets in seconds: 1 ms to 30 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -56,6 +178,13 @@ pub fn handle() -> &'static PrometheusHandle {
         let handle = builder()
             .install_recorder()
             .unwrap_or_else(|_| builder().build_recorder().handle());
+        describe_all();
+        metrics::gauge!(
+            "gateway_build_info",
+            "version" => env!("CARGO_PKG_VERSION"),
+            "commit" => env!("GATEWAY_COMMIT"),
+        )
+        .set(1.0);
         // The recorder keeps every histogram sample until it folds them into
         // the buckets, which it does only at a scrape or at upkeep: without
         // upkeep, memory grows with every request while nobody scrapes.
@@ -231,6 +360,72 @@ pub fn record_upstreams(upstreams: &Upstreams) {
     }
 }
 
+/// Reads the process's CPU time, memory and descriptors from /proc.
+pub fn record_process() {
+    PROCESS.collect();
+}
+
+/// Records the outcome of a configuration load (at start and on SIGHUP).
+pub fn record_reload(applied: bool) {
+    metrics::gauge!("gateway_reload_last_success").set(f64::from(u8::from(applied)));
+    metrics::gauge!("gateway_reload_last_timestamp_seconds").set(unix_now());
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Sets the expiry gauges of every certificate `config` uses: the listeners'
+/// and each pool's client certificate.
+pub fn record_certificates(config: &Config) {
+    for listener in &config.listeners {
+        record_listener_certificates(listener);
+    }
+    for (name, upstream) in &config.upstreams {
+        record_certificate("upstream", name, &upstream.client_cert);
+    }
+}
+
+/// Sets the expiry gauges of one listener's certificates (after they were
+/// loaded, at start, reload, or when their files changed).
+pub fn record_listener_certificates(listener: &ListenerConfig) {
+    for certificate in &listener.certificates {
+        record_certificate("listener", &listener.name, &certificate.cert);
+    }
+}
+
+/// The leaf's notAfter as a gauge. A file that cannot be read or parsed
+/// here was already refused (or accepted) by the loader; it is only logged.
+fn record_certificate(role: &'static str, name: &str, path: &Path) {
+    match certificate_expiry(path) {
+        Ok((not_after, subject)) => metrics::gauge!(
+            "gateway_certificate_expiry_seconds",
+            "role" => role,
+            "name" => name.to_owned(),
+            "path" => path.display().to_string(),
+            "subject" => subject,
+        )
+        .set(not_after as f64),
+        Err(err) => {
+            tracing::warn!(path = %path.display(), %err, "no expiry metric for this certificate")
+        }
+    }
+}
+
+/// The leaf certificate's notAfter (Unix seconds) and subject.
+pub fn certificate_expiry(path: &Path) -> Result<(i64, String), String> {
+    let chain = crate::tls::load_certs(path).map_err(|err| err.to_string())?;
+    let leaf = chain.first().ok_or("no certificate")?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(leaf).map_err(|err| format!("not X.509: {err}"))?;
+    Ok((
+        cert.validity().not_after.timestamp(),
+        cert.subject().to_string(),
+    ))
+}
+
 /// Copies the XDP verdict counters (summed over CPUs) and the map fill.
 pub fn record_xdp(maps: &KernelMaps) -> Result<(), XdpError> {
     for (reason, counter) in Reason::ALL.iter().zip(maps.counters()?) {
@@ -286,4 +481,124 @@ pub fn parse_text(text: &str) -> BTreeMap<String, Series> {
             .insert(labels, value);
     }
     metrics
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_metrics_are_the_ones_listed() {
+        let handle = handle();
+        record_process();
+        let text = handle.render();
+        for name in PROCESS_METRICS {
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} missing:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_follow_the_conventions() {
+        let mut names: Vec<&str> = DESCRIPTIONS.iter().map(|d| d.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DESCRIPTIONS.len(), "a metric described twice");
+        for d in DESCRIPTIONS {
+            assert!(d.name.starts_with("gateway_"), "{}", d.name);
+            assert_eq!(
+                d.kind == Kind::Counter,
+                d.name.ends_with("_total"),
+                "{}",
+                d.name
+            );
+            assert!(!d.help.is_empty(), "{}", d.name);
+        }
+    }
+
+    /// The metric names in a PromQL expression (identifiers before `{`, `[`,
+    /// `)` or an operator; label names and functions are not metrics).
+    fn metric_names(expr: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut rest = expr;
+        while let Some(at) = rest.find(|c: char| c.is_ascii_lowercase()) {
+            let word: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + word.len()..];
+            if word.starts_with("gateway_") || word.starts_with("process_") {
+                names.push(word);
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn the_dashboard_queries_exported_metrics_through_its_datasource_input() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/grafana/gateway.json"
+        );
+        let text = std::fs::read_to_string(path).expect("reading the Grafana dashboard");
+        let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+        let input = &dashboard["__inputs"][0];
+        assert_eq!(input["name"], "DS_PROMETHEUS");
+        assert_eq!(input["pluginId"], "prometheus");
+        let datasource = serde_json::json!({"type": "prometheus", "uid": "${DS_PROMETHEUS}"});
+        let known = |name: &str| {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|base| {
+                    DESCRIPTIONS
+                        .iter()
+                        .any(|d| d.name == *base && d.kind == Kind::Histogram)
+                })
+                .unwrap_or(name);
+            DESCRIPTIONS.iter().any(|d| d.name == family) || PROCESS_METRICS.contains(&family)
+        };
+        let mut queried = Vec::new();
+        let panels = dashboard["panels"].as_array().expect("panels");
+        for panel in panels.iter().filter(|p| p["type"] != "row") {
+            let title = &panel["title"];
+            assert_eq!(panel["datasource"], datasource, "panel {title}");
+            let targets = panel["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "panel {title} queries nothing");
+            for target in targets {
+                assert_eq!(target["datasource"], datasource, "panel {title}");
+                let expr = target["expr"].as_str().expect("expr");
+                let names = metric_names(expr);
+                assert!(!names.is_empty(), "panel {title}: no metric in {expr}");
+                for name in names {
+                    assert!(
+                        known(&name),
+                        "panel {title} queries {name}, which the gateway does not export"
+                    );
+                    queried.push(name);
+                }
+            }
+        }
+        for variable in dashboard["templating"]["list"]
+            .as_array()
+            .expect("variables")
+        {
+            if let Some(source) = variable.get("datasource") {
+                assert_eq!(*source, datasource, "variable {}", variable["name"]);
+            }
+        }
+        for needed in [
+            "gateway_auth_requests_total",
+            "gateway_waf_matches_total",
+            "gateway_abuse_blocks_total",
+            "gateway_certificate_expiry_seconds",
+        ] {
+            assert!(
+                queried.iter().any(|q| q == needed),
+                "no panel shows {needed}"
+            );
+        }
+    }
 }

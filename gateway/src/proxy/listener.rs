@@ -333,8 +333,8 @@ impl Connection {
             listener: self.name.clone(),
             client,
             tls_version: match session.protocol_version() {
-                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+                Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
                 _ => "unknown",
             },
             sni: session.server_name().map(Arc::from),
@@ -444,11 +444,12 @@ fn report_refused_head(
     info!(
         target: "access",
         listener = &**listener,
-        client = %client.ip(),
-        status = 400,
+        client.address = %client.ip().to_canonical(),
+        network.peer.address = %client.ip().to_canonical(),
+        http.response.status_code = 400,
         decision = "deny",
-        reason = MALFORMED_REQUEST,
-        error = %err,
+        error.type = MALFORMED_REQUEST,
+        error.message = %err,
     );
     crate::observe::metrics::record_request(&crate::observe::metrics::RequestRecord {
         listener,

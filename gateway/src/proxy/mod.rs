@@ -9,6 +9,7 @@
 //! - [`client`]: who the client of a request is (trusted proxies).
 //! - [`framing`]: strict HTTP/1.1 framing on the raw bytes, `Host` rules.
 //! - [`normalize`], [`headers`], [`body`]: what the pipeline's stages use.
+//! - [`trace`]: the W3C `traceparent` the fleet gets.
 //! - `connections`: connection caps per listener and per client address;
 //!   `authority`: whether a request's host belongs on its connection (421).
 //!
@@ -26,6 +27,7 @@ mod listener;
 pub mod normalize;
 pub mod service;
 pub mod tls;
+pub mod trace;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 

@@ -23,6 +23,7 @@ use super::{
     framing,
     headers::{self, REQUEST_ID},
     normalize::normalize_path,
+    trace::TraceContext,
 };
 use crate::{
     abuse::{Evidence, Signal},
@@ -91,6 +92,7 @@ pub async fn handle(
 ) -> Response<BoxBody> {
     let started = Instant::now();
     let request_id = headers::request_id(request.headers());
+    let trace = TraceContext::from_headers(request.headers());
     let client = client::resolve(
         &snapshot.proxy.trusted_proxies,
         snapshot.proxy.forwarded_headers,
@@ -100,32 +102,45 @@ pub async fn handle(
     let method = request.method().clone();
     let version = request.version();
     let host = request_host(&request).map(str::to_owned);
+    let user_agent = request
+        .headers()
+        .get(header::USER_AGENT)
+        .map(|ua| String::from_utf8_lossy(ua.as_bytes()).into_owned());
     let raw_path = request.uri().path().to_owned();
     // Declared sizes (Content-Length): a streamed body of unknown length counts 0.
     let bytes_in = request.body().size_hint().exact().unwrap_or(0);
     let mut outcome = Outcome::default();
 
-    let mut response =
-        match proxy(&snapshot, &conn, client, request, &request_id, &mut outcome).await {
-            Ok(response) => response,
-            Err(err) => {
-                outcome.error = Some(err.to_string());
-                outcome.code = Some(err.code());
-                if err.is_client_fault() {
-                    outcome.client_fault = true;
-                    outcome.endpoint = None;
-                    outcome.upstream_latency = None;
-                }
-                report_abuse(&snapshot, client, &err, &outcome, &request_id);
-                let mut response = error::respond(&err, &request_id);
-                if err.closes_connection() && version < Version::HTTP_2 {
-                    response
-                        .headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                response
+    let mut response = match proxy(
+        &snapshot,
+        &conn,
+        client,
+        request,
+        &request_id,
+        &trace,
+        &mut outcome,
+    )
+    .await
+    {
+        Ok(response) => response,
+        Err(err) => {
+            outcome.error = Some(err.to_string());
+            outcome.code = Some(err.code());
+            if err.is_client_fault() {
+                outcome.client_fault = true;
+                outcome.endpoint = None;
+                outcome.upstream_latency = None;
             }
-        };
+            report_abuse(&snapshot, client, &err, &outcome, &request_id);
+            let mut response = error::respond(&err, &request_id);
+            if err.closes_connection() && version < Version::HTTP_2 {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
+    };
     if let Some(quota) = &outcome.quota {
         let headers = response.headers_mut();
         if !headers.contains_key(error::QUOTA_REMAINING) {
@@ -152,33 +167,41 @@ pub async fn handle(
     });
 
     let status = response.status().as_u16();
+    let (server_address, server_port) = split_host(host.as_deref());
+    // Field names follow OpenTelemetry's semantic conventions where they have
+    // one (docs/operations.md has the table).
     info!(
         target: "access",
         request_id = request_id.to_str().unwrap_or_default(),
+        trace_id = trace.trace_id(),
+        span_id = trace.span_id(),
         listener = &*conn.listener,
-        client = %client.ip,
-        forwarded_by = client.forwarded_by.map(tracing::field::display),
-        tls = conn.tls_version,
-        sni = conn.sni.as_deref(),
-        %method,
-        host = host.as_deref(),
-        path = outcome.path.as_deref().unwrap_or(&raw_path),
-        route = route.map(|r| r.name.as_str()),
+        client.address = %client.ip,
+        network.peer.address = %conn.client.ip().to_canonical(),
+        network.protocol.version = protocol_version(version),
+        tls.protocol.version = conn.tls_version,
+        tls.client.server_name = conn.sni.as_deref(),
+        http.request.method = %method,
+        server.address = server_address,
+        server.port = server_port,
+        url.path = outcome.path.as_deref().unwrap_or(&raw_path),
+        user_agent.original = user_agent.as_deref(),
+        http.route = route.map(|r| r.name.as_str()),
         upstream = route
             .filter(|_| !outcome.client_fault)
             .map(|r| r.upstream.as_str()),
         endpoint = outcome.endpoint.map(|e| e.to_string()),
-        status,
+        http.response.status_code = status,
         decision = outcome.decision(status),
-        reason = outcome.code,
-        subject = outcome.identity.as_ref().map(|i| i.subject.as_str()),
+        error.type = outcome.code,
+        user.id = outcome.identity.as_ref().map(|i| i.subject.as_str()),
         jti_hash = outcome.identity.as_ref().and_then(|i| i.token_id.as_deref()),
-        bytes_in,
-        bytes_out,
+        http.request.body.size = bytes_in,
+        http.response.body.size = bytes_out,
         retries = outcome.retries,
         latency_ms = latency.as_secs_f64() * 1e3,
         upstream_ms = outcome.upstream_latency.map(|d| d.as_secs_f64() * 1e3),
-        error = outcome.error.as_deref(),
+        error.message = outcome.error.as_deref(),
     );
     response
 }
@@ -222,6 +245,7 @@ async fn proxy<'a>(
     client: ClientAddr,
     request: Request<Incoming>,
     request_id: &HeaderValue,
+    trace: &TraceContext,
     outcome: &mut Outcome<'a>,
 ) -> Result<Response<BoxBody>, ProxyError> {
     check_blocked(snapshot, client)?;
@@ -329,7 +353,7 @@ async fn proxy<'a>(
         .auth
         .forward(&route.auth, verified.as_deref(), &mut parts.headers);
 
-    let upstream_parts = upstream_request(snapshot, conn, parts, route, request_id);
+    let upstream_parts = upstream_request(snapshot, conn, parts, route, request_id, trace);
     let path_and_query = match upstream_parts.uri.query() {
         Some(query) => format!("{}?{query}", route.rewrite(&path)),
         None => route.rewrite(&path),
@@ -441,6 +465,35 @@ fn inspect_body(
     Ok(waf.check_body(route, &waf_head(parts, path), &body.seen)?)
 }
 
+/// `1.1`, `2`: the `network.protocol.version` of the client's request.
+fn protocol_version(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_11 => "1.1",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "unknown",
+    }
+}
+
+/// A `Host` value as `server.address` and `server.port` (the port only when
+/// the client named one).
+fn split_host(host: Option<&str>) -> (Option<&str>, Option<u16>) {
+    let Some(host) = host else {
+        return (None, None);
+    };
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.is_empty() && (!name.contains(':') || name.ends_with(']')) => {
+            match port.parse() {
+                Ok(port) => (Some(name), Some(port)),
+                Err(_) => (Some(host), None),
+            }
+        }
+        _ => (Some(host), None),
+    }
+}
+
 /// The `Host` header (HTTP/1.1) or the `:authority` (HTTP/2).
 fn request_host<B>(request: &Request<B>) -> Option<&str> {
     request
@@ -492,6 +545,7 @@ fn upstream_request(
     mut parts: Parts,
     route: &Route,
     request_id: &HeaderValue,
+    trace: &TraceContext,
 ) -> Parts {
     let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -519,6 +573,7 @@ fn upstream_request(
     // The upstream client frames the body itself, from what it holds.
     headers.remove(header::CONTENT_LENGTH);
     headers.insert(REQUEST_ID, request_id.clone());
+    trace.apply(headers);
     parts.version = Version::HTTP_11;
     parts
 }

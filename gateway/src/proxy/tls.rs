@@ -159,6 +159,7 @@ impl ServerTls {
         *lock(&self.seen) = now;
         let config = server_config(&listener)?;
         self.current.store(config);
+        crate::observe::metrics::record_listener_certificates(&listener);
         Ok(true)
     }
 }
