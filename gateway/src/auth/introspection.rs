@@ -101,7 +101,7 @@ impl Introspector {
         );
         Ok(Some(Self {
             fetcher: Fetcher::new(ca, issuer.fetch_timeout)?,
-            url: config.url.clone(),
+            url: config.url.expose().to_owned(),
             basic: Secret::new(format!("Basic {}", STANDARD.encode(credentials.as_bytes()))),
             config: config.clone(),
             budget: Budget::new(

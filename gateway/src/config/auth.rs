@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     RouteConfig, duration,
-    secret::{Secret, resolve_into},
+    secret::{Secret, SecretUrl, resolve_into},
 };
 
 /// `[auth]`: the identity providers the gateway trusts and what it tells the
@@ -137,8 +137,9 @@ pub struct IssuerConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConfig {
-    /// The introspection endpoint (HTTPS).
-    pub url: String,
+    /// The introspection endpoint (HTTPS). Its query may carry a token, so it
+    /// is shown and logged without one.
+    pub url: SecretUrl,
     /// Client credentials for HTTP Basic authentication at the endpoint. The
     /// secret comes from exactly one of `client_secret`, `client_secret_file`
     /// and `client_secret_env`; after loading, `client_secret` holds it.
@@ -391,7 +392,7 @@ fn issuer_problems(key: &str, issuer: &IssuerConfig, problems: &mut Vec<String>)
         ("discovery_url", issuer.discovery_url.as_deref()),
         (
             "introspection.url",
-            issuer.introspection.as_ref().map(|i| i.url.as_str()),
+            issuer.introspection.as_ref().map(|i| i.url.expose()),
         ),
     ];
     for (field, url) in urls {
