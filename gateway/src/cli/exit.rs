@@ -24,7 +24,7 @@ pub struct Exit {
 pub const SUCCESS: Exit = Exit {
     status: 0,
     name: "ok",
-    meaning: "Done. Removing an entry that is not there and adding one that is are successes too (idempotent); the answer names them (`not_found` in JSON).",
+    meaning: "Done. Removing an entry that is not there succeeds (a note names it; `not_found` in JSON), as adding one that is there does (it is replaced): both are idempotent.",
 };
 pub const FAILURE: Exit = Exit {
     status: 1,
@@ -241,5 +241,15 @@ mod tests {
         assert_eq!(classify(&rejected), &USAGE);
         assert_eq!(details(&rejected).len(), 1);
         assert_eq!(classify(&anyhow::anyhow!("disk on fire")), &FAILURE);
+    }
+
+    #[test]
+    fn the_cli_reference_carries_this_table() {
+        let doc = include_str!("../../../docs/cli.md");
+        assert!(
+            doc.contains(&markdown_table()),
+            "docs/cli.md's exit-code table differs from the code; it should read:\n{}",
+            markdown_table()
+        );
     }
 }
