@@ -321,11 +321,13 @@ client_key = "unused.key"
             "{all}"
         );
         assert!(found.warnings.is_empty(), "{:?}", found.warnings);
-        // 20 days before the good one ends: a warning for the listener's and the
-        // upstream's use of it, no problem.
+        // 20 days before they end: a warning for each use of the good one (listener,
+        // upstream client) and for the once-future CA, which is no problem any more.
         let late = UNIX_EPOCH + Duration::from_secs(3_786_912_000 - 20 * 86_400);
         let found = inspect(&config, late);
-        assert_eq!(found.warnings.len(), 2, "{:?}", found.warnings);
+        assert_eq!(found.problems.len(), 3, "{:?}", found.problems);
+        assert!(!found.problems.join("").contains("upstream.fleet.ca"));
+        assert_eq!(found.warnings.len(), 3, "{:?}", found.warnings);
         assert!(
             found.warnings[0].contains("expires at 2090-01-01T00:00:00Z (in 20 days)"),
             "{:?}",
