@@ -1,7 +1,8 @@
 //! `gateway run`: attaches the XDP program (or adopts the one already pinned), applies
 //! the config and starts the proxy, then keeps the lists honest: it sweeps expired
 //! blocks, keeps the state file current and turns ring-buffer events into log lines.
-//! SIGHUP reloads the config; SIGTERM drains the proxy. Stopping the daemon leaves
+//! SIGHUP or `gateway reload` (the control socket) reloads the config; SIGTERM
+//! drains the proxy. Stopping the daemon leaves
 //! the program attached and filtering.
 
 use std::{path::Path, sync::Arc, time::Duration};
@@ -23,6 +24,7 @@ use crate::{
     auth::revocation::Denylist,
     clock,
     config::Config,
+    control::{self, ReloadVerdict},
     lists::{ListError, ListKind, Lists, Sweeper},
     observe::admin::{self, AdminState},
     policy::quota::Quotas,
@@ -171,6 +173,14 @@ pub async fn run(
 
     crate::observe::metrics::record_reload(true);
     crate::observe::metrics::record_certificates(&config);
+    // `gateway reload` asks here and waits for the verdict.
+    let (reload_sender, mut reload_requests) = tokio::sync::mpsc::channel(16);
+    let control = control::bind(state).map_err(|source| DaemonError::Io {
+        what: "binding the control socket (control.sock in the state directory)",
+        source,
+    })?;
+    tokio::spawn(control::serve(control, reload_sender));
+
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut certificates = tokio::time::interval(config.proxy.certificate_check_interval);
     let mut revocations = tokio::time::interval(SWEEP_INTERVAL);
@@ -188,14 +198,14 @@ pub async fn run(
             _ = reopen.recv() => reopen_logs(),
             _ = hangup.recv() => {
                 reopen_logs();
-                let reloaded = reload(config_path, &config, kernel.as_ref(), proxy.as_ref(), state).await;
-                crate::observe::metrics::record_reload(reloaded.is_some());
-                if let Some(new) = reloaded {
-                    crate::observe::metrics::record_certificates(&new);
-                    admin.set_config(&new);
-                    abuse.reconfigure(&new);
-                    config = new;
-                }
+                let planes = Planes { kernel: kernel.as_ref(), proxy: proxy.as_ref(), admin: &admin, abuse: &abuse };
+                reload(config_path, &mut config, planes, state).await;
+            }
+            Some(request) = reload_requests.recv() => {
+                let planes = Planes { kernel: kernel.as_ref(), proxy: proxy.as_ref(), admin: &admin, abuse: &abuse };
+                let verdict = reload(config_path, &mut config, planes, state).await;
+                // A client that gave up waiting is no reason to stop.
+                let _ = request.reply.send(verdict);
             }
             Some(request) = block_requests.recv() => {
                 block(kernel.as_ref(), state, &mut provenance, request);
@@ -241,6 +251,8 @@ pub async fn run(
         }
     }
     save_quotas(&quotas, state);
+    // A client connecting now is told no daemon runs, not left waiting.
+    let _ = std::fs::remove_file(state.path().join(control::SOCKET));
     if let Some(kernel) = &mut kernel {
         sweep_once(kernel, state);
         info!("stopping; the XDP program stays attached and keeps filtering");
@@ -276,45 +288,64 @@ fn reopen_logs() {
     }
 }
 
-/// Re-reads the config file. An invalid file, or one the proxy cannot apply,
-/// changes nothing; the reason is logged and the running config stays.
+/// What a reload changes besides the config itself.
+struct Planes<'a> {
+    kernel: Option<&'a KernelPlane>,
+    proxy: Option<&'a Proxy>,
+    admin: &'a AdminState,
+    abuse: &'a Abuse,
+}
+
+/// Re-reads the config file into `running`. An invalid file, or one the proxy
+/// cannot apply, changes nothing; the verdict is logged and returned.
 async fn reload(
     path: &Path,
-    running: &Config,
-    kernel: Option<&KernelPlane>,
-    proxy: Option<&Proxy>,
+    running: &mut Config,
+    planes: Planes<'_>,
     state: &StateDir,
-) -> Option<Config> {
-    info!(path = %path.display(), "SIGHUP: reloading the configuration");
-    let config = match Config::load_checked(path) {
-        Ok(config) => config,
-        Err(err) => {
-            error!(%err, "reload rejected; the running configuration stays");
-            error!(target: "audit", event = "config_reload_rejected", path = %path.display(), %err);
-            return None;
-        }
-    };
-    if config.log != running.log || config.admin != running.admin || config.alerts != running.alerts
-    {
-        warn!("[log], [admin] and [[alert]] changes need a restart");
-    }
-    if config.xdp.enabled != running.xdp.enabled || config.xdp.interface != running.xdp.interface {
-        warn!("xdp.enabled and xdp.interface changes need a restart");
-    }
-    if proxy.is_none() && !config.listeners.is_empty() {
-        warn!("starting the proxy needs a restart (the daemon started without listeners)");
-    }
-    if let Some(proxy) = proxy
-        && let Err(err) = proxy.reload(&config).await
-    {
+) -> ReloadVerdict {
+    info!(path = %path.display(), "reloading the configuration");
+    let rejected = |errors: Vec<String>| {
+        crate::observe::metrics::record_reload(false);
+        let err = errors.join("; ");
         error!(%err, "reload rejected; the running configuration stays");
         error!(target: "audit", event = "config_reload_rejected", path = %path.display(), %err);
-        return None;
+        ReloadVerdict {
+            accepted: false,
+            errors,
+            warnings: Vec::new(),
+        }
+    };
+    let config = match Config::load_checked(path) {
+        Ok(config) => config,
+        Err(err) => return rejected(err.problems()),
+    };
+    let mut warnings = Vec::new();
+    if config.log != running.log || config.admin != running.admin || config.alerts != running.alerts
+    {
+        warnings.push("[log], [admin] and [[alert]] changes need a restart".to_owned());
     }
-    if let Some(kernel) = kernel
+    if config.xdp.enabled != running.xdp.enabled || config.xdp.interface != running.xdp.interface {
+        warnings.push("xdp.enabled and xdp.interface changes need a restart".to_owned());
+    }
+    if planes.proxy.is_none() && !config.listeners.is_empty() {
+        warnings.push(
+            "starting the proxy needs a restart (the daemon started without listeners)".to_owned(),
+        );
+    }
+    if let Some(proxy) = planes.proxy
+        && let Err(err) = proxy.reload(&config).await
+    {
+        return rejected(vec![err.to_string()]);
+    }
+    if let Some(kernel) = planes.kernel
         && let Err(err) = kernel.reload(&config, state)
     {
         error!(%err, "applying the reloaded XDP settings failed");
+        warnings.push(format!("applying the reloaded XDP settings failed: {err}"));
+    }
+    for warning in &warnings {
+        warn!("{warning}");
     }
     info!(
         routes = config.routes.len(),
@@ -329,7 +360,16 @@ async fn reload(
         upstreams = config.upstreams.len(),
         listeners = config.listeners.len(),
     );
-    Some(config)
+    crate::observe::metrics::record_reload(true);
+    crate::observe::metrics::record_certificates(&config);
+    planes.admin.set_config(&config);
+    planes.abuse.reconfigure(&config);
+    *running = config;
+    ReloadVerdict {
+        accepted: true,
+        errors: Vec::new(),
+        warnings,
+    }
 }
 
 /// Refuses to start over a state file that cannot be read: starting empty would

@@ -13,12 +13,14 @@
 //! - [`config`]: the daemon's configuration file.
 //! - [`abuse`]: signals about misbehaving clients, and the blocks they lead to.
 //! - [`daemon`]: `gateway run`.
+//! - [`control`]: the daemon's control socket, how `gateway reload` gets a verdict.
 
 pub mod abuse;
 pub mod addr;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod lists;
 pub mod observe;

@@ -2,6 +2,8 @@
 //! upstream client's identity and CA. Every error names the file, because a bad file
 //! at reload must be found by an operator reading one log line.
 
+pub mod inspect;
+
 use std::{path::Path, sync::Arc, time::SystemTime};
 
 use rustls::{RootCertStore, crypto::CryptoProvider, sign::CertifiedKey};

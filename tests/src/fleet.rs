@@ -180,11 +180,19 @@ impl Fleet {
 
     /// The admin listener's `/metrics` text (plain HTTP on loopback).
     pub async fn metrics(&self) -> String {
+        self.admin_get("/metrics").await
+    }
+
+    /// The body of `GET path` on the admin listener (plain HTTP on loopback).
+    pub async fn admin_get(&self, path: &str) -> String {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let exchange = async {
             let mut stream = tokio::net::TcpStream::connect(self.admin).await?;
             stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .write_all(
+                    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
                 .await?;
             let mut raw = Vec::new();
             stream.read_to_end(&mut raw).await?;
@@ -192,8 +200,8 @@ impl Fleet {
         };
         let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
             .await
-            .expect("GET /metrics within 10 s")
-            .expect("GET /metrics on the admin listener");
+            .unwrap_or_else(|_| panic!("GET {path} within 10 s"))
+            .unwrap_or_else(|err| panic!("GET {path} on the admin listener: {err}"));
         raw.split_once("\r\n\r\n")
             .map(|(_, body)| body.to_owned())
             .unwrap_or_default()

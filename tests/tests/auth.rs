@@ -65,6 +65,17 @@ fn issuer(idp: &Idp) -> IssuerConfig {
     issuer
 }
 
+/// Writes a secret (mode 0600) into the gateway's state directory for a
+/// `*_file` key: a config rendered for the daemon never carries one inline,
+/// since a secret serializes as "[redacted]".
+fn secret_file(fleet: &Fleet, name: &str, value: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = fleet.gateway.state_dir.path().join(name);
+    std::fs::write(&path, value).expect("writing a secret file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
+}
+
 fn required(scopes_all: &[&str]) -> RouteAuth {
     RouteAuth {
         mode: AuthMode::Required,
@@ -534,10 +545,11 @@ async fn opaque_tokens_are_introspected_cached_and_fail_closed() {
     let mut config = fleet.config();
     let opaque: IssuerConfig = toml::from_str(&format!(
         "issuer = {:?}\naudiences = [{AUDIENCE:?}]\nca = {:?}\n\
-         [introspection]\nurl = {:?}\nclient_id = {CLIENT_ID:?}\nclient_secret = {CLIENT_SECRET:?}\n",
+         [introspection]\nurl = {:?}\nclient_id = {CLIENT_ID:?}\nclient_secret_file = {:?}\n",
         idp.issuer(),
         idp.ca_path,
         idp.url("/introspect"),
+        secret_file(&fleet, "client_secret", CLIENT_SECRET),
     ))
     .expect("issuer table");
     config.auth.issuers.insert("opaque".to_owned(), opaque);
@@ -598,7 +610,7 @@ async fn opaque_tokens_are_introspected_cached_and_fail_closed() {
         .get_mut("opaque")
         .and_then(|i| i.introspection.as_mut())
     {
-        introspection.client_secret = "guessed".to_owned();
+        introspection.client_secret_file = Some(secret_file(&fleet, "wrong_secret", "guessed"));
     }
     fleet.rewrite(&wrong);
     daemon.signal(libc::SIGHUP);
@@ -832,11 +844,12 @@ async fn introspection_is_budgeted_and_needs_the_audience() {
     let mut config = fleet.config();
     let opaque: IssuerConfig = toml::from_str(&format!(
         "issuer = {:?}\naudiences = [{AUDIENCE:?}]\nca = {:?}\n\
-         [introspection]\nurl = {:?}\nclient_id = {CLIENT_ID:?}\nclient_secret = {CLIENT_SECRET:?}\n\
+         [introspection]\nurl = {:?}\nclient_id = {CLIENT_ID:?}\nclient_secret_file = {:?}\n\
          client_calls_per_second = {PER_SECOND}\ncalls_per_second = {}\n",
         idp.issuer(),
         idp.ca_path,
         idp.url("/introspect"),
+        secret_file(&fleet, "client_secret", CLIENT_SECRET),
         PER_SECOND * 2,
     ))
     .expect("issuer table");

@@ -359,6 +359,44 @@ fn stats_count_exactly_what_was_sent() {
 }
 
 #[test]
+fn xdp_status_shows_the_mode_the_kernel_runs() {
+    let rig = Rig::new();
+    // veth has a native XDP hook, so `auto` runs natively there.
+    rig.attach();
+    let status = rig.gateway.json(&["xdp", "status"]);
+    assert_eq!(status["kernel_mode"], "native", "{status}");
+    assert_eq!(status["attachment"]["mode"], "auto", "{status}");
+    let text = rig.gateway.ok(&["xdp", "status"]);
+    assert!(
+        text.contains("mode         native (requested auto)"),
+        "{text}"
+    );
+    rig.gateway.ok(&["xdp", "detach"]);
+    // Asked for generic, the kernel says generic — read from the kernel, so the
+    // same answer as `ip link` gives (`xdpgeneric`).
+    rig.gateway.ok(&[
+        "xdp",
+        "attach",
+        "--iface",
+        &rig.topology.gw_iface,
+        "--mode",
+        "skb",
+    ]);
+    let status = rig.gateway.json(&["xdp", "status"]);
+    assert_eq!(status["kernel_mode"], "generic", "{status}");
+    let ip = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", rig.topology.gateway.path()))
+        .args(["ip", "-d", "link", "show", "dev", &rig.topology.gw_iface])
+        .output()
+        .expect("ip link");
+    assert!(
+        String::from_utf8_lossy(&ip.stdout).contains("xdpgeneric"),
+        "{}",
+        String::from_utf8_lossy(&ip.stdout)
+    );
+}
+
+#[test]
 fn a_flooding_source_gets_about_its_limit_and_a_polite_one_loses_nothing() {
     let rig = Rig::new();
     let pps = 200;
@@ -604,8 +642,17 @@ fn bad_input_and_bad_state_get_clear_errors() {
         .gateway
         .fails(&["blocklist", "add", GOOD_V4, "--ttl", "soon"]);
     assert!(err.contains("'soon' is not a duration"), "{err}");
-    let err = rig.gateway.fails(&["blocklist", "remove", "198.18.0.99"]);
-    assert!(err.contains("not on the blocklist: 198.18.0.99"), "{err}");
+    // Removing what is not there succeeds, like adding what is: idempotent,
+    // with a note (and `not_found` in JSON).
+    let output = rig.gateway.output(&["blocklist", "remove", "198.18.0.99"]);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("not on the blocklist (nothing to remove): 198.18.0.99"),
+        "{err}"
+    );
+    let removed = rig.gateway.json(&["blocklist", "remove", "198.18.0.99"]);
+    assert_eq!(removed["not_found"][0], "198.18.0.99", "{removed}");
     let err = rig
         .gateway
         .fails(&["ratelimit", "set", "--pps", "100", "--burst", "0"]);

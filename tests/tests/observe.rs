@@ -411,10 +411,9 @@ async fn admin_is_not_on_the_public_listener_and_config_is_shown_redacted() {
         !body.contains("hunter2"),
         "/config leaks a password: {body}"
     );
-    assert_eq!(
-        config["alert"][0]["webhook"],
-        "http://ops:<redacted>@127.0.0.1:9/hook"
-    );
+    // Shown without its credentials (operations.rs proves it with secrets the
+    // daemon really holds, from a file and the environment).
+    assert_eq!(config["alert"][0]["webhook"], "http://127.0.0.1:9/hook");
     daemon.stop();
 }
 

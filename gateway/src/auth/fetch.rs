@@ -14,12 +14,13 @@ use hyper_util::{
 };
 use rustls::ClientConfig;
 
-use crate::tls;
+use crate::{config::secret::redacted_url, tls};
 
 /// Largest document accepted from a provider.
 const MAX_BODY: usize = 1024 * 1024;
 
-/// A call to the provider failed.
+/// A call to the provider failed. The URL it names is [`redacted_url`]: a
+/// provider URL may carry a token in its query.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("{url}: {message}")]
@@ -99,8 +100,9 @@ impl Fetcher {
         url: &str,
         request: Result<Request<Full<Bytes>>, http::Error>,
     ) -> Result<Fetched, FetchError> {
+        let shown = redacted_url(url);
         let failed = |message: String| FetchError::Failed {
-            url: url.to_owned(),
+            url: shown.clone(),
             message,
         };
         let request = request.map_err(|err| failed(err.to_string()))?;
@@ -113,7 +115,7 @@ impl Fetcher {
             let status = response.status();
             if !status.is_success() {
                 return Err(FetchError::Status {
-                    url: url.to_owned(),
+                    url: shown.clone(),
                     status,
                 });
             }
@@ -128,7 +130,7 @@ impl Fetcher {
         tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| FetchError::Timeout {
-                url: url.to_owned(),
+                url: shown.clone(),
                 timeout: self.timeout,
             })?
     }

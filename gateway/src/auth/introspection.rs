@@ -21,7 +21,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::fetch::{FetchError, Fetcher};
-use crate::config::{IntrospectionConfig, IssuerConfig};
+use crate::config::{
+    IntrospectionConfig, IssuerConfig,
+    secret::{Secret, redacted_url},
+};
 
 /// The answer for one token.
 pub enum Introspected {
@@ -50,7 +53,8 @@ pub enum OverBudget {
 pub struct Introspector {
     fetcher: Fetcher,
     url: String,
-    basic: String,
+    /// The `Authorization` header value: the client secret in Basic form.
+    basic: Secret,
     pub config: IntrospectionConfig,
     budget: Budget,
 }
@@ -93,12 +97,12 @@ impl Introspector {
         let credentials = format!(
             "{}:{}",
             form_encode(&config.client_id),
-            form_encode(&config.client_secret)
+            form_encode(config.client_secret.as_ref().map_or("", Secret::expose))
         );
         Ok(Some(Self {
             fetcher: Fetcher::new(ca, issuer.fetch_timeout)?,
-            url: config.url.clone(),
-            basic: format!("Basic {}", STANDARD.encode(credentials.as_bytes())),
+            url: config.url.expose().to_owned(),
+            basic: Secret::new(format!("Basic {}", STANDARD.encode(credentials.as_bytes()))),
             config: config.clone(),
             budget: Budget::new(
                 per_second(config.calls_per_second),
@@ -116,9 +120,12 @@ impl Introspector {
     /// Asks the provider about `token`.
     pub async fn introspect(&self, token: &str) -> Result<Introspected, FetchError> {
         let form = format!("token={}&token_type_hint=access_token", form_encode(token));
-        let fetched = self.fetcher.post_form(&self.url, form, &self.basic).await?;
+        let fetched = self
+            .fetcher
+            .post_form(&self.url, form, self.basic.expose())
+            .await?;
         let invalid = |message: String| FetchError::Failed {
-            url: self.url.clone(),
+            url: redacted_url(&self.url),
             message,
         };
         let claims: Value = serde_json::from_slice(&fetched.body)

@@ -27,7 +27,7 @@ use super::{
     cache::TokenCache,
     fetch::{FetchError, Fetcher},
 };
-use crate::config::IssuerConfig;
+use crate::config::{IssuerConfig, secret::redacted_url};
 
 /// What names a key across refreshes: the SHA-256 of its `kid` and public
 /// parameters, so a `kid` reused for new key material is a different key.
@@ -328,7 +328,7 @@ impl KeySet {
         let fetched = self.fetcher()?.get(url).await?;
         let doc: Discovery =
             serde_json::from_slice(&fetched.body).map_err(|source| JwksError::Json {
-                what: format!("discovery document {url}"),
+                what: format!("discovery document {}", redacted_url(url)),
                 source,
             })?;
         if doc.issuer != self.issuer {

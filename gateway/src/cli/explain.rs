@@ -32,6 +32,13 @@ pub fn run(ctx: &Context, address: IpAddr) -> anyhow::Result<()> {
             .collect(),
         Err(_) => Vec::new(),
     };
+    // Like grep finding nothing: exit 1, with --json too.
+    if covering.is_empty() && live.is_empty() {
+        bail!(
+            "{address} was never blocked by the abuse loop (state directory {}) and is not on the blocklist",
+            ctx.state.path().display()
+        );
+    }
     if ctx.json {
         let blocks: Vec<_> = covering
             .iter()
@@ -45,12 +52,6 @@ pub fn run(ctx: &Context, address: IpAddr) -> anyhow::Result<()> {
                 Err(err) => serde_json::json!({ "unavailable": err }),
             },
         }));
-    }
-    if covering.is_empty() && live.is_empty() {
-        bail!(
-            "{address} was never blocked by the abuse loop (state directory {}) and is not on the blocklist",
-            ctx.state.path().display()
-        );
     }
     let now = clock::unix_now();
     for (cidr, history) in &covering {

@@ -5,7 +5,6 @@ use std::{
     io::{self, BufReader, Write as _},
 };
 
-use anyhow::bail;
 use gateway::{
     addr::Cidr,
     lists::{ListKind, Lists, read_entries},
@@ -13,7 +12,9 @@ use gateway::{
     xdp::KernelMaps,
 };
 
-use super::{Context, EntryArg, EntryArgs, ListCommand, format_unix, print_json, table};
+use super::{
+    Context, EntryArg, EntryArgs, ListCommand, exit::UsageError, format_unix, print_json, table,
+};
 
 /// Up to this many entries, `add` and `remove` print one line per entry and the
 /// audit log names each; past it they summarise.
@@ -102,18 +103,19 @@ pub fn run(ctx: &Context, kind: ListKind, command: ListCommand) -> anyhow::Resul
                 }
                 out.flush()?;
             }
-            if !missing.is_empty() {
+            // Idempotent, like adding an entry that is there already: the
+            // entries are not on the list either way; say which were not.
+            if !missing.is_empty() && !ctx.json {
                 let shown = missing.len().min(ITEMISE);
                 let more = if missing.len() > shown {
                     format!(" and {} more", missing.len() - shown)
                 } else {
                     String::new()
                 };
-                bail!(
-                    "not on the {}: {}{more}; see `gateway {} list`",
+                eprintln!(
+                    "note: not on the {} (nothing to remove): {}{more}",
                     kind.name(),
                     missing[..shown].join(", "),
-                    kind.name()
                 );
             }
             Ok(())
@@ -176,7 +178,7 @@ fn collect(args: &EntryArgs) -> anyhow::Result<Vec<Cidr>> {
         .as_ref()
         .is_some_and(|path| path.as_os_str() == "-");
     if stdin_args + usize::from(file_is_stdin) > 1 {
-        bail!("stdin (`-`) can be read only once per command");
+        return Err(UsageError("stdin (`-`) can be read only once per command".to_owned()).into());
     }
     let mut entries: Vec<Cidr> = args
         .entries
@@ -197,7 +199,10 @@ fn collect(args: &EntryArgs) -> anyhow::Result<Vec<Cidr>> {
         entries.extend(read_entries(BufReader::new(file), &name)?);
     }
     if entries.is_empty() {
-        bail!("no entries given (the input held only blank lines and comments)");
+        return Err(UsageError(
+            "no entries given (the input held only blank lines and comments)".to_owned(),
+        )
+        .into());
     }
     Ok(entries)
 }

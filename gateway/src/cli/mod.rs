@@ -1,5 +1,6 @@
 //! The command line: clap definitions and one module per command group.
 
+pub(crate) mod exit;
 mod explain;
 mod lists;
 mod ratelimit;
@@ -26,7 +27,7 @@ use gateway::{
 /// Edge gateway: an XDP filter that drops abusive clients at the NIC, a TLS proxy in
 /// front of the fleet, and the CLI to inspect and change them.
 #[derive(Debug, Parser)]
-#[command(name = "gateway", version, propagate_version = true)]
+#[command(name = "gateway", version, propagate_version = true, after_long_help = exit::help())]
 pub struct Cli {
     /// bpffs directory holding the pinned maps and the XDP link.
     #[arg(long, global = true, env = "GATEWAY_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
@@ -34,7 +35,8 @@ pub struct Cli {
     /// Directory for state that must survive a reboot (lists, attachment).
     #[arg(long, global = true, env = "GATEWAY_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
-    /// Print JSON instead of tables.
+    /// Print JSON instead of tables; errors too, as one JSON object on stderr
+    /// (`{"error": {"code", "message", "exit_code"}}`), with the same exit code.
     #[arg(long, global = true)]
     json: bool,
     /// Enter this network namespace (a name in /run/netns, as `ip netns add` makes)
@@ -64,14 +66,24 @@ enum Command {
         no_xdp: bool,
     },
     /// Validate a configuration file, certificates and keys included, and list
-    /// every problem with its key path.
+    /// every problem with its key path: certificates out of their validity
+    /// period, `server_names` a certificate does not cover, a missing XDP
+    /// interface; warns about certificates expiring within 30 days and secret
+    /// files others can read.
     Check {
         /// Configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Make the running daemon re-read its configuration (sends it SIGHUP).
-    Reload,
+    /// Make the running daemon re-read its configuration and wait for its
+    /// verdict: exits 0 when the new configuration runs, 64 with the daemon's
+    /// reasons when it was rejected (the old one keeps running), 69 when no
+    /// daemon runs.
+    Reload {
+        /// How long to wait for the verdict (exit 75 past it).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Attach, detach and describe the XDP program.
     #[command(subcommand)]
     Xdp(XdpCommand),
@@ -319,8 +331,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             log_format,
             no_xdp,
         } => run_daemon(&ctx, &config, log_format, no_xdp, cli.netns),
-        Command::Check { config } => check(&config),
-        Command::Reload => reload(&ctx),
+        Command::Check { config } => check(&ctx, &config, cli.netns.as_deref()),
+        Command::Reload { timeout } => reload(&ctx, timeout),
         Command::Xdp(command) => xdp::run(&ctx, command),
         Command::Blocklist(command) => lists::run(&ctx, gateway::lists::ListKind::Block, command),
         Command::Allowlist(command) => lists::run(&ctx, gateway::lists::ListKind::Allow, command),
@@ -340,10 +352,35 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn check(path: &Path) -> anyhow::Result<()> {
+fn check(ctx: &Context, path: &Path, netns: Option<&str>) -> anyhow::Result<()> {
     let config = Config::load_checked(path)?;
-    for warning in config.warnings() {
-        eprintln!("warning: {warning}");
+    let findings = gateway::tls::inspect::inspect(&config, std::time::SystemTime::now());
+    let mut problems = findings.problems;
+    let mut warnings = config.warnings();
+    warnings.extend(findings.warnings);
+    if config.xdp.enabled {
+        interface_check(&config, netns, &mut problems, &mut warnings);
+    }
+    if !problems.is_empty() {
+        return Err(gateway::config::ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        }
+        .into());
+    }
+    if ctx.json {
+        return print_json(&serde_json::json!({
+            "path": path,
+            "valid": true,
+            "listeners": config.listeners.len(),
+            "routes": config.routes.len(),
+            "upstreams": config.upstreams.len(),
+            "xdp": config.xdp.enabled,
+            "warnings": warnings,
+        }));
+    }
+    for warning in &warnings {
+        eprintln!("warning: {}", table::escape(warning));
     }
     println!(
         "{}: valid ({} listener(s), {} route(s), {} upstream pool(s), XDP {})",
@@ -360,23 +397,51 @@ fn check(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn reload(ctx: &Context) -> anyhow::Result<()> {
-    let Some(pid) = ctx.state.running_daemon()? else {
-        anyhow::bail!(
-            "no gateway daemon runs with state directory {} (start one with `gateway run`, or pass --state-dir)",
-            ctx.state.path().display()
-        );
-    };
-    let pid = i32::try_from(pid).context("daemon.lock holds an impossible pid")?;
-    // SAFETY: kill(2) with a valid signal number has no memory-safety preconditions.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("sending SIGHUP to the daemon (pid {pid})"));
+/// Whether `xdp.interface` exists where the daemon will look for it: in
+/// `xdp.netns` unless `--netns` was given (and entered already).
+fn interface_check(
+    config: &Config,
+    netns: Option<&str>,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    let iface = &config.xdp.interface;
+    if netns.is_none()
+        && let Some(name) = &config.xdp.netns
+        && let Err(err) = gateway::xdp::netns::enter(name)
+    {
+        warnings.push(format!(
+            "xdp.interface: not checked, the namespace xdp.netns = {name:?} cannot be entered: {err}"
+        ));
+        return;
     }
-    tracing::info!(target: "audit", event = "config_reload_requested", daemon_pid = pid);
-    println!(
-        "reload requested from the daemon (pid {pid}); its log says whether the new configuration was accepted"
-    );
+    if gateway::xdp::if_index(iface).is_err() {
+        let place = netns.or(config.xdp.netns.as_deref()).map_or_else(
+            || "this network namespace".to_owned(),
+            |n| format!("network namespace {n:?}"),
+        );
+        problems.push(format!(
+            "xdp.interface: no interface named {iface:?} in {place} (see `ip link`)"
+        ));
+    }
+}
+
+fn reload(ctx: &Context, timeout: Duration) -> anyhow::Result<()> {
+    tracing::info!(target: "audit", event = "config_reload_requested");
+    let verdict = gateway::control::request_reload(&ctx.state, timeout)?;
+    if !verdict.accepted {
+        return Err(gateway::control::ReloadRejected {
+            errors: verdict.errors,
+        }
+        .into());
+    }
+    if ctx.json {
+        return print_json(&verdict);
+    }
+    for warning in &verdict.warnings {
+        eprintln!("warning: {}", table::escape(warning));
+    }
+    println!("configuration reloaded");
     Ok(())
 }
 

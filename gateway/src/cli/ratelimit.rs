@@ -6,7 +6,7 @@ use gateway::{
 };
 use serde::Serialize;
 
-use super::{Context, RatelimitCommand, print_json, table};
+use super::{Context, RatelimitCommand, exit::UsageError, print_json, table};
 
 /// One source's bucket, as shown.
 #[derive(Serialize)]
@@ -35,7 +35,7 @@ pub fn run(ctx: &Context, command: RatelimitCommand) -> anyhow::Result<()> {
             };
             let problems = rate_limit_problems("--", &limit);
             if !problems.is_empty() {
-                anyhow::bail!("{}", problems.join("; ").replace("--.", "--"));
+                return Err(UsageError(problems.join("; ").replace("--.", "--")).into());
             }
             let mut config = maps.config()?;
             limit.apply_to(&mut config);

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use gateway::{
     auth::revocation::{Denylist, Revocation},
     state::REVOCATIONS,
@@ -50,14 +50,18 @@ pub fn run(ctx: &Context, command: TokenCommand) -> anyhow::Result<()> {
                 let found = kind.remove(&id).is_some();
                 (id, found)
             })?;
-            if !found {
-                bail!("{id} is not revoked; see `gateway token list`");
+            // Idempotent, like revoking twice: the token is accepted either way.
+            if found {
+                notify(ctx);
             }
-            notify(ctx);
             if ctx.json {
-                return print_json(&serde_json::json!({ "unrevoked": id }));
+                return print_json(&serde_json::json!({ "unrevoked": id, "was_revoked": found }));
             }
-            println!("unrevoked {}", escape(&id));
+            if found {
+                println!("unrevoked {}", escape(&id));
+            } else {
+                eprintln!("note: {} was not revoked (nothing to do)", escape(&id));
+            }
         }
         TokenCommand::List => {
             let list = Denylist::load(&ctx.state.revocations_path())?;

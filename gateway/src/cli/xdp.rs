@@ -1,8 +1,12 @@
 //! `gateway xdp attach|detach|status`.
 
+use anyhow::Context as _;
 use gateway::{
     lists::Lists,
-    xdp::{self as kernel, Capacity, KernelMaps},
+    xdp::{
+        self as kernel, Capacity, KernelMaps,
+        kernel_mode::{self, KernelMode},
+    },
 };
 use serde::Serialize;
 
@@ -87,17 +91,33 @@ pub fn run(ctx: &Context, command: XdpCommand) -> anyhow::Result<()> {
 fn status(ctx: &Context) -> anyhow::Result<()> {
     let status = kernel::status(&ctx.pins)?;
     let attachment = ctx.state.attachment()?;
+    // What the kernel runs, not what was asked for: `auto` may have fallen back
+    // to generic XDP.
+    let running = match &attachment {
+        Some(a) => kernel_mode::mode_of(a.ifindex, status.program_id).with_context(|| {
+            format!(
+                "asking the kernel how XDP runs on {} (ifindex {})",
+                escape(&a.interface),
+                a.ifindex
+            )
+        })?,
+        None => None,
+    };
     if ctx.json {
         #[derive(Serialize)]
         struct Report<'a> {
             pin_dir: &'a std::path::Path,
             attachment: Option<&'a kernel::Attachment>,
+            /// `native`, `generic` or `offload`, from the kernel; null when the
+            /// program is not on the recorded interface (another namespace?).
+            kernel_mode: Option<KernelMode>,
             #[serde(flatten)]
             status: &'a kernel::Status,
         }
         return print_json(&Report {
             pin_dir: ctx.pins.path(),
             attachment: attachment.as_ref(),
+            kernel_mode: running,
             status: &status,
         });
     }
@@ -109,7 +129,14 @@ fn status(ctx: &Context) -> anyhow::Result<()> {
                 escape(&a.interface),
                 a.ifindex
             );
-            println!("mode         {}", a.mode.as_str());
+            let requested = a.mode.as_str();
+            match running {
+                Some(mode) => println!("mode         {} (requested {requested})", mode.as_str()),
+                None => println!(
+                    "mode         unknown: program {} is not on ifindex {} in this network namespace (requested {requested}; pass --netns?)",
+                    status.program_id, a.ifindex
+                ),
+            }
             println!("attached at  {}", format_unix(a.attached_at));
         }
         None => println!(

@@ -10,7 +10,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{RouteConfig, duration};
+use super::{
+    RouteConfig, duration,
+    secret::{Secret, SecretUrl, resolve_into},
+};
 
 /// `[auth]`: the identity providers the gateway trusts and what it tells the
 /// fleet about a verified caller.
@@ -134,11 +137,19 @@ pub struct IssuerConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConfig {
-    /// The introspection endpoint (HTTPS).
-    pub url: String,
-    /// Client credentials for HTTP Basic authentication at the endpoint.
+    /// The introspection endpoint (HTTPS). Its query may carry a token, so it
+    /// is shown and logged without one.
+    pub url: SecretUrl,
+    /// Client credentials for HTTP Basic authentication at the endpoint. The
+    /// secret comes from exactly one of `client_secret`, `client_secret_file`
+    /// and `client_secret_env`; after loading, `client_secret` holds it.
     pub client_id: String,
-    pub client_secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_env: Option<String>,
     /// Longest an active result is reused (never past the token's `exp`).
     #[serde(default = "default_introspection_ttl", with = "duration")]
     pub cache_ttl: Duration,
@@ -296,6 +307,46 @@ pub fn problems(auth: &AuthSection, routes: &[RouteConfig]) -> Vec<String> {
     problems
 }
 
+impl AuthSection {
+    /// Reads each introspection client secret from its key, file or variable.
+    pub(super) fn resolve_secrets(&mut self, problems: &mut Vec<String>) {
+        for (name, issuer) in &mut self.issuers {
+            let Some(introspection) = &mut issuer.introspection else {
+                continue;
+            };
+            let key = format!("auth.issuers.{name}.introspection.client_secret");
+            if introspection.client_secret.is_none()
+                && introspection.client_secret_file.is_none()
+                && introspection.client_secret_env.is_none()
+            {
+                problems.push(format!("{key}: required (or {key}_file, {key}_env)"));
+            }
+            resolve_into(
+                key,
+                &mut introspection.client_secret,
+                introspection.client_secret_file.as_ref(),
+                introspection.client_secret_env.as_ref(),
+                problems,
+            );
+        }
+    }
+
+    /// The files holding secrets, by key.
+    pub(super) fn secret_files(&self) -> impl Iterator<Item = (String, &std::path::Path)> {
+        self.issuers.iter().filter_map(|(name, issuer)| {
+            let path = issuer
+                .introspection
+                .as_ref()?
+                .client_secret_file
+                .as_deref()?;
+            Some((
+                format!("auth.issuers.{name}.introspection.client_secret"),
+                path,
+            ))
+        })
+    }
+}
+
 fn issuer_problems(key: &str, issuer: &IssuerConfig, problems: &mut Vec<String>) {
     if issuer.issuer.is_empty() {
         problems.push(format!("{key}.issuer: must name the token issuer (iss)"));
@@ -341,7 +392,7 @@ fn issuer_problems(key: &str, issuer: &IssuerConfig, problems: &mut Vec<String>)
         ("discovery_url", issuer.discovery_url.as_deref()),
         (
             "introspection.url",
-            issuer.introspection.as_ref().map(|i| i.url.as_str()),
+            issuer.introspection.as_ref().map(|i| i.url.expose()),
         ),
     ];
     for (field, url) in urls {

@@ -9,6 +9,7 @@ mod duration;
 pub mod limits;
 pub mod observe;
 pub mod proxy;
+pub mod secret;
 pub mod waf;
 pub mod xdp;
 
@@ -50,6 +51,17 @@ pub enum ConfigError {
         path: PathBuf,
         problems: Vec<String>,
     },
+}
+
+impl ConfigError {
+    /// Each problem on its own: the list of an invalid file, or the one
+    /// reason a file could not be read or parsed.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems.clone(),
+            other => vec![other.to_string()],
+        }
+    }
 }
 
 /// The whole file.
@@ -111,11 +123,12 @@ impl Config {
         text: &str,
         more_problems: impl FnOnce(&Config) -> Vec<String>,
     ) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
             path: path.to_owned(),
             message: err.to_string(),
         })?;
-        let mut problems = config.validate();
+        let mut problems = config.resolve_secrets();
+        problems.extend(config.validate());
         problems.extend(more_problems(&config));
         if problems.is_empty() {
             Ok(config)
@@ -130,7 +143,23 @@ impl Config {
     /// What is allowed but probably not meant: `gateway check` prints these,
     /// `gateway run` logs them.
     pub fn warnings(&self) -> Vec<String> {
-        crate::policy::routes::listener_warnings(&self.listeners, &self.routes)
+        let mut warnings = crate::policy::routes::listener_warnings(&self.listeners, &self.routes);
+        warnings.extend(
+            self.auth
+                .secret_files()
+                .chain(observe::secret_files(&self.alerts))
+                .filter_map(|(key, path)| secret::file_mode_warning(&key, path)),
+        );
+        warnings
+    }
+
+    /// Reads every secret given by file or environment variable into its inline
+    /// key (see [`secret`]); the problems of those that cannot be read.
+    fn resolve_secrets(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        self.auth.resolve_secrets(&mut problems);
+        observe::resolve_secrets(&mut self.alerts, &mut problems);
+        problems
     }
 
     /// Every problem, each with its key path.

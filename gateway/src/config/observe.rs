@@ -4,13 +4,16 @@
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 
-use super::{ListenerConfig, duration};
+use super::{
+    ListenerConfig, duration,
+    secret::{SecretUrl, resolve_into},
+};
 use crate::addr::Cidr;
 
 /// `[admin]`: the listener serving `/metrics`, `/healthz`, `/readyz` and
@@ -155,9 +158,15 @@ pub struct AlertRule {
     #[serde(default)]
     pub severity: Severity,
     /// `http://` or `https://` URL that receives a JSON POST on firing and on
-    /// resolving; none: log lines only.
-    #[serde(default)]
-    pub webhook: Option<String>,
+    /// resolving; none: log lines only. It may carry credentials
+    /// (`user:password@`, a `?token=`), so it is a secret: also
+    /// `webhook_file` or `webhook_env`; after loading, `webhook` holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<SecretUrl>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_env: Option<String>,
     /// CA bundle for an `https://` webhook (default: the system bundle).
     #[serde(default)]
     pub webhook_ca: Option<PathBuf>,
@@ -200,6 +209,29 @@ pub enum Severity {
     Critical,
 }
 
+/// Reads each alert's webhook URL from its key, file or variable.
+pub(super) fn resolve_secrets(alerts: &mut [AlertRule], problems: &mut Vec<String>) {
+    for (i, alert) in alerts.iter_mut().enumerate() {
+        resolve_into(
+            format!("alert[{i}].webhook"),
+            &mut alert.webhook,
+            alert.webhook_file.as_ref(),
+            alert.webhook_env.as_ref(),
+            problems,
+        );
+    }
+}
+
+/// The files holding webhook URLs, by key.
+pub(super) fn secret_files(alerts: &[AlertRule]) -> impl Iterator<Item = (String, &Path)> {
+    alerts.iter().enumerate().filter_map(|(i, alert)| {
+        Some((
+            format!("alert[{i}].webhook"),
+            alert.webhook_file.as_deref()?,
+        ))
+    })
+}
+
 /// Problems of the `[[alert]]` rules, with key paths.
 pub fn alert_problems(alerts: &[AlertRule]) -> Vec<String> {
     let mut problems = Vec::new();
@@ -218,10 +250,10 @@ pub fn alert_problems(alerts: &[AlertRule]) -> Vec<String> {
             ));
         }
         if let Some(url) = &alert.webhook
-            && !(url.starts_with("http://") || url.starts_with("https://"))
+            && !(url.expose().starts_with("http://") || url.expose().starts_with("https://"))
         {
             problems.push(format!(
-                "alert[{i}].webhook: {url:?} must be an http:// or https:// URL"
+                "alert[{i}].webhook: {url} must be an http:// or https:// URL"
             ));
         }
         if alert.webhook_timeout.is_zero() {

@@ -130,7 +130,7 @@ impl AdminState {
                 }
             }
             "/config" => {
-                let body = redact::redacted(&**self.config.load());
+                let body = redact::config_view(&self.config.load());
                 let mut response = text(
                     StatusCode::OK,
                     serde_json::to_string_pretty(&body).unwrap_or_default(),

@@ -25,7 +25,7 @@ use tracing::{error, info, warn};
 
 use super::{admin::AdminState, metrics};
 use crate::{
-    config::{AlertCondition, AlertRule, Severity},
+    config::{AlertCondition, AlertRule, Severity, secret::SecretUrl},
     tls,
 };
 
@@ -253,7 +253,7 @@ impl Alert {
 /// POSTs `payload`, retrying with doubling pauses; gives up with an error line.
 async fn post(
     client: &WebhookClient,
-    url: &str,
+    url: &SecretUrl,
     name: &str,
     payload: String,
     timeout: Duration,
@@ -261,7 +261,7 @@ async fn post(
 ) {
     let mut pause = Duration::from_millis(500);
     for attempt in 0..=retries {
-        let request = Request::post(url)
+        let request = Request::post(url.expose())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::USER_AGENT, "gateway-alerts")
             .body(Full::new(Bytes::from(payload.clone())));
@@ -295,8 +295,8 @@ fn client(rule: &AlertRule) -> Result<WebhookClient, tls::TlsFileError> {
     http.set_connect_timeout(Some(rule.webhook_timeout));
     let https = rule
         .webhook
-        .as_deref()
-        .is_some_and(|url| url.starts_with("https://"));
+        .as_ref()
+        .is_some_and(|url| url.expose().starts_with("https://"));
     let roots = if https {
         let path = rule
             .webhook_ca

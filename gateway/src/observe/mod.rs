@@ -6,7 +6,7 @@
 //! - [`admin`]: the admin listener and its readiness checks.
 //! - [`alerts`]: `[[alert]]` rules judged every second, webhooks.
 //! - [`logs`]: the access, audit and daemon streams and their files.
-//! - [`redact`]: the active config with secret-looking values hidden.
+//! - [`redact`]: the active config for `/config`, secrets hidden by their type.
 //!
 //! Other modules only record (the `metrics` facade, `tracing` events with
 //! `target: "audit"`); this module makes that visible.

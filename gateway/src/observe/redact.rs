@@ -1,103 +1,108 @@
-//! The active configuration as JSON with secrets hidden, for `/config`.
+//! The active configuration as JSON for `/config`, secrets hidden.
 //!
-//! Redaction goes by key name, not by type, so a field added later (an OAuth
-//! client secret, an API token, a webhook password) is hidden without anyone
-//! remembering to mark it. Paths to key files are shown: a path is not a secret.
+//! Redaction goes by type, not by key name: every secret the config holds is a
+//! [`Secret`](crate::config::secret::Secret) or a
+//! [`SecretUrl`](crate::config::secret::SecretUrl), whose serialization is
+//! already redacted, so a new secret is hidden by giving it that type, and a
+//! setting that merely sounds secret (`max_token_bytes`) is shown.
 
-use serde::Serialize;
 use serde_json::Value;
 
-/// What a hidden value reads as.
-pub const REDACTED: &str = "<redacted>";
+use crate::config::Config;
 
-/// Key name fragments that mark a value as secret.
-const SECRET_WORDS: &[&str] = &[
-    "secret",
-    "password",
-    "passwd",
-    "token",
-    "credential",
-    "api_key",
-    "apikey",
-    "bearer",
-    "authorization",
-    "cookie",
-];
-
-/// `value` as JSON with every secret-looking field replaced by [`REDACTED`].
-pub fn redacted<T: Serialize>(value: &T) -> Value {
-    let mut json = serde_json::to_value(value).unwrap_or(Value::Null);
-    redact(&mut json);
-    json
-}
-
-/// Whether a field called `key` holds a secret.
-pub fn is_secret_key(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    // A path to a file holding a secret is not itself secret.
-    if key.ends_with("_file") || key.ends_with("_path") {
-        return false;
-    }
-    SECRET_WORDS.iter().any(|word| key.contains(word))
-}
-
-fn redact(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            for (key, value) in map.iter_mut() {
-                if is_secret_key(key) && !value.is_null() {
-                    *value = Value::String(REDACTED.to_owned());
-                } else {
-                    redact(value);
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(redact),
-        Value::String(text) => {
-            if let Some(hidden) = redact_userinfo(text) {
-                *text = hidden;
-            }
-        }
-        _ => {}
-    }
-}
-
-/// `https://user:pass@host/…` with the password hidden.
-fn redact_userinfo(text: &str) -> Option<String> {
-    let (scheme, rest) = text.split_once("://")?;
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (userinfo, _) = rest[..authority_end].rsplit_once('@')?;
-    let (user, _password) = userinfo.split_once(':')?;
-    let after = &rest[userinfo.len()..];
-    Some(format!("{scheme}://{user}:{REDACTED}{after}"))
+/// `config` as `/config` shows it.
+pub fn config_view(config: &Config) -> Value {
+    serde_json::to_value(config).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use std::{os::unix::fs::PermissionsExt as _, path::Path};
 
     use super::*;
 
     #[test]
-    fn hides_secret_keys_at_any_depth_and_keeps_paths() {
-        let config = json!({
-            "auth": {"client_secret": "s3cr3t", "client_secret_file": "/etc/s", "issuers": [{"token": "abc"}]},
-            "upstream": {"fleet": {"client_key": "/etc/gateway/gateway.key"}},
-            "alert": [{"webhook": "https://ops:hunter2@hooks.example/x"}],
-        });
-        let out = redacted(&config);
-        let text = out.to_string();
-        for secret in ["s3cr3t", "abc", "hunter2"] {
-            assert!(!text.contains(secret), "{secret} leaked: {text}");
+    fn secrets_are_hidden_by_type_and_settings_are_shown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret_file = dir.path().join("client_secret");
+        std::fs::write(&secret_file, "file-s3cr3t\n").expect("write");
+        std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        let text = format!(
+            r#"
+[xdp]
+enabled = false
+
+[[listener]]
+name = "public"
+address = "198.18.0.1:8443"
+[[listener.certificates]]
+cert = "/etc/gateway/api.pem"
+key = "/etc/gateway/api.key"
+
+[auth]
+[auth.issuers.corp]
+issuer = "https://login.example"
+audiences = ["api"]
+ca = "/etc/gateway/idp-ca.pem"
+max_token_bytes = 8192
+[auth.issuers.corp.introspection]
+url = "https://login.example/introspect?tenant=t1"
+client_id = "gateway"
+client_secret_file = {secret_file:?}
+[auth.issuers.inline]
+issuer = "https://other.example"
+audiences = ["api"]
+ca = "/etc/gateway/idp-ca.pem"
+[auth.issuers.inline.introspection]
+url = "https://other.example/introspect"
+client_id = "gateway"
+client_secret = "inline-s3cr3t"
+
+[[alert]]
+name = "hook"
+metric = "gateway_requests_total"
+condition = "above"
+threshold = 1.0
+webhook = "https://ops:hunter2@hooks.example:8443/hook?token=query-s3cr3t"
+"#
+        );
+        let config = Config::parse(Path::new("t.toml"), &text).expect("valid");
+        let view = config_view(&config);
+        let shown = view.to_string();
+        for secret in ["file-s3cr3t", "inline-s3cr3t", "hunter2", "query-s3cr3t"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
         }
-        assert_eq!(out["auth"]["client_secret_file"], "/etc/s");
+        let corp = &view["auth"]["issuers"]["corp"];
+        assert_eq!(corp["max_token_bytes"], 8192, "not a secret: {shown}");
+        assert_eq!(corp["introspection"]["client_secret"], "[redacted]");
         assert_eq!(
-            out["upstream"]["fleet"]["client_key"],
-            "/etc/gateway/gateway.key"
+            corp["introspection"]["client_secret_file"],
+            secret_file.display().to_string(),
+            "where a secret lives is not a secret"
+        );
+        assert_eq!(corp["introspection"]["client_id"], "gateway");
+        assert_eq!(
+            view["alert"][0]["webhook"],
+            "https://hooks.example:8443/hook"
         );
         assert_eq!(
-            out["alert"][0]["webhook"],
-            "https://ops:<redacted>@hooks.example/x"
+            view["listener"][0]["certificates"][0]["key"],
+            "/etc/gateway/api.key"
         );
+        // The values reach the code that uses them.
+        let introspection = config.auth.issuers["corp"]
+            .introspection
+            .as_ref()
+            .expect("introspection");
+        let resolved = introspection.client_secret.as_ref().expect("resolved");
+        assert_eq!(resolved.expose(), "file-s3cr3t");
+        let webhook = config.alerts[0].webhook.as_ref().expect("webhook");
+        assert!(webhook.expose().ends_with("?token=query-s3cr3t"));
+        // Nor does Debug of the whole config show them.
+        let debug = format!("{config:?}");
+        for secret in ["file-s3cr3t", "inline-s3cr3t", "hunter2", "query-s3cr3t"] {
+            assert!(!debug.contains(secret), "{secret} in Debug");
+        }
     }
 }

@@ -414,7 +414,8 @@ fn mount_bpffs(path: &Path) -> io::Result<()> {
     }
 }
 
-fn if_index(iface: &str) -> Result<u32, XdpError> {
+/// The index of interface `iface` in this network namespace.
+pub fn if_index(iface: &str) -> Result<u32, XdpError> {
     let unknown = || XdpError::UnknownInterface(iface.to_owned());
     let name = CString::new(iface).map_err(|_| unknown())?;
     // SAFETY: `name` is NUL-terminated.

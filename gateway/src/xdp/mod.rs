@@ -9,6 +9,7 @@
 mod attach;
 mod batch;
 mod error;
+pub mod kernel_mode;
 mod maps;
 pub mod netns;
 
@@ -16,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 pub use attach::{
     Attachment, Capacity, DEFAULT_IPV6_RATE_LIMIT_PREFIX, MapStatus, Mode, Status, attach,
-    attachment_is_live, detach, load, pinned_layout_is_old, pinned_program_id, status, unpin_link,
+    attachment_is_live, detach, if_index, load, pinned_layout_is_old, pinned_program_id, status,
+    unpin_link,
 };
 pub use error::XdpError;
 pub use maps::{KernelMaps, RateLimit, Table, Undo};
