@@ -25,6 +25,8 @@ pub mod observe;
 pub mod policy;
 pub mod proxy;
 pub mod state;
+#[cfg(test)]
+mod test_redis;
 pub mod tls;
 pub mod upstream;
 pub mod xdp;
