@@ -23,6 +23,7 @@ use crate::{
     auth::revocation::Denylist,
     clock,
     config::Config,
+    fleet::{Link, LinkSetupError},
     lists::{ListError, ListKind, Lists, Sweeper},
     observe::admin::{self, AdminState},
     policy::quota::Quotas,
@@ -45,6 +46,8 @@ pub enum DaemonError {
     List(#[from] ListError),
     #[error(transparent)]
     Proxy(#[from] ProxyStartError),
+    #[error(transparent)]
+    Fleet(#[from] LinkSetupError),
     #[error(
         "admin.address {address}: binding the admin listener: {source} (set [admin] address to a free port, or enabled = false)"
     )]
@@ -162,10 +165,16 @@ pub async fn run(
         )
     };
 
+    // The fleet link connects in the background: Redis never holds up the start.
+    let fleet = config.fleet.as_ref().map(Link::new).transpose()?;
+    let _fleet_supervisor = fleet
+        .as_ref()
+        .map(|link| AbortOnDrop(link.spawn_supervisor()));
     let admin = start_admin(
         &config,
         proxy.as_ref(),
         kernel.is_some().then(|| (pins.clone(), state.clone())),
+        fleet.as_ref(),
     )
     .await?;
 
@@ -249,8 +258,14 @@ async fn start_admin(
     config: &Config,
     proxy: Option<&Proxy>,
     kernel: Option<(PinDir, StateDir)>,
+    fleet: Option<&Link>,
 ) -> Result<Arc<AdminState>, DaemonError> {
-    let state = AdminState::new(config, proxy.map(Proxy::snapshots), kernel);
+    let mut state = AdminState::new(config, proxy.map(Proxy::snapshots), kernel);
+    if let Some(link) = fleet {
+        let link = link.clone();
+        let started = std::time::Instant::now();
+        state.add_ready_check("fleet", Box::new(move || link.ready(started.elapsed())));
+    }
     let state = Arc::new(state);
     if config.admin.enabled {
         let address = config.admin.address;
@@ -262,6 +277,15 @@ async fn start_admin(
     }
     crate::observe::alerts::spawn(&config.alerts, state.clone());
     Ok(state)
+}
+
+/// A background task that ends with the daemon's loop.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// SIGUSR1 (and SIGHUP): reopen the log files at their paths, for logrotate.
@@ -292,6 +316,9 @@ async fn reload(
     if config.log != running.log || config.admin != running.admin || config.alerts != running.alerts
     {
         warn!("[log], [admin] and [[alert]] changes need a restart");
+    }
+    if config.fleet != running.fleet {
+        warn!("[fleet] changes need a restart");
     }
     if config.xdp.enabled != running.xdp.enabled || config.xdp.interface != running.xdp.interface {
         warn!("xdp.enabled and xdp.interface changes need a restart");

@@ -12,6 +12,7 @@
 //! - [`tls`]: certificate, key and CA files.
 //! - [`config`]: the daemon's configuration file.
 //! - [`abuse`]: signals about misbehaving clients, and the blocks they lead to.
+//! - [`fleet`]: several gateways sharing blocks, revocations and limits through Redis.
 //! - [`daemon`]: `gateway run`.
 
 pub mod abuse;
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod fleet;
 pub mod lists;
 pub mod observe;
 pub mod policy;

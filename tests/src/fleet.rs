@@ -117,7 +117,9 @@ impl Fleet {
             .map(|u| u.addr().to_string())
             .collect();
         upstream.health.interval = Duration::from_millis(200);
-        upstream.health.timeout = Duration::from_millis(500);
+        // Generous: on a loaded 2-core machine a first probe over mTLS can take
+        // longer than half a second, and one slow probe would eject the endpoint.
+        upstream.health.timeout = Duration::from_secs(2);
         upstream.health.healthy_threshold = 1;
         upstream.health.unhealthy_threshold = 1;
         Config {

@@ -2,7 +2,8 @@
 //! ok, slow, 500, reset, blackhole, close-after-headers and truncate, with the real
 //! gateway in front. Each test checks what the client gets, within what bound of the
 //! configured timeouts, what reached the fleet (a POST never twice), and what the
-//! gateway did to the endpoint. The README table "When an endpoint …" is this file.
+//! gateway did to the endpoint. The table "When an endpoint misbehaves" in
+//! docs/operations.md is this file.
 
 use std::{
     sync::Arc,

@@ -279,7 +279,7 @@ fn demo_config(pki: &Path, work: &Path) -> String {
     let pem = |name: &str| pki.join(name).display().to_string();
     let endpoints = UPSTREAMS.map(|u| format!("{u:?}")).join(", ");
     format!(
-        "# The demo's config: see README.md for every key.\n\
+        "# The demo's config: see docs/configuration.md for every key.\n\
          [xdp]\ninterface = \"{GATEWAY_IF}\"\n\
          [xdp.rate_limit]\npps = 100\nburst = 50\n\n\
          [[listener]]\nname = \"public\"\naddress = \"198.18.0.1:443\"\n\

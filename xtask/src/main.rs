@@ -4,6 +4,8 @@
 mod bench;
 mod build;
 mod demo;
+#[cfg(test)]
+mod doc_links;
 mod run;
 mod setup;
 mod test;

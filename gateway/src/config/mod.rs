@@ -6,6 +6,7 @@ pub mod abuse;
 pub mod auth;
 pub mod byte_rate;
 mod duration;
+pub mod fleet;
 pub mod limits;
 pub mod observe;
 pub mod proxy;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     abuse::AbuseSection,
     auth::{AuthMode, AuthSection, IntrospectionConfig, IssuerConfig, RouteAuth},
+    fleet::{FleetSection, RedisMode, Sharing, Unreachable},
     limits::{LimitConfig, LimitKey, Period, QuotaConfig},
     observe::{
         AccessFormat, AdminSection, AlertCondition, AlertRule, LogOutput, LogSection, Severity,
@@ -86,6 +88,10 @@ pub struct Config {
     /// `[abuse]`: when misbehaving clients are pushed into the XDP blocklist.
     #[serde(default)]
     pub abuse: AbuseSection,
+    /// `[fleet]`: the Redis link shared with the other gateways; absent, this
+    /// gateway shares nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetSection>,
 }
 
 impl Config {
@@ -130,7 +136,11 @@ impl Config {
     /// What is allowed but probably not meant: `gateway check` prints these,
     /// `gateway run` logs them.
     pub fn warnings(&self) -> Vec<String> {
-        crate::policy::routes::listener_warnings(&self.listeners, &self.routes)
+        let mut warnings = crate::policy::routes::listener_warnings(&self.listeners, &self.routes);
+        if let Some(fleet) = &self.fleet {
+            warnings.extend(fleet.warnings());
+        }
+        warnings
     }
 
     /// Every problem, each with its key path.
@@ -145,6 +155,9 @@ impl Config {
         problems.extend(auth::problems(&self.auth, &self.routes));
         problems.extend(observe::problems(&self.admin, &self.log, &self.listeners));
         problems.extend(self.abuse.problems());
+        if let Some(fleet) = &self.fleet {
+            problems.extend(fleet.problems());
+        }
         if !self.xdp.enabled && self.listeners.is_empty() {
             problems.push(
                 "xdp.enabled is false and there is no [[listener]]: nothing to run".to_owned(),
