@@ -151,6 +151,22 @@ pub async fn run(
     }
     let (abuse, mut block_requests) = Abuse::new(&config);
     abuse.restore(&provenance);
+    // The fleet link connects in the background: Redis never holds up the start.
+    let fleet = config.fleet.as_ref().map(Link::new).transpose()?;
+    let _fleet_tasks: Vec<AbortOnDrop> = fleet
+        .iter()
+        .flat_map(|link| {
+            let mut tasks = vec![
+                link.spawn_supervisor(),
+                tokio::spawn(quotas.clone().keep_synced(link.clone())),
+            ];
+            if link.share().abuse {
+                tasks.extend(abuse.share(link.clone()));
+            }
+            tasks
+        })
+        .map(AbortOnDrop)
+        .collect();
     let proxy = if config.listeners.is_empty() {
         None
     } else {
@@ -160,16 +176,12 @@ pub async fn run(
                 Some(state.revocations_path()),
                 abuse.clone(),
                 quotas.clone(),
+                fleet.clone(),
             )
             .await?,
         )
     };
 
-    // The fleet link connects in the background: Redis never holds up the start.
-    let fleet = config.fleet.as_ref().map(Link::new).transpose()?;
-    let _fleet_supervisor = fleet
-        .as_ref()
-        .map(|link| AbortOnDrop(link.spawn_supervisor()));
     let admin = start_admin(
         &config,
         proxy.as_ref(),

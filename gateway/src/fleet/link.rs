@@ -42,6 +42,17 @@ pub enum FleetError {
     Redis(#[from] redis::RedisError),
 }
 
+impl FleetError {
+    /// The `reason` label of the fallback metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unreachable => "unreachable",
+            Self::Timeout(_) => "timeout",
+            Self::Redis(_) => "error",
+        }
+    }
+}
+
 /// The link could not be set up from the config (the daemon does not start).
 #[derive(Debug, thiserror::Error)]
 pub enum LinkSetupError {

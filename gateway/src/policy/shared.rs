@@ -207,6 +207,20 @@ pub async fn raise<C: ConnectionLike>(
         .await
 }
 
+/// A client's key as it goes into a Redis key name: itself when short, else
+/// a SHA-256 prefix (a header-keyed limit takes whatever the client sends,
+/// and a long value must not make every call carry it; finding a second
+/// value with the same 64-bit prefix is out of reach).
+pub fn key_part(key: &str) -> String {
+    if key.len() <= MAX_KEY_PART {
+        return key.to_owned();
+    }
+    format!("sha256:{}", crate::auth::log_hash(key))
+}
+
+/// The longest client key used as it is.
+const MAX_KEY_PART: usize = 128;
+
 fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }

@@ -75,20 +75,20 @@ async fn gcra_refills_and_charges_nothing_when_one_budget_is_spent() {
     let slow = cell("rl:{api}:slow", HOUR, 1);
     let other_slow = cell("rl:{api}:slow2", HOUR, 1);
     assert_eq!(
-        gcra(&mut connection, &[fast.clone()])
+        gcra(&mut connection, std::slice::from_ref(&fast))
             .await
             .expect("script"),
         CellVerdict::Allowed
     );
     assert!(matches!(
-        gcra(&mut connection, &[fast.clone()])
+        gcra(&mut connection, std::slice::from_ref(&fast))
             .await
             .expect("script"),
         CellVerdict::Refused { index: 0, .. }
     ));
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert_eq!(
-        gcra(&mut connection, &[fast.clone()])
+        gcra(&mut connection, std::slice::from_ref(&fast))
             .await
             .expect("script"),
         CellVerdict::Allowed,
@@ -97,7 +97,7 @@ async fn gcra_refills_and_charges_nothing_when_one_budget_is_spent() {
     // The slow budget is spent: a request that needs both is refused by the
     // second, and the first (other_slow) keeps its room.
     assert_eq!(
-        gcra(&mut connection, &[slow.clone()])
+        gcra(&mut connection, std::slice::from_ref(&slow))
             .await
             .expect("script"),
         CellVerdict::Allowed
@@ -233,4 +233,13 @@ async fn quota_concurrent_callers_on_three_connections_count_exactly() {
     let mut sorted = counted.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, (1..=50).collect::<Vec<_>>(), "each count once");
+}
+
+#[test]
+fn long_client_keys_are_hashed_short_ones_kept() {
+    assert_eq!(key_part("198.18.0.1"), "198.18.0.1");
+    let long = "k".repeat(10_000);
+    let part = key_part(&long);
+    assert!(part.starts_with("sha256:") && part.len() < 40, "{part}");
+    assert_ne!(part, key_part(&"k".repeat(10_001)));
 }
