@@ -298,7 +298,7 @@ fn redis_server() -> PathBuf {
 /// A `redis-server` on a free loopback port (no namespace), persistence
 /// off, for gateways on loopback with XDP off; killed on drop or on demand.
 pub struct LoopbackRedis {
-    child: Option<std::process::Child>,
+    child: Option<Child>,
     pub addr: std::net::SocketAddr,
     _dir: tempfile::TempDir,
 }
@@ -309,35 +309,36 @@ impl LoopbackRedis {
         use std::io::{Read as _, Write as _};
         let addr = crate::fleet::free_port();
         let dir = tempfile::tempdir().expect("tempdir for redis-server");
-        let child = std::process::Command::new("redis-server")
+        let child = Command::new("redis-server")
             .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(dir.path())
-            .stdout(std::process::Stdio::null())
+            .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (cargo xtask setup)");
         let ping = || {
             let Ok(mut stream) =
-                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500))
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
             else {
                 return false;
             };
-            let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
             let mut reply = [0u8; 7];
             stream.write_all(b"PING\r\n").is_ok()
                 && stream.read_exact(&mut reply).is_ok()
                 && &reply == b"+PONG\r\n"
         };
+        let server = Self {
+            child: Some(child),
+            addr,
+            _dir: dir,
+        };
         for _ in 0..200 {
             if ping() {
-                return Self {
-                    child: Some(child),
-                    addr,
-                    _dir: dir,
-                };
+                return server;
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            thread::sleep(Duration::from_millis(50));
         }
         panic!("redis-server on {addr} did not answer within 10 s");
     }
