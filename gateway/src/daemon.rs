@@ -25,6 +25,7 @@ use crate::{
     clock,
     config::Config,
     control::{self, ReloadVerdict},
+    fleet::{Link, LinkSetupError},
     lists::{ListError, ListKind, Lists, Sweeper},
     observe::admin::{self, AdminState},
     policy::quota::Quotas,
@@ -47,6 +48,8 @@ pub enum DaemonError {
     List(#[from] ListError),
     #[error(transparent)]
     Proxy(#[from] ProxyStartError),
+    #[error(transparent)]
+    Fleet(#[from] LinkSetupError),
     #[error(
         "admin.address {address}: binding the admin listener: {source} (set [admin] address to a free port, or enabled = false)"
     )]
@@ -150,6 +153,22 @@ pub async fn run(
     }
     let (abuse, mut block_requests) = Abuse::new(&config);
     abuse.restore(&provenance);
+    // The fleet link connects in the background: Redis never holds up the start.
+    let fleet = config.fleet.as_ref().map(Link::new).transpose()?;
+    let _fleet_tasks: Vec<AbortOnDrop> = fleet
+        .iter()
+        .flat_map(|link| {
+            let mut tasks = vec![
+                link.spawn_supervisor(),
+                tokio::spawn(quotas.clone().keep_synced(link.clone())),
+            ];
+            if link.share().abuse {
+                tasks.extend(abuse.share(link.clone()));
+            }
+            tasks
+        })
+        .map(AbortOnDrop)
+        .collect();
     let proxy = if config.listeners.is_empty() {
         None
     } else {
@@ -159,6 +178,7 @@ pub async fn run(
                 Some(state.revocations_path()),
                 abuse.clone(),
                 quotas.clone(),
+                fleet.clone(),
             )
             .await?,
         )
@@ -168,6 +188,7 @@ pub async fn run(
         &config,
         proxy.as_ref(),
         kernel.is_some().then(|| (pins.clone(), state.clone())),
+        fleet.as_ref(),
     )
     .await?;
 
@@ -266,8 +287,14 @@ async fn start_admin(
     config: &Config,
     proxy: Option<&Proxy>,
     kernel: Option<(PinDir, StateDir)>,
+    fleet: Option<&Link>,
 ) -> Result<Arc<AdminState>, DaemonError> {
-    let state = AdminState::new(config, proxy.map(Proxy::snapshots), kernel);
+    let mut state = AdminState::new(config, proxy.map(Proxy::snapshots), kernel);
+    if let Some(link) = fleet {
+        let link = link.clone();
+        let started = std::time::Instant::now();
+        state.add_ready_check("fleet", Box::new(move || link.ready(started.elapsed())));
+    }
     let state = Arc::new(state);
     if config.admin.enabled {
         let address = config.admin.address;
@@ -279,6 +306,15 @@ async fn start_admin(
     }
     crate::observe::alerts::spawn(&config.alerts, state.clone());
     Ok(state)
+}
+
+/// A background task that ends with the daemon's loop.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// SIGUSR1 (and SIGHUP): reopen the log files at their paths, for logrotate.
@@ -324,6 +360,9 @@ async fn reload(
     if config.log != running.log || config.admin != running.admin || config.alerts != running.alerts
     {
         warnings.push("[log], [admin] and [[alert]] changes need a restart".to_owned());
+    }
+    if config.fleet != running.fleet {
+        warnings.push("[fleet] changes need a restart".to_owned());
     }
     if config.xdp.enabled != running.xdp.enabled || config.xdp.interface != running.xdp.interface {
         warnings.push("xdp.enabled and xdp.interface changes need a restart".to_owned());

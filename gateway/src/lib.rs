@@ -12,6 +12,7 @@
 //! - [`tls`]: certificate, key and CA files.
 //! - [`config`]: the daemon's configuration file.
 //! - [`abuse`]: signals about misbehaving clients, and the blocks they lead to.
+//! - [`fleet`]: several gateways sharing blocks, revocations and limits through Redis.
 //! - [`daemon`]: `gateway run`.
 //! - [`control`]: the daemon's control socket, how `gateway reload` gets a verdict.
 
@@ -22,11 +23,14 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod fleet;
 pub mod lists;
 pub mod observe;
 pub mod policy;
 pub mod proxy;
 pub mod state;
+#[cfg(test)]
+mod test_redis;
 pub mod tls;
 pub mod upstream;
 pub mod xdp;

@@ -16,6 +16,7 @@ pub mod net;
 pub mod pki;
 pub mod program;
 pub mod raw;
+pub mod redis;
 pub mod upstream;
 
 use std::{

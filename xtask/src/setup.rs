@@ -32,7 +32,8 @@ const KNOWN_LIBLLVM: &str = "libLLVM.so.23.1-rust-1.101.0-nightly";
 
 /// `ip`, `nsenter`, `bpftool` and `sysctl`/`pgrep` for the privileged tests; `wrk`
 /// for the L7 rate-limit test under real load; `script` (bsdutils) for `gateway top`
-/// in a pseudo-terminal; `curl` for the commands the demo prints (and its check).
+/// in a pseudo-terminal; `curl` for the commands the demo prints (and its check);
+/// `redis-server` (with `redis-cli`) for the fleet tests and `demo --fleet`.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -41,6 +42,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "wrk",
     "bsdutils",
     "curl",
+    "redis-server",
 ];
 
 /// What setup did, for the one-line summary.

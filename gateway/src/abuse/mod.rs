@@ -21,11 +21,12 @@
 //! recording is a short critical section and the block itself is the daemon's.
 
 pub mod provenance;
+mod shared;
 mod tracker;
 
 use std::{
     net::IpAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -36,11 +37,15 @@ use tracing::{debug, warn};
 
 pub use self::provenance::{Provenance, ProvenanceFile};
 pub use self::tracker::ActiveBlock;
-use self::tracker::{Observation, Proven, Tracker};
+use self::{
+    shared::{FleetWindow, Publisher},
+    tracker::{Observation, Proven, Tracker},
+};
 use crate::{
     addr::Cidr,
     clock,
     config::{AbuseSection, Config, abuse::Weights},
+    fleet::Link,
 };
 
 /// One kind of evidence against a client address.
@@ -208,6 +213,8 @@ pub struct Abuse {
     /// Kept apart from the windows: touched on every accepted connection.
     proven: Mutex<Proven>,
     blocks: mpsc::UnboundedSender<BlockRequest>,
+    /// Where L7 signals go to be summed over the fleet, once shared.
+    fleet: OnceLock<Publisher>,
 }
 
 impl Abuse {
@@ -219,6 +226,7 @@ impl Abuse {
             tracker: Mutex::new(Tracker::default()),
             proven: Mutex::new(Proven::default()),
             blocks,
+            fleet: OnceLock::new(),
         });
         (abuse, receiver)
     }
@@ -227,6 +235,23 @@ impl Abuse {
     /// counts carry over.
     pub fn reconfigure(&self, config: &Config) {
         self.settings.store(Arc::new(Settings::from_config(config)));
+    }
+
+    /// Sums this edge's L7 signals with every other edge's through `link`
+    /// (see [`shared`]); the returned task publishes them. A second call
+    /// shares nothing more.
+    pub fn share(self: &Arc<Self>, link: Link) -> Option<tokio::task::JoinHandle<()>> {
+        if self.fleet.get().is_some() {
+            return None;
+        }
+        let (publisher, worker) = shared::spawn(link, self);
+        match self.fleet.set(publisher) {
+            Ok(()) => Some(worker),
+            Err(_) => {
+                worker.abort();
+                None
+            }
+        }
     }
 
     /// Remembers earlier offences (from the state directory) so a restart does
@@ -323,13 +348,54 @@ impl Abuse {
             packet,
             evidence,
         };
-        let decision = self
-            .lock()
-            .record(&settings.config, &settings.never, observation, now);
-        if let Some(request) = decision
-            && self.blocks.send(request).is_err()
-        {
-            warn!(%client, "the daemon no longer takes block requests; not blocking");
+        let (decision, counted) = {
+            let mut tracker = self.lock();
+            let counted = !tracker.is_blocked(&key, now);
+            let decision = tracker.record(&settings.config, &settings.never, observation, now);
+            (decision, counted)
+        };
+        if let Some(fleet) = self.fleet.get() {
+            match &decision {
+                Some(_) => fleet.clear(key),
+                // Packet-level signals stay here: their sources prove nothing.
+                None if counted && !packet => {
+                    fleet.signal(key, signal, weight, settings.config.window);
+                }
+                None => {}
+            }
+        }
+        if let Some(request) = decision {
+            self.send(request);
+        }
+    }
+
+    /// The fleet's window for `key` after this edge added a signal to it:
+    /// blocks when the fleet's sum reaches the threshold.
+    fn record_fleet(&self, key: Cidr, window: &FleetWindow) {
+        let settings = self.settings.load();
+        if !settings.config.enabled {
+            return;
+        }
+        let decision = self.lock().record_fleet(
+            &settings.config,
+            &settings.never,
+            key,
+            window,
+            Instant::now(),
+        );
+        if let Some(request) = decision {
+            metrics::counter!("gateway_abuse_fleet_blocks_total").increment(1);
+            if let Some(fleet) = self.fleet.get() {
+                fleet.clear(key);
+            }
+            self.send(request);
+        }
+    }
+
+    fn send(&self, request: BlockRequest) {
+        let cidr = request.cidr;
+        if self.blocks.send(request).is_err() {
+            warn!(%cidr, "the daemon no longer takes block requests; not blocking");
         }
     }
 

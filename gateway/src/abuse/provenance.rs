@@ -47,6 +47,10 @@ pub struct Provenance {
     /// Why it ended (`expired`, `removed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unblock_reason: Option<String>,
+    /// The L7 weight each fleet node saw in the window, when the fleet's
+    /// summed score decided the block (`[fleet]` with `share.abuse`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fleet_weights: BTreeMap<String, u32>,
 }
 
 /// The contents of `abuse.json`: the latest blocks of every address, oldest first.

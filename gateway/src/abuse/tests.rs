@@ -479,3 +479,102 @@ fn the_record_of_proven_sources_is_bounded() {
     assert!(proven.recently(&fresh, later, memory));
     assert!(!proven.recently(&Cidr::host(IpAddr::from(0u32.to_be_bytes())), later, memory));
 }
+
+fn fleet_window(weights: &[(&str, &str, u32)]) -> FleetWindow {
+    let mut window = FleetWindow::default();
+    for (node, signal, weight) in weights {
+        window.l7 += weight;
+        *window.signals.entry((*signal).to_owned()).or_insert(0) += 1;
+        *window.nodes.entry((*node).to_owned()).or_insert(0) += weight;
+    }
+    window
+}
+
+#[test]
+fn the_fleets_sum_blocks_what_no_edge_saw_enough_of() {
+    let config = config();
+    let mut tracker = Tracker::default();
+    let now = Instant::now();
+    let client = ip("198.18.0.9");
+    // This edge saw 3: below the threshold of 10 alone.
+    assert!(
+        record(
+            &mut tracker,
+            &config,
+            client,
+            3,
+            Evidence::new(Signal::AuthFailure),
+            now
+        )
+        .is_none()
+    );
+    let key = key_of(client, 64);
+    let seven = fleet_window(&[("a", "auth_failure", 3), ("b", "auth_failure", 4)]);
+    assert!(
+        tracker
+            .record_fleet(&config, &[], key, &seven, now)
+            .is_none(),
+        "7 over the fleet is below 10"
+    );
+    let ten = fleet_window(&[
+        ("a", "auth_failure", 3),
+        ("b", "auth_failure", 4),
+        ("c", "auth_failure", 3),
+    ]);
+    let block = tracker
+        .record_fleet(&config, &[], key, &ten, now)
+        .expect("the fleet's 10 reaches the threshold");
+    assert_eq!(block.cidr, Cidr::host(client));
+    assert_eq!(block.provenance.score, 10);
+    assert_eq!(block.provenance.signals.get("auth_failure"), Some(&3));
+    assert_eq!(block.provenance.fleet_weights.get("c"), Some(&3));
+    assert!(
+        tracker.record_fleet(&config, &[], key, &ten, now).is_none(),
+        "a blocked key is not blocked again by the same window"
+    );
+}
+
+#[test]
+fn fleet_sum_keeps_exemptions_and_packet_signals_only_corroborate() {
+    let config = config();
+    let mut tracker = Tracker::default();
+    let now = Instant::now();
+    let exempt = ip("198.18.1.1");
+    let ten = fleet_window(&[("a", "waf_block", 5), ("b", "waf_block", 5)]);
+    assert!(
+        tracker
+            .record_fleet(
+                &config,
+                &[Cidr::host(exempt)],
+                key_of(exempt, 64),
+                &ten,
+                now
+            )
+            .is_none(),
+        "an exempt address is never blocked, whatever the fleet saw"
+    );
+    // Packet-level events here (5) add at most the fleet's L7 weight (3).
+    let client = ip("198.18.1.2");
+    let key = key_of(client, 64);
+    let packet = Observation {
+        key,
+        host: client,
+        weight: 5,
+        packet: true,
+        evidence: Evidence::new(Signal::XdpRateExceeded),
+    };
+    assert!(tracker.record(&config, &[], packet, now).is_none());
+    let three = fleet_window(&[("b", "auth_failure", 3)]);
+    assert!(
+        tracker
+            .record_fleet(&config, &[], key, &three, now)
+            .is_none(),
+        "3 L7 + min(5, 3) packet = 6 < 10"
+    );
+    let five = fleet_window(&[("b", "auth_failure", 3), ("c", "auth_failure", 2)]);
+    let block = tracker
+        .record_fleet(&config, &[], key, &five, now)
+        .expect("5 L7 + 5 packet = 10");
+    assert_eq!(block.provenance.signals.get("xdp_rate_exceeded"), Some(&1));
+    assert_eq!(block.provenance.signals.get("auth_failure"), Some(&2));
+}

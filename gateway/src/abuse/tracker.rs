@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{BlockRequest, Evidence, Provenance};
+use super::{BlockRequest, Evidence, Provenance, shared::FleetWindow};
 use crate::{addr::Cidr, clock, config::AbuseSection};
 
 /// Keys with an open window (or a proof of handshake) at most; beyond it new
@@ -157,11 +157,7 @@ impl Tracker {
         now: Instant,
     ) -> Option<BlockRequest> {
         let key = observation.key;
-        if self
-            .offenders
-            .get(&key)
-            .is_some_and(|offender| offender.blocked_until > now)
-        {
+        if self.is_blocked(&key, now) {
             // Already blocked (in-flight requests, or XDP is off): the block
             // stands and its TTL does not grow from the same burst.
             return None;
@@ -192,7 +188,63 @@ impl Tracker {
         if score < config.threshold {
             return None;
         }
-        let window = self.windows.remove(&key)?;
+        self.block(config, never, key, score, None, now)
+    }
+
+    /// Whether `key` is blocked now: its signals need not be counted (or
+    /// shared) any more.
+    pub(super) fn is_blocked(&self, key: &Cidr, now: Instant) -> bool {
+        self.offenders
+            .get(key)
+            .is_some_and(|offender| offender.blocked_until > now)
+    }
+
+    /// The fleet's summed window for `key` (every edge's L7 signals, this
+    /// one's included): blocks when it, with this edge's packet-level signals
+    /// (which never leave the edge that saw them), reaches the threshold.
+    pub(super) fn record_fleet(
+        &mut self,
+        config: &AbuseSection,
+        never: &[Cidr],
+        key: Cidr,
+        fleet: &FleetWindow,
+        now: Instant,
+    ) -> Option<BlockRequest> {
+        if self.is_blocked(&key, now) {
+            return None;
+        }
+        let (local_l7, packet) = match self.windows.get_mut(&key) {
+            Some(window) => {
+                window.expire(now, config.window);
+                (window.l7, window.packet)
+            }
+            None => (0, 0),
+        };
+        let l7 = local_l7.max(fleet.l7);
+        let packet = if config.trust_packet_sources {
+            packet
+        } else {
+            packet.min(l7)
+        };
+        let score = l7.saturating_add(packet);
+        if score < config.threshold {
+            return None;
+        }
+        self.block(config, never, key, score, Some(fleet), now)
+    }
+
+    /// Blocks `key` (or its aggregate) for a score that reached the
+    /// threshold; its window starts afresh.
+    fn block(
+        &mut self,
+        config: &AbuseSection,
+        never: &[Cidr],
+        key: Cidr,
+        score: u32,
+        fleet: Option<&FleetWindow>,
+        now: Instant,
+    ) -> Option<BlockRequest> {
+        let window = self.windows.remove(&key).unwrap_or_default();
         let (cidr, aggregated_from) = match self.aggregate(config, key, now) {
             Some(prefix) => (prefix, Some(key)),
             None => (key, None),
@@ -217,8 +269,14 @@ impl Tracker {
         offender.blocked_until = now + ttl;
         let offence = offender.offences;
 
-        let mut signals = BTreeMap::new();
-        for event in &window.events {
+        // The fleet's counts stand for every edge's L7 signals, this one's
+        // included; only the packet-level ones are this edge's alone.
+        let mut signals = fleet.map(|f| f.signals.clone()).unwrap_or_default();
+        for event in window
+            .events
+            .iter()
+            .filter(|event| fleet.is_none() || event.packet)
+        {
             *signals.entry(event.evidence.signal.clone()).or_insert(0) += 1;
         }
         self.active.insert(
@@ -252,6 +310,7 @@ impl Tracker {
                 aggregated_from: aggregated_from.filter(|from| *from != cidr),
                 unblocked_at: None,
                 unblock_reason: None,
+                fleet_weights: fleet.map(|f| f.nodes.clone()).unwrap_or_default(),
             },
         })
     }

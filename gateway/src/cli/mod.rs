@@ -2,6 +2,7 @@
 
 pub(crate) mod exit;
 mod explain;
+mod fleet;
 mod lists;
 mod ratelimit;
 mod stats;
@@ -106,6 +107,9 @@ enum Command {
         /// The client address.
         address: std::net::IpAddr,
     },
+    /// The gateways sharing state through the config's `[fleet]` Redis.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
     /// Packets and bytes per verdict reason.
     Stats {
         /// Refresh every --interval and show rates.
@@ -130,6 +134,16 @@ enum Command {
         /// Print one 80×24 frame (rates over one interval) and exit.
         #[arg(long)]
         once: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FleetCommand {
+    /// The nodes seen (heartbeats), each one's version and lag.
+    Status {
+        /// Configuration file (TOML) whose `[fleet]` names the Redis.
+        #[arg(long, short)]
+        config: PathBuf,
     },
 }
 
@@ -339,6 +353,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ratelimit(command) => ratelimit::run(&ctx, command),
         Command::Token(command) => token::run(&ctx, command),
         Command::Explain { address } => explain::run(&ctx, address),
+        Command::Fleet(FleetCommand::Status { config }) => fleet::status(&ctx, &config),
         Command::Stats {
             watch,
             interval,

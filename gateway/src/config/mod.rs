@@ -6,6 +6,7 @@ pub mod abuse;
 pub mod auth;
 pub mod byte_rate;
 mod duration;
+pub mod fleet;
 pub mod limits;
 pub mod observe;
 pub mod proxy;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     abuse::AbuseSection,
     auth::{AuthMode, AuthSection, IntrospectionConfig, IssuerConfig, RouteAuth},
+    fleet::{FleetSection, RedisMode, Sharing, Unreachable},
     limits::{LimitConfig, LimitKey, Period, QuotaConfig},
     observe::{
         AccessFormat, AdminSection, AlertCondition, AlertRule, LogOutput, LogSection, Severity,
@@ -98,6 +100,10 @@ pub struct Config {
     /// `[abuse]`: when misbehaving clients are pushed into the XDP blocklist.
     #[serde(default)]
     pub abuse: AbuseSection,
+    /// `[fleet]`: the Redis link shared with the other gateways; absent, this
+    /// gateway shares nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetSection>,
 }
 
 impl Config {
@@ -144,6 +150,9 @@ impl Config {
     /// `gateway run` logs them.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = crate::policy::routes::listener_warnings(&self.listeners, &self.routes);
+        if let Some(fleet) = &self.fleet {
+            warnings.extend(fleet.warnings());
+        }
         warnings.extend(
             self.auth
                 .secret_files()
@@ -174,6 +183,9 @@ impl Config {
         problems.extend(auth::problems(&self.auth, &self.routes));
         problems.extend(observe::problems(&self.admin, &self.log, &self.listeners));
         problems.extend(self.abuse.problems());
+        if let Some(fleet) = &self.fleet {
+            problems.extend(fleet.problems());
+        }
         if !self.xdp.enabled && self.listeners.is_empty() {
             problems.push(
                 "xdp.enabled is false and there is no [[listener]]: nothing to run".to_owned(),

@@ -3,4 +3,5 @@
 pub mod quota;
 pub mod ratelimit;
 pub mod routes;
+pub mod shared;
 pub mod waf;

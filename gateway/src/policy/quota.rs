@@ -3,6 +3,16 @@
 //! directory; the daemon writes them every second and when it stops, so a
 //! restart neither forgets nor double-counts (a crash loses at most the last
 //! second's counts, in the client's favour).
+//!
+//! With `[fleet]` and `share.quotas`, the count is the fleet's: one atomic
+//! script in Redis checks and counts (see [`super::shared`]), so the fleet
+//! admits exactly the quota while Redis answers, and the local count follows
+//! the fleet's (it never drops below what Redis reported). A request waits
+//! on Redis for at most `fleet.budget`; then `fleet.quota_when_unreachable`
+//! decides: `open` counts locally from the last fleet count seen and
+//! admits, `closed` refuses with 503. Charges counted locally while the link
+//! was down are added to Redis when it returns, and a Redis that came back
+//! empty is raised again to every count this gateway holds.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -16,11 +26,15 @@ use std::{
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-use super::ratelimit::key_for;
+use super::{
+    ratelimit::key_for,
+    shared::{self, Charge},
+};
 use crate::{
     auth::Identity,
     clock,
-    config::{Period, QuotaConfig, RouteConfig},
+    config::{Period, QuotaConfig, RouteConfig, fleet::Unreachable},
+    fleet::{FleetError, Link},
     state::{StateDir, StateError},
 };
 
@@ -50,6 +64,36 @@ pub struct Exhausted {
     pub reset_secs: u64,
 }
 
+/// Why a request gets no quota.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The quota is spent (429).
+    Exhausted(Exhausted),
+    /// The quota is shared, the fleet's Redis gave no answer within the
+    /// budget and `fleet.quota_when_unreachable = "closed"` (503): the
+    /// fleet's fault, not the client's.
+    Unavailable { quota: String },
+}
+
+/// Seconds a shared count outlives its period, so a gateway whose clock is
+/// a little behind still finds it.
+const COUNT_GRACE: u64 = 300;
+
+/// How often owed counts are offered to Redis.
+const RESYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How a charge was counted, so a refund gives it back in the same place.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum Where {
+    /// Here only (no fleet, or the fleet's answer did not come in time).
+    #[default]
+    Local,
+    /// In Redis; the local count follows.
+    Fleet(Vec<shared::Count>),
+    /// Here, and queued for Redis (the link was down).
+    Pending(Vec<shared::Count>),
+}
+
 /// What a passed request has left, for the `Quota-Remaining` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Remaining {
@@ -59,6 +103,7 @@ pub struct Remaining {
     /// The counts this request was charged to (slot, period start): what a
     /// refund gives back. Empty for a look that charged nothing.
     charged: Vec<(String, u64)>,
+    counted: Where,
 }
 
 /// Every quota's counts, shared by all snapshots (a reload keeps them).
@@ -66,6 +111,18 @@ pub struct Remaining {
 pub struct Quotas {
     counts: Mutex<QuotaFile>,
     dirty: AtomicBool,
+    fleet: Mutex<FleetCounts>,
+}
+
+/// What the local counts owe the fleet's Redis.
+#[derive(Default)]
+struct FleetCounts {
+    /// Charges (refunds negative) counted here while the link was down, by
+    /// Redis key: added to Redis when it returns.
+    pending: HashMap<String, (shared::Count, i64)>,
+    /// The Redis key of every local count seen in the fleet: raised again
+    /// when Redis comes back empty.
+    known: HashMap<String, shared::Count>,
 }
 
 impl Quotas {
@@ -74,6 +131,7 @@ impl Quotas {
         Ok(Self {
             counts: Mutex::new(state.read_file(FILE)?.unwrap_or_default()),
             dirty: AtomicBool::new(false),
+            fleet: Mutex::default(),
         })
     }
 
@@ -151,6 +209,7 @@ impl Quotas {
                     remaining,
                     reset_secs: end - now,
                     charged: Vec::new(),
+                    counted: Where::Local,
                 });
             }
         }
@@ -182,13 +241,14 @@ impl Quotas {
                     remaining: quota.requests.saturating_sub(used),
                     reset_secs: end - now,
                     charged: Vec::new(),
+                    counted: Where::Local,
                 }
             })
             .min_by_key(|r| r.remaining)
     }
 
-    /// Gives back what `charge` took, in the periods it was taken in, and
-    /// counts it in its `remaining`.
+    /// Gives back what `charge` took here, in the periods it was taken in,
+    /// and counts it in its `remaining`.
     fn refund(&self, charge: &mut Remaining) {
         let mut file = self.lock();
         for (slot, start) in charge.charged.drain(..) {
@@ -202,8 +262,134 @@ impl Quotas {
         self.dirty.store(true, Ordering::Release);
     }
 
+    /// Takes the fleet's counts (`used`, after a charge or at a refusal)
+    /// for the local slots: a local count never drops below the fleet's.
+    fn follow(
+        &self,
+        slots: &[(String, u64, u64)],
+        counts: &[shared::Count],
+        used: &[(usize, u64)],
+    ) {
+        {
+            let mut file = self.lock();
+            for &(index, used) in used {
+                let (slot, start, _) = &slots[index];
+                let count = file.counts.entry(slot.clone()).or_default();
+                if count.period_start != *start {
+                    *count = Count {
+                        period_start: *start,
+                        used: 0,
+                    };
+                }
+                count.used = count.used.max(used);
+            }
+        }
+        self.dirty.store(true, Ordering::Release);
+        let mut fleet = self.fleet_lock();
+        for ((slot, _, _), count) in slots.iter().zip(counts) {
+            fleet.known.insert(slot.clone(), count.clone());
+        }
+    }
+
+    /// Queues `amount` for each of `counts`, to be added to Redis when the
+    /// link is back.
+    fn owe(&self, counts: &[shared::Count], amount: i64) {
+        let mut fleet = self.fleet_lock();
+        for count in counts {
+            fleet
+                .pending
+                .entry(count.key.clone())
+                .or_insert_with(|| (count.clone(), 0))
+                .1 += amount;
+        }
+    }
+
+    /// Adds what was counted here while the link was down to Redis; after a
+    /// new epoch (Redis restarted or was flushed) also raises every count
+    /// Redis should hold to this gateway's. What fails stays owed.
+    pub async fn resync(&self, link: &Link, new_epoch: bool) {
+        let now = clock::unix_now();
+        let pending: Vec<(shared::Count, i64)> = {
+            let mut fleet = self.fleet_lock();
+            fleet.known.retain(|_, count| count.expires_at > now);
+            fleet.pending.drain().map(|(_, owed)| owed).collect()
+        };
+        let mut failed = Vec::new();
+        for (count, amount) in pending {
+            if amount == 0 || count.expires_at <= now {
+                continue;
+            }
+            let counts = [count];
+            let added = link
+                .within(link.background_timeout(), |mut conn| {
+                    let counts = counts.clone();
+                    async move { shared::add(&mut conn, &counts, amount).await }
+                })
+                .await;
+            if added.is_err() {
+                let [count] = counts;
+                failed.push((count, amount));
+            }
+        }
+        if new_epoch {
+            let raise: Vec<(shared::Count, u64)> = {
+                let known = self.fleet_lock().known.clone();
+                let file = self.lock();
+                known
+                    .into_iter()
+                    .filter_map(|(slot, count)| {
+                        let used = file.counts.get(&slot)?.used;
+                        Some((count, used))
+                    })
+                    .collect()
+            };
+            for (count, used) in raise {
+                let _ = link
+                    .within(link.background_timeout(), |mut conn| async move {
+                        shared::raise(&mut conn, &count, used).await
+                    })
+                    .await;
+            }
+        }
+        let mut fleet = self.fleet_lock();
+        for (count, amount) in failed {
+            fleet
+                .pending
+                .entry(count.key.clone())
+                .or_insert_with(|| (count, 0))
+                .1 += amount;
+        }
+    }
+
+    /// Keeps Redis in step with what this gateway counted: resynchronises
+    /// on every new epoch of the link, and every `RESYNC_EVERY` while
+    /// anything is owed. Runs until the runtime stops.
+    pub async fn keep_synced(self: Arc<Self>, link: Link) {
+        let mut epochs = link.epochs();
+        let mut tick = tokio::time::interval(RESYNC_EVERY);
+        loop {
+            tokio::select! {
+                changed = epochs.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    self.resync(&link, true).await;
+                }
+                _ = tick.tick() => {
+                    if link.is_connected() && !self.fleet_lock().pending.is_empty() {
+                        self.resync(&link, false).await;
+                    }
+                }
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, QuotaFile> {
         self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn fleet_lock(&self) -> std::sync::MutexGuard<'_, FleetCounts> {
+        self.fleet.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -228,10 +414,12 @@ fn slots(
 pub struct RouteQuotas {
     routes: HashMap<String, Vec<QuotaConfig>>,
     counts: Arc<Quotas>,
+    /// The fleet's Redis, when quotas are shared.
+    fleet: Option<Link>,
 }
 
 impl RouteQuotas {
-    pub fn new(routes: &[RouteConfig], counts: Arc<Quotas>) -> Self {
+    pub fn new(routes: &[RouteConfig], counts: Arc<Quotas>, fleet: Option<&Link>) -> Self {
         Self {
             routes: routes
                 .iter()
@@ -239,6 +427,7 @@ impl RouteQuotas {
                 .map(|route| (route.name.clone(), route.quotas.clone()))
                 .collect(),
             counts,
+            fleet: fleet.filter(|link| link.share().quotas).cloned(),
         }
     }
 
@@ -247,17 +436,96 @@ impl RouteQuotas {
         &self.counts
     }
 
-    /// See [`Quotas::check`].
-    pub fn check(
+    /// Counts one request against every quota of the route (see
+    /// [`Quotas::check`]); shared quotas count in the fleet's Redis.
+    pub async fn check(
         &self,
         route: &str,
         client: IpAddr,
         identity: Option<&Identity>,
         headers: &HeaderMap,
-    ) -> Result<Option<Remaining>, Exhausted> {
-        match self.routes.get(route) {
-            Some(quotas) => self.counts.check(route, quotas, client, identity, headers),
-            None => Ok(None),
+    ) -> Result<Option<Remaining>, Refusal> {
+        let Some(quotas) = self.routes.get(route) else {
+            return Ok(None);
+        };
+        let Some(link) = &self.fleet else {
+            return self
+                .counts
+                .check(route, quotas, client, identity, headers)
+                .map_err(Refusal::Exhausted);
+        };
+        let now = clock::unix_now();
+        let key = |quota: &QuotaConfig| key_for(&quota.key, client, identity, headers);
+        let slots = slots(route, quotas, now, key);
+        let counts: Vec<shared::Count> = quotas
+            .iter()
+            .zip(&slots)
+            .map(|(quota, (slot, start, end))| shared::Count {
+                key: link.spread_key(route, &format!("q:{}:{start}", shared::key_part(slot))),
+                limit: quota.requests,
+                expires_at: end + COUNT_GRACE,
+            })
+            .collect();
+        let asked = counts.clone();
+        let answer = link
+            .within_budget(|mut conn| async move { shared::charge(&mut conn, &asked).await })
+            .await;
+        match answer {
+            Ok(Charge::Counted(used)) => {
+                let used: Vec<(usize, u64)> = used.into_iter().enumerate().collect();
+                self.counts.follow(&slots, &counts, &used);
+                let tightest = quotas
+                    .iter()
+                    .zip(&slots)
+                    .zip(&used)
+                    .map(|((quota, (_, _, end)), (_, used))| Remaining {
+                        quota: quota.name.clone(),
+                        remaining: quota.requests.saturating_sub(*used),
+                        reset_secs: end - now,
+                        charged: Vec::new(),
+                        counted: Where::Local,
+                    })
+                    .min_by_key(|r| r.remaining);
+                Ok(tightest.map(|t| Remaining {
+                    charged: slots
+                        .iter()
+                        .map(|(slot, start, _)| (slot.clone(), *start))
+                        .collect(),
+                    counted: Where::Fleet(counts),
+                    ..t
+                }))
+            }
+            Ok(Charge::Spent { index, used }) => {
+                self.counts.follow(&slots, &counts, &[(index, used)]);
+                let quota = &quotas[index];
+                metrics::counter!("gateway_quota_exhausted_total", "route" => route.to_owned(), "quota" => quota.name.clone()).increment(1);
+                Err(Refusal::Exhausted(Exhausted {
+                    quota: quota.name.clone(),
+                    limit: quota.requests,
+                    reset_secs: slots[index].2 - now,
+                }))
+            }
+            Err(err) => {
+                metrics::counter!("gateway_fleet_fallback_total", "feature" => "quotas", "reason" => err.reason()).increment(1);
+                if link.quota_when_unreachable() == Unreachable::Closed {
+                    return Err(Refusal::Unavailable {
+                        quota: quotas[0].name.clone(),
+                    });
+                }
+                let mut charged = self
+                    .counts
+                    .check_at(route, quotas, now, key)
+                    .map_err(Refusal::Exhausted)?;
+                // Only a call that was never sent is surely missing from
+                // Redis; one cut off by the budget most likely arrived.
+                if matches!(err, FleetError::Unreachable)
+                    && let Some(charged) = &mut charged
+                {
+                    self.counts.owe(&counts, 1);
+                    charged.counted = Where::Pending(counts);
+                }
+                Ok(charged)
+            }
         }
     }
 
@@ -281,8 +549,34 @@ impl RouteQuotas {
     /// client broke its body, or no endpoint could take it). A look that
     /// charged nothing is left as it is.
     pub fn refund(&self, route: &str, charge: &mut Remaining) {
-        if self.routes.contains_key(route) && !charge.charged.is_empty() {
-            self.counts.refund(charge);
+        if !self.routes.contains_key(route) || charge.charged.is_empty() {
+            return;
+        }
+        self.counts.refund(charge);
+        match std::mem::take(&mut charge.counted) {
+            Where::Local => {}
+            Where::Pending(counts) => self.counts.owe(&counts, -1),
+            Where::Fleet(counts) => {
+                let (Some(link), Ok(runtime)) =
+                    (self.fleet.clone(), tokio::runtime::Handle::try_current())
+                else {
+                    return;
+                };
+                let owed = self.counts.clone();
+                // Off the request path; a refund that cannot be given now is
+                // given at the next resync.
+                runtime.spawn(async move {
+                    let given = link
+                        .within(link.background_timeout(), |mut conn| {
+                            let counts = counts.clone();
+                            async move { shared::add(&mut conn, &counts, -1).await }
+                        })
+                        .await;
+                    if given.is_err() {
+                        owed.owe(&counts, -1);
+                    }
+                });
+            }
         }
     }
 }

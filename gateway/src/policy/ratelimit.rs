@@ -2,6 +2,13 @@
 //! own key. A rejected request gets 429 with `Retry-After` and the IETF draft
 //! `RateLimit-Policy` / `RateLimit` headers. A reload keeps the limiter (and
 //! so every key's budget) of each limit whose route and settings are unchanged.
+//!
+//! With `[fleet]` and `share.rate_limits`, the fleet's Redis decides (one
+//! atomic GCRA script for all of a route's limits, see [`super::shared`]), so
+//! N gateways admit what one would. A request waits on Redis for at most
+//! `fleet.budget`; without an answer the local limiter decides, which is kept
+//! charged with every request this gateway admitted, so it takes over where
+//! the fleet's budget stood as far as this gateway's own traffic goes.
 
 use std::{
     collections::HashMap,
@@ -22,9 +29,11 @@ use governor::{
 };
 use http::HeaderMap;
 
+use super::shared::{self, Cell, CellVerdict};
 use crate::{
     auth::Identity,
     config::{LimitConfig, LimitKey, RouteConfig},
+    fleet::Link,
 };
 
 type Keyed =
@@ -78,12 +87,18 @@ impl Rejection {
 #[derive(Default)]
 pub struct RateLimits {
     routes: HashMap<String, Vec<Limit>>,
+    /// The fleet's Redis, when rate limits are shared.
+    fleet: Option<Link>,
 }
 
 impl RateLimits {
     /// Builds the limiters for `routes`, reusing those of `previous` whose
-    /// route name and settings are the same.
-    pub fn new(routes: &[RouteConfig], previous: Option<&RateLimits>) -> Self {
+    /// route name and settings are the same; `fleet` shares them.
+    pub fn new(
+        routes: &[RouteConfig],
+        previous: Option<&RateLimits>,
+        fleet: Option<&Link>,
+    ) -> Self {
         let routes = routes
             .iter()
             .map(|route| {
@@ -114,12 +129,15 @@ impl RateLimits {
                 (route.name.clone(), limits)
             })
             .collect();
-        Self { routes }
+        Self {
+            routes,
+            fleet: fleet.filter(|link| link.share().rate_limits).cloned(),
+        }
     }
 
     /// Takes one request from every limit of `route`; the first limit that
-    /// has nothing left refuses it.
-    pub fn check(
+    /// has nothing left refuses it. Shared limits ask the fleet first.
+    pub async fn check(
         &self,
         route: &str,
         client: IpAddr,
@@ -129,22 +147,87 @@ impl RateLimits {
         let Some(limits) = self.routes.get(route) else {
             return Ok(());
         };
-        for limit in limits {
-            let key = key_for(&limit.config.key, client, identity, headers);
-            if limit.checks.fetch_add(1, Ordering::Relaxed) % RETAIN_EVERY == RETAIN_EVERY - 1 {
-                limit.limiter.retain_recent();
+        let keys: Vec<String> = limits
+            .iter()
+            .map(|limit| key_for(&limit.config.key, client, identity, headers))
+            .collect();
+        if let Some(link) = &self.fleet {
+            let cells: Vec<Cell> = limits
+                .iter()
+                .zip(&keys)
+                .map(|(limit, key)| cell(link, route, &limit.config, key))
+                .collect();
+            match link
+                .within_budget(|mut conn| async move { shared::gcra(&mut conn, &cells).await })
+                .await
+            {
+                Ok(CellVerdict::Allowed) => {
+                    // The local limiter learns what this gateway admitted, to
+                    // decide from there when the fleet cannot.
+                    for (limit, key) in limits.iter().zip(&keys) {
+                        let _ = local_check(limit, key);
+                    }
+                    return Ok(());
+                }
+                Ok(CellVerdict::Refused { index, retry_after }) => {
+                    let limit = &limits[index.min(limits.len() - 1)];
+                    return Err(rejected(route, &limit.config, retry_after));
+                }
+                Err(err) => {
+                    metrics::counter!("gateway_fleet_fallback_total", "feature" => "rate_limits", "reason" => err.reason()).increment(1);
+                }
             }
-            if let Err(not_until) = limit.limiter.check_key(&key) {
-                metrics::counter!("gateway_ratelimit_rejected_total", "route" => route.to_owned(), "policy" => limit.config.name.clone()).increment(1);
-                return Err(Rejection {
-                    policy: limit.config.name.clone(),
-                    requests: limit.config.requests,
-                    window: limit.config.per,
-                    retry_after: not_until.wait_time_from(DefaultClock::default().now()),
-                });
+        }
+        for (limit, key) in limits.iter().zip(&keys) {
+            if let Err(retry_after) = local_check(limit, key) {
+                return Err(rejected(route, &limit.config, retry_after));
             }
         }
         Ok(())
+    }
+}
+
+/// Takes one request from `limit`'s local budget for `key`; the wait until
+/// the next one may pass when there is none.
+fn local_check(limit: &Limit, key: &str) -> Result<(), Duration> {
+    if limit.checks.fetch_add(1, Ordering::Relaxed) % RETAIN_EVERY == RETAIN_EVERY - 1 {
+        limit.limiter.retain_recent();
+    }
+    limit
+        .limiter
+        .check_key(&key.to_owned())
+        .map(|_| ())
+        .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+}
+
+fn rejected(route: &str, config: &LimitConfig, retry_after: Duration) -> Rejection {
+    metrics::counter!("gateway_ratelimit_rejected_total", "route" => route.to_owned(), "policy" => config.name.clone()).increment(1);
+    Rejection {
+        policy: config.name.clone(),
+        requests: config.requests,
+        window: config.per,
+        retry_after,
+    }
+}
+
+/// The fleet's budget of `key` under `config`: the settings are in the name,
+/// so changed settings start a new budget (as a reload does locally), and the
+/// route is the Cluster hash tag, so one script reaches all its limits.
+fn cell(link: &Link, route: &str, config: &LimitConfig, key: &str) -> Cell {
+    let burst = config.burst.unwrap_or(config.requests).max(1);
+    Cell {
+        key: link.spread_key(
+            route,
+            &format!(
+                "rl:{}:{}/{}ms/{burst}:{}",
+                config.name,
+                config.requests,
+                config.per.as_millis(),
+                shared::key_part(key)
+            ),
+        ),
+        interval: config.per / config.requests.max(1),
+        burst,
     }
 }
 
@@ -197,19 +280,21 @@ mod tests {
         text.parse().expect("address")
     }
 
-    #[test]
-    fn burst_then_refused_with_headers_per_key() {
-        let limits = RateLimits::new(&routes(PER_CLIENT), None);
+    #[tokio::test]
+    async fn burst_then_refused_with_headers_per_key() {
+        let limits = RateLimits::new(&routes(PER_CLIENT), None, None);
         let headers = HeaderMap::new();
         for _ in 0..3 {
             assert!(
                 limits
                     .check("api", ip("198.18.0.1"), None, &headers)
+                    .await
                     .is_ok()
             );
         }
         let rejection = limits
             .check("api", ip("198.18.0.1"), None, &headers)
+            .await
             .expect_err("fourth request in the hour");
         assert_eq!(rejection.policy_header(), "\"per-client\";q=3;w=3600");
         assert!(rejection.retry_secs() > 1000, "{rejection:?}");
@@ -220,24 +305,27 @@ mod tests {
         assert!(
             limits
                 .check("api", ip("198.18.0.2"), None, &headers)
+                .await
                 .is_ok(),
             "other clients have their own budget"
         );
         assert!(
             limits
                 .check("other", ip("198.18.0.1"), None, &headers)
+                .await
                 .is_ok(),
             "routes without limits pass"
         );
     }
 
-    #[test]
-    fn subject_header_and_route_keys() {
+    #[tokio::test]
+    async fn subject_header_and_route_keys() {
         let limits = RateLimits::new(
             &routes(
                 "[[limits]]\nname = \"sub\"\nkey = \"subject\"\nrequests = 1\nper = \"1h\"\n\
                  [[limits]]\nname = \"api-key\"\nkey = \"header:X-Api-Key\"\nrequests = 2\nper = \"1h\"\n",
             ),
+            None,
             None,
         );
         let alice = Identity {
@@ -251,16 +339,25 @@ mod tests {
         let mut key_a = HeaderMap::new();
         key_a.insert("x-api-key", "a".parse().expect("value"));
         let client = ip("198.18.0.1");
-        assert!(limits.check("api", client, Some(&alice), &key_a).is_ok());
+        assert!(
+            limits
+                .check("api", client, Some(&alice), &key_a)
+                .await
+                .is_ok()
+        );
         assert_eq!(
             limits
                 .check("api", client, Some(&alice), &key_a)
+                .await
                 .expect_err("alice spent")
                 .policy,
             "sub"
         );
         assert!(
-            limits.check("api", client, Some(&bob), &key_a).is_ok(),
+            limits
+                .check("api", client, Some(&bob), &key_a)
+                .await
+                .is_ok(),
             "bob has his own budget"
         );
         let carol = Identity {
@@ -270,6 +367,7 @@ mod tests {
         assert_eq!(
             limits
                 .check("api", client, Some(&carol), &key_a)
+                .await
                 .expect_err("key a spent")
                 .policy,
             "api-key"
@@ -277,30 +375,47 @@ mod tests {
         let route = RateLimits::new(
             &routes("[[limits]]\nname = \"all\"\nkey = \"route\"\nrequests = 1\nper = \"1h\"\n"),
             None,
+            None,
         );
-        assert!(route.check("api", ip("198.18.0.1"), None, &key_a).is_ok());
         assert!(
-            route.check("api", ip("198.18.0.2"), None, &key_a).is_err(),
+            route
+                .check("api", ip("198.18.0.1"), None, &key_a)
+                .await
+                .is_ok()
+        );
+        assert!(
+            route
+                .check("api", ip("198.18.0.2"), None, &key_a)
+                .await
+                .is_err(),
             "one budget for everyone"
         );
     }
 
-    #[test]
-    fn reload_keeps_budgets_of_unchanged_limits_only() {
-        let first = RateLimits::new(&routes(PER_CLIENT), None);
+    #[tokio::test]
+    async fn reload_keeps_budgets_of_unchanged_limits_only() {
+        let first = RateLimits::new(&routes(PER_CLIENT), None, None);
         let headers = HeaderMap::new();
         for _ in 0..3 {
-            assert!(first.check("api", ip("198.18.0.1"), None, &headers).is_ok());
+            assert!(
+                first
+                    .check("api", ip("198.18.0.1"), None, &headers)
+                    .await
+                    .is_ok()
+            );
         }
-        let same = RateLimits::new(&routes(PER_CLIENT), Some(&first));
+        let same = RateLimits::new(&routes(PER_CLIENT), Some(&first), None);
         assert!(
-            same.check("api", ip("198.18.0.1"), None, &headers).is_err(),
+            same.check("api", ip("198.18.0.1"), None, &headers)
+                .await
+                .is_err(),
             "budget survived"
         );
-        let changed = RateLimits::new(&routes(&PER_CLIENT.replace("3", "4")), Some(&same));
+        let changed = RateLimits::new(&routes(&PER_CLIENT.replace("3", "4")), Some(&same), None);
         assert!(
             changed
                 .check("api", ip("198.18.0.1"), None, &headers)
+                .await
                 .is_ok(),
             "new settings, new budget"
         );

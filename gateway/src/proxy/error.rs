@@ -13,7 +13,11 @@ use crate::{
     abuse::ActiveBlock,
     auth::AuthError,
     config::byte_rate::ByteRate,
-    policy::{quota::Exhausted, ratelimit::Rejection, waf::Verdict},
+    policy::{
+        quota::{Exhausted, Refusal},
+        ratelimit::Rejection,
+        waf::Verdict,
+    },
     upstream::{BoxBody, ClientBodyError, UpstreamError, breaker::BreakerOpen},
 };
 
@@ -23,6 +27,15 @@ pub const QUOTA_REMAINING: &str = "quota-remaining";
 pub const QUOTA_RESET: &str = "quota-reset";
 /// The code of a request refused for its framing or host (400, closed).
 pub const MALFORMED_REQUEST: &str = "malformed_request";
+
+impl From<Refusal> for ProxyError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Exhausted(spent) => Self::QuotaExceeded(spent),
+            Refusal::Unavailable { quota } => Self::QuotaUnavailable { quota },
+        }
+    }
+}
 
 /// Why the gateway answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +78,8 @@ pub enum ProxyError {
     RateLimited(Rejection),
     #[error("quota {} of {} requests is spent; it resets in {} s", .0.quota, .0.limit, .0.reset_secs)]
     QuotaExceeded(Exhausted),
+    #[error("quota {quota} is shared and the fleet's Redis did not answer in time")]
+    QuotaUnavailable { quota: String },
     #[error("request blocked by WAF rule {rule}")]
     WafBlocked { rule: String, class: &'static str },
     #[error("request refused: {0}")]
@@ -121,6 +136,7 @@ impl ProxyError {
             Self::Auth(AuthError::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Auth(AuthError::InvalidRequest(_)) => StatusCode::BAD_REQUEST,
             Self::RateLimited(_) | Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::QuotaUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::WafBlocked { .. } | Self::Blocked { .. } => StatusCode::FORBIDDEN,
             Self::ProtocolAnomaly(_) | Self::SchemaInvalid { .. } => StatusCode::BAD_REQUEST,
             Self::ContentTypeNotAllowed(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -153,6 +169,7 @@ impl ProxyError {
             Self::Auth(err) => err.code(),
             Self::RateLimited(_) => "rate_limited",
             Self::QuotaExceeded(_) => "quota_exceeded",
+            Self::QuotaUnavailable { .. } => "quota_unavailable",
             Self::WafBlocked { .. } => "waf_blocked",
             Self::ProtocolAnomaly(_) => "protocol_anomaly",
             Self::ContentTypeNotAllowed(_) => "content_type_not_allowed",
@@ -226,9 +243,9 @@ impl ProxyError {
             Self::Upstream(UpstreamError::CircuitOpen(open)) => {
                 Some(open.retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
-            Self::Upstream(UpstreamError::BreakerOpen(_)) | Self::Auth(AuthError::Unavailable) => {
-                Some(1)
-            }
+            Self::Upstream(UpstreamError::BreakerOpen(_))
+            | Self::Auth(AuthError::Unavailable)
+            | Self::QuotaUnavailable { .. } => Some(1),
             Self::RateLimited(rejection) => Some(rejection.retry_secs()),
             Self::ClientBusy { .. } => Some(1),
             Self::QuotaExceeded(spent) => Some(spent.reset_secs.max(1)),

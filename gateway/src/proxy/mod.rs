@@ -43,6 +43,7 @@ use crate::{
     abuse::Abuse,
     auth::{Auth, AuthStartError, revocation::Revocations},
     config::{Config, ListenerConfig, ProxySection},
+    fleet::Link,
     policy::{
         quota::{Quotas, RouteQuotas},
         ratelimit::RateLimits,
@@ -82,6 +83,9 @@ pub struct Snapshot {
     pub waf: Waf,
     /// The abuse loop's signal windows; one for the proxy's lifetime.
     pub abuse: Arc<Abuse>,
+    /// The fleet's Redis link, for the proxy's lifetime (`[fleet]` needs a
+    /// restart to change).
+    fleet: Option<Link>,
     listeners: HashMap<Arc<str>, ListenerConfig>,
 }
 
@@ -92,6 +96,7 @@ impl Snapshot {
         revocations: &Arc<Revocations>,
         abuse: Arc<Abuse>,
         quotas: Arc<Quotas>,
+        fleet: Option<Link>,
     ) -> Result<Self, ProxyStartError> {
         // Listeners a reload dropped keep serving (that needs a restart), so
         // they keep their last settings.
@@ -102,12 +107,13 @@ impl Snapshot {
         Ok(Self {
             proxy: config.proxy.clone(),
             routes: RouteTable::new(&config.routes),
-            limits: RateLimits::new(&config.routes, previous.map(|p| &p.limits)),
-            quotas: RouteQuotas::new(&config.routes, quotas),
+            limits: RateLimits::new(&config.routes, previous.map(|p| &p.limits), fleet.as_ref()),
+            quotas: RouteQuotas::new(&config.routes, quotas, fleet.as_ref()),
             waf: Waf::new(&config.routes),
             upstreams: Upstreams::build(config, previous.map(|p| &p.upstreams)).await?,
             auth: Auth::build(&config.auth, previous.map(|p| &p.auth), revocations.clone()).await?,
             abuse,
+            fleet,
             listeners,
         })
     }
@@ -162,15 +168,17 @@ impl Proxy {
     /// (keys fetched), loads certificates and binds every listener; traffic is
     /// accepted only once all of that worked. `revocations` is the token
     /// denylist file in the state directory; misbehaving clients are reported
-    /// to `abuse`; quota counts live in `quotas` (the daemon saves them).
+    /// to `abuse`; quota counts live in `quotas` (the daemon saves them);
+    /// `fleet` shares rate limits and quotas with the other gateways.
     pub async fn start(
         config: &Config,
         revocations: Option<std::path::PathBuf>,
         abuse: Arc<Abuse>,
         quotas: Arc<Quotas>,
+        fleet: Option<Link>,
     ) -> Result<Self, ProxyStartError> {
         let revocations = Arc::new(Revocations::open(revocations));
-        let snapshot = Snapshot::build(config, None, &revocations, abuse, quotas).await?;
+        let snapshot = Snapshot::build(config, None, &revocations, abuse, quotas, fleet).await?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
         });
@@ -273,6 +281,7 @@ impl Proxy {
             &self.revocations,
             previous.abuse.clone(),
             previous.quotas.counts().clone(),
+            previous.fleet.clone(),
         )
         .await?;
         snapshot.abuse.reconfigure(config);

@@ -304,6 +304,7 @@ async fn proxy<'a>(
     snapshot
         .limits
         .check(&route.name, client_ip, identity, &parts.headers)
+        .await
         .map_err(ProxyError::RateLimited)?;
     let waf = snapshot.waf.route(&route.name);
     if let Some(waf) = waf {
@@ -345,7 +346,7 @@ async fn proxy<'a>(
     let charged = snapshot
         .quotas
         .check(&route.name, client_ip, identity, &parts.headers)
-        .map_err(ProxyError::QuotaExceeded)?;
+        .await?;
     if charged.is_some() {
         outcome.quota = charged;
     }
