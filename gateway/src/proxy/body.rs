@@ -366,7 +366,7 @@ mod tests {
         None
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_trickle_is_cut_after_grace_and_one_window() {
         let mut meter = PaceMeter::new(pace());
         assert!(meter.received(1).is_ok());
@@ -377,7 +377,7 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_steady_client_passes_and_time_the_upstream_takes_does_not_count() {
         let mut meter = PaceMeter::new(pace());
         for _ in 0..8 {
@@ -388,7 +388,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn off_never_cuts() {
         let mut meter = PaceMeter::new(Pace {
             min_rate: ByteRate(0),
