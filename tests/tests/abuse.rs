@@ -84,12 +84,12 @@ async fn waf_blocks_with_rule_id_lookalikes_pass_and_the_loop_decides_a_block() 
         .find(|line| line["stream"] == "access" && line["request_id"] == request_id.as_str())
         .unwrap_or_else(|| panic!("no access line for {request_id}:\n{log}"));
     for (field, want) in [
-        ("status", serde_json::json!(403)),
+        ("http.response.status_code", serde_json::json!(403)),
         ("decision", serde_json::json!("deny")),
-        ("reason", serde_json::json!("waf_blocked")),
-        ("client", serde_json::json!("127.0.0.1")),
-        ("method", serde_json::json!("GET")),
-        ("path", serde_json::json!("/search")),
+        ("error.type", serde_json::json!("waf_blocked")),
+        ("client.address", serde_json::json!("127.0.0.1")),
+        ("http.request.method", serde_json::json!("GET")),
+        ("url.path", serde_json::json!("/search")),
     ] {
         assert_eq!(line[field], want, "access field {field}: {line}");
     }
