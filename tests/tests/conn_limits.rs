@@ -212,7 +212,13 @@ async fn check_warns_about_hosts_reachable_without_the_required_certificate() {
         let output = fleet
             .gateway
             .output(&["check", "--config", path.to_str().expect("path")]);
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        // The rig's certificates live two days, so each also gets an expiry
+        // warning; this test is about host reachability only.
+        let stderr = String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .filter(|line| !line.contains("expires at"))
+            .collect::<Vec<_>>()
+            .join("\n");
         (output.status.code(), stderr)
     };
 
