@@ -6,7 +6,6 @@ use std::path::Path;
 use anyhow::Context as _;
 use gateway::{
     config::Config,
-    config::secret::redacted_url,
     fleet::{Link, status},
 };
 
@@ -28,7 +27,7 @@ pub fn status(ctx: &Context, path: &Path) -> anyhow::Result<()> {
     let nodes = runtime.block_on(async {
         link.connect()
             .await
-            .with_context(|| format!("connecting to {}", redacted_url(&section.redis_url)))?;
+            .with_context(|| format!("connecting to {}", section.redis_url))?;
         status::nodes(&link).await.context("reading the heartbeats")
     })?;
     if ctx.json {

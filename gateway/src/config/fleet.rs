@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::duration;
+use super::{duration, secret::SecretUrl};
 
 /// The environment variable read for the Redis password when `password_file`
 /// is not set.
@@ -18,14 +18,13 @@ pub const PASSWORD_ENV: &str = "GATEWAY_FLEET_PASSWORD";
 pub struct FleetSection {
     /// `redis://host:port` or `rediss://host:port` (TLS). In cluster mode one
     /// seed node, in sentinel mode one sentinel; more go in `more_nodes`.
-    #[serde(serialize_with = "super::secret::serialize_redacted_url")]
-    pub redis_url: String,
+    pub redis_url: SecretUrl,
     /// How the URLs are used.
     #[serde(default)]
     pub mode: RedisMode,
     /// Further cluster seed nodes or sentinels, same form as `redis_url`.
-    #[serde(default, serialize_with = "super::secret::serialize_redacted_urls")]
-    pub more_nodes: Vec<String>,
+    #[serde(default)]
+    pub more_nodes: Vec<SecretUrl>,
     /// The master's name as the sentinels know it (sentinel mode only).
     #[serde(default)]
     pub sentinel_master: Option<String>,
@@ -164,15 +163,15 @@ impl FleetSection {
         for (key, url) in std::iter::once(("fleet.redis_url", &self.redis_url))
             .chain(self.more_nodes.iter().map(|url| ("fleet.more_nodes", url)))
         {
-            if let Some(problem) = url_problem(url) {
+            if let Some(problem) = url_problem(url.expose()) {
                 problems.push(format!("{key}: {problem}"));
             }
         }
-        let tls = self.redis_url.starts_with("rediss://");
+        let tls = self.uses_tls();
         if self
             .more_nodes
             .iter()
-            .any(|url| url.starts_with("rediss://") != tls)
+            .any(|url| url.expose().starts_with("rediss://") != tls)
         {
             problems.push(
                 "fleet.more_nodes: mixes redis:// and rediss:// with fleet.redis_url".to_owned(),
@@ -237,11 +236,17 @@ impl FleetSection {
         warnings
     }
 
+    /// Whether the link speaks TLS (`rediss://`).
+    pub fn uses_tls(&self) -> bool {
+        self.redis_url.expose().starts_with("rediss://")
+    }
+
     fn password_in_url(&self) -> bool {
         std::iter::once(&self.redis_url)
             .chain(&self.more_nodes)
             .any(|url| {
-                url.split_once("://")
+                url.expose()
+                    .split_once("://")
                     .and_then(|(_, rest)| rest.split_once('@'))
                     .is_some_and(|(userinfo, _)| userinfo.contains(':'))
             })

@@ -95,20 +95,6 @@ impl Serialize for SecretUrl {
     }
 }
 
-/// Serializes a URL kept as a plain string (one a client library parses) in its
-/// [`redacted_url`] form, so `/config` never shows its credentials.
-pub fn serialize_redacted_url<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&redacted_url(url))
-}
-
-/// [`serialize_redacted_url`] for a list of URLs.
-pub fn serialize_redacted_urls<S: Serializer>(
-    urls: &[String],
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(urls.iter().map(|url| redacted_url(url)))
-}
-
 /// `url` as `scheme://host[:port]/path`: without user information, query and
 /// fragment, where credentials and tokens travel. Something that does not parse
 /// as an absolute URL is shown as [`REDACTED`].

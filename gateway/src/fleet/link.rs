@@ -573,7 +573,7 @@ fn read_password(config: &FleetSection) -> Result<Option<Password>, LinkSetupErr
 }
 
 fn read_tls(config: &FleetSection) -> Result<Option<redis::TlsCertificates>, LinkSetupError> {
-    if !config.redis_url.starts_with("rediss://") {
+    if !config.uses_tls() {
         return Ok(None);
     }
     let read = |key: &'static str, path: &std::path::Path| {
@@ -610,7 +610,7 @@ fn opener(config: &FleetSection, password: Option<&Password>) -> Result<Opener, 
     let infos = std::iter::once(&config.redis_url)
         .chain(&config.more_nodes)
         .map(|url| {
-            let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+            let info = redis::IntoConnectionInfo::into_connection_info(url.expose())
                 .map_err(LinkSetupError::Url)?;
             let mut settings = info.redis_settings().clone();
             if let Some(user) = &config.username {
