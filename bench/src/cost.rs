@@ -392,9 +392,10 @@ fn block_entry() -> BlockEntry {
     }
 }
 
-/// Filler IPv4 keys: 240.0.0.0/4 and up (reserved, never a packet's source, and
-/// room for millions where the benchmarking range has 131,072 addresses). The
-/// measured sources are IPv4, so the fillers go into the maps they look up.
+/// Filler IPv4 keys for the blocklist: 240.0.0.0/4 and up (reserved, never a
+/// packet's source, and room for millions where the benchmarking range has 131,072
+/// addresses). The measured sources are IPv4, so the fillers go into the maps they
+/// look up.
 fn filler_v4(index: usize) -> anyhow::Result<Addr4> {
     let base = u32::from(Ipv4Addr::new(240, 0, 0, 0));
     Ok(v4(Ipv4Addr::from(base + u32::try_from(index)?)))
@@ -413,12 +414,17 @@ fn fill_blocklist(program: &LoadedProgram, from: usize, to: usize) -> anyhow::Re
 }
 
 /// Fills each IPv4 trie (allowlist, CIDR blocklist) to `to` prefixes: /32s from
-/// 240.0.0.0 up, clear of every test source.
+/// 198.18.128.0 up (as the 16-byte layout's bench did, into 198.20.0.0/16 past
+/// 100k: map keys only, never a packet's source), clear of every test source and in
+/// the same half of the address space as they are, so the trie walk for a measured
+/// source goes as deep as it did then.
 fn fill_tries(program: &LoadedProgram, to: usize) -> anyhow::Result<()> {
+    let base = u32::from(Ipv4Addr::new(198, 18, 128, 0));
     for name in [map_names::ALLOWLIST_V4, map_names::CIDR_BLOCKLIST_V4] {
         let mut trie = program.maps.trie_v4(name)?;
         for index in 1..to {
-            trie.insert(32, filler_v4(index)?, &FOREVER)
+            let addr = v4(Ipv4Addr::from(base + u32::try_from(index)?));
+            trie.insert(32, addr, &FOREVER)
                 .with_context(|| format!("filling {name} to {to} prefixes"))?;
         }
     }
