@@ -84,11 +84,12 @@ fn kernel_blocklist(gateway: &Gateway) -> BTreeSet<String> {
         .collect()
 }
 
-/// Entries in the exact-address blocklist map, counted by bpftool.
+/// Entries in the exact-address IPv4 blocklist map (every address here is IPv4),
+/// counted by bpftool.
 fn bpftool_blocklist_entries(gateway: &Gateway) -> usize {
     let output = Command::new("bpftool")
         .args(["--json", "map", "dump", "pinned"])
-        .arg(format!("{}/BLOCKLIST", gateway.pin_dir))
+        .arg(format!("{}/BLOCKLIST4", gateway.pin_dir))
         .output()
         .expect("bpftool (apt-get install bpftool)");
     assert!(output.status.success(), "bpftool: {}", stderr(&output));
