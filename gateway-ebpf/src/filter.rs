@@ -1,6 +1,7 @@
 //! The verdict pipeline for IP packets, in order: allowlist, CIDR blocklist, dynamic
-//! blocklist, per-source rate limit. A rule class in monitor mode counts what it
-//! would drop and lets the packet go on to the next check.
+//! blocklist, per-source rate limit. The lists are looked up in the maps of the
+//! source's address family ([`V4`] or [`V6`]). A rule class in monitor mode counts
+//! what it would drop and lets the packet go on to the next check.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
