@@ -1,13 +1,23 @@
 //! Map names, counter indexes and flag bits that both planes must agree on.
 
 /// Map names, as they appear in the object file and as files under the pin directory.
+///
+/// Each list has one map per address family: IPv4 sources are keyed by their four
+/// bytes, IPv6 sources by sixteen, so an IPv4 packet hashes and compares a quarter
+/// of the bytes. (Names stay within the kernel's 15 characters.)
 pub mod map_names {
-    /// LPM trie of CIDRs whose traffic always passes and is never rate limited.
-    pub const ALLOWLIST: &str = "ALLOWLIST";
-    /// LPM trie of CIDRs whose traffic is dropped.
-    pub const CIDR_BLOCKLIST: &str = "CIDR_BLOCKLIST";
-    /// Hash of exact source addresses blocked until an expiry time.
-    pub const BLOCKLIST: &str = "BLOCKLIST";
+    /// LPM trie of IPv4 CIDRs whose traffic always passes and is never rate limited.
+    pub const ALLOWLIST_V4: &str = "ALLOWLIST4";
+    /// The same for IPv6 CIDRs.
+    pub const ALLOWLIST_V6: &str = "ALLOWLIST6";
+    /// LPM trie of IPv4 CIDRs whose traffic is dropped.
+    pub const CIDR_BLOCKLIST_V4: &str = "CIDR_BLOCKLIST4";
+    /// The same for IPv6 CIDRs.
+    pub const CIDR_BLOCKLIST_V6: &str = "CIDR_BLOCKLIST6";
+    /// Hash of exact IPv4 source addresses blocked until an expiry time.
+    pub const BLOCKLIST_V4: &str = "BLOCKLIST4";
+    /// The same for IPv6 source addresses.
+    pub const BLOCKLIST_V6: &str = "BLOCKLIST6";
     /// LRU hash of per-source token buckets.
     pub const RATE_LIMIT: &str = "RATE_LIMIT";
     /// Single-entry array holding [`crate::maps::XdpConfig`].
@@ -21,10 +31,13 @@ pub mod map_names {
     pub const FILLED: &str = "FILLED";
 
     /// Every map, in the order `gateway xdp status` shows them.
-    pub const ALL: [&str; 8] = [
-        ALLOWLIST,
-        CIDR_BLOCKLIST,
-        BLOCKLIST,
+    pub const ALL: [&str; 11] = [
+        ALLOWLIST_V4,
+        ALLOWLIST_V6,
+        CIDR_BLOCKLIST_V4,
+        CIDR_BLOCKLIST_V6,
+        BLOCKLIST_V4,
+        BLOCKLIST_V6,
         RATE_LIMIT,
         CONFIG,
         COUNTERS,
@@ -37,24 +50,33 @@ pub mod map_names {
 /// entry: userspace sets it after every insert, and clears it only after seeing the
 /// map empty (then looks again, and sets it back if an insert raced the clear). A
 /// lookup in an empty LPM trie still costs a helper call and a walk; most
-/// deployments leave the allowlist empty, many the CIDR blocklist too.
+/// deployments leave the allowlist empty, many the CIDR blocklist too, and many
+/// have no IPv6 entries at all.
 pub mod filled {
-    /// The `ALLOWLIST` trie.
-    pub const ALLOWLIST: u32 = 0;
-    /// The `CIDR_BLOCKLIST` trie.
-    pub const CIDR_BLOCKLIST: u32 = 1;
-    /// The exact-address `BLOCKLIST` hash.
-    pub const BLOCKLIST: u32 = 2;
+    /// The `ALLOWLIST4` trie.
+    pub const ALLOWLIST_V4: u32 = 0;
+    /// The `CIDR_BLOCKLIST4` trie.
+    pub const CIDR_BLOCKLIST_V4: u32 = 1;
+    /// The exact-address `BLOCKLIST4` hash.
+    pub const BLOCKLIST_V4: u32 = 2;
+    /// The `ALLOWLIST6` trie.
+    pub const ALLOWLIST_V6: u32 = 3;
+    /// The `CIDR_BLOCKLIST6` trie.
+    pub const CIDR_BLOCKLIST_V6: u32 = 4;
+    /// The exact-address `BLOCKLIST6` hash.
+    pub const BLOCKLIST_V6: u32 = 5;
     /// Number of slots.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 6;
 }
 
 /// Version of the maps' layout and meaning, stamped into
 /// [`crate::maps::XdpConfig::layout`] by every config write. Pinned maps with another
 /// version (an older gateway's) are not reused: the loader recreates them and the
 /// lists come back from the state directory. 0: expiries on `CLOCK_BOOTTIME`, no
-/// `FILLED`; 1: expiries on the coarse `CLOCK_MONOTONIC`, `FILLED`.
-pub const LAYOUT_VERSION: u32 = 1;
+/// `FILLED`; 1: expiries on the coarse `CLOCK_MONOTONIC`, `FILLED`; 2: one map per
+/// address family for each list, IPv4 keyed by 4 bytes (before: IPv4 mapped into
+/// 16-byte IPv6 keys).
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "gateway_xdp";
@@ -63,9 +85,9 @@ pub const PROGRAM_NAME: &str = "gateway_xdp";
 pub mod capacity {
     /// Per-source token buckets (LRU: the least recently seen sources are evicted).
     pub const RATE_LIMIT: u32 = 1 << 20;
-    /// Exact-address blocks.
+    /// Exact-address blocks, in each of the IPv4 and the IPv6 map.
     pub const BLOCKLIST: u32 = 131_072;
-    /// CIDR entries in each of the allowlist and the CIDR blocklist.
+    /// CIDR entries in each trie (allowlist and CIDR blocklist, each family).
     pub const CIDR: u32 = 65_536;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 18;

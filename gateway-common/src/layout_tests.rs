@@ -3,7 +3,18 @@
 
 use core::mem::{offset_of, size_of};
 
-use crate::maps::{BlockEntry, CidrRule, Counter, RateBucket, RateEvent, XdpConfig};
+use crate::maps::{
+    Addr4, Addr6, BlockEntry, CidrRule, Counter, RateBucket, RateEvent, XdpConfig, addr4,
+};
+
+#[test]
+fn address_keys() {
+    assert_eq!(size_of::<Addr4>(), 4);
+    assert_eq!(size_of::<Addr6>(), 16);
+    // Network byte order in memory, whatever the host's: the tries match from the
+    // first byte.
+    assert_eq!(addr4([198, 18, 0, 1]).to_ne_bytes(), [198, 18, 0, 1]);
+}
 
 #[test]
 fn cidr_rule() {

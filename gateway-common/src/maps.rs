@@ -1,8 +1,14 @@
 //! Keys and values of the BPF maps.
 //!
-//! Addresses are always 16 bytes: IPv6 as is, IPv4 mapped into IPv6
-//! (`::ffff:a.b.c.d`), so one trie and one hash serve both families and an IPv4 CIDR
-//! `a.b.c.d/n` is the IPv6 prefix `::ffff:a.b.c.d/(96 + n)`.
+//! Every list has an IPv4 and an IPv6 map. IPv4 keys are [`Addr4`]: the four address
+//! bytes in network order, held in a `u32` (so a hash compares one word and a trie
+//! walks at most 32 bits); IPv6 keys are [`Addr6`], sixteen bytes. An IPv4-mapped IPv6
+//! source (`::ffff:a.b.c.d`) is looked up as the IPv4 address, so a block of
+//! `a.b.c.d` covers it too.
+//!
+//! The rate limiter keeps one map for both families, keyed by [`Addr6`] with IPv4
+//! mapped into IPv6 (`::ffff:a.b.c.d`): splitting it would split its capacity (an
+//! LRU hash allocates all of it up front) or double its memory.
 //!
 //! Expiries and the rate limiter's times are `CLOCK_MONOTONIC` nanoseconds, read
 //! coarse (`bpf_ktime_get_coarse_ns`: the time of the last scheduler tick, no TSC
@@ -10,10 +16,22 @@
 //! the kernel's expiry does not advance during suspend (the daemon's sweep, on wall
 //! time, removes such entries within a second of their TTL).
 
-/// A source address as a map key (see the module docs for the IPv4 mapping).
-pub type Addr = [u8; 16];
+/// An IPv4 address as a map key: its four bytes in network order, as they stand in
+/// the IP header, read as a native-endian `u32` (`u32::from_ne_bytes(octets)`).
+/// The LPM tries match bytes from the first, so this byte order is what makes
+/// `a.b.0.0/16` a prefix.
+pub type Addr4 = u32;
 
-/// The prefix every IPv4-mapped address starts with.
+/// An IPv6 address as a map key (and the rate limiter's key for both families).
+pub type Addr6 = [u8; 16];
+
+/// The key of an IPv4 address given as its octets.
+#[inline(always)]
+pub const fn addr4(octets: [u8; 4]) -> Addr4 {
+    u32::from_ne_bytes(octets)
+}
+
+/// The prefix every IPv4-mapped IPv6 address starts with.
 pub const IPV4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 
 /// Value of the allowlist and CIDR blocklist tries.
@@ -80,7 +98,7 @@ pub struct XdpConfig {
     pub syn_burst_ns: u64,
     /// Mask applied to IPv6 sources before the rate-limit lookup (e.g. /64), so one
     /// host cannot dodge its limit by rotating through its own prefix.
-    pub ipv6_rate_mask: Addr,
+    pub ipv6_rate_mask: Addr6,
     /// Bit set of [`crate::consts::monitor`] classes.
     pub monitor: u32,
     /// [`crate::consts::LAYOUT_VERSION`] of the gateway that wrote this config (0 from
@@ -103,8 +121,8 @@ pub struct Counter {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateEvent {
-    /// Rate-limit key of the source (IPv6 already masked).
-    pub addr: Addr,
+    /// Rate-limit key of the source (IPv4 mapped into IPv6, IPv6 already masked).
+    pub addr: Addr6,
     /// `CLOCK_MONOTONIC` of the drop (read coarse: to the scheduler tick).
     pub timestamp_ns: u64,
     /// One of [`crate::consts::event_kind`].

@@ -1,23 +1,27 @@
 //! The verdict pipeline for IP packets, in order: allowlist, CIDR blocklist, dynamic
-//! blocklist, per-source rate limit. A rule class in monitor mode counts what it
-//! would drop and lets the packet go on to the next check.
+//! blocklist, per-source rate limit. The lists are looked up in the maps of the
+//! source's address family ([`V4`] or [`V6`]). A rule class in monitor mode counts
+//! what it would drop and lets the packet go on to the next check.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
-    maps::LpmTrie,
     maps::lpm_trie::Key,
+    maps::{HashMap, LpmTrie},
 };
 use gateway_common::{
     consts::{EVENT_INTERVAL_NS, NO_EXPIRY, Reason, event_kind, filled, monitor},
-    maps::{Addr, CidrRule, RateBucket, RateEvent, XdpConfig},
+    maps::{Addr6, BlockEntry, CidrRule, IPV4_MAPPED_PREFIX, RateBucket, RateEvent, XdpConfig},
 };
 
 use crate::{
     counters,
-    maps::{ALLOWLIST, BLOCKLIST, CIDR_BLOCKLIST, CONFIG, EVENTS, FILLED, RATE_LIMIT},
-    parse::Packet,
+    maps::{
+        ALLOWLIST_V4, ALLOWLIST_V6, BLOCKLIST_V4, BLOCKLIST_V6, CIDR_BLOCKLIST_V4,
+        CIDR_BLOCKLIST_V6, CONFIG, EVENTS, FILLED, RATE_LIMIT,
+    },
+    parse::{Packet, Src},
 };
 
 /// The coarse `CLOCK_MONOTONIC` (the clock userspace writes expiries on), read at
@@ -41,28 +45,51 @@ impl Clock {
     }
 }
 
+/// The three list maps of one address family and their `FILLED` slots.
+struct Lists<K: 'static> {
+    allow: &'static LpmTrie<K, CidrRule>,
+    allow_slot: u32,
+    cidr: &'static LpmTrie<K, CidrRule>,
+    cidr_slot: u32,
+    hosts: &'static HashMap<K, BlockEntry>,
+    hosts_slot: u32,
+    /// Bits in a key: the prefix length of a single address.
+    bits: u32,
+}
+
+static V4: Lists<u32> = Lists {
+    allow: &ALLOWLIST_V4,
+    allow_slot: filled::ALLOWLIST_V4,
+    cidr: &CIDR_BLOCKLIST_V4,
+    cidr_slot: filled::CIDR_BLOCKLIST_V4,
+    hosts: &BLOCKLIST_V4,
+    hosts_slot: filled::BLOCKLIST_V4,
+    bits: 32,
+};
+
+static V6: Lists<Addr6> = Lists {
+    allow: &ALLOWLIST_V6,
+    allow_slot: filled::ALLOWLIST_V6,
+    cidr: &CIDR_BLOCKLIST_V6,
+    cidr_slot: filled::CIDR_BLOCKLIST_V6,
+    hosts: &BLOCKLIST_V6,
+    hosts_slot: filled::BLOCKLIST_V6,
+    bits: 128,
+};
+
 /// Decides what happens to an IP packet of `bytes` bytes.
 #[inline(always)]
 pub fn verdict(packet: &Packet, bytes: u64) -> Reason {
-    let clock = &mut Clock(None);
-    if filled(filled::ALLOWLIST) && cidr_match(&ALLOWLIST, &packet.src, clock) {
-        return Reason::PassAllowlist;
-    }
     // An array lookup at index 0 cannot fail; the check only satisfies the verifier.
     let Some(config) = CONFIG.get(0) else {
         return Reason::Pass;
     };
-    if filled(filled::CIDR_BLOCKLIST)
-        && cidr_match(&CIDR_BLOCKLIST, &packet.src, clock)
-        && enforced(config, monitor::CIDR, Reason::MonitorCidr, bytes)
-    {
-        return Reason::DropCidr;
-    }
-    if filled(filled::BLOCKLIST)
-        && blocked(&packet.src, clock, bytes)
-        && enforced(config, monitor::BLOCKLIST, Reason::MonitorBlocked, bytes)
-    {
-        return Reason::DropBlocked;
+    let listed = match packet.src {
+        Src::V4(addr) => lists(&V4, addr, config, bytes),
+        Src::V6(addr) => lists(&V6, addr, config, bytes),
+    };
+    if let Some(reason) = listed {
+        return reason;
     }
     match rate_limit(config, packet) {
         RateOutcome::Conform => Reason::Pass,
@@ -83,6 +110,29 @@ pub fn verdict(packet: &Packet, bytes: u64) -> Reason {
         }
         RateOutcome::OverPackets | RateOutcome::OverSyn => Reason::Pass,
     }
+}
+
+/// The lists, in order: allowlist, CIDR blocklist, dynamic blocklist. `Some` is the
+/// verdict of the first that decides; `None` sends the packet on to the rate limit.
+#[inline(always)]
+fn lists<K: Copy>(maps: &Lists<K>, addr: K, config: &XdpConfig, bytes: u64) -> Option<Reason> {
+    let clock = &mut Clock(None);
+    if filled(maps.allow_slot) && cidr_match(maps.allow, maps.bits, addr, clock) {
+        return Some(Reason::PassAllowlist);
+    }
+    if filled(maps.cidr_slot)
+        && cidr_match(maps.cidr, maps.bits, addr, clock)
+        && enforced(config, monitor::CIDR, Reason::MonitorCidr, bytes)
+    {
+        return Some(Reason::DropCidr);
+    }
+    if filled(maps.hosts_slot)
+        && blocked(maps.hosts, &addr, clock, bytes)
+        && enforced(config, monitor::BLOCKLIST, Reason::MonitorBlocked, bytes)
+    {
+        return Some(Reason::DropBlocked);
+    }
+    None
 }
 
 /// False when userspace knows the list map behind `slot` is empty, so its lookup can
@@ -109,11 +159,11 @@ fn expired(expires_at_ns: u64, clock: &mut Clock) -> bool {
     expires_at_ns != NO_EXPIRY && clock.now() >= expires_at_ns
 }
 
-/// Longest-prefix match of `addr` in `trie`, ignoring an expired rule (the daemon's
-/// sweeper deletes expired rules within a second).
+/// Longest-prefix match of `addr` (`bits` long) in `trie`, ignoring an expired rule
+/// (the daemon's sweeper deletes expired rules within a second).
 #[inline(always)]
-fn cidr_match(trie: &LpmTrie<Addr, CidrRule>, addr: &Addr, clock: &mut Clock) -> bool {
-    match trie.get(&Key::new(128, *addr)) {
+fn cidr_match<K: Copy>(trie: &LpmTrie<K, CidrRule>, bits: u32, addr: K, clock: &mut Clock) -> bool {
+    match trie.get(&Key::new(bits, addr)) {
         Some(rule) => !expired(rule.expires_at_ns, clock),
         None => false,
     }
@@ -121,8 +171,8 @@ fn cidr_match(trie: &LpmTrie<Addr, CidrRule>, addr: &Addr, clock: &mut Clock) ->
 
 /// True when `addr` has an unexpired dynamic block; records the hit on the entry.
 #[inline(always)]
-fn blocked(addr: &Addr, clock: &mut Clock, bytes: u64) -> bool {
-    let Some(entry) = BLOCKLIST.get_ptr_mut(addr) else {
+fn blocked<K>(hosts: &HashMap<K, BlockEntry>, addr: &K, clock: &mut Clock, bytes: u64) -> bool {
+    let Some(entry) = hosts.get_ptr_mut(addr) else {
         return false;
     };
     // SAFETY: the pointer comes from a successful lookup and stays valid for this run.
@@ -224,10 +274,19 @@ fn rate_now(config: &XdpConfig) -> u64 {
     }
 }
 
-/// The rate-limit key: the IPv4 address, or the IPv6 address masked to its prefix.
+/// The rate-limit key: the IPv4 address mapped into IPv6, or the IPv6 address
+/// (mapped ones included) masked to its prefix.
 #[inline(always)]
-fn rate_key(config: &XdpConfig, packet: &Packet) -> Addr {
-    let mut key = packet.src;
+fn rate_key(config: &XdpConfig, packet: &Packet) -> Addr6 {
+    let mut key = match packet.src {
+        Src::V4(addr) => {
+            let mut key = [0u8; 16];
+            key[..12].copy_from_slice(&IPV4_MAPPED_PREFIX);
+            key[12..].copy_from_slice(&addr.to_ne_bytes());
+            key
+        }
+        Src::V6(addr) => addr,
+    };
     if packet.is_ipv6 {
         for (byte, mask) in key.iter_mut().zip(config.ipv6_rate_mask.iter()) {
             *byte &= *mask;
@@ -263,7 +322,7 @@ fn add(counter: &mut u64, value: u64) {
 
 /// Tells userspace that a source ran out of tokens, at most once per second per source.
 #[inline(always)]
-fn report(bucket: &mut RateBucket, key: &Addr, kind: u32, now: u64) {
+fn report(bucket: &mut RateBucket, key: &Addr6, kind: u32, now: u64) {
     if bucket.last_event_ns != 0 && now.saturating_sub(bucket.last_event_ns) < EVENT_INTERVAL_NS {
         return;
     }

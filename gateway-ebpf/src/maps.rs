@@ -1,5 +1,6 @@
 //! The program's maps. Sizes here are defaults: the loader overrides them from the
 //! configuration, and pins every map so the CLI and a restarted daemon share them.
+//! Each list has one map per address family (see `gateway_common::maps`).
 
 use aya_ebpf::{
     macros::map,
@@ -7,20 +8,33 @@ use aya_ebpf::{
 };
 use gateway_common::{
     consts::{Reason, capacity, filled},
-    maps::{Addr, BlockEntry, CidrRule, Counter, RateBucket, XdpConfig},
+    maps::{Addr4, Addr6, BlockEntry, CidrRule, Counter, RateBucket, XdpConfig},
 };
 
-#[map]
-pub static ALLOWLIST: LpmTrie<Addr, CidrRule> = LpmTrie::with_max_entries(capacity::CIDR, 0);
+#[map(name = "ALLOWLIST4")]
+pub static ALLOWLIST_V4: LpmTrie<Addr4, CidrRule> = LpmTrie::with_max_entries(capacity::CIDR, 0);
+
+#[map(name = "ALLOWLIST6")]
+pub static ALLOWLIST_V6: LpmTrie<Addr6, CidrRule> = LpmTrie::with_max_entries(capacity::CIDR, 0);
+
+#[map(name = "CIDR_BLOCKLIST4")]
+pub static CIDR_BLOCKLIST_V4: LpmTrie<Addr4, CidrRule> =
+    LpmTrie::with_max_entries(capacity::CIDR, 0);
+
+#[map(name = "CIDR_BLOCKLIST6")]
+pub static CIDR_BLOCKLIST_V6: LpmTrie<Addr6, CidrRule> =
+    LpmTrie::with_max_entries(capacity::CIDR, 0);
+
+#[map(name = "BLOCKLIST4")]
+pub static BLOCKLIST_V4: HashMap<Addr4, BlockEntry> =
+    HashMap::with_max_entries(capacity::BLOCKLIST, 0);
+
+#[map(name = "BLOCKLIST6")]
+pub static BLOCKLIST_V6: HashMap<Addr6, BlockEntry> =
+    HashMap::with_max_entries(capacity::BLOCKLIST, 0);
 
 #[map]
-pub static CIDR_BLOCKLIST: LpmTrie<Addr, CidrRule> = LpmTrie::with_max_entries(capacity::CIDR, 0);
-
-#[map]
-pub static BLOCKLIST: HashMap<Addr, BlockEntry> = HashMap::with_max_entries(capacity::BLOCKLIST, 0);
-
-#[map]
-pub static RATE_LIMIT: LruHashMap<Addr, RateBucket> =
+pub static RATE_LIMIT: LruHashMap<Addr6, RateBucket> =
     LruHashMap::with_max_entries(capacity::RATE_LIMIT, 0);
 
 #[map]

@@ -12,7 +12,7 @@ use core::mem::size_of;
 use aya_ebpf::programs::XdpContext;
 use gateway_common::{
     consts::parse_limits,
-    maps::{Addr, IPV4_MAPPED_PREFIX},
+    maps::{Addr4, Addr6, IPV4_MAPPED_PREFIX, addr4},
 };
 use network_types::{
     eth::EthHdr,
@@ -45,11 +45,21 @@ const TCP_ACK: u8 = 0x10;
 /// framing is deeper than the parser walks.
 pub struct Malformed;
 
+/// A source address as the list maps key it.
+#[derive(Clone, Copy)]
+pub enum Src {
+    /// An IPv4 source, or an IPv4-mapped IPv6 one (`::ffff:a.b.c.d`), which the
+    /// lists treat as that IPv4 address.
+    V4(Addr4),
+    /// Any other IPv6 source.
+    V6(Addr6),
+}
+
 /// What the filter needs to know about an IP packet.
 pub struct Packet {
-    /// Source address, IPv4 mapped into IPv6.
-    pub src: Addr,
-    /// The source is a real IPv6 address (rate-limited by prefix).
+    /// Source address.
+    pub src: Src,
+    /// The packet is IPv6 (rate-limited by prefix, even from a mapped source).
     pub is_ipv6: bool,
     /// TCP segment with SYN set and ACK clear: a new connection attempt.
     pub tcp_syn: bool,
@@ -136,11 +146,8 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
             offset + header_len,
             ip_end(offset, usize::from(u16::from_be_bytes(total_len))),
         )?;
-    let mut src = [0u8; 16];
-    src[..12].copy_from_slice(&IPV4_MAPPED_PREFIX);
-    src[12..].copy_from_slice(&v4);
     Ok(Packet {
-        src,
+        src: Src::V4(addr4(v4)),
         is_ipv6: false,
         tcp_syn,
     })
@@ -165,6 +172,12 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Packet, Malformed> {
     if version != 6 {
         return Err(Malformed);
     }
+    let src = match src.first_chunk::<12>() {
+        Some(prefix) if *prefix == IPV4_MAPPED_PREFIX => {
+            Src::V4(addr4([src[12], src[13], src[14], src[15]]))
+        }
+        _ => Src::V6(src),
+    };
     let packet = |tcp_syn| Packet {
         src,
         is_ipv6: true,

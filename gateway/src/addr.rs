@@ -6,7 +6,7 @@ use std::{
     str::FromStr,
 };
 
-use gateway_common::maps::{Addr, IPV4_MAPPED_PREFIX};
+use gateway_common::maps::{Addr4, Addr6, IPV4_MAPPED_PREFIX, addr4};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -30,10 +30,32 @@ pub enum CidrError {
     },
 }
 
+/// Where a CIDR lives in the kernel: the IPv4 maps, with 4-byte keys and prefixes
+/// up to 32, or the IPv6 maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKey {
+    V4 { prefix_len: u32, addr: Addr4 },
+    V6 { prefix_len: u32, addr: Addr6 },
+}
+
+/// An IPv4-mapped IPv6 network (`::ffff:a.b.c.d/n`, n ≥ 96) as the IPv4 network it
+/// stands for: the kernel looks mapped sources up in the IPv4 maps, so that is
+/// where such an entry must go (and how it reads back).
+fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).unwrap_or(net),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
 impl Cidr {
-    /// A host network for one address.
+    /// A host network for one address (an IPv4-mapped IPv6 address counts as its
+    /// IPv4 address).
     pub fn host(addr: IpAddr) -> Self {
-        Self(IpNet::from(addr))
+        Self(IpNet::from(addr.to_canonical()))
     }
 
     /// The /`prefix_len` network around `addr` (the whole prefix when longer
@@ -64,47 +86,56 @@ impl Cidr {
         self.0.prefix_len() == self.0.max_prefix_len()
     }
 
-    /// The map key: the 16-byte address and the prefix length in IPv6 bits.
-    pub fn key(&self) -> (u32, Addr) {
+    /// The map key: which family's maps, the prefix length and the address.
+    pub fn key(&self) -> MapKey {
         match self.0 {
-            IpNet::V4(net) => (
-                96 + u32::from(net.prefix_len()),
-                map_v4(net.network().octets()),
-            ),
-            IpNet::V6(net) => (u32::from(net.prefix_len()), net.network().octets()),
+            IpNet::V4(net) => MapKey::V4 {
+                prefix_len: u32::from(net.prefix_len()),
+                addr: addr4(net.network().octets()),
+            },
+            IpNet::V6(net) => MapKey::V6 {
+                prefix_len: u32::from(net.prefix_len()),
+                addr: net.network().octets(),
+            },
         }
     }
 
-    /// Rebuilds a CIDR from a map key; `None` for a prefix that cannot come from
-    /// [`Cidr::key`].
-    pub fn from_key(prefix_len: u32, addr: Addr) -> Option<Self> {
-        let ip = addr_to_ip(addr);
-        let prefix = match ip {
-            IpAddr::V4(_) => prefix_len.checked_sub(96)?,
-            IpAddr::V6(_) => prefix_len,
-        };
-        IpNet::new(ip, u8::try_from(prefix).ok()?).ok().map(Self)
+    /// Rebuilds a CIDR from an IPv4 map key; `None` for a prefix longer than 32.
+    pub fn from_v4_key(prefix_len: u32, addr: Addr4) -> Option<Self> {
+        let ip = IpAddr::V4(Ipv4Addr::from(addr.to_ne_bytes()));
+        IpNet::new(ip, u8::try_from(prefix_len).ok()?)
+            .ok()
+            .map(|net| Self(net.trunc()))
+    }
+
+    /// Rebuilds a CIDR from an IPv6 map key; `None` for a prefix longer than 128.
+    pub fn from_v6_key(prefix_len: u32, addr: Addr6) -> Option<Self> {
+        let ip = IpAddr::V6(Ipv6Addr::from(addr));
+        IpNet::new(ip, u8::try_from(prefix_len).ok()?)
+            .ok()
+            .map(|net| Self(canonical(net.trunc())))
     }
 }
 
-/// Maps an IPv4 address into the 16-byte key space (`::ffff:a.b.c.d`).
-pub fn map_v4(octets: [u8; 4]) -> Addr {
+/// Maps an IPv4 address into the 16-byte key space of the rate limiter
+/// (`::ffff:a.b.c.d`).
+pub fn map_v4(octets: [u8; 4]) -> Addr6 {
     let mut addr = [0; 16];
     addr[..12].copy_from_slice(&IPV4_MAPPED_PREFIX);
     addr[12..].copy_from_slice(&octets);
     addr
 }
 
-/// The address a 16-byte key stands for (IPv4 for mapped keys).
-pub fn addr_to_ip(addr: Addr) -> IpAddr {
+/// The address a 16-byte rate-limit key stands for (IPv4 for mapped keys).
+pub fn addr_to_ip(addr: Addr6) -> IpAddr {
     match Ipv6Addr::from(addr).to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
         None => IpAddr::V6(Ipv6Addr::from(addr)),
     }
 }
 
-/// The 16-byte key of an address.
-pub fn ip_to_addr(ip: IpAddr) -> Addr {
+/// The 16-byte rate-limit key of an address.
+pub fn ip_to_addr(ip: IpAddr) -> Addr6 {
     match ip {
         IpAddr::V4(v4) => map_v4(v4.octets()),
         IpAddr::V6(v6) => v6.octets(),
@@ -112,7 +143,7 @@ pub fn ip_to_addr(ip: IpAddr) -> Addr {
 }
 
 /// The mask that keeps the first `prefix` bits of an IPv6 address.
-pub fn ipv6_mask(prefix: u8) -> Addr {
+pub fn ipv6_mask(prefix: u8) -> Addr6 {
     let bits = u128::MAX
         .checked_shl(128 - u32::from(prefix.min(128)))
         .unwrap_or(0);
@@ -137,7 +168,7 @@ impl FromStr for Cidr {
                 network: net.trunc().to_string(),
             });
         }
-        Ok(Self(net))
+        Ok(Self(canonical(net)))
     }
 }
 
@@ -205,14 +236,48 @@ mod tests {
 
     #[test]
     fn keys_round_trip_for_both_families() {
-        for text in ["198.18.0.0/15", "198.18.3.4", "2001:2::/48", "2001:2::9"] {
+        for text in [
+            "198.18.0.0/15",
+            "198.18.3.4",
+            "2001:2::/48",
+            "2001:2::9",
+            "0.0.0.0/0",
+        ] {
             let cidr: Cidr = text.parse().expect("valid");
-            let (prefix, addr) = cidr.key();
-            assert_eq!(Cidr::from_key(prefix, addr), Some(cidr), "{text}");
+            let back = match cidr.key() {
+                MapKey::V4 { prefix_len, addr } => Cidr::from_v4_key(prefix_len, addr),
+                MapKey::V6 { prefix_len, addr } => Cidr::from_v6_key(prefix_len, addr),
+            };
+            assert_eq!(back, Some(cidr), "{text}");
         }
-        let (prefix, addr) = "198.18.0.0/15".parse::<Cidr>().expect("valid").key();
-        assert_eq!(prefix, 96 + 15);
-        assert_eq!(&addr[..12], &IPV4_MAPPED_PREFIX);
+        let key = "198.18.0.0/15".parse::<Cidr>().expect("valid").key();
+        assert_eq!(
+            key,
+            MapKey::V4 {
+                prefix_len: 15,
+                addr: addr4([198, 18, 0, 0])
+            }
+        );
+        assert_eq!(Cidr::from_v4_key(33, 0), None);
+        assert_eq!(Cidr::from_v6_key(129, [0; 16]), None);
+    }
+
+    /// The kernel looks IPv4-mapped sources up in the IPv4 maps, so a mapped
+    /// address or network is the IPv4 one, however it was written.
+    #[test]
+    fn ipv4_mapped_entries_are_ipv4() {
+        let v4: Cidr = "198.18.0.7".parse().expect("valid");
+        assert_eq!("::ffff:198.18.0.7".parse::<Cidr>(), Ok(v4));
+        assert_eq!(Cidr::host("::ffff:198.18.0.7".parse().expect("ip")), v4);
+        let net: Cidr = "::ffff:198.18.0.0/112".parse().expect("valid");
+        assert_eq!(net.to_string(), "198.18.0.0/16");
+        assert!(matches!(net.key(), MapKey::V4 { prefix_len: 16, .. }));
+        let mut mapped = [0u8; 16];
+        mapped[10..].copy_from_slice(&[0xff, 0xff, 198, 18, 0, 7]);
+        assert_eq!(Cidr::from_v6_key(128, mapped), Some(v4));
+        // A wider IPv6 prefix stays IPv6: it names IPv6 sources only.
+        let wide: Cidr = "::/64".parse().expect("valid");
+        assert!(matches!(wide.key(), MapKey::V6 { prefix_len: 64, .. }));
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! state directory under one lock, so the CLI, the daemon and a reboot all see the
 //! same lists.
 //!
-//! A single address on the blocklist goes to the exact-address `BLOCKLIST` hash,
-//! which counts its hits; a wider CIDR goes to the `CIDR_BLOCKLIST` trie. Allowlist
-//! entries all live in the `ALLOWLIST` trie.
+//! A single address on the blocklist goes to the exact-address blocklist hash,
+//! which counts its hits; a wider CIDR goes to the CIDR-blocklist trie. Allowlist
+//! entries all live in the allowlist trie. Each of these is two maps, one per
+//! address family (`BLOCKLIST4` and `BLOCKLIST6`, ...); an entry goes to the map of
+//! its family, an IPv4-mapped IPv6 one (`::ffff:a.b.c.d`) to the IPv4 map.
 //!
 //! Built for a million entries: kernel maps are read and written in batches, a
 //! change appends to `lists.journal` instead of rewriting `lists.json` (see
@@ -25,17 +27,17 @@ use std::{
 use aya::maps::lpm_trie::Key;
 use gateway_common::{
     consts::{NO_EXPIRY, block_reason, map_names},
-    maps::{Addr, BlockEntry, CidrRule},
+    maps::{Addr4, Addr6, BlockEntry, CidrRule},
 };
 use serde::{Deserialize, Serialize};
 
 pub use self::expiry::ExpiryIndex;
 use self::journal::Op;
 use crate::{
-    addr::Cidr,
+    addr::{Cidr, MapKey},
     clock,
     state::{self, ListsLock, Record, Source, StateDir, StateError},
-    xdp::{KernelMaps, Undo, XdpError},
+    xdp::{KernelMaps, KeyOps, Table, Undo, XdpError},
 };
 
 /// The longest TTL a list entry may have. Longer ones are refused, never wrapped or
@@ -70,11 +72,11 @@ impl ListKind {
         }
     }
 
-    /// The trie holding this list's prefixes.
-    fn trie(self) -> &'static str {
+    /// The tries holding this list's IPv4 and IPv6 prefixes.
+    fn tries(self) -> (&'static str, &'static str) {
         match self {
-            ListKind::Allow => map_names::ALLOWLIST,
-            ListKind::Block => map_names::CIDR_BLOCKLIST,
+            ListKind::Allow => (map_names::ALLOWLIST_V4, map_names::ALLOWLIST_V6),
+            ListKind::Block => (map_names::CIDR_BLOCKLIST_V4, map_names::CIDR_BLOCKLIST_V6),
         }
     }
 }
@@ -202,9 +204,34 @@ struct Put {
 }
 
 /// What [`Lists::put_all`] changed in each map, so it can be undone.
+#[derive(Default)]
 struct Applied {
-    hosts: Option<Undo<Addr, BlockEntry>>,
-    prefixes: Option<(&'static str, Undo<Key<Addr>, CidrRule>)>,
+    hosts_v4: Option<Undo<Addr4, BlockEntry>>,
+    hosts_v6: Option<Undo<Addr6, BlockEntry>>,
+    prefixes_v4: Option<(&'static str, Undo<Key<Addr4>, CidrRule>)>,
+    prefixes_v6: Option<(&'static str, Undo<Key<Addr6>, CidrRule>)>,
+}
+
+/// Keys and values bound for one map.
+struct Batch<K, V> {
+    keys: Vec<K>,
+    values: Vec<V>,
+}
+
+impl<K, V> Default for Batch<K, V> {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+}
+
+impl<K, V> Batch<K, V> {
+    fn push(&mut self, key: K, value: V) {
+        self.keys.push(key);
+        self.values.push(value);
+    }
 }
 
 /// The lists of one gateway: its pinned maps plus its state directory.
@@ -285,9 +312,10 @@ impl<'a> Lists<'a> {
     /// Removes every entry of `kind`; returns how many there were.
     pub fn flush(&self, kind: ListKind) -> Result<usize, ListError> {
         let lock = self.state.lock_lists()?;
-        let mut removed = self.maps.trie(kind.trie())?.clear()?;
+        let (v4, v6) = kind.tries();
+        let mut removed = self.maps.trie_v4(v4)?.clear()? + self.maps.trie_v6(v6)?.clear()?;
         if kind == ListKind::Block {
-            removed += self.maps.blocklist()?.clear()?;
+            removed += self.maps.blocklist_v4()?.clear()? + self.maps.blocklist_v6()?.clear()?;
         }
         self.record(&lock, &[Op::Flush { list: kind }])?;
         Ok(removed)
@@ -440,52 +468,71 @@ impl<'a> Lists<'a> {
 
     /// Inserts `puts` into the kernel; all or, when a map is full, none.
     fn put_all(&self, kind: ListKind, puts: &[Put]) -> Result<Applied, ListError> {
-        let mut hosts = (Vec::new(), Vec::new());
-        let mut prefixes = (Vec::new(), Vec::new());
+        let mut hosts_v4 = Batch::default();
+        let mut hosts_v6 = Batch::default();
+        let mut prefixes_v4 = Batch::default();
+        let mut prefixes_v6 = Batch::default();
         for put in puts {
-            let (prefix_len, addr) = put.cidr.key();
-            if kind == ListKind::Block && put.cidr.is_host() {
-                hosts.0.push(addr);
-                hosts.1.push(BlockEntry {
-                    expires_at_ns: put.expires_at_ns,
-                    reason: put.reason,
-                    ..BlockEntry::default()
-                });
-            } else {
-                prefixes.0.push(Key::new(prefix_len, addr));
-                prefixes.1.push(CidrRule {
-                    expires_at_ns: put.expires_at_ns,
-                    reason: put.reason,
-                    reserved: 0,
-                });
-            }
-        }
-        let mut applied = Applied {
-            hosts: None,
-            prefixes: None,
-        };
-        if !hosts.0.is_empty() {
-            applied.hosts = Some(self.maps.blocklist()?.insert_all(&hosts.0, &hosts.1)?);
-        }
-        if !prefixes.0.is_empty() {
-            let name = kind.trie();
-            match self.maps.trie(name)?.insert_all(&prefixes.0, &prefixes.1) {
-                Ok(undo) => applied.prefixes = Some((name, undo)),
-                Err(err) => {
-                    self.undo(applied)?;
-                    return Err(err.into());
+            let block = BlockEntry {
+                expires_at_ns: put.expires_at_ns,
+                reason: put.reason,
+                ..BlockEntry::default()
+            };
+            let rule = CidrRule {
+                expires_at_ns: put.expires_at_ns,
+                reason: put.reason,
+                reserved: 0,
+            };
+            let host = kind == ListKind::Block && put.cidr.is_host();
+            match put.cidr.key() {
+                MapKey::V4 { addr, .. } if host => hosts_v4.push(addr, block),
+                MapKey::V6 { addr, .. } if host => hosts_v6.push(addr, block),
+                MapKey::V4 { prefix_len, addr } => {
+                    prefixes_v4.push(Key::new(prefix_len, addr), rule)
+                }
+                MapKey::V6 { prefix_len, addr } => {
+                    prefixes_v6.push(Key::new(prefix_len, addr), rule)
                 }
             }
+        }
+        let mut applied = Applied::default();
+        let (trie_v4, trie_v6) = kind.tries();
+        let result = (|| {
+            if !hosts_v4.keys.is_empty() {
+                applied.hosts_v4 = Some(insert(self.maps.blocklist_v4()?, &hosts_v4)?);
+            }
+            if !hosts_v6.keys.is_empty() {
+                applied.hosts_v6 = Some(insert(self.maps.blocklist_v6()?, &hosts_v6)?);
+            }
+            if !prefixes_v4.keys.is_empty() {
+                let undo = insert(self.maps.trie_v4(trie_v4)?, &prefixes_v4)?;
+                applied.prefixes_v4 = Some((trie_v4, undo));
+            }
+            if !prefixes_v6.keys.is_empty() {
+                let undo = insert(self.maps.trie_v6(trie_v6)?, &prefixes_v6)?;
+                applied.prefixes_v6 = Some((trie_v6, undo));
+            }
+            Ok::<_, XdpError>(())
+        })();
+        if let Err(err) = result {
+            self.undo(applied)?;
+            return Err(err.into());
         }
         Ok(applied)
     }
 
     fn undo(&self, applied: Applied) -> Result<(), XdpError> {
-        if let Some(undo) = applied.hosts {
-            self.maps.blocklist()?.undo(undo)?;
+        if let Some((name, undo)) = applied.prefixes_v6 {
+            self.maps.trie_v6(name)?.undo(undo)?;
         }
-        if let Some((name, undo)) = applied.prefixes {
-            self.maps.trie(name)?.undo(undo)?;
+        if let Some((name, undo)) = applied.prefixes_v4 {
+            self.maps.trie_v4(name)?.undo(undo)?;
+        }
+        if let Some(undo) = applied.hosts_v6 {
+            self.maps.blocklist_v6()?.undo(undo)?;
+        }
+        if let Some(undo) = applied.hosts_v4 {
+            self.maps.blocklist_v4()?.undo(undo)?;
         }
         Ok(())
     }
@@ -493,59 +540,99 @@ impl<'a> Lists<'a> {
     /// Deletes `cidrs` from the kernel; returns, for each, whether it was there.
     fn delete_all(&self, kind: ListKind, cidrs: &[Cidr]) -> Result<Vec<bool>, XdpError> {
         let mut found = vec![false; cidrs.len()];
-        let (hosts, prefixes): (Vec<usize>, Vec<usize>) =
-            (0..cidrs.len()).partition(|&i| kind == ListKind::Block && cidrs[i].is_host());
-        if !hosts.is_empty() {
-            let keys: Vec<Addr> = hosts.iter().map(|&i| cidrs[i].key().1).collect();
-            for (i, was) in hosts.iter().zip(self.maps.blocklist()?.remove_all(&keys)?) {
-                found[*i] = was;
+        // Each batch keeps the positions of its keys in `cidrs`.
+        let mut hosts_v4 = Batch::default();
+        let mut hosts_v6 = Batch::default();
+        let mut prefixes_v4 = Batch::default();
+        let mut prefixes_v6 = Batch::default();
+        for (i, cidr) in cidrs.iter().enumerate() {
+            let host = kind == ListKind::Block && cidr.is_host();
+            match cidr.key() {
+                MapKey::V4 { addr, .. } if host => hosts_v4.push(addr, i),
+                MapKey::V6 { addr, .. } if host => hosts_v6.push(addr, i),
+                MapKey::V4 { prefix_len, addr } => prefixes_v4.push(Key::new(prefix_len, addr), i),
+                MapKey::V6 { prefix_len, addr } => prefixes_v6.push(Key::new(prefix_len, addr), i),
             }
         }
-        if !prefixes.is_empty() {
-            let keys: Vec<Key<Addr>> = prefixes
-                .iter()
-                .map(|&i| {
-                    let (prefix_len, addr) = cidrs[i].key();
-                    Key::new(prefix_len, addr)
-                })
-                .collect();
-            for (i, was) in prefixes
-                .iter()
-                .zip(self.maps.trie(kind.trie())?.remove_all(&keys)?)
-            {
+        let mut mark = |positions: &[usize], was: Vec<bool>| {
+            for (i, was) in positions.iter().zip(was) {
                 found[*i] = was;
             }
+        };
+        let (trie_v4, trie_v6) = kind.tries();
+        if !hosts_v4.keys.is_empty() {
+            mark(
+                &hosts_v4.values,
+                self.maps.blocklist_v4()?.remove_all(&hosts_v4.keys)?,
+            );
+        }
+        if !hosts_v6.keys.is_empty() {
+            mark(
+                &hosts_v6.values,
+                self.maps.blocklist_v6()?.remove_all(&hosts_v6.keys)?,
+            );
+        }
+        if !prefixes_v4.keys.is_empty() {
+            let was = self.maps.trie_v4(trie_v4)?.remove_all(&prefixes_v4.keys)?;
+            mark(&prefixes_v4.values, was);
+        }
+        if !prefixes_v6.keys.is_empty() {
+            let was = self.maps.trie_v6(trie_v6)?.remove_all(&prefixes_v6.keys)?;
+            mark(&prefixes_v6.values, was);
         }
         Ok(found)
     }
 
     fn kernel_entries(&self, kind: ListKind) -> Result<Vec<KernelEntry>, XdpError> {
+        let (trie_v4, trie_v6) = kind.tries();
+        let prefix = |cidr: Option<Cidr>, rule: CidrRule| {
+            Some(KernelEntry {
+                cidr: cidr?,
+                expires_at_ns: rule.expires_at_ns,
+                reason: rule.reason,
+                hits: None,
+            })
+        };
         let mut entries: Vec<KernelEntry> = self
             .maps
-            .trie(kind.trie())?
+            .trie_v4(trie_v4)?
             .entries()?
             .into_iter()
-            .filter_map(|(prefix_len, addr, rule)| {
-                Some(KernelEntry {
-                    cidr: Cidr::from_key(prefix_len, addr)?,
-                    expires_at_ns: rule.expires_at_ns,
-                    reason: rule.reason,
-                    hits: None,
-                })
-            })
+            .filter_map(|(len, addr, rule)| prefix(Cidr::from_v4_key(len, addr), rule))
             .collect();
+        entries.extend(
+            self.maps
+                .trie_v6(trie_v6)?
+                .entries()?
+                .into_iter()
+                .filter_map(|(len, addr, rule)| prefix(Cidr::from_v6_key(len, addr), rule)),
+        );
         if kind == ListKind::Block {
-            for (addr, block) in self.maps.blocklist()?.entries()? {
-                entries.push(KernelEntry {
-                    cidr: Cidr::host(crate::addr::addr_to_ip(addr)),
+            let host = |cidr: Option<Cidr>, block: BlockEntry| {
+                Some(KernelEntry {
+                    cidr: cidr?,
                     expires_at_ns: block.expires_at_ns,
                     reason: block.reason,
                     hits: Some((block.hits, block.bytes)),
-                });
+                })
+            };
+            for (addr, block) in self.maps.blocklist_v4()?.entries()? {
+                entries.extend(host(Cidr::from_v4_key(32, addr), block));
+            }
+            for (addr, block) in self.maps.blocklist_v6()?.entries()? {
+                entries.extend(host(Cidr::from_v6_key(128, addr), block));
             }
         }
         Ok(entries)
     }
+}
+
+/// Inserts a batch into one map, all or nothing (see [`Table::insert_all`]).
+fn insert<M: KeyOps>(
+    mut table: Table<M>,
+    batch: &Batch<M::Key, M::Value>,
+) -> Result<Undo<M::Key, M::Value>, XdpError> {
+    table.insert_all(&batch.keys, &batch.values)
 }
 
 /// Up to this size `lists.json` is rewritten on every change (a few milliseconds);

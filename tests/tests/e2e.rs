@@ -352,8 +352,8 @@ fn stats_count_exactly_what_was_sent() {
     );
     let blocklist = status["maps"]
         .as_array()
-        .and_then(|maps| maps.iter().find(|m| m["name"] == "BLOCKLIST"))
-        .expect("BLOCKLIST in status");
+        .and_then(|maps| maps.iter().find(|m| m["name"] == "BLOCKLIST4"))
+        .expect("BLOCKLIST4 in status");
     assert_eq!(blocklist["entries"], 1);
     assert!(blocklist["capacity"].as_u64().expect("capacity") >= 100_000);
 }

@@ -81,15 +81,19 @@ impl Rig {
     }
 
     /// The number of entries in a pinned map, from `xdp status`.
+    /// Entries of a list in both its maps (`{map}4` for IPv4, `{map}6` for IPv6).
     fn map_entries(&self, map: &str) -> u64 {
         let status = self.gateway.json(&["xdp", "status"]);
-        status["maps"]
-            .as_array()
-            .expect("maps")
+        let rows = status["maps"].as_array().expect("maps");
+        [4, 6]
             .iter()
-            .find(|row| row["name"] == map)
-            .and_then(|row| row["entries"].as_u64())
-            .unwrap_or_else(|| panic!("no {map} row in {status}"))
+            .map(|family| {
+                rows.iter()
+                    .find(|row| row["name"] == format!("{map}{family}"))
+                    .and_then(|row| row["entries"].as_u64())
+                    .unwrap_or_else(|| panic!("no {map}{family} row in {status}"))
+            })
+            .sum()
     }
 
     fn write_file(&self, name: &str, text: &str) -> String {
@@ -219,7 +223,7 @@ fn an_add_past_capacity_is_refused_and_changes_nothing() {
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(75), "a full map exits 75: {err}");
     assert!(
-        err.contains("BLOCKLIST is full")
+        err.contains("BLOCKLIST6 is full")
             && err.contains("room for 40")
             && err.contains("nothing was changed"),
         "{err}"
@@ -239,7 +243,7 @@ fn an_add_past_capacity_is_refused_and_changes_nothing() {
     let file = rig.write_file("third.txt", &third.join("\n"));
     rig.gateway.ok(&["blocklist", "add", "--file", &file]);
     assert_eq!(rig.map_entries("BLOCKLIST"), 100);
-    let err = rig.gateway.fails(&["blocklist", "add", CLIENT]);
+    let err = rig.gateway.fails(&["blocklist", "add", &filler(100, 1)[0]]);
     assert!(err.contains("room for 0"), "{err}");
 
     // The same for the CIDR trie, and across both maps of the blocklist: a host that
@@ -255,7 +259,7 @@ fn an_add_past_capacity_is_refused_and_changes_nothing() {
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(75), "{err}");
     assert!(
-        err.contains("CIDR_BLOCKLIST is full") && err.contains("room for 20"),
+        err.contains("CIDR_BLOCKLIST4 is full") && err.contains("room for 20"),
         "{err}"
     );
     assert_eq!(rig.map_entries("CIDR_BLOCKLIST"), 0);

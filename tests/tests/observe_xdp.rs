@@ -116,7 +116,7 @@ fn metrics_show_the_xdp_counters_and_cli_changes_are_audited() {
         "{body}"
     );
     assert_eq!(
-        sample(&body, "gateway_xdp_map_entries", "map=\"BLOCKLIST\""),
+        sample(&body, "gateway_xdp_map_entries", "map=\"BLOCKLIST4\""),
         Some(1.0),
         "{body}"
     );

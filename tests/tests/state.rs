@@ -84,11 +84,12 @@ fn kernel_blocklist(gateway: &Gateway) -> BTreeSet<String> {
         .collect()
 }
 
-/// Entries in the exact-address blocklist map, counted by bpftool.
+/// Entries in the exact-address IPv4 blocklist map (every address here is IPv4),
+/// counted by bpftool.
 fn bpftool_blocklist_entries(gateway: &Gateway) -> usize {
     let output = Command::new("bpftool")
         .args(["--json", "map", "dump", "pinned"])
-        .arg(format!("{}/BLOCKLIST", gateway.pin_dir))
+        .arg(format!("{}/BLOCKLIST4", gateway.pin_dir))
         .output()
         .expect("bpftool (apt-get install bpftool)");
     assert!(output.status.success(), "bpftool: {}", stderr(&output));
@@ -669,8 +670,12 @@ fn the_daemon_enters_the_network_namespace_its_config_names() {
     assert!(err.contains("xdp.netns"), "{err}");
 }
 
-/// Makes the maps pinned under `pin_dir` look like an older gateway's (map layout 0):
-/// a config without a layout stamp (and no limits), and no `FILLED` flags.
+/// The list maps of map layout 1, one per list for both address families.
+const LAYOUT_1_LISTS: [&str; 3] = ["ALLOWLIST", "CIDR_BLOCKLIST", "BLOCKLIST"];
+
+/// Makes the maps pinned under `pin_dir` look like the previous gateway's (map
+/// layout 1): a config stamped 1 (and no limits), the lists pinned under that
+/// layout's names, and no per-family maps.
 fn pin_as_older_gateway(pin_dir: &str) {
     let mut update = Command::new("bpftool");
     update.args([
@@ -681,10 +686,16 @@ fn pin_as_older_gateway(pin_dir: &str) {
         "key",
     ]);
     update.args(["0", "0", "0", "0", "value"]);
-    update.args(vec!["0"; size_of::<gateway_common::maps::XdpConfig>()]);
+    let mut value = vec!["0"; size_of::<gateway_common::maps::XdpConfig>()];
+    value[std::mem::offset_of!(gateway_common::maps::XdpConfig, layout)] = "1";
+    update.args(value);
     let output = update.output().expect("bpftool (apt-get install bpftool)");
     assert!(output.status.success(), "bpftool: {}", stderr(&output));
-    fs::remove_file(format!("{pin_dir}/FILLED")).expect("removing the FILLED pin");
+    for old in LAYOUT_1_LISTS {
+        fs::rename(format!("{pin_dir}/{old}4"), format!("{pin_dir}/{old}"))
+            .expect("renaming a pin");
+        fs::remove_file(format!("{pin_dir}/{old}6")).expect("removing a pin");
+    }
 }
 
 #[test]
@@ -725,5 +736,9 @@ fn a_daemon_replaces_an_older_gateways_maps_and_restores_every_entry() {
     );
     assert!(reachable(&topology, GOOD), "others still pass");
     gateway.ok(&["blocklist", "add", "198.18.99.1"]);
+    for old in LAYOUT_1_LISTS {
+        let pin = format!("{}/{old}", gateway.pin_dir);
+        assert!(!Path::new(&pin).exists(), "{pin} removed");
+    }
     daemon.stop();
 }

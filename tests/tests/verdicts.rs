@@ -12,7 +12,7 @@ use gateway::{
 };
 use gateway_common::{
     consts::{NO_EXPIRY, Reason, event_kind, map_names, monitor, parse_limits},
-    maps::{BlockEntry, CidrRule, RateEvent},
+    maps::{Addr4, BlockEntry, CidrRule, RateEvent, addr4},
 };
 use gateway_tests::{
     frames::{ETH_P_8021AD, ETH_P_8021Q, Ext, Frame, PRIORITY_TCI, TCP_ACK, TCP_SYN, arp},
@@ -21,6 +21,14 @@ use gateway_tests::{
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("valid address")
+}
+
+/// The IPv4 map key of an address.
+fn v4(text: &str) -> Addr4 {
+    match ip(text) {
+        IpAddr::V4(v4) => addr4(v4.octets()),
+        IpAddr::V6(_) => panic!("{text} is not IPv4"),
+    }
 }
 
 fn cidrs(texts: &[&str]) -> Vec<Cidr> {
@@ -570,9 +578,9 @@ fn cidr_and_exact_matches_drop_only_what_they_cover() {
     );
     let hits = program
         .maps
-        .blocklist()
+        .blocklist_v4()
         .expect("blocklist")
-        .get(&gateway::addr::ip_to_addr(ip("198.18.0.9")))
+        .get(&v4("198.18.0.9"))
         .expect("lookup")
         .expect("entry present");
     assert_eq!(hits.hits, 1, "the dynamic entry counts its drops");
@@ -585,8 +593,7 @@ fn expired_entries_no_longer_drop() {
     // "expired" is a tick and more in the past.
     let now = gateway::clock::kernel_ns();
     let past = now - 20_000_000;
-    let expired = |addr: &str| gateway::addr::ip_to_addr(ip(addr));
-    let mut blocklist = program.maps.blocklist().expect("blocklist");
+    let mut blocklist = program.maps.blocklist_v4().expect("blocklist");
     for (addr, expires_at_ns) in [
         ("198.18.0.20", past),
         ("198.18.0.21", now + 60_000_000_000),
@@ -594,7 +601,7 @@ fn expired_entries_no_longer_drop() {
     ] {
         blocklist
             .insert(
-                &expired(addr),
+                &v4(addr),
                 &BlockEntry {
                     expires_at_ns,
                     ..BlockEntry::default()
@@ -602,14 +609,13 @@ fn expired_entries_no_longer_drop() {
             )
             .expect("insert");
     }
-    let (prefix, addr) = "198.18.9.0/24".parse::<Cidr>().expect("cidr").key();
     program
         .maps
-        .trie(map_names::CIDR_BLOCKLIST)
+        .trie_v4(map_names::CIDR_BLOCKLIST_V4)
         .expect("trie")
         .insert(
-            prefix,
-            addr,
+            24,
+            v4("198.18.9.0"),
             &CidrRule {
                 expires_at_ns: past,
                 ..CidrRule::default()
@@ -914,21 +920,18 @@ fn emptied_lists_are_skipped_and_every_refilled_one_enforced() {
     // reconcile refreshes the flags, and from then on the entry counts.
     program
         .maps
-        .blocklist()
+        .blocklist_v4()
         .expect("blocklist")
         .map
-        .insert(
-            &gateway::addr::ip_to_addr(ip("198.18.0.44")),
-            &BlockEntry::default(),
-            0,
-        )
+        .insert(&v4("198.18.0.44"), &BlockEntry::default(), 0)
         .expect("raw insert");
     program.maps.refresh_filled().expect("refreshing the flags");
     drops(&mut program, "198.18.0.44", Reason::DropBlocked);
 }
 
 /// IPv4 sources and IPv4-mapped IPv6 sources (`::ffff:a.b.c.d`, which no honest
-/// host sends) share one key space: a block of the IPv4 address covers both.
+/// host sends) are one source: both are looked up in the IPv4 maps, so a block of
+/// the IPv4 address covers both.
 #[test]
 fn ipv4_and_ipv4_mapped_ipv6_sources_are_the_same_source() {
     let mut program = LoadedProgram::load();
@@ -940,6 +943,17 @@ fn ipv4_and_ipv4_mapped_ipv6_sources_are_the_same_source() {
         drops(&mut program, source, Reason::DropCidr);
     }
     for source in ["198.18.0.10", "::ffff:198.18.0.10", "2001:2::9"] {
+        passes(&mut program, source, Reason::Pass);
+    }
+    // Written as IPv6, a mapped entry is still the IPv4 one.
+    block(&program, &["::ffff:198.18.0.10"]);
+    for source in ["198.18.0.10", "::ffff:198.18.0.10"] {
+        drops(&mut program, source, Reason::DropBlocked);
+    }
+    // An IPv6 prefix names IPv6 sources only, even one whose range holds
+    // ::ffff:0:0/96: IPv4 sources live in their own maps.
+    block(&program, &["::/64"]);
+    for source in ["198.18.0.11", "::ffff:198.18.0.11"] {
         passes(&mut program, source, Reason::Pass);
     }
 }

@@ -296,7 +296,7 @@ fn demo_config(pki: &Path, work: &Path) -> String {
          [upstream.fleet]\nendpoints = [{endpoints}]\nserver_name = \"fleet.internal\"\n\
          ca = {fleet_ca:?}\nclient_cert = {client_cert:?}\nclient_key = {client_key:?}\n\n\
          [[alert]]\nname = \"block-added\"\nmetric = \"gateway_xdp_map_entries\"\n\
-         labels = {{ map = \"BLOCKLIST\" }}\ncondition = \"increased\"\n\n\
+         labels = {{ map = \"BLOCKLIST4\" }}\ncondition = \"increased\"\n\n\
          [[alert]]\nname = \"pool-down\"\nmetric = \"gateway_upstream_healthy_endpoints\"\n\
          condition = \"below\"\nthreshold = 1\nseverity = \"critical\"\n",
         edge_cert = pem("edge.crt"),

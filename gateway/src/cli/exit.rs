@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(classify(&config), &USAGE);
         assert_eq!(details(&config), ["a: b", "c: d"]);
         let full = anyhow::Error::new(ListError::Xdp(XdpError::MapFull {
-            name: "BLOCKLIST",
+            name: "BLOCKLIST4",
             capacity: 2,
             room: 1,
         }));

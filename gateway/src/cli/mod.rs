@@ -198,7 +198,7 @@ enum XdpCommand {
         /// Capacity of the per-source rate-limit map.
         #[arg(long)]
         rate_limit_entries: Option<u32>,
-        /// Capacity of the exact-address blocklist.
+        /// Capacity of each exact-address blocklist map (IPv4, IPv6).
         #[arg(long)]
         blocklist_entries: Option<u32>,
         /// Capacity of each CIDR trie.

@@ -134,7 +134,7 @@ pub enum AccessFormat {
 /// Examples: XDP drops per second (`metric = "gateway_xdp_packets_total"`,
 /// `labels = { verdict = "drop" }`, `condition = "rate_above"`); a pool with no
 /// healthy endpoint (`gateway_upstream_healthy_endpoints`, `below`, 1); a
-/// block added (`gateway_xdp_map_entries`, `labels = { map = "BLOCKLIST" }`,
+/// block added (`gateway_xdp_map_entries`, `labels = { map = "BLOCKLIST4" }`,
 /// `increased`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

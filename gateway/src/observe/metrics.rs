@@ -154,9 +154,12 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// The maps whose fill is exported.
 const FILLED_MAPS: &[&str] = &[
-    map_names::BLOCKLIST,
-    map_names::CIDR_BLOCKLIST,
-    map_names::ALLOWLIST,
+    map_names::BLOCKLIST_V4,
+    map_names::BLOCKLIST_V6,
+    map_names::CIDR_BLOCKLIST_V4,
+    map_names::CIDR_BLOCKLIST_V6,
+    map_names::ALLOWLIST_V4,
+    map_names::ALLOWLIST_V6,
     map_names::RATE_LIMIT,
 ];
 

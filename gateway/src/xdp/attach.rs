@@ -31,9 +31,9 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub struct Capacity {
     /// Per-source rate-limit buckets (LRU: the least recently seen sources are evicted).
     pub rate_limit_entries: u32,
-    /// Exact-address blocks.
+    /// Exact-address blocks, in each of the IPv4 and the IPv6 map.
     pub blocklist_entries: u32,
-    /// CIDRs in each of the allowlist and the CIDR blocklist.
+    /// CIDRs in each trie: allowlist and CIDR blocklist, IPv4 and IPv6.
     pub cidr_entries: u32,
 }
 
@@ -124,11 +124,18 @@ pub fn load(pins: &PinDir, capacity: &Capacity) -> Result<Ebpf, XdpError> {
     for name in map_names::ALL {
         loader.map_pin_path(name, pins.map(name));
     }
-    loader
-        .map_max_entries(map_names::RATE_LIMIT, capacity.rate_limit_entries)
-        .map_max_entries(map_names::BLOCKLIST, capacity.blocklist_entries)
-        .map_max_entries(map_names::ALLOWLIST, capacity.cidr_entries)
-        .map_max_entries(map_names::CIDR_BLOCKLIST, capacity.cidr_entries);
+    loader.map_max_entries(map_names::RATE_LIMIT, capacity.rate_limit_entries);
+    for name in [map_names::BLOCKLIST_V4, map_names::BLOCKLIST_V6] {
+        loader.map_max_entries(name, capacity.blocklist_entries);
+    }
+    for name in [
+        map_names::ALLOWLIST_V4,
+        map_names::ALLOWLIST_V6,
+        map_names::CIDR_BLOCKLIST_V4,
+        map_names::CIDR_BLOCKLIST_V6,
+    ] {
+        loader.map_max_entries(name, capacity.cidr_entries);
+    }
     let mut ebpf = loader.load(OBJECT).map_err(|err| match err {
         EbpfError::MapError(source @ MapError::IncompatiblePinnedMap { .. }) => {
             XdpError::Incompatible {
@@ -266,11 +273,13 @@ pub fn detach(pins: &PinDir) -> Result<(), XdpError> {
     let link = pins.link();
     let mut found = remove_pin(&link)?;
     for name in map_names::ALL {
-        found |= remove_pin(&pins.map(name))?;
+        found |= pins.map(name).exists();
     }
     if !found {
         return Err(super::netns::not_attached(pins));
     }
+    // Every pin, an older gateway's maps included.
+    remove_map_pins(pins)?;
     match fs::remove_dir(pins.path()) {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -333,8 +342,11 @@ pub fn status(pins: &PinDir) -> Result<Status, XdpError> {
 
 fn map_status(maps: &KernelMaps, name: &'static str) -> Result<MapStatus, XdpError> {
     let kind = match name {
-        map_names::ALLOWLIST | map_names::CIDR_BLOCKLIST => "lpm_trie",
-        map_names::BLOCKLIST => "hash",
+        map_names::ALLOWLIST_V4
+        | map_names::ALLOWLIST_V6
+        | map_names::CIDR_BLOCKLIST_V4
+        | map_names::CIDR_BLOCKLIST_V6 => "lpm_trie",
+        map_names::BLOCKLIST_V4 | map_names::BLOCKLIST_V6 => "hash",
         map_names::RATE_LIMIT => "lru_hash",
         map_names::CONFIG | map_names::FILLED => "array",
         map_names::COUNTERS => "percpu_array",

@@ -12,7 +12,7 @@ use aya::maps::{
 };
 use gateway_common::{
     consts::{LAYOUT_VERSION, Reason, filled, map_names},
-    maps::{Addr, BlockEntry, CidrRule, Counter, RateBucket, XdpConfig},
+    maps::{Addr4, Addr6, BlockEntry, CidrRule, Counter, RateBucket, XdpConfig},
 };
 
 use super::{PinDir, XdpError, batch, require_root};
@@ -140,21 +140,39 @@ impl KernelMaps {
         Ok(Filled { flags, path, slot })
     }
 
-    /// The exact-address blocklist.
-    pub fn blocklist(&self) -> Result<Table<HashMap<MapData, Addr, BlockEntry>>, XdpError> {
-        let filled = self.filled(filled::BLOCKLIST)?;
-        self.typed(map_names::BLOCKLIST)
-            .map(Table::new(map_names::BLOCKLIST, Some(filled)))
+    /// The exact-address blocklist of IPv4 sources.
+    pub fn blocklist_v4(&self) -> Result<HostTable<Addr4>, XdpError> {
+        self.list_map(map_names::BLOCKLIST_V4)
     }
 
-    /// The allowlist or the CIDR blocklist trie.
-    pub fn trie(
-        &self,
-        name: &'static str,
-    ) -> Result<Table<LpmTrie<MapData, Addr, CidrRule>>, XdpError> {
+    /// The exact-address blocklist of IPv6 sources.
+    pub fn blocklist_v6(&self) -> Result<HostTable<Addr6>, XdpError> {
+        self.list_map(map_names::BLOCKLIST_V6)
+    }
+
+    /// An IPv4 trie: [`map_names::ALLOWLIST_V4`] or [`map_names::CIDR_BLOCKLIST_V4`].
+    pub fn trie_v4(&self, name: &'static str) -> Result<TrieTable<Addr4>, XdpError> {
+        self.list_map(name)
+    }
+
+    /// An IPv6 trie: [`map_names::ALLOWLIST_V6`] or [`map_names::CIDR_BLOCKLIST_V6`].
+    pub fn trie_v6(&self, name: &'static str) -> Result<TrieTable<Addr6>, XdpError> {
+        self.list_map(name)
+    }
+
+    /// A list map with its `FILLED` flag. A key type that does not fit the map
+    /// is refused when the map is opened ([`XdpError::Incompatible`]).
+    fn list_map<M>(&self, name: &'static str) -> Result<Table<M>, XdpError>
+    where
+        M: TryFrom<Map, Error = MapError>,
+    {
         let slot = match name {
-            map_names::ALLOWLIST => filled::ALLOWLIST,
-            _ => filled::CIDR_BLOCKLIST,
+            map_names::ALLOWLIST_V4 => filled::ALLOWLIST_V4,
+            map_names::ALLOWLIST_V6 => filled::ALLOWLIST_V6,
+            map_names::CIDR_BLOCKLIST_V4 => filled::CIDR_BLOCKLIST_V4,
+            map_names::CIDR_BLOCKLIST_V6 => filled::CIDR_BLOCKLIST_V6,
+            map_names::BLOCKLIST_V4 => filled::BLOCKLIST_V4,
+            _ => filled::BLOCKLIST_V6,
         };
         let filled = self.filled(slot)?;
         self.typed(name).map(Table::new(name, Some(filled)))
@@ -163,15 +181,19 @@ impl KernelMaps {
     /// Brings every `FILLED` flag in line with its map: for maps that were filled
     /// before the flags existed or by another tool (bpftool), which sets no flag.
     pub fn refresh_filled(&self) -> Result<(), XdpError> {
-        self.blocklist()?.refresh_filled()?;
-        for name in [map_names::ALLOWLIST, map_names::CIDR_BLOCKLIST] {
-            self.trie(name)?.refresh_filled()?;
+        self.blocklist_v4()?.refresh_filled()?;
+        self.blocklist_v6()?.refresh_filled()?;
+        for name in [map_names::ALLOWLIST_V4, map_names::CIDR_BLOCKLIST_V4] {
+            self.trie_v4(name)?.refresh_filled()?;
+        }
+        for name in [map_names::ALLOWLIST_V6, map_names::CIDR_BLOCKLIST_V6] {
+            self.trie_v6(name)?.refresh_filled()?;
         }
         Ok(())
     }
 
     /// The per-source rate-limit buckets.
-    pub fn rate_limit(&self) -> Result<Table<HashMap<MapData, Addr, RateBucket>>, XdpError> {
+    pub fn rate_limit(&self) -> Result<Table<HashMap<MapData, Addr6, RateBucket>>, XdpError> {
         self.typed(map_names::RATE_LIMIT)
             .map(Table::new(map_names::RATE_LIMIT, None))
     }
@@ -248,9 +270,15 @@ impl KernelMaps {
     /// buffers, where it means nothing.
     pub fn entry_count(&self, name: &'static str) -> Result<Option<usize>, XdpError> {
         Ok(match name {
-            map_names::BLOCKLIST => Some(self.blocklist()?.count()?),
+            map_names::BLOCKLIST_V4 => Some(self.blocklist_v4()?.count()?),
+            map_names::BLOCKLIST_V6 => Some(self.blocklist_v6()?.count()?),
             map_names::RATE_LIMIT => Some(self.rate_limit()?.count()?),
-            map_names::ALLOWLIST | map_names::CIDR_BLOCKLIST => Some(self.trie(name)?.count()?),
+            map_names::ALLOWLIST_V4 | map_names::CIDR_BLOCKLIST_V4 => {
+                Some(self.trie_v4(name)?.count()?)
+            }
+            map_names::ALLOWLIST_V6 | map_names::CIDR_BLOCKLIST_V6 => {
+                Some(self.trie_v6(name)?.count()?)
+            }
             _ => None,
         })
     }
@@ -266,6 +294,12 @@ impl KernelMaps {
         self.typed(map_names::EVENTS).map(|(ring, _)| ring)
     }
 }
+
+/// An exact-address blocklist keyed by `K` ([`Addr4`] or [`Addr6`]).
+pub type HostTable<K> = Table<HashMap<MapData, K, BlockEntry>>;
+
+/// An allowlist or CIDR-blocklist trie keyed by `K` ([`Addr4`] or [`Addr6`]).
+pub type TrieTable<K> = Table<LpmTrie<MapData, K, CidrRule>>;
 
 /// A hash or trie map with the name and path its errors need, and the `FILLED` flag
 /// it keeps up (list maps only).
@@ -316,22 +350,22 @@ pub trait KeyOps {
     fn is_empty(&self) -> Result<bool, MapError>;
 }
 
-impl<V: aya::Pod> KeyOps for HashMap<MapData, Addr, V> {
-    type Key = Addr;
+impl<K: aya::Pod, V: aya::Pod> KeyOps for HashMap<MapData, K, V> {
+    type Key = K;
     type Value = V;
     fn fd(&self) -> BorrowedFd<'_> {
         IterableMap::map(self).fd().as_fd()
     }
-    fn get_one(&self, key: &Addr) -> Result<V, MapError> {
+    fn get_one(&self, key: &K) -> Result<V, MapError> {
         self.get(key, 0)
     }
-    fn insert_one(&mut self, key: &Addr, value: &V, flags: u64) -> Result<(), MapError> {
+    fn insert_one(&mut self, key: &K, value: &V, flags: u64) -> Result<(), MapError> {
         self.insert(key, value, flags)
     }
-    fn remove_one(&mut self, key: &Addr) -> Result<(), MapError> {
+    fn remove_one(&mut self, key: &K) -> Result<(), MapError> {
         self.remove(key)
     }
-    fn walk(&self) -> Result<Pairs<Addr, V>, MapError> {
+    fn walk(&self) -> Result<Pairs<K, V>, MapError> {
         walk(self.keys(), |key| self.get(key, 0))
     }
     fn is_empty(&self) -> Result<bool, MapError> {
@@ -339,27 +373,22 @@ impl<V: aya::Pod> KeyOps for HashMap<MapData, Addr, V> {
     }
 }
 
-impl KeyOps for LpmTrie<MapData, Addr, CidrRule> {
-    type Key = Key<Addr>;
+impl<K: aya::Pod> KeyOps for LpmTrie<MapData, K, CidrRule> {
+    type Key = Key<K>;
     type Value = CidrRule;
     fn fd(&self) -> BorrowedFd<'_> {
         IterableMap::map(self).fd().as_fd()
     }
-    fn get_one(&self, key: &Key<Addr>) -> Result<CidrRule, MapError> {
+    fn get_one(&self, key: &Key<K>) -> Result<CidrRule, MapError> {
         self.get(key, 0)
     }
-    fn insert_one(
-        &mut self,
-        key: &Key<Addr>,
-        value: &CidrRule,
-        flags: u64,
-    ) -> Result<(), MapError> {
+    fn insert_one(&mut self, key: &Key<K>, value: &CidrRule, flags: u64) -> Result<(), MapError> {
         self.insert(key, value, flags)
     }
-    fn remove_one(&mut self, key: &Key<Addr>) -> Result<(), MapError> {
+    fn remove_one(&mut self, key: &Key<K>) -> Result<(), MapError> {
         self.remove(key)
     }
-    fn walk(&self) -> Result<Pairs<Key<Addr>, CidrRule>, MapError> {
+    fn walk(&self) -> Result<Pairs<Key<K>, CidrRule>, MapError> {
         walk(self.keys(), |key| self.get(key, 0))
     }
     fn is_empty(&self) -> Result<bool, MapError> {
@@ -605,39 +634,39 @@ impl<M: KeyOps> Table<M> {
     }
 }
 
-impl<V: aya::Pod> Table<HashMap<MapData, Addr, V>> {
-    pub fn get(&self, key: &Addr) -> Result<Option<V>, XdpError> {
+impl<K: aya::Pod, V: aya::Pod> Table<HashMap<MapData, K, V>> {
+    pub fn get(&self, key: &K) -> Result<Option<V>, XdpError> {
         self.lookup(key)
     }
 
-    pub fn insert(&mut self, key: &Addr, value: &V) -> Result<(), XdpError> {
+    pub fn insert(&mut self, key: &K, value: &V) -> Result<(), XdpError> {
         self.insert_all(&[*key], &[*value]).map(drop)
     }
 
     /// Removes `key`; false when it was not there.
-    pub fn remove(&mut self, key: &Addr) -> Result<bool, XdpError> {
+    pub fn remove(&mut self, key: &K) -> Result<bool, XdpError> {
         Ok(self.remove_all(&[*key])?[0])
     }
 
     /// Every entry.
-    pub fn entries(&self) -> Result<Vec<(Addr, V)>, XdpError> {
+    pub fn entries(&self) -> Result<Vec<(K, V)>, XdpError> {
         self.all()
     }
 }
 
-impl Table<LpmTrie<MapData, Addr, CidrRule>> {
-    pub fn insert(&mut self, prefix_len: u32, addr: Addr, rule: &CidrRule) -> Result<(), XdpError> {
+impl<K: aya::Pod> Table<LpmTrie<MapData, K, CidrRule>> {
+    pub fn insert(&mut self, prefix_len: u32, addr: K, rule: &CidrRule) -> Result<(), XdpError> {
         self.insert_all(&[Key::new(prefix_len, addr)], &[*rule])
             .map(drop)
     }
 
     /// Removes exactly this prefix; false when it was not there.
-    pub fn remove(&mut self, prefix_len: u32, addr: Addr) -> Result<bool, XdpError> {
+    pub fn remove(&mut self, prefix_len: u32, addr: K) -> Result<bool, XdpError> {
         Ok(self.remove_all(&[Key::new(prefix_len, addr)])?[0])
     }
 
     /// Every (prefix length, address, rule).
-    pub fn entries(&self) -> Result<Vec<(u32, Addr, CidrRule)>, XdpError> {
+    pub fn entries(&self) -> Result<Vec<(u32, K, CidrRule)>, XdpError> {
         Ok(self
             .all()?
             .into_iter()

@@ -21,7 +21,7 @@ pub use attach::{
     unpin_link,
 };
 pub use error::XdpError;
-pub use maps::{KernelMaps, RateLimit, Table, Undo};
+pub use maps::{HostTable, KernelMaps, KeyOps, RateLimit, Table, TrieTable, Undo};
 
 /// Default bpffs directory for the pinned maps and link.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gateway";
