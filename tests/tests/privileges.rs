@@ -114,12 +114,19 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn recv(socket: &UnixDatagram) -> String {
+/// The next notify message other than WATCHDOG=1, counting those in `pings`.
+fn recv(socket: &UnixDatagram, pings: &mut u32) -> String {
     let mut buf = [0; 512];
-    let n = socket
-        .recv(&mut buf)
-        .expect("a notify message within the timeout");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    loop {
+        let n = socket
+            .recv(&mut buf)
+            .expect("a notify message within the timeout");
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if message != "WATCHDOG=1" {
+            return message;
+        }
+        *pings += 1;
+    }
 }
 
 #[test]
@@ -160,11 +167,14 @@ fn daemon_and_cli_run_as_nobody_with_exactly_the_units_capabilities() {
     let mut daemon = rig
         .command(Some(&CAPS), &["run", "--config", &config])
         .env("NOTIFY_SOCKET", &notify_path)
+        // WatchdogSec=60 s: the main loop pings at once, then every 30 s.
+        .env("WATCHDOG_USEC", "60000000")
         .stdout(log_file.try_clone().expect("fd"))
         .stderr(log_file)
         .spawn()
         .expect("spawning the daemon");
-    let ready = recv(&notify);
+    let mut pings = 0;
+    let ready = recv(&notify, &mut pings);
     let daemon_log = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         ready.starts_with("READY=1"),
@@ -193,12 +203,12 @@ fn daemon_and_cli_run_as_nobody_with_exactly_the_units_capabilities() {
     // `gateway reload` (the unit's ExecReload): RELOADING=1 with the clock, READY=1.
     let reload = rig.output(Some(&CAPS), &["reload"]);
     assert!(reload.status.success(), "{}", stderr(&reload));
-    let reloading = recv(&notify);
+    let reloading = recv(&notify, &mut pings);
     assert!(
         reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
         "{reloading:?}"
     );
-    assert!(recv(&notify).starts_with("READY=1"));
+    assert!(recv(&notify, &mut pings).starts_with("READY=1"));
 
     // Root running the CLI on nobody's state directory leaves only nobody's files.
     let add = rig.output(None, &["blocklist", "add", "198.18.0.10"]);
@@ -228,7 +238,8 @@ fn daemon_and_cli_run_as_nobody_with_exactly_the_units_capabilities() {
     let pid = libc::pid_t::try_from(daemon.id()).expect("pid");
     // SAFETY: signalling the daemon this test started.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert_eq!(recv(&notify), "STOPPING=1");
+    assert_eq!(recv(&notify, &mut pings), "STOPPING=1");
+    assert!(pings >= 1, "no WATCHDOG=1 from the main loop");
     let exit = daemon.wait().expect("waiting for the daemon");
     assert!(exit.success(), "{exit}; log:\n{}", daemon_log());
 }
