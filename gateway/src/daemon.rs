@@ -43,6 +43,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Xdp(#[from] XdpError),
     #[error(transparent)]
+    Capability(#[from] crate::caps::MissingCapability),
+    #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
     List(#[from] ListError),
@@ -133,6 +135,7 @@ pub async fn run(
     let mut reopen = signal(SignalKind::user_defined1()).map_err(signal_error)?;
 
     let _lock = state.lock_daemon()?;
+    require_capabilities(&config)?;
     // Every state file is read before the kernel is touched: an unreadable one
     // stops the start here, and a program already attached keeps its entries.
     let mut provenance = ProvenanceFile::load(state)?;
@@ -212,6 +215,13 @@ pub async fn run(
         listeners = config.listeners.len(),
         "gateway running"
     );
+    let notify = crate::systemd::Notifier::from_env();
+    notify.ready();
+    // Pinged from this loop, so a wedged loop (not just a live process) is caught.
+    let mut watchdog = notify.watchdog_interval().map_or_else(
+        || tokio::time::interval(Duration::from_secs(3600)),
+        tokio::time::interval,
+    );
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
@@ -220,17 +230,22 @@ pub async fn run(
             _ = hangup.recv() => {
                 reopen_logs();
                 let planes = Planes { kernel: kernel.as_ref(), proxy: proxy.as_ref(), admin: &admin, abuse: &abuse };
+                notify.reloading();
                 reload(config_path, &mut config, planes, state).await;
+                notify.ready();
             }
             Some(request) = reload_requests.recv() => {
                 let planes = Planes { kernel: kernel.as_ref(), proxy: proxy.as_ref(), admin: &admin, abuse: &abuse };
+                notify.reloading();
                 let verdict = reload(config_path, &mut config, planes, state).await;
+                notify.ready();
                 // A client that gave up waiting is no reason to stop.
                 let _ = request.reply.send(verdict);
             }
             Some(request) = block_requests.recv() => {
                 block(kernel.as_ref(), state, &mut provenance, request);
             }
+            _ = watchdog.tick(), if notify.watchdog_interval().is_some() => notify.watchdog(),
             _ = sweep.tick() => {
                 if let Some(kernel) = &mut kernel {
                     sweep_once(kernel, state);
@@ -262,6 +277,7 @@ pub async fn run(
             },
         }
     }
+    notify.stopping();
     if let Some(proxy) = proxy {
         let deadline = config.proxy.drain_timeout;
         info!(deadline = %humantime::format_duration(deadline), "draining: no new connections; in-flight requests may finish");
@@ -277,6 +293,31 @@ pub async fn run(
     if let Some(kernel) = &mut kernel {
         sweep_once(kernel, state);
         info!("stopping; the XDP program stays attached and keeps filtering");
+    }
+    Ok(())
+}
+
+/// Fails naming the capabilities this config needs and the process lacks:
+/// CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON for the kernel plane, and
+/// CAP_NET_BIND_SERVICE for a listener (or the admin endpoint) on a port below
+/// `net.ipv4.ip_unprivileged_port_start`, before anything is started.
+fn require_capabilities(config: &Config) -> Result<(), crate::caps::MissingCapability> {
+    use crate::caps::{Cap, require};
+    if config.xdp.enabled {
+        require("running the XDP plane", &Cap::XDP)?;
+    }
+    let start = crate::caps::unprivileged_port_start();
+    let low_port = config
+        .listeners
+        .iter()
+        .map(|listener| listener.address.port())
+        .chain(config.admin.enabled.then_some(config.admin.address.port()))
+        .any(|port| port != 0 && port < start);
+    if low_port {
+        require(
+            "binding a port below net.ipv4.ip_unprivileged_port_start",
+            &[Cap::NetBindService],
+        )?;
     }
     Ok(())
 }

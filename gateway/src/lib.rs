@@ -1,6 +1,7 @@
 //! The gateway daemon as a library; the `gateway` binary adds the command line, and
 //! the tests drive the same code the binary runs.
 //!
+//! - [`caps`]: the Linux capabilities the gateway needs instead of root.
 //! - [`xdp`]: load, attach and pin the XDP program; read and change its maps.
 //! - [`lists`]: allowlist and blocklist entries, kept in the kernel and in the state
 //!   file so a reboot loses nothing.
@@ -14,11 +15,13 @@
 //! - [`abuse`]: signals about misbehaving clients, and the blocks they lead to.
 //! - [`fleet`]: several gateways sharing blocks, revocations and limits through Redis.
 //! - [`daemon`]: `gateway run`.
+//! - [`systemd`]: `sd_notify` readiness, reload and watchdog messages.
 //! - [`control`]: the daemon's control socket, how `gateway reload` gets a verdict.
 
 pub mod abuse;
 pub mod addr;
 pub mod auth;
+pub mod caps;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -29,6 +32,7 @@ pub mod observe;
 pub mod policy;
 pub mod proxy;
 pub mod state;
+pub mod systemd;
 #[cfg(test)]
 mod test_redis;
 pub mod tls;

@@ -713,6 +713,22 @@ async fn top_once_renders_live_numbers_within_80_by_24() {
         numbers.len() >= 3 && numbers[0] == 200.0 && numbers[1] > 0.0 && numbers[2] >= 6.0,
         "route row {row:?} has no live numbers:\n{text}"
     );
+    // `--json`: one snapshot of the samples, the same counters.
+    let output = std::process::Command::new(gateway_tests::gateway::binary())
+        .args(["top", "--json", "--admin", &fleet.admin.to_string()])
+        .output()
+        .expect("running gateway top --json");
+    let snapshot: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("gateway top --json: {err}: {output:?}"));
+    let requests = snapshot["metrics"]["gateway_requests_total"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no request counter in {snapshot}"));
+    let total: f64 = requests
+        .iter()
+        .filter_map(|sample| sample["value"].as_f64())
+        .sum();
+    assert!(total >= 15.0, "{requests:?}");
+    assert!(snapshot["ready"].is_string(), "{snapshot}");
     daemon.stop();
 }
 

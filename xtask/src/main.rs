@@ -1,9 +1,10 @@
 //! `cargo xtask`: the project's build and test driver (`setup`, `build`, `run`, `test`,
-//! `bench`, `demo`).
+//! `bench`, `demo`, `dist`).
 
 mod bench;
 mod build;
 mod demo;
+mod dist;
 #[cfg(test)]
 mod doc_links;
 mod run;
@@ -36,14 +37,19 @@ enum Task {
     Build(build::Args),
     /// Run `setup`, build the `gateway` binary and run it with the given arguments.
     Run(run::Args),
-    /// Run `setup`, the lints, the unit tests, the privileged XDP and end-to-end tests
-    /// and the demo with every command it prints.
+    /// Run `setup`, the lints, the unit tests, the privileged XDP and end-to-end tests,
+    /// the demo with every command it prints, and `dist --check`.
     Test(test::Args),
     /// Run the benchmarks (as root) and write target/bench/<suite>.json and .md.
     ///
     /// `xdp`: the kernel plane next to nftables, xdp-filter and reference programs;
     /// `proxy`: the TLS proxy next to HAProxy and the fleet itself; `all`: both.
     Bench(bench::Args),
+    /// Build the release artifacts into target/dist: the tarball and the .deb.
+    ///
+    /// `--check` (as root) then installs the .deb here, runs it as the `gateway`
+    /// user with the unit's capabilities on a veth, and purges it.
+    Dist(dist::Args),
     /// Run the gateway on a private demo network in namespaces; Ctrl-C tears it down.
     Demo(demo::Args),
 }
@@ -58,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test::run(&ws, &args),
         Task::Bench(args) => bench::run(&ws, &args),
         Task::Demo(args) => demo::run(&ws, &args),
+        Task::Dist(args) => dist::run(&ws, &args),
     }
 }
 

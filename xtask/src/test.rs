@@ -1,12 +1,13 @@
 //! `cargo xtask test`: setup, lints, unprivileged unit tests, the privileged XDP
-//! verdict and end-to-end tests, then the demo with every command it prints; stops at
-//! the first failing step.
+//! verdict and end-to-end tests, the demo with every command it prints, then the
+//! release artifacts installed and run (`dist --check`); stops at the first failing
+//! step.
 
 use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
-use crate::{demo, setup, util, util::Workspace};
+use crate::{demo, dist, setup, util, util::Workspace};
 
 /// The crate with the tests that load BPF programs and create network namespaces.
 const PRIVILEGED_TESTS: &str = "gateway-tests";
@@ -78,10 +79,15 @@ pub fn run(ws: &Workspace, args: &Args) -> anyhow::Result<()> {
         step("f", "the demo and every command it prints", || {
             demo::check(&demo::build(ws)?)
         })?;
+        // The suite's one release build: the .deb, installed and run, then purged.
+        step("g", "cargo xtask dist --check", || {
+            dist::run(ws, &dist::Args { check: true })
+        })?;
     } else {
         println!(
-            "==> skipping step f (the demo): test arguments select privileged tests; \
-             `sudo -E cargo xtask demo --check` runs it alone"
+            "==> skipping steps f (the demo) and g (dist): test arguments select privileged \
+             tests; `sudo -E cargo xtask demo --check` and `sudo -E cargo xtask dist --check` \
+             run them alone"
         );
     }
     println!("all tests passed");

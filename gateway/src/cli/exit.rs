@@ -6,8 +6,10 @@
 use std::process::ExitCode;
 
 use gateway::{
+    caps::MissingCapability,
     config::ConfigError,
     control::{ControlError, ReloadRejected},
+    daemon::DaemonError,
     lists::{InputError, ListError},
     xdp::XdpError,
 };
@@ -86,6 +88,9 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<&'static Ex
     {
         return Some(&USAGE);
     }
+    if cause.is::<MissingCapability>() {
+        return Some(&NOPERM);
+    }
     if cause.is::<InputError>() {
         return Some(&DATA);
     }
@@ -105,13 +110,18 @@ fn classify_one(cause: &(dyn std::error::Error + 'static)) -> Option<&'static Ex
     if let Some(ListError::Xdp(err)) = cause.downcast_ref::<ListError>() {
         return xdp(err);
     }
+    match cause.downcast_ref::<DaemonError>() {
+        Some(DaemonError::Xdp(err)) => return xdp(err),
+        Some(DaemonError::Capability(_)) => return Some(&NOPERM),
+        _ => {}
+    }
     cause.downcast_ref::<XdpError>().and_then(xdp)
 }
 
 fn xdp(err: &XdpError) -> Option<&'static Exit> {
     match err {
         XdpError::MapFull { .. } => Some(&TEMPFAIL),
-        XdpError::NotRoot => Some(&NOPERM),
+        XdpError::Capability(_) => Some(&NOPERM),
         XdpError::NotAttached { .. } => Some(&UNAVAILABLE),
         XdpError::UnknownInterface(_) => Some(&USAGE),
         _ => None,

@@ -1,8 +1,10 @@
 //! The command line: clap definitions and one module per command group.
 
+mod doctor;
 pub(crate) mod exit;
 mod explain;
 mod fleet;
+mod generate;
 mod lists;
 mod ratelimit;
 mod stats;
@@ -76,6 +78,15 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Whether this host can run the gateway: kernel version, BPF features and a
+    /// verifier load of the program, native XDP in the interface's driver, the
+    /// capabilities held, bpffs, the config check and its ports. Exits 1 when a
+    /// check failed.
+    Doctor {
+        /// Configuration file (TOML).
+        #[arg(long, short, default_value = "/etc/gateway/gateway.toml")]
+        config: PathBuf,
+    },
     /// Make the running daemon re-read its configuration and wait for its
     /// verdict: exits 0 when the new configuration runs, 64 with the daemon's
     /// reasons when it was rejected (the old one keeps running), 69 when no
@@ -107,6 +118,9 @@ enum Command {
         /// The client address.
         address: std::net::IpAddr,
     },
+    /// Man pages and shell completions, made from this command line.
+    #[command(subcommand)]
+    Generate(generate::GenerateCommand),
     /// The gateways sharing state through the config's `[fleet]` Redis.
     #[command(subcommand)]
     Fleet(FleetCommand),
@@ -131,7 +145,8 @@ enum Command {
         /// Refresh interval.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         interval: Duration,
-        /// Print one 80×24 frame (rates over one interval) and exit.
+        /// Print one 80×24 frame (rates over one interval) and exit; with
+        /// `--json`, one snapshot of the samples as JSON instead.
         #[arg(long)]
         once: bool,
     },
@@ -327,6 +342,9 @@ struct Context {
 /// Runs one command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if !cli.is_daemon() {
+        // First, before any thread or file: root's files would lock the daemon's
+        // user out of its own state.
+        gateway::caps::act_as_owner_of(&cli.state_dir);
         // Changes to the kernel maps are audited with who made them; the daemon
         // sets up its own streams from its config.
         gateway::observe::logs::init_cli_audit(&cli.state_dir.join(AUDIT_LOG));
@@ -346,6 +364,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             no_xdp,
         } => run_daemon(&ctx, &config, log_format, no_xdp, cli.netns),
         Command::Check { config } => check(&ctx, &config, cli.netns.as_deref()),
+        Command::Doctor { config } => doctor::run(&ctx, &config, cli.netns.as_deref()),
         Command::Reload { timeout } => reload(&ctx, timeout),
         Command::Xdp(command) => xdp::run(&ctx, command),
         Command::Blocklist(command) => lists::run(&ctx, gateway::lists::ListKind::Block, command),
@@ -354,6 +373,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(command) => token::run(&ctx, command),
         Command::Explain { address } => explain::run(&ctx, address),
         Command::Fleet(FleetCommand::Status { config }) => fleet::status(&ctx, &config),
+        Command::Generate(command) => generate::run(command),
         Command::Stats {
             watch,
             interval,
@@ -363,19 +383,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             admin,
             interval,
             once,
-        } => top::run(admin, interval, once),
+        } => top::run(admin, interval, once, cli.json),
     }
 }
 
 fn check(ctx: &Context, path: &Path, netns: Option<&str>) -> anyhow::Result<()> {
     let config = Config::load_checked(path)?;
-    let findings = gateway::tls::inspect::inspect(&config, std::time::SystemTime::now());
-    let mut problems = findings.problems;
-    let mut warnings = config.warnings();
-    warnings.extend(findings.warnings);
-    if config.xdp.enabled {
-        interface_check(&config, netns, &mut problems, &mut warnings);
-    }
+    let (mut problems, mut warnings) = (Vec::new(), Vec::new());
+    check_findings(&config, netns, &mut problems, &mut warnings);
     if !problems.is_empty() {
         return Err(gateway::config::ConfigError::Invalid {
             path: path.to_owned(),
@@ -410,6 +425,23 @@ fn check(ctx: &Context, path: &Path, netns: Option<&str>) -> anyhow::Result<()> 
         }
     );
     Ok(())
+}
+
+/// What `check` finds beyond the file's own validation: certificates and the
+/// interface.
+fn check_findings(
+    config: &Config,
+    netns: Option<&str>,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    let findings = gateway::tls::inspect::inspect(config, std::time::SystemTime::now());
+    problems.extend(findings.problems);
+    warnings.extend(config.warnings());
+    warnings.extend(findings.warnings);
+    if config.xdp.enabled {
+        interface_check(config, netns, problems, warnings);
+    }
 }
 
 /// Whether `xdp.interface` exists where the daemon will look for it: in

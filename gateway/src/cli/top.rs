@@ -25,7 +25,10 @@ use ratatui::{
 /// How long one admin request may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn run(admin: SocketAddr, interval: Duration, once: bool) -> anyhow::Result<()> {
+pub fn run(admin: SocketAddr, interval: Duration, once: bool, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(admin);
+    }
     if once {
         return print_once(admin, interval);
     }
@@ -33,6 +36,35 @@ pub fn run(admin: SocketAddr, interval: Duration, once: bool) -> anyhow::Result<
     let result = live(&mut terminal, admin, interval);
     ratatui::try_restore().context("restoring the terminal")?;
     result
+}
+
+/// One snapshot as JSON (`--json`): every metric sample, readiness and
+/// `/xdp/top`, for scripts that want the numbers rather than a frame.
+fn print_json(admin: SocketAddr) -> anyhow::Result<()> {
+    let snapshot = Snapshot::fetch(admin)?;
+    let metrics: serde_json::Map<String, serde_json::Value> = snapshot
+        .metrics
+        .iter()
+        .map(|(name, series)| {
+            let samples = series
+                .iter()
+                .map(|(labels, value)| {
+                    let labels: BTreeMap<&str, &str> = labels
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    serde_json::json!({ "labels": labels, "value": value })
+                })
+                .collect();
+            (name.clone(), serde_json::Value::Array(samples))
+        })
+        .collect();
+    super::print_json(&serde_json::json!({
+        "admin": admin,
+        "ready": snapshot.ready,
+        "metrics": metrics,
+        "xdp_top": snapshot.top,
+    }))
 }
 
 /// One frame at 80×24 on stdout, rates measured over `interval`: for scripts,

@@ -1,6 +1,11 @@
 //! Loading, attaching, detaching and describing the XDP program.
 
-use std::{ffi::CString, fs, io, os::unix::ffi::OsStrExt as _, path::Path};
+use std::{
+    ffi::CString,
+    fs, io,
+    os::unix::{ffi::OsStrExt as _, fs::DirBuilderExt as _},
+    path::Path,
+};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
@@ -13,14 +18,14 @@ use gateway_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{KernelMaps, PinDir, XdpError, require_root};
-use crate::addr::ipv6_mask;
+use super::{KernelMaps, LOAD_CAPS, MAP_CAPS, PinDir, XdpError, require};
+use crate::{addr::ipv6_mask, caps::Cap};
 
 /// IPv6 sources share a rate-limit bucket per /64 unless configured otherwise.
 pub const DEFAULT_IPV6_RATE_LIMIT_PREFIX: u8 = 64;
 
 /// The XDP object built by `build.rs` from `gateway-ebpf`.
-static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-xdp"));
+pub(super) static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-xdp"));
 
 /// `statfs` magic of a BPF filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -115,7 +120,7 @@ pub struct Status {
 /// made afresh, empty, for the caller to restore the lists into), without attaching
 /// it.
 pub fn load(pins: &PinDir, capacity: &Capacity) -> Result<Ebpf, XdpError> {
-    require_root()?;
+    require("loading the XDP program", &LOAD_CAPS)?;
     ensure_bpffs(pins)?;
     if pinned_layout_is_old(pins)? {
         remove_map_pins(pins)?;
@@ -187,7 +192,7 @@ fn remove_map_pins(pins: &PinDir) -> Result<(), XdpError> {
     Ok(())
 }
 
-fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
+pub(super) fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
     ebpf.program_mut(PROGRAM_NAME)
         .ok_or_else(|| XdpError::Load(format!("the object has no program named {PROGRAM_NAME}")))?
         .try_into()
@@ -202,7 +207,7 @@ pub fn attach(
     mode: Mode,
     capacity: &Capacity,
 ) -> Result<Attachment, XdpError> {
-    require_root()?;
+    require("attaching the XDP program", &LOAD_CAPS)?;
     if let Some(program_id) = pinned_program_id(pins)? {
         return Err(XdpError::AlreadyAttached {
             program_id,
@@ -269,7 +274,7 @@ fn attach_error(iface: &str, mode: Mode, source: ProgramError) -> XdpError {
 /// Removes the pinned attachment (which detaches the program) and the pinned maps.
 /// The state file keeps the lists, so the next attach restores them.
 pub fn detach(pins: &PinDir) -> Result<(), XdpError> {
-    require_root()?;
+    require("detaching the XDP program", &MAP_CAPS)?;
     let link = pins.link();
     let mut found = remove_pin(&link)?;
     for name in map_names::ALL {
@@ -300,7 +305,7 @@ pub fn attachment_is_live(attachment: &Attachment) -> bool {
 /// Removes only the pinned link, detaching the program but keeping the maps, so the
 /// next attach reuses them with every list entry and bucket.
 pub fn unpin_link(pins: &PinDir) -> Result<bool, XdpError> {
-    require_root()?;
+    require("detaching the XDP program", &MAP_CAPS)?;
     remove_pin(&pins.link())
 }
 
@@ -330,7 +335,7 @@ pub fn pinned_program_id(pins: &PinDir) -> Result<Option<u32>, XdpError> {
 
 /// The pinned program and the size and fill of every map.
 pub fn status(pins: &PinDir) -> Result<Status, XdpError> {
-    require_root()?;
+    require("reading the XDP program's status", &MAP_CAPS)?;
     let program_id = pinned_program_id(pins)?.ok_or_else(|| super::netns::not_attached(pins))?;
     let maps = KernelMaps::open(pins)?;
     let maps = map_names::ALL
@@ -372,12 +377,19 @@ fn ensure_bpffs(pins: &PinDir) -> Result<(), XdpError> {
     fs::create_dir_all(parent).map_err(io_error(parent))?;
     if !is_bpffs(parent) {
         super::netns::check_mount_namespace(parent)?;
+        // Only a gateway run as root (development, tests) mounts bpffs itself.
+        if !Cap::SysAdmin.held() {
+            return Err(XdpError::NoBpffs {
+                path: parent.to_owned(),
+            });
+        }
         mount_bpffs(parent).map_err(|source| XdpError::Bpffs {
             path: parent.to_owned(),
             source,
         })?;
     }
-    match fs::create_dir(dir) {
+    // 0700: the maps hold every client address and the lists.
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(source) => Err(XdpError::Io {
@@ -391,7 +403,8 @@ fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
 }
 
-pub(super) fn is_bpffs(path: &Path) -> bool {
+/// Whether `path` is on a BPF filesystem.
+pub fn is_bpffs(path: &Path) -> bool {
     let Ok(path) = c_path(path) else {
         return false;
     };

@@ -5,16 +5,19 @@ use std::{io, path::PathBuf};
 /// A failure to load, attach, find or change the XDP program and its maps.
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
-    #[error(
-        "must run as root: loading XDP programs and changing BPF maps needs CAP_BPF and \
-         CAP_NET_ADMIN; run it with sudo"
-    )]
-    NotRoot,
+    #[error(transparent)]
+    Capability(#[from] crate::caps::MissingCapability),
     #[error(
         "{path} is not a BPF filesystem and mounting one there failed: {source}; \
          mount it with `mount -t bpf bpf {path}`"
     )]
     Bpffs { path: PathBuf, source: io::Error },
+    #[error(
+        "{path} is not a BPF filesystem, and the gateway mounts one only with CAP_SYS_ADMIN, \
+         which it should not hold in production: mount it on the host (`mount -t bpf bpf \
+         {path}`; systemd does at boot on most distributions) before starting the gateway"
+    )]
+    NoBpffs { path: PathBuf },
     #[error(
         "nothing attached: no pinned gateway maps under {dir}; run `gateway xdp attach --iface IF` \
          (or `gateway run`) first"

@@ -62,21 +62,26 @@ pub fn mode_of(ifindex: u32, program_id: u32) -> io::Result<Option<KernelMode>> 
         .map(|(mode, _)| mode))
 }
 
-/// The `RTM_NEWLINK` message the kernel answers `RTM_GETLINK` with.
-fn get_link(ifindex: u32) -> io::Result<Vec<u8>> {
+/// A netlink socket of `protocol` (`NETLINK_ROUTE`, `NETLINK_GENERIC`).
+pub(super) fn netlink_socket(protocol: i32) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: socket(2) has no memory-safety preconditions.
     let fd = unsafe {
         libc::socket(
             libc::AF_NETLINK,
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
+            protocol,
         )
     };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: fd is a fresh descriptor this function owns from here on.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: fd is a fresh descriptor the caller owns from here on.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// The `RTM_NEWLINK` message the kernel answers `RTM_GETLINK` with.
+fn get_link(ifindex: u32) -> io::Result<Vec<u8>> {
+    let fd = netlink_socket(libc::NETLINK_ROUTE)?;
     let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
     let index = i32::try_from(ifindex)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;

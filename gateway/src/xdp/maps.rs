@@ -15,7 +15,7 @@ use gateway_common::{
     maps::{Addr4, Addr6, BlockEntry, CidrRule, Counter, RateBucket, XdpConfig},
 };
 
-use super::{PinDir, XdpError, batch, require_root};
+use super::{MAP_CAPS, PinDir, XdpError, batch, require};
 
 /// `errno` the kernel returns when a hash has no room for a new key (a trie says
 /// `ENOSPC`).
@@ -107,7 +107,7 @@ impl KernelMaps {
 
     /// [`open`](Self::open) without the layout check, for the loader.
     pub(super) fn open_any(pins: &PinDir) -> Result<Self, XdpError> {
-        require_root()?;
+        require("opening the pinned BPF maps", &MAP_CAPS)?;
         if !pins.map(map_names::CONFIG).exists() {
             return Err(super::netns::not_attached(pins));
         }

@@ -12,13 +12,16 @@ mod error;
 pub mod kernel_mode;
 mod maps;
 pub mod netns;
+pub mod probe;
 
 use std::path::{Path, PathBuf};
 
+use crate::caps::Cap;
+
 pub use attach::{
     Attachment, Capacity, DEFAULT_IPV6_RATE_LIMIT_PREFIX, MapStatus, Mode, Status, attach,
-    attachment_is_live, detach, if_index, load, pinned_layout_is_old, pinned_program_id, status,
-    unpin_link,
+    attachment_is_live, detach, if_index, is_bpffs, load, pinned_layout_is_old, pinned_program_id,
+    status, unpin_link,
 };
 pub use error::XdpError;
 pub use maps::{HostTable, KernelMaps, KeyOps, RateLimit, Table, TrieTable, Undo};
@@ -51,11 +54,14 @@ impl PinDir {
     }
 }
 
-/// Fails with [`XdpError::NotRoot`] unless the effective user is root.
-pub fn require_root() -> Result<(), XdpError> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(XdpError::NotRoot);
-    }
-    Ok(())
+/// Loading the program and attaching it to an interface: the verifier needs
+/// CAP_PERFMON for the program's pointer arithmetic (BPF_PROG_LOAD fails with
+/// EACCES without it), attaching XDP needs CAP_NET_ADMIN.
+const LOAD_CAPS: [Cap; 3] = Cap::XDP;
+/// Opening pinned maps and links (any `bpf(2)` call when unprivileged BPF is off).
+const MAP_CAPS: [Cap; 1] = [Cap::Bpf];
+
+/// Fails with [`XdpError::Capability`] naming what this process lacks for `what`.
+fn require(what: &'static str, caps: &[Cap]) -> Result<(), XdpError> {
+    Ok(crate::caps::require(what, caps)?)
 }

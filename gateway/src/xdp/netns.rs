@@ -7,7 +7,7 @@
 
 use std::{fs, fs::File, io, os::fd::AsRawFd as _, path::Path};
 
-use super::{PinDir, XdpError, attach::is_bpffs};
+use super::{PinDir, XdpError, is_bpffs};
 
 /// Where `ip netns add` keeps named network namespaces.
 const NETNS_DIR: &str = "/run/netns";
@@ -49,6 +49,30 @@ pub(super) fn check_mount_namespace(path: &Path) -> Result<(), XdpError> {
         }),
         _ => Ok(()),
     }
+}
+
+/// Whether this process shares pid 1's mount namespace (`None`: cannot tell).
+pub fn host_mount_namespace_is_ours() -> Option<bool> {
+    let ours = fs::read_link("/proc/self/ns/mnt").ok()?;
+    Some(host_mount_namespace()? == ours)
+}
+
+/// Whether the mount at `path` propagates to its peers (`shared:` in
+/// `/proc/self/mountinfo`), so pins made under it in another mount namespace reach
+/// the host's.
+pub fn mount_is_shared(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        fields.get(4).is_some_and(|point| Path::new(point) == path)
+            && fields
+                .iter()
+                .skip(6)
+                .take_while(|f| **f != "-")
+                .any(|f| f.starts_with("shared:"))
+    })
 }
 
 /// The mount namespace of pid 1; where pid 1 cannot be inspected (a sandbox that
