@@ -246,7 +246,6 @@ pub async fn run(
                     && let Some(proxy) = &proxy
                 {
                     proxy.reload_revocations();
-                    mirror.saw(proxy.revocations());
                 }
             }
             _ = sweep.tick() => {
@@ -255,17 +254,21 @@ pub async fn run(
                 }
                 end_blocks(kernel.as_ref(), state, &mut provenance, &abuse);
                 save_quotas(&quotas, state);
+                if let Some(mirror) = &mut mirror {
+                    mirror.revocations_now();
+                }
             }
             _ = user2.recv() => {
                 if let Some(proxy) = &proxy {
                     proxy.reload_revocations();
-                    publish_revocations(mirror.as_mut(), proxy);
+                }
+                if let Some(mirror) = &mut mirror {
+                    mirror.revocations_now();
                 }
             }
             _ = revocations.tick(), if proxy.is_some() => {
                 if let Some(proxy) = &proxy {
                     proxy.check_revocations();
-                    publish_revocations(mirror.as_mut(), proxy);
                 }
             }
             _ = certificates.tick(), if proxy.is_some() => {
@@ -337,13 +340,6 @@ async fn mirror_request(mirror: &mut Option<Mirror>) -> Option<crate::fleet::syn
     match mirror {
         Some(mirror) => mirror.next().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Shares what the CLI changed in the denylist.
-fn publish_revocations(mirror: Option<&mut Mirror>, proxy: &Proxy) {
-    if let Some(mirror) = mirror {
-        mirror.revocations_now(proxy.revocations());
     }
 }
 

@@ -63,7 +63,8 @@ pub struct Mirror {
     requests: mpsc::Receiver<Request>,
     synced: Arc<AtomicU64>,
     /// The denylist as last seen, to find what the CLI changed.
-    seen: Option<Arc<Denylist>>,
+    seen: Option<Denylist>,
+    seen_modified: Option<std::time::SystemTime>,
 }
 
 impl Mirror {
@@ -85,6 +86,7 @@ impl Mirror {
                 requests,
                 synced,
                 seen: None,
+                seen_modified: None,
             },
             task,
         )
@@ -122,8 +124,16 @@ impl Mirror {
     }
 
     /// Applies `request`; returns whether `revocations.json` changed (the
-    /// daemon then re-reads it and calls [`Mirror::saw`]).
+    /// daemon then has the proxy re-read it).
     pub fn handle(&mut self, request: Request, maps: Option<&KernelMaps>) -> bool {
+        let changed = self.apply(request, maps);
+        if changed {
+            self.saw_revocations();
+        }
+        changed
+    }
+
+    fn apply(&mut self, request: Request, maps: Option<&KernelMaps>) -> bool {
         let share = self.link.share().clone();
         let now = clock::unix_now_ms();
         match request {
@@ -213,14 +223,13 @@ impl Mirror {
                         let accepted = self.accept_wires(&[wire], now);
                         match Lists::new(maps, &self.state).put_shared(&accepted) {
                             Ok(added) => {
-                                for cidr in added {
-                                    let origin = accepted
-                                        .iter()
-                                        .find(|(c, _)| *c == cidr)
-                                        .and_then(|(_, r)| r.fleet.as_ref())
-                                        .map(|s| s.origin.clone())
-                                        .unwrap_or_default();
-                                    info!(target: "audit", event = "fleet_block", address = %cidr, origin, "shared block applied");
+                                for (cidr, record) in &accepted {
+                                    let Some(shared) =
+                                        record.fleet.as_ref().filter(|_| added.contains(cidr))
+                                    else {
+                                        continue;
+                                    };
+                                    info!(target: "audit", event = "fleet_block", address = %cidr, origin = %shared.origin, version = shared.version, reason = %record.reason.escape_debug(), "shared block applied");
                                 }
                             }
                             Err(err) => warn!(%err, "applying a shared block failed"),
@@ -342,16 +351,33 @@ impl Mirror {
         });
     }
 
-    /// The denylist as the proxy now holds it: publishes what the CLI
-    /// changed since last seen (removals that cannot go out now are held in
-    /// `fleet-pending.json`).
-    pub fn revocations_now(&mut self, current: Arc<Denylist>) {
+    /// Publishes what the CLI changed in `revocations.json` since last seen
+    /// (removals that cannot go out now are held in `fleet-pending.json`).
+    /// Cheap when nothing changed: the file's modification time is compared.
+    pub fn revocations_now(&mut self) {
+        if !self.link.share().revocations {
+            return;
+        }
+        let path = self.state.revocations_path();
+        let modified = std::fs::metadata(&path)
+            .and_then(|meta| meta.modified())
+            .ok();
+        if self.seen.is_some() && modified == self.seen_modified {
+            return;
+        }
+        let current = match Denylist::load(&path) {
+            Ok(current) => current,
+            Err(err) => {
+                warn!(%err, "reading the revocations to share failed");
+                return;
+            }
+        };
+        self.seen_modified = modified;
+        // The first look is the baseline: what was there is published by the
+        // resync on every link epoch.
         let Some(seen) = self.seen.replace(current.clone()) else {
             return;
         };
-        if Arc::ptr_eq(&seen, &current) || !self.link.share().revocations {
-            return;
-        }
         let (puts, removed) = revocations::changes(&seen, &current, &self.bounds.node);
         if puts.is_empty() && removed.is_empty() {
             return;
@@ -371,10 +397,16 @@ impl Mirror {
         });
     }
 
-    /// Records the denylist after the daemon re-read a file the fleet changed,
-    /// so those changes are not taken for the CLI's.
-    pub fn saw(&mut self, current: Arc<Denylist>) {
-        self.seen = Some(current);
+    /// Takes the denylist as it is after the fleet changed it, so those
+    /// changes are not taken for the CLI's and published back.
+    fn saw_revocations(&mut self) {
+        let path = self.state.revocations_path();
+        if let Ok(current) = Denylist::load(&path) {
+            self.seen_modified = std::fs::metadata(&path)
+                .and_then(|meta| meta.modified())
+                .ok();
+            self.seen = Some(current);
+        }
     }
 }
 

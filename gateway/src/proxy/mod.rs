@@ -318,11 +318,6 @@ impl Proxy {
         self.revocations.reload();
     }
 
-    /// The token denylist as the proxy enforces it now.
-    pub fn revocations(&self) -> Arc<crate::auth::revocation::Denylist> {
-        self.revocations.current()
-    }
-
     /// Re-reads every certificate file (SIGHUP).
     pub fn reload_certificates(&self) {
         for listener in &self.listeners {
