@@ -20,13 +20,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway::config::{AdminSection, Config, XdpSection};
+use gateway::config::{AbuseSection, AdminSection, Config, XdpSection};
 use gateway_tests::{
-    fleet::render,
+    fleet::{EDGE_NAME, FLEET_NAME, Fleet, render},
     gateway::Daemon,
+    http::Client,
     net::{GATEWAY_V4, NetNs, start_tcp_echo, tcp_reachable},
     redis::{Backplane, Edge},
     require_root,
+    upstream::Upstream,
 };
 
 const ADMIN: &str = "127.0.0.1:9190";
@@ -563,4 +565,139 @@ fn measure_block_propagation() {
     for daemon in daemons {
         daemon.stop();
     }
+}
+
+/// `n` WAF-tripping requests from `source` in `edge`'s client namespace to
+/// its listener on `port`; each must be answered 403.
+fn trip_waf(edge: &Edge, ca_pem: String, source: &str, port: u16, n: usize) {
+    let local: std::net::IpAddr = source.parse().expect("address");
+    let dest = SocketAddr::new(GATEWAY_V4.parse().expect("address"), port);
+    let statuses = edge.topology.client.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let client = Client::builder(&ca_pem, EDGE_NAME)
+                .local_address(local)
+                .build();
+            let mut statuses = Vec::new();
+            for _ in 0..n {
+                let request = http::Request::get("/search?q=%3Cscript%3Ealert(1)%3C/script%3E")
+                    .body(bytes::Bytes::new())
+                    .expect("request");
+                let response =
+                    tokio::time::timeout(Duration::from_secs(10), client.send(dest, request))
+                        .await
+                        .expect("answered within 10 s")
+                        .expect("a response");
+                statuses.push(response.status().as_u16());
+            }
+            statuses
+        })
+    });
+    assert!(statuses.iter().all(|status| *status == 403), "{statuses:?}");
+}
+
+#[test]
+fn the_abuse_loop_on_one_edge_drops_the_client_at_the_others_but_not_past_an_allowlist() {
+    require_root();
+    let backplane = Backplane::new();
+    let redis = backplane.redis(6395);
+    let edges: Vec<Edge> = (0..3).map(|_| backplane.edge(&[CLIENT, OTHER])).collect();
+    let [a, b, c] = [&edges[0], &edges[1], &edges[2]];
+    // A: a listener in front of one upstream, the abuse loop on (two WAF
+    // blocks of weight 5 reach the threshold of 10, first block 4 s).
+    let certs = Fleet::new(0);
+    let server = certs.fleet_ca.issue_server(&[FLEET_NAME]);
+    let upstream = Upstream::builder("up-0", &server, certs.fleet_ca.cert_pem())
+        .netns(&a.topology.gateway)
+        .start();
+    const PORT: u16 = 8443;
+    let mut config_a = certs.config();
+    config_a.listeners[0].address = SocketAddr::new(GATEWAY_V4.parse().expect("address"), PORT);
+    config_a.upstreams.get_mut("fleet").expect("pool").endpoints =
+        vec![upstream.addr().to_string()];
+    config_a.xdp = XdpSection {
+        enabled: true,
+        interface: a.topology.gw_iface.clone(),
+        ..XdpSection::default()
+    };
+    config_a.admin.address = ADMIN.parse().expect("admin address");
+    config_a.abuse = AbuseSection {
+        enabled: true,
+        weights: gateway::config::abuse::Weights {
+            tls_handshake_failure: 0,
+            ..Default::default()
+        },
+        threshold: 10,
+        block_ttl: Duration::from_secs(4),
+        max_block_ttl: Duration::from_secs(60),
+        ..AbuseSection::default()
+    };
+    let fleet = |name: &str| fleet_section(name, &redis.url(), "standalone", &[]);
+    let mut daemons =
+        vec![
+            a.gateway
+                .spawn_daemon(&format!("{}{}", render(&config_a), fleet("edge-a"))),
+        ];
+    // B plain; C with the client on its allowlist, which wins over a shared
+    // block as over a local one.
+    for (edge, name, allow) in [(b, "edge-b", vec![]), (c, "edge-c", vec![CLIENT])] {
+        start_tcp_echo(&edge.topology.gateway, ECHO);
+        let config = Config {
+            xdp: XdpSection {
+                enabled: true,
+                interface: edge.topology.gw_iface.clone(),
+                allowlist: allow
+                    .iter()
+                    .map(|cidr| cidr.parse().expect("cidr"))
+                    .collect(),
+                ..XdpSection::default()
+            },
+            admin: AdminSection {
+                enabled: true,
+                address: ADMIN.parse().expect("admin address"),
+                ..AdminSection::default()
+            },
+            ..Config::default()
+        };
+        daemons.push(
+            edge.gateway
+                .spawn_daemon(&format!("{}{}", render(&config), fleet(name))),
+        );
+    }
+    for edge in &edges {
+        eventually(Duration::from_secs(20), "every edge ready", || ready(edge));
+        edge.topology.wait_until_settled();
+    }
+    assert!(reaches(b, CLIENT) && reaches(c, CLIENT));
+
+    trip_waf(a, certs.edge_ca.cert_pem().to_owned(), CLIENT, PORT, 2);
+    let took = eventually(Duration::from_secs(10), "A's abuse block reaches B", || {
+        !reaches(b, CLIENT)
+    });
+    println!("edge-a's abuse block dropped the client at edge-b after {took:?} (polled)");
+    let entry = listed(b, CLIENT).expect("on B's blocklist");
+    assert_eq!(entry["origin"], "edge-a", "{entry}");
+    assert!(
+        entry["reason"].as_str().is_some_and(|r| r.contains("waf")),
+        "{entry}"
+    );
+    assert!(reaches(b, OTHER), "only the offender is dropped");
+    assert!(listed(c, CLIENT).is_some(), "C holds the shared block");
+    assert!(
+        reaches(c, CLIENT),
+        "C's allowlist wins over the shared block"
+    );
+    // The block's expiry lifts it at B too.
+    eventually(
+        Duration::from_secs(15),
+        "the abuse block expires at B",
+        || reaches(b, CLIENT),
+    );
+    for daemon in daemons {
+        daemon.stop();
+    }
+    drop(upstream);
 }
