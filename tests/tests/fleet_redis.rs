@@ -20,11 +20,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway::config::{AbuseSection, AdminSection, Config, XdpSection};
+use gateway::config::{
+    AbuseSection, AdminSection, AuthMode, Config, IssuerConfig, RouteAuth, XdpSection,
+};
 use gateway_tests::{
     fleet::{EDGE_NAME, FLEET_NAME, Fleet, render},
     gateway::Daemon,
     http::Client,
+    idp::SigningKey,
     net::{GATEWAY_V4, NetNs, start_tcp_echo, tcp_reachable},
     redis::{Backplane, Edge},
     require_root,
@@ -700,4 +703,175 @@ fn the_abuse_loop_on_one_edge_drops_the_client_at_the_others_but_not_past_an_all
         daemon.stop();
     }
     drop(upstream);
+}
+
+/// `GET /` with `token` from `source`, on `client` (which keeps its
+/// connections alive): the status.
+async fn status_with(client: &Client, port: u16, token: &str) -> u16 {
+    let dest = SocketAddr::new(GATEWAY_V4.parse().expect("address"), port);
+    let request = http::Request::get("/")
+        .header("authorization", format!("Bearer {token}"))
+        .body(bytes::Bytes::new())
+        .expect("request");
+    tokio::time::timeout(Duration::from_secs(10), client.send(dest, request))
+        .await
+        .expect("answered within 10 s")
+        .expect("a response")
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn a_revocation_on_one_edge_refuses_the_token_at_the_others_cached_or_not() {
+    require_root();
+    let backplane = Backplane::new();
+    let redis = backplane.redis(6396);
+    let edges: Vec<Edge> = (0..3).map(|_| backplane.edge(&[CLIENT])).collect();
+    let [a, b, c] = [&edges[0], &edges[1], &edges[2]];
+    const PORT: u16 = 8443;
+    const ISSUER: &str = "https://idp.fleet.test";
+    let key = SigningKey::generate(jsonwebtoken::Algorithm::ES256, "k1");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let jwks = keys.path().join("jwks.json");
+    std::fs::write(&jwks, serde_json::json!({ "keys": [key.jwk] }).to_string())
+        .expect("writing the key set");
+    let certs = Fleet::new(0);
+    let server = certs.fleet_ca.issue_server(&[FLEET_NAME]);
+    let fleet = |name: &str| fleet_section(name, &redis.url(), "standalone", &[]);
+    // A and C: a listener whose every route needs a token from ISSUER.
+    let mut upstreams = Vec::new();
+    let mut daemons = Vec::new();
+    for (edge, name) in [(a, "edge-a"), (c, "edge-c")] {
+        let upstream = Upstream::builder(name, &server, certs.fleet_ca.cert_pem())
+            .netns(&edge.topology.gateway)
+            .start();
+        let mut config = certs.config();
+        config.listeners[0].address = SocketAddr::new(GATEWAY_V4.parse().expect("address"), PORT);
+        config.upstreams.get_mut("fleet").expect("pool").endpoints =
+            vec![upstream.addr().to_string()];
+        config.admin.address = ADMIN.parse().expect("admin address");
+        let issuer: IssuerConfig = toml::from_str(&format!(
+            "issuer = {ISSUER:?}\naudiences = [\"api\"]\njwks_file = {jwks:?}\n"
+        ))
+        .expect("issuer table");
+        config.auth.issuers.insert("main".to_owned(), issuer);
+        config.routes[0].auth = RouteAuth {
+            mode: AuthMode::Required,
+            ..RouteAuth::default()
+        };
+        daemons.push(
+            edge.gateway
+                .spawn_daemon(&format!("{}{}", render(&config), fleet(name))),
+        );
+        upstreams.push(upstream);
+    }
+    daemons.push(start(b, &fleet("edge-b")));
+    for edge in &edges {
+        eventually(Duration::from_secs(20), "every edge ready", || ready(edge));
+        edge.topology.wait_until_settled();
+    }
+    let now = jsonwebtoken::get_current_timestamp();
+    let token = |jti: &str| {
+        key.sign(&serde_json::json!({
+            "iss": ISSUER, "aud": "api", "sub": "mallory", "jti": jti,
+            "iat": now, "exp": now + 600,
+        }))
+    };
+    // Used (and so cached) at A and C before the revocation, and one never seen.
+    let (used, fresh) = (token("used-1"), token("fresh-1"));
+    let innocent = key.sign(&serde_json::json!({
+        "iss": ISSUER, "aud": "api", "sub": "alice", "jti": "alice-1",
+        "iat": now, "exp": now + 600,
+    }));
+    let revoke = b
+        .gateway
+        .command(&["token", "revoke", "--sub", "mallory", "--reason", "leaked"]);
+    let local: std::net::IpAddr = CLIENT.parse().expect("address");
+    // At C, the token is verified and cached before the revocation too.
+    let (ca, warm) = (certs.edge_ca.cert_pem().to_owned(), used.clone());
+    c.topology.client.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let client = Client::builder(&ca, EDGE_NAME).local_address(local).build();
+            for _ in 0..2 {
+                assert_eq!(
+                    status_with(&client, PORT, &warm).await,
+                    200,
+                    "before the revocation"
+                );
+            }
+        });
+    });
+    let ca = certs.edge_ca.cert_pem().to_owned();
+    let used_at_c = used.clone();
+    // A's client keeps its connection open across the revocation.
+    let (took, fresh_statuses) = a.topology.client.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let client = Client::builder(&ca, EDGE_NAME).local_address(local).build();
+            for _ in 0..2 {
+                assert_eq!(
+                    status_with(&client, PORT, &used).await,
+                    200,
+                    "before the revocation"
+                );
+            }
+            let mut revoke = revoke;
+            let output = revoke.output().expect("running gateway token revoke on B");
+            assert!(output.status.success(), "{output:?}");
+            let started = Instant::now();
+            while status_with(&client, PORT, &used).await != 401 {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "still accepted at A after 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let took = started.elapsed();
+            assert_eq!(
+                status_with(&client, PORT, &innocent).await,
+                200,
+                "another subject is served"
+            );
+            (took, status_with(&client, PORT, &fresh).await)
+        })
+    });
+    println!(
+        "a revocation on edge-b refused a cached token on an open connection at edge-a after {took:?}"
+    );
+    assert_eq!(
+        fresh_statuses, 401,
+        "a token of the revoked subject never seen at A"
+    );
+    let fresh_c = token("fresh-2");
+    let ca = certs.edge_ca.cert_pem().to_owned();
+    let at_c = c.topology.client.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let client = Client::builder(&ca, EDGE_NAME).local_address(local).build();
+            let started = Instant::now();
+            while status_with(&client, PORT, &used_at_c).await != 401 {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "still accepted at C after 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            status_with(&client, PORT, &fresh_c).await
+        })
+    });
+    assert_eq!(at_c, 401);
+    for daemon in daemons {
+        daemon.stop();
+    }
+    drop(upstreams);
 }
