@@ -313,12 +313,23 @@ impl<'a> Lists<'a> {
                 },
             })
             .collect();
-        if let Err(err) = self.record(&lock, &ops) {
-            // Not durable, so not acknowledged: take it out of the kernel again.
+        self.record_or_undo(&lock, &ops, applied)?;
+        Ok(fleet)
+    }
+
+    /// Makes `ops` durable, or takes `applied` out of the kernel again: what
+    /// is not durable is not acknowledged.
+    fn record_or_undo(
+        &self,
+        lock: &ListsLock,
+        ops: &[Op],
+        applied: Applied,
+    ) -> Result<(), ListError> {
+        if let Err(err) = self.record(lock, ops) {
             self.undo(applied)?;
             return Err(err);
         }
-        Ok(fleet)
+        Ok(())
     }
 
     /// Puts shared blocks (decided elsewhere, or this node's own coming back)
@@ -372,10 +383,7 @@ impl<'a> Lists<'a> {
                 record: record.clone(),
             })
             .collect();
-        if let Err(err) = self.record(&lock, &ops) {
-            self.undo(applied)?;
-            return Err(err);
-        }
+        self.record_or_undo(&lock, &ops, applied)?;
         Ok(fresh.iter().map(|(cidr, _)| *cidr).collect())
     }
 

@@ -570,34 +570,59 @@ fn measure_block_propagation() {
     }
 }
 
-/// `n` WAF-tripping requests from `source` in `edge`'s client namespace to
-/// its listener on `port`; each must be answered 403.
-fn trip_waf(edge: &Edge, ca_pem: String, source: &str, port: u16, n: usize) {
-    let local: std::net::IpAddr = source.parse().expect("address");
-    let dest = SocketAddr::new(GATEWAY_V4.parse().expect("address"), port);
-    let statuses = edge.topology.client.run(move || {
+/// A config with a listener on the gateway address's `port` in front of
+/// `upstream`, and the admin endpoint where the rig asks for it.
+fn listener_config(certs: &Fleet, upstream: &Upstream, port: u16) -> Config {
+    let mut config = certs.config();
+    config.listeners[0].address = SocketAddr::new(GATEWAY_V4.parse().expect("address"), port);
+    config.upstreams.get_mut("fleet").expect("pool").endpoints = vec![upstream.addr().to_string()];
+    config.admin.address = ADMIN.parse().expect("admin address");
+    config
+}
+
+/// Runs `work` with one HTTPS client from `local` in `edge`'s client
+/// namespace (its connections stay open for all of `work`).
+fn with_client<T: Send + 'static, F: Future<Output = T>>(
+    edge: &Edge,
+    ca_pem: String,
+    local: std::net::IpAddr,
+    work: impl FnOnce(Client) -> F + Send + 'static,
+) -> T {
+    edge.topology.client.run(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         runtime.block_on(async move {
-            let client = Client::builder(&ca_pem, EDGE_NAME)
-                .local_address(local)
-                .build();
-            let mut statuses = Vec::new();
-            for _ in 0..n {
-                let request = http::Request::get("/search?q=%3Cscript%3Ealert(1)%3C/script%3E")
-                    .body(bytes::Bytes::new())
-                    .expect("request");
-                let response =
-                    tokio::time::timeout(Duration::from_secs(10), client.send(dest, request))
-                        .await
-                        .expect("answered within 10 s")
-                        .expect("a response");
-                statuses.push(response.status().as_u16());
-            }
-            statuses
+            work(
+                Client::builder(&ca_pem, EDGE_NAME)
+                    .local_address(local)
+                    .build(),
+            )
+            .await
         })
+    })
+}
+
+/// `n` WAF-tripping requests from `source` in `edge`'s client namespace to
+/// its listener on `port`; each must be answered 403.
+fn trip_waf(edge: &Edge, ca_pem: String, source: &str, port: u16, n: usize) {
+    let local: std::net::IpAddr = source.parse().expect("address");
+    let dest = SocketAddr::new(GATEWAY_V4.parse().expect("address"), port);
+    let statuses = with_client(edge, ca_pem, local, move |client| async move {
+        let mut statuses = Vec::new();
+        for _ in 0..n {
+            let request = http::Request::get("/search?q=%3Cscript%3Ealert(1)%3C/script%3E")
+                .body(bytes::Bytes::new())
+                .expect("request");
+            let response =
+                tokio::time::timeout(Duration::from_secs(10), client.send(dest, request))
+                    .await
+                    .expect("answered within 10 s")
+                    .expect("a response");
+            statuses.push(response.status().as_u16());
+        }
+        statuses
     });
     assert!(statuses.iter().all(|status| *status == 403), "{statuses:?}");
 }
@@ -617,16 +642,12 @@ fn the_abuse_loop_on_one_edge_drops_the_client_at_the_others_but_not_past_an_all
         .netns(&a.topology.gateway)
         .start();
     const PORT: u16 = 8443;
-    let mut config_a = certs.config();
-    config_a.listeners[0].address = SocketAddr::new(GATEWAY_V4.parse().expect("address"), PORT);
-    config_a.upstreams.get_mut("fleet").expect("pool").endpoints =
-        vec![upstream.addr().to_string()];
+    let mut config_a = listener_config(&certs, &upstream, PORT);
     config_a.xdp = XdpSection {
         enabled: true,
         interface: a.topology.gw_iface.clone(),
         ..XdpSection::default()
     };
-    config_a.admin.address = ADMIN.parse().expect("admin address");
     config_a.abuse = AbuseSection {
         enabled: true,
         weights: gateway::config::abuse::Weights {
@@ -745,11 +766,7 @@ fn a_revocation_on_one_edge_refuses_the_token_at_the_others_cached_or_not() {
         let upstream = Upstream::builder(name, &server, certs.fleet_ca.cert_pem())
             .netns(&edge.topology.gateway)
             .start();
-        let mut config = certs.config();
-        config.listeners[0].address = SocketAddr::new(GATEWAY_V4.parse().expect("address"), PORT);
-        config.upstreams.get_mut("fleet").expect("pool").endpoints =
-            vec![upstream.addr().to_string()];
-        config.admin.address = ADMIN.parse().expect("admin address");
+        let mut config = listener_config(&certs, &upstream, PORT);
         let issuer: IssuerConfig = toml::from_str(&format!(
             "issuer = {ISSUER:?}\naudiences = [\"api\"]\njwks_file = {jwks:?}\n"
         ))
@@ -789,58 +806,44 @@ fn a_revocation_on_one_edge_refuses_the_token_at_the_others_cached_or_not() {
     let local: std::net::IpAddr = CLIENT.parse().expect("address");
     // At C, the token is verified and cached before the revocation too.
     let (ca, warm) = (certs.edge_ca.cert_pem().to_owned(), used.clone());
-    c.topology.client.run(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let client = Client::builder(&ca, EDGE_NAME).local_address(local).build();
-            for _ in 0..2 {
-                assert_eq!(
-                    status_with(&client, PORT, &warm).await,
-                    200,
-                    "before the revocation"
-                );
-            }
-        });
+    with_client(c, ca, local, move |client| async move {
+        for _ in 0..2 {
+            assert_eq!(
+                status_with(&client, PORT, &warm).await,
+                200,
+                "before the revocation"
+            );
+        }
     });
     let ca = certs.edge_ca.cert_pem().to_owned();
     let used_at_c = used.clone();
     // A's client keeps its connection open across the revocation.
-    let (took, fresh_statuses) = a.topology.client.run(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let client = Client::builder(&ca, EDGE_NAME).local_address(local).build();
-            for _ in 0..2 {
-                assert_eq!(
-                    status_with(&client, PORT, &used).await,
-                    200,
-                    "before the revocation"
-                );
-            }
-            let mut revoke = revoke;
-            let output = revoke.output().expect("running gateway token revoke on B");
-            assert!(output.status.success(), "{output:?}");
-            let started = Instant::now();
-            while status_with(&client, PORT, &used).await != 401 {
-                assert!(
-                    started.elapsed() < Duration::from_secs(10),
-                    "still accepted at A after 10 s"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let took = started.elapsed();
+    let (took, fresh_statuses) = with_client(a, ca, local, move |client| async move {
+        for _ in 0..2 {
             assert_eq!(
-                status_with(&client, PORT, &innocent).await,
+                status_with(&client, PORT, &used).await,
                 200,
-                "another subject is served"
+                "before the revocation"
             );
-            (took, status_with(&client, PORT, &fresh).await)
-        })
+        }
+        let mut revoke = revoke;
+        let output = revoke.output().expect("running gateway token revoke on B");
+        assert!(output.status.success(), "{output:?}");
+        let started = Instant::now();
+        while status_with(&client, PORT, &used).await != 401 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "still accepted at A after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = started.elapsed();
+        assert_eq!(
+            status_with(&client, PORT, &innocent).await,
+            200,
+            "another subject is served"
+        );
+        (took, status_with(&client, PORT, &fresh).await)
     });
     println!(
         "a revocation on edge-b refused a cached token on an open connection at edge-a after {took:?}"
@@ -851,23 +854,16 @@ fn a_revocation_on_one_edge_refuses_the_token_at_the_others_cached_or_not() {
     );
     let fresh_c = token("fresh-2");
     let ca = certs.edge_ca.cert_pem().to_owned();
-    let at_c = c.topology.client.run(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let client = Client::builder(&ca, EDGE_NAME).local_address(local).build();
-            let started = Instant::now();
-            while status_with(&client, PORT, &used_at_c).await != 401 {
-                assert!(
-                    started.elapsed() < Duration::from_secs(10),
-                    "still accepted at C after 10 s"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            status_with(&client, PORT, &fresh_c).await
-        })
+    let at_c = with_client(c, ca, local, move |client| async move {
+        let started = Instant::now();
+        while status_with(&client, PORT, &used_at_c).await != 401 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "still accepted at C after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        status_with(&client, PORT, &fresh_c).await
     });
     assert_eq!(at_c, 401);
     for daemon in daemons {

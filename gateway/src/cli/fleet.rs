@@ -9,8 +9,8 @@ use gateway::{
     config::Config,
     config::secret::redacted_url,
     fleet::{
-        Link, status,
-        stream::{self, Set, Wire},
+        Link, blocks, status,
+        stream::{self, Set},
         sync,
     },
     lists::{ListKind, Lists},
@@ -128,13 +128,7 @@ impl SharedChange {
         let failed = self.runtime.block_on(async {
             let mut failed = 0;
             for cidr in entries {
-                let wire = Wire {
-                    key: cidr.to_string(),
-                    origin: shared.origin.clone(),
-                    reason: reason.to_owned(),
-                    version: shared.version,
-                    expires_at_ms: shared.expires_at_ms,
-                };
+                let wire = blocks::wire(cidr, reason, &shared);
                 if stream::put(&self.link, Set::Blocks, &wire).await.is_err() {
                     failed += 1;
                 }

@@ -56,12 +56,12 @@ pub enum Refused {
     Invalid(String),
 }
 
-/// A local shared block as it goes to Redis.
-pub fn wire(cidr: &Cidr, record: &Record, shared: &Shared) -> Wire {
+/// A shared block as it goes to Redis.
+pub fn wire(cidr: &Cidr, reason: &str, shared: &Shared) -> Wire {
     Wire {
         key: cidr.to_string(),
         origin: shared.origin.clone(),
-        reason: record.reason.clone(),
+        reason: reason.to_owned(),
         version: shared.version,
         expires_at_ms: shared.expires_at_ms,
     }

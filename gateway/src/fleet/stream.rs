@@ -212,12 +212,18 @@ pub async fn put(link: &Link, set: Set, wire: &Wire) -> Result<bool, FleetError>
         .arg(wire.version)
         .arg(STREAM_LENGTH)
         .arg(set.name());
-    let took: i64 = link
-        .within(link.background_timeout(), |mut conn| async move {
-            invocation.invoke_async(&mut conn).await
-        })
-        .await?;
-    Ok(took == 1)
+    Ok(background::<i64>(link, &invocation).await? == 1)
+}
+
+/// Runs a script within the link's background bound.
+async fn background<T: redis::FromRedisValue>(
+    link: &Link,
+    invocation: &redis::ScriptInvocation<'_>,
+) -> Result<T, FleetError> {
+    link.within(link.background_timeout(), |mut conn| async move {
+        invocation.invoke_async(&mut conn).await
+    })
+    .await
 }
 
 /// Removes `key` from `set` as of `version`; returns whether it took effect.
@@ -231,12 +237,7 @@ pub async fn remove(link: &Link, set: Set, key: &str, version: u64) -> Result<bo
         .arg(version)
         .arg(STREAM_LENGTH)
         .arg(set.name());
-    let took: i64 = link
-        .within(link.background_timeout(), |mut conn| async move {
-            invocation.invoke_async(&mut conn).await
-        })
-        .await?;
-    Ok(took == 1)
+    Ok(background::<i64>(link, &invocation).await? == 1)
 }
 
 /// Both sets as of now, and where the stream stands.
@@ -250,11 +251,8 @@ pub async fn snapshot(link: &Link, now_ms: u64) -> Result<Snapshot, FleetError> 
         .key(stream(link))
         .arg(now_ms)
         .arg(u64::try_from(TOMBSTONE_KEEP.as_millis()).unwrap_or(u64::MAX));
-    let (last_id, blocks, revocations): (String, Vec<String>, Vec<String>) = link
-        .within(link.background_timeout(), |mut conn| async move {
-            invocation.invoke_async(&mut conn).await
-        })
-        .await?;
+    let (last_id, blocks, revocations): (String, Vec<String>, Vec<String>) =
+        background(link, &invocation).await?;
     Ok(Snapshot {
         last_id,
         blocks: pairs(blocks),

@@ -145,7 +145,7 @@ impl Mirror {
                     match Lists::new(maps, &self.state).shared() {
                         Ok(entries) => held.extend(entries.iter().filter_map(|(cidr, record)| {
                             let shared = record.fleet.as_ref()?;
-                            Some((Set::Blocks, blocks::wire(cidr, record, shared)))
+                            Some((Set::Blocks, blocks::wire(cidr, &record.reason, shared)))
                         })),
                         Err(err) => warn!(%err, "reading the shared blocks to republish failed"),
                     }
@@ -336,13 +336,7 @@ impl Mirror {
     /// Publishes a block this edge just made (off the loop; when Redis does
     /// not take it, it stays local and goes out on the next link epoch).
     pub fn publish_block(&self, cidr: &Cidr, reason: &str, shared: &Shared) {
-        let wire = Wire {
-            key: cidr.to_string(),
-            origin: shared.origin.clone(),
-            reason: reason.to_owned(),
-            version: shared.version,
-            expires_at_ms: shared.expires_at_ms,
-        };
+        let wire = blocks::wire(cidr, reason, shared);
         let link = self.link.clone();
         tokio::spawn(async move {
             if let Err(err) = stream::put(&link, Set::Blocks, &wire).await {
