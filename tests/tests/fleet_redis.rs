@@ -334,6 +334,10 @@ fn blocks_and_revocations_cross_every_edge() {
     let entry = listed(b, CLIENT).expect("on B's blocklist");
     assert_eq!(entry["origin"], "edge-a", "{entry}");
     assert_eq!(entry["source"], "fleet", "{entry}");
+    let status = c
+        .gateway
+        .json(&["fleet", "status", "--config", &config_path(c)]);
+    assert_eq!(status["shared"]["blocks"], 1, "{status}");
     assert_eq!(entry["reason"], "scanner", "{entry}");
     let explained = b.gateway.ok(&["explain", CLIENT]);
     assert!(explained.contains("edge-a"), "{explained}");

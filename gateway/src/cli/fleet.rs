@@ -32,15 +32,25 @@ pub fn status(ctx: &Context, path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let nodes = runtime.block_on(async {
+    let (nodes, shared) = runtime.block_on(async {
         link.connect()
             .await
             .with_context(|| format!("connecting to {}", redacted_url(&section.redis_url)))?;
-        status::nodes(&link).await.context("reading the heartbeats")
+        let nodes = status::nodes(&link)
+            .await
+            .context("reading the heartbeats")?;
+        let shared = status::set_sizes(&link)
+            .await
+            .context("reading the shared sets' sizes")?;
+        anyhow::Ok((nodes, shared))
     })?;
     if ctx.json {
-        return print_json(&serde_json::json!({ "nodes": nodes }));
+        return print_json(&serde_json::json!({ "nodes": nodes, "shared": shared }));
     }
+    println!(
+        "shared: {} blocks, {} revocations",
+        shared.blocks, shared.revocations
+    );
     if nodes.is_empty() {
         println!("no gateway has sent a heartbeat yet");
         return Ok(());

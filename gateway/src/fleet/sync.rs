@@ -465,7 +465,12 @@ async fn tail(
         let last_id = match resync(&link, &requests, &state).await {
             Ok(last_id) => last_id,
             Err(err) => {
-                warn!(%err, "synchronising with the fleet's shared sets failed; retrying");
+                // While the link is going down this is expected; the link logs that.
+                if link.is_connected() {
+                    warn!(%err, "synchronising with the fleet's shared sets failed; retrying");
+                } else {
+                    debug!(%err, "synchronising with the fleet's shared sets failed; retrying");
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }

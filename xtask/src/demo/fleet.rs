@@ -294,9 +294,7 @@ fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> any
 }
 
 fn network() -> anyhow::Result<()> {
-    let mut namespaces = vec![CLIENT_NS, REDIS_NS];
-    namespaces.extend(EDGES.iter().map(|edge| edge.ns));
-    for ns in namespaces {
+    for ns in namespaces() {
         ip(&["netns", "add", ns])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
     }
@@ -354,6 +352,12 @@ fn network() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn namespaces() -> impl Iterator<Item = &'static str> {
+    [CLIENT_NS, REDIS_NS]
+        .into_iter()
+        .chain(EDGES.iter().map(|edge| edge.ns))
+}
+
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     util::run(Command::new("ip").args(args))
 }
@@ -364,9 +368,7 @@ fn teardown(gateway: &Path) {
         let _ = edge.gateway(gateway, &["xdp", "detach"]).output();
         let _ = fs::remove_dir_all(edge.pin_dir());
     }
-    let mut namespaces = vec![CLIENT_NS, REDIS_NS];
-    namespaces.extend(EDGES.iter().map(|edge| edge.ns));
-    for ns in namespaces {
+    for ns in namespaces() {
         let _ = Command::new("ip").args(["netns", "del", ns]).output();
     }
     let _ = fs::remove_dir_all(WORK_DIR);
