@@ -23,6 +23,20 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// Milliseconds since the Unix epoch, now: the fleet's clock for shared expiries.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// The kernel-clock instant of a Unix time in ms; the past maps to now.
+pub fn kernel_ns_at_unix_ms(unix_ms: u64) -> u64 {
+    kernel_ns_after(Duration::from_millis(unix_ms.saturating_sub(unix_now_ms())))
+}
+
 /// The kernel-clock instant `ttl` from now.
 pub fn kernel_ns_after(ttl: Duration) -> u64 {
     kernel_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))

@@ -25,7 +25,7 @@ use crate::{
     clock,
     config::Config,
     control::{self, ReloadVerdict},
-    fleet::{Link, LinkSetupError},
+    fleet::{Link, LinkSetupError, sync::Mirror},
     lists::{ListError, ListKind, Lists, Sweeper},
     observe::admin::{self, AdminState},
     policy::quota::Quotas,
@@ -172,6 +172,14 @@ pub async fn run(
         })
         .map(AbortOnDrop)
         .collect();
+    // Shared blocks and revocations: applied and published on this loop.
+    let (mut mirror, _mirror_task) = match (&fleet, &config.fleet) {
+        (Some(link), Some(section)) => {
+            let (mirror, task) = Mirror::start(link, section, state);
+            (Some(mirror), Some(AbortOnDrop(task)))
+        }
+        _ => (None, None),
+    };
     let proxy = if config.listeners.is_empty() {
         None
     } else {
@@ -192,6 +200,7 @@ pub async fn run(
         proxy.as_ref(),
         kernel.is_some().then(|| (pins.clone(), state.clone())),
         fleet.as_ref(),
+        mirror.as_ref(),
     )
     .await?;
 
@@ -243,7 +252,15 @@ pub async fn run(
                 let _ = request.reply.send(verdict);
             }
             Some(request) = block_requests.recv() => {
-                block(kernel.as_ref(), state, &mut provenance, request);
+                block(kernel.as_ref(), state, &mut provenance, mirror.as_ref(), request);
+            }
+            Some(request) = mirror_request(&mut mirror) => {
+                if let Some(mirror) = &mut mirror
+                    && mirror.handle(request, kernel.as_ref().map(|kernel| &kernel.maps))
+                    && let Some(proxy) = &proxy
+                {
+                    proxy.reload_revocations();
+                }
             }
             _ = watchdog.tick(), if notify.watchdog_interval().is_some() => notify.watchdog(),
             _ = sweep.tick() => {
@@ -252,10 +269,16 @@ pub async fn run(
                 }
                 end_blocks(kernel.as_ref(), state, &mut provenance, &abuse);
                 save_quotas(&quotas, state);
+                if let Some(mirror) = &mut mirror {
+                    mirror.revocations_now();
+                }
             }
             _ = user2.recv() => {
                 if let Some(proxy) = &proxy {
                     proxy.reload_revocations();
+                }
+                if let Some(mirror) = &mut mirror {
+                    mirror.revocations_now();
                 }
             }
             _ = revocations.tick(), if proxy.is_some() => {
@@ -329,11 +352,15 @@ async fn start_admin(
     proxy: Option<&Proxy>,
     kernel: Option<(PinDir, StateDir)>,
     fleet: Option<&Link>,
+    mirror: Option<&Mirror>,
 ) -> Result<Arc<AdminState>, DaemonError> {
     let mut state = AdminState::new(config, proxy.map(Proxy::snapshots), kernel);
-    if let Some(link) = fleet {
+    let started = std::time::Instant::now();
+    if let Some(mirror) = mirror {
+        let ready = mirror.readiness();
+        state.add_ready_check("fleet", Box::new(move || ready(started.elapsed())));
+    } else if let Some(link) = fleet {
         let link = link.clone();
-        let started = std::time::Instant::now();
         state.add_ready_check("fleet", Box::new(move || link.ready(started.elapsed())));
     }
     let state = Arc::new(state);
@@ -347,6 +374,14 @@ async fn start_admin(
     }
     crate::observe::alerts::spawn(&config.alerts, state.clone());
     Ok(state)
+}
+
+/// The fleet's next request; never resolves without a fleet.
+async fn mirror_request(mirror: &mut Option<Mirror>) -> Option<crate::fleet::sync::Request> {
+    match mirror {
+        Some(mirror) => mirror.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A background task that ends with the daemon's loop.
@@ -559,6 +594,7 @@ fn block(
     kernel: Option<&KernelPlane>,
     state: &StateDir,
     provenance: &mut ProvenanceFile,
+    mirror: Option<&Mirror>,
     mut request: BlockRequest,
 ) {
     let signals: Vec<String> = request
@@ -569,13 +605,20 @@ fn block(
         .collect();
     let reason = format!("abuse: {}", signals.join(" "));
     let applied = kernel.is_some_and(|kernel| {
-        match Lists::new(&kernel.maps, state).add(
-            ListKind::Block,
-            &[request.cidr],
-            Some(request.ttl),
-            &reason,
-            Source::Daemon,
-        ) {
+        let lists = Lists::new(&kernel.maps, state);
+        let added = match mirror.filter(|mirror| mirror.shares_blocks()) {
+            Some(mirror) => lists
+                .add_shared(&[request.cidr], Some(request.ttl), &reason, Source::Daemon, mirror.node())
+                .map(|shared| mirror.publish_block(&request.cidr, &reason, &shared)),
+            None => lists.add(
+                ListKind::Block,
+                &[request.cidr],
+                Some(request.ttl),
+                &reason,
+                Source::Daemon,
+            ),
+        };
+        match added {
             Ok(()) => true,
             Err(err) => {
                 error!(address = %request.cidr, %err, "putting an abuse block into the kernel failed");

@@ -36,7 +36,7 @@ use self::journal::Op;
 use crate::{
     addr::{Cidr, MapKey},
     clock,
-    state::{self, ListsLock, Record, Source, StateDir, StateError},
+    state::{self, ListsLock, Record, Shared, Source, StateDir, StateError},
     xdp::{KernelMaps, KeyOps, Table, Undo, XdpError},
 };
 
@@ -179,6 +179,9 @@ pub struct Entry {
     pub hits: Option<u64>,
     /// Bytes of those packets.
     pub bytes: Option<u64>,
+    /// The fleet node that decided a shared entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// An entry as the kernel holds it.
@@ -194,6 +197,17 @@ struct KernelEntry {
 pub struct Sweep {
     /// Entries whose TTL ran out and that were removed.
     pub expired: Vec<(ListKind, Cidr)>,
+}
+
+/// Which shared blocks [`Lists::remove_shared`] removes.
+pub enum SharedRemoval<'a> {
+    /// These, each unless it is newer than its removal's version.
+    Each(&'a [(Cidr, u64)]),
+    /// Every shared block older than `before` (ms) that is not in `keep`.
+    AllBut {
+        keep: &'a HashSet<Cidr>,
+        before: u64,
+    },
 }
 
 /// An entry as it goes into the kernel.
@@ -255,12 +269,51 @@ impl<'a> Lists<'a> {
         reason: &str,
         source: Source,
     ) -> Result<(), ListError> {
+        self.add_marked(kind, cidrs, ttl, reason, source, None)
+            .map(drop)
+    }
+
+    /// [`add`](Self::add), marked as shared with the fleet and decided by
+    /// `origin` (this node); returns the mark, for publishing.
+    pub fn add_shared(
+        &self,
+        cidrs: &[Cidr],
+        ttl: Option<Duration>,
+        reason: &str,
+        source: Source,
+        origin: &str,
+    ) -> Result<Shared, ListError> {
+        let shared = self.add_marked(ListKind::Block, cidrs, ttl, reason, source, Some(origin))?;
+        Ok(shared.unwrap_or_else(|| Shared {
+            origin: origin.to_owned(),
+            version: 0,
+            expires_at_ms: None,
+        }))
+    }
+
+    fn add_marked(
+        &self,
+        kind: ListKind,
+        cidrs: &[Cidr],
+        ttl: Option<Duration>,
+        reason: &str,
+        source: Source,
+        origin: Option<&str>,
+    ) -> Result<Option<Shared>, ListError> {
         if let Some(ttl) = ttl {
             check_ttl(ttl)?;
         }
         let cidrs = unique(cidrs);
         let lock = self.state.lock_lists()?;
         let now = clock::unix_now();
+        let now_ms = clock::unix_now_ms();
+        let fleet = origin.map(|origin| Shared {
+            origin: origin.to_owned(),
+            version: now_ms,
+            expires_at_ms: ttl.map(|ttl| {
+                now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            }),
+        });
         let expires_at_ns = ttl.map_or(NO_EXPIRY, clock::kernel_ns_after);
         // Rounded up, so a restored block never lifts early.
         let expires_at = ttl.map(|ttl| now + ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0));
@@ -283,15 +336,136 @@ impl<'a> Lists<'a> {
                     source,
                     added_at: now,
                     expires_at,
+                    fleet: fleet.clone(),
                 },
             })
             .collect();
-        if let Err(err) = self.record(&lock, &ops) {
-            // Not durable, so not acknowledged: take it out of the kernel again.
+        self.record_or_undo(&lock, &ops, applied)?;
+        Ok(fleet)
+    }
+
+    /// Makes `ops` durable, or takes `applied` out of the kernel again: what
+    /// is not durable is not acknowledged.
+    fn record_or_undo(
+        &self,
+        lock: &ListsLock,
+        ops: &[Op],
+        applied: Applied,
+    ) -> Result<(), ListError> {
+        if let Err(err) = self.record(lock, ops) {
             self.undo(applied)?;
             return Err(err);
         }
         Ok(())
+    }
+
+    /// Puts shared blocks (decided elsewhere, or this node's own coming back)
+    /// on the blocklist with their wall-clock expiry and provenance. Skips
+    /// an entry that has expired, one the config put there, and one already
+    /// held at the same or a newer version. Returns what it put.
+    pub fn put_shared(&self, entries: &[(Cidr, Record)]) -> Result<Vec<Cidr>, ListError> {
+        let lock = self.state.lock_lists()?;
+        let lists = load(&lock, self.state)?;
+        let now_ms = clock::unix_now_ms();
+        let fresh: Vec<&(Cidr, Record)> = entries
+            .iter()
+            .filter(|(cidr, record)| {
+                let Some(shared) = &record.fleet else {
+                    return false;
+                };
+                if shared.expires_at_ms.is_some_and(|at| at <= now_ms) {
+                    return false;
+                }
+                match lists.blocklist.get(cidr) {
+                    Some(held) if held.source == Source::Config => false,
+                    Some(held) => held
+                        .fleet
+                        .as_ref()
+                        .is_none_or(|mine| mine.version < shared.version),
+                    None => true,
+                }
+            })
+            .collect();
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        let puts: Vec<Put> = fresh
+            .iter()
+            .map(|(cidr, record)| Put {
+                cidr: *cidr,
+                expires_at_ns: record
+                    .fleet
+                    .as_ref()
+                    .and_then(|shared| shared.expires_at_ms)
+                    .map_or(NO_EXPIRY, clock::kernel_ns_at_unix_ms),
+                reason: reason_code(record.source),
+            })
+            .collect();
+        let applied = self.put_all(ListKind::Block, &puts)?;
+        let ops: Vec<Op> = fresh
+            .iter()
+            .map(|(cidr, record)| Op::Put {
+                list: ListKind::Block,
+                cidr: *cidr,
+                record: record.clone(),
+            })
+            .collect();
+        self.record_or_undo(&lock, &ops, applied)?;
+        Ok(fresh.iter().map(|(cidr, _)| *cidr).collect())
+    }
+
+    /// Removes shared blocks the fleet removed: each entry goes when it is
+    /// shared and its version is not newer than the removal's, or, with
+    /// `keep`, every shared block not in `keep` that is older than `before`
+    /// (a resynchronisation with the fleet's whole set). Returns what it removed.
+    pub fn remove_shared(&self, removal: SharedRemoval<'_>) -> Result<Vec<Cidr>, ListError> {
+        let lock = self.state.lock_lists()?;
+        let lists = load(&lock, self.state)?;
+        let gone: Vec<Cidr> = lists
+            .blocklist
+            .iter()
+            .filter_map(|(cidr, record)| {
+                let shared = record.fleet.as_ref()?;
+                let goes = match &removal {
+                    SharedRemoval::Each(entries) => entries
+                        .iter()
+                        .any(|(gone, version)| gone == cidr && shared.version <= *version),
+                    SharedRemoval::AllBut { keep, before } => {
+                        !keep.contains(cidr) && shared.version < *before
+                    }
+                };
+                goes.then_some(*cidr)
+            })
+            .collect();
+        if gone.is_empty() {
+            return Ok(gone);
+        }
+        self.delete_all(ListKind::Block, &gone)?;
+        let ops: Vec<Op> = gone
+            .iter()
+            .map(|cidr| Op::Remove {
+                list: ListKind::Block,
+                cidr: *cidr,
+            })
+            .collect();
+        self.record(&lock, &ops)?;
+        Ok(gone)
+    }
+
+    /// The unexpired blocklist entries shared with the fleet, whoever decided them.
+    pub fn shared(&self) -> Result<Vec<(Cidr, Record)>, ListError> {
+        let lists = load(&self.state.lock_lists()?, self.state)?;
+        let now_ms = clock::unix_now_ms();
+        Ok(lists
+            .blocklist
+            .into_iter()
+            .filter(|(_, record)| {
+                record
+                    .fleet
+                    .as_ref()
+                    .is_some_and(|shared| shared.expires_at_ms.is_none_or(|at| at > now_ms))
+            })
+            .collect())
     }
 
     /// Removes entries; returns, for each, whether the kernel had it.
@@ -343,6 +517,10 @@ impl<'a> Lists<'a> {
                     cidr: entry.cidr,
                     source: record.as_ref().map_or(Source::Kernel, |r| r.source),
                     added_at: record.as_ref().map(|r| r.added_at),
+                    origin: record
+                        .as_ref()
+                        .and_then(|r| r.fleet.as_ref())
+                        .map(|shared| shared.origin.clone()),
                     reason: record
                         .map_or_else(|| reason_name(entry.reason).to_owned(), |r| r.reason),
                     expires_at,
@@ -392,6 +570,7 @@ impl<'a> Lists<'a> {
                     source: Source::Config,
                     added_at: clock::unix_now(),
                     expires_at: None,
+                    fleet: None,
                 },
             }));
         }
@@ -882,6 +1061,7 @@ impl Sweeper {
                         added_at: clock::unix_now(),
                         expires_at: (entry.expires_at_ns != NO_EXPIRY)
                             .then(|| clock::unix_at_kernel_ns(entry.expires_at_ns)),
+                        fleet: None,
                     },
                 });
             }
@@ -905,7 +1085,7 @@ fn expired(expires_at_ns: u64, now: u64) -> bool {
 
 fn reason_code(source: Source) -> u32 {
     match source {
-        Source::Cli | Source::Config => block_reason::MANUAL,
+        Source::Cli | Source::Config | Source::Fleet => block_reason::MANUAL,
         Source::Daemon => block_reason::ABUSE,
         Source::Kernel => block_reason::RESTORED,
     }

@@ -120,6 +120,8 @@ pub enum Source {
     Daemon,
     /// Found in the kernel map with no record (added by another tool).
     Kernel,
+    /// Another gateway of the fleet (see [`Record::fleet`] for which).
+    Fleet,
 }
 
 impl Source {
@@ -130,6 +132,7 @@ impl Source {
             Source::Config => "config",
             Source::Daemon => "daemon",
             Source::Kernel => "kernel",
+            Source::Fleet => "fleet",
         }
     }
 }
@@ -143,6 +146,21 @@ pub struct Record {
     pub added_at: u64,
     /// Unix seconds; `None` for never.
     pub expires_at: Option<u64>,
+    /// Set when the entry is shared with the fleet: who decided it, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<Shared>,
+}
+
+/// A shared block's provenance in the fleet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shared {
+    /// The node that decided it.
+    pub origin: String,
+    /// When it was decided, ms since the Unix epoch (the origin's clock): a
+    /// later put or removal of the same entry wins.
+    pub version: u64,
+    /// When it ends, ms since the Unix epoch; `None` for never.
+    pub expires_at_ms: Option<u64>,
 }
 
 /// The contents of `lists.json`.

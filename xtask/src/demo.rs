@@ -14,6 +14,7 @@
 //! of that by running the printed commands.
 
 mod check;
+mod fleet;
 mod steps;
 
 pub use self::check::run as check;
@@ -65,6 +66,10 @@ pub struct Args {
     /// of running setup and building them.
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
+    /// Two gateways and one Redis instead: a block made on one edge crosses to
+    /// the other's XDP map (see docs/fleet.md); runs to the end by itself.
+    #[arg(long, conflicts_with = "check")]
+    pub fleet: bool,
 }
 
 pub fn run(ws: &Workspace, args: &Args) -> anyhow::Result<()> {
@@ -88,6 +93,9 @@ pub fn run(ws: &Workspace, args: &Args) -> anyhow::Result<()> {
     }
     if args.check {
         return check::run(&bins);
+    }
+    if args.fleet {
+        return fleet::run(&bins);
     }
     let gateway = bins.join("gateway");
     teardown(&gateway);

@@ -40,6 +40,9 @@ pub struct Revocation {
     pub added_at: u64,
     /// Unix seconds after which the entry no longer applies; `None`: forever.
     pub until: Option<u64>,
+    /// Set when another gateway of the fleet revoked it (see `fleet::revocations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<state::Shared>,
 }
 
 impl Revocation {

@@ -112,9 +112,14 @@ pub fn run(ctx: &Context, address: IpAddr) -> anyhow::Result<()> {
         Ok(_) => {
             for entry in live {
                 println!(
-                    "kernel: {} on the blocklist ({}), dropped {} packets / {} bytes since the block{}",
+                    "kernel: {} on the blocklist ({}{}), dropped {} packets / {} bytes since the block{}",
                     entry.cidr,
                     escape(&entry.reason),
+                    entry
+                        .origin
+                        .as_ref()
+                        .map(|origin| format!("; shared, decided by fleet node {}", escape(origin)))
+                        .unwrap_or_default(),
                     entry.hits.map_or_else(|| "?".to_owned(), |h| h.to_string()),
                     entry
                         .bytes

@@ -13,7 +13,8 @@ use gateway::{
 };
 
 use super::{
-    Context, EntryArg, EntryArgs, ListCommand, exit::UsageError, format_unix, print_json, table,
+    AddArgs, Context, EntryArg, EntryArgs, ListCommand, RemoveArgs, exit::UsageError, fleet,
+    format_unix, print_json, table,
 };
 
 /// Up to this many entries, `add` and `remove` print one line per entry and the
@@ -24,14 +25,23 @@ pub fn run(ctx: &Context, kind: ListKind, command: ListCommand) -> anyhow::Resul
     // Read and check every entry before touching the kernel: a bad line applies nothing.
     let entries = match &command {
         ListCommand::Add(args) => collect(&args.entries)?,
-        ListCommand::Remove(args) => collect(args)?,
+        ListCommand::Remove(args) => collect(&args.entries)?,
         ListCommand::List | ListCommand::Flush => Vec::new(),
+    };
+    let shared = match &command {
+        ListCommand::Add(AddArgs { fleet, .. }) | ListCommand::Remove(RemoveArgs { fleet, .. }) => {
+            fleet::shared(kind, fleet)?
+        }
+        ListCommand::List | ListCommand::Flush => None,
     };
     let maps = KernelMaps::open(&ctx.pins)?;
     let lists = Lists::new(&maps, &ctx.state);
     match command {
         ListCommand::Add(args) => {
-            lists.add(kind, &entries, args.ttl, &args.reason, Source::Cli)?;
+            match &shared {
+                Some(fleet) => fleet.add(&lists, &entries, args.ttl, &args.reason)?,
+                None => lists.add(kind, &entries, args.ttl, &args.reason, Source::Cli)?,
+            }
             tracing::info!(
                 target: "audit",
                 event = "list_add",
@@ -68,6 +78,9 @@ pub fn run(ctx: &Context, kind: ListKind, command: ListCommand) -> anyhow::Resul
         }
         ListCommand::Remove(_) => {
             let found = lists.remove(kind, &entries)?;
+            if let Some(fleet) = &shared {
+                fleet.remove(&ctx.state, &entries);
+            }
             let removed: Vec<_> = entries
                 .iter()
                 .zip(&found)
@@ -138,7 +151,10 @@ pub fn run(ctx: &Context, kind: ListKind, command: ListCommand) -> anyhow::Resul
                             .expires_at
                             .map_or_else(|| "never".to_owned(), format_unix),
                         entry.hits.map_or_else(|| "-".to_owned(), |n| n.to_string()),
-                        entry.source.as_str().to_owned(),
+                        match &entry.origin {
+                            Some(origin) => format!("{} ({origin})", entry.source.as_str()),
+                            None => entry.source.as_str().to_owned(),
+                        },
                         entry.reason.clone(),
                     ]
                 })

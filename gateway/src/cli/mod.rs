@@ -231,7 +231,7 @@ enum ListCommand {
     /// Add addresses or CIDRs: all of them, or none when the map has no room.
     Add(AddArgs),
     /// Remove addresses or CIDRs.
-    Remove(EntryArgs),
+    Remove(RemoveArgs),
     /// Show the live entries.
     List,
     /// Remove every entry.
@@ -280,6 +280,28 @@ struct AddArgs {
     /// Why, for the record.
     #[arg(long, default_value = "manual")]
     reason: String,
+    #[command(flatten)]
+    fleet: FleetArgs,
+}
+
+#[derive(Debug, Args)]
+struct RemoveArgs {
+    #[command(flatten)]
+    entries: EntryArgs,
+    #[command(flatten)]
+    fleet: FleetArgs,
+}
+
+/// `--fleet`: the change is shared with every gateway of the config's `[fleet]`.
+#[derive(Debug, Args)]
+struct FleetArgs {
+    /// Share the change with every gateway of the fleet (blocklist only;
+    /// needs --config with a [fleet] section).
+    #[arg(long, requires = "config")]
+    fleet: bool,
+    /// Configuration file (TOML) whose `[fleet]` names the Redis (with --fleet).
+    #[arg(long, requires = "fleet")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -28,6 +28,7 @@ pub fn run(ctx: &Context, command: TokenCommand) -> anyhow::Result<()> {
                 reason,
                 added_at: now,
                 until,
+                fleet: None,
             };
             let id = ctx.state.update(REVOCATIONS, |list: &mut Denylist| {
                 let (kind, id) = target.pick(list);

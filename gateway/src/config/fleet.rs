@@ -70,6 +70,22 @@ pub struct FleetSection {
     /// when Redis cannot be asked within the budget.
     #[serde(default)]
     pub quota_when_unreachable: Unreachable,
+    /// The widest IPv4 prefix a shared block may cover: a wider one read from
+    /// Redis (another writer, a mistake) is refused, so no entry there can
+    /// block everyone. Local blocks are not limited by this.
+    #[serde(default = "default_widest_v4")]
+    pub widest_block_v4: u8,
+    /// The same for IPv6.
+    #[serde(default = "default_widest_v6")]
+    pub widest_block_v6: u8,
+}
+
+fn default_widest_v4() -> u8 {
+    16
+}
+
+fn default_widest_v6() -> u8 {
+    32
 }
 
 /// How `redis_url` and `more_nodes` are read.
@@ -197,6 +213,12 @@ impl FleetSection {
                     .to_owned(),
             );
         }
+        if self.widest_block_v4 > 32 {
+            problems.push("fleet.widest_block_v4: a prefix length, 0 to 32".to_owned());
+        }
+        if self.widest_block_v6 > 128 {
+            problems.push("fleet.widest_block_v6: a prefix length, 0 to 128".to_owned());
+        }
         if !valid_name(&self.node) {
             problems.push(format!(
                 "fleet.node: {:?} must be 1-64 characters of letters, digits, '.', '-' or '_'",
@@ -269,7 +291,8 @@ fn url_problem(url: &str) -> Option<String> {
     None
 }
 
-fn valid_name(name: &str) -> bool {
+/// A node name: 1 to 64 of `A-Za-z0-9._-`.
+pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()

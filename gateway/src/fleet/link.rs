@@ -12,7 +12,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwapOption;
@@ -679,11 +679,7 @@ fn opener(config: &FleetSection, password: Option<&Password>) -> Result<Opener, 
 /// Milliseconds since the Unix epoch: the fleet's clock for expiries and
 /// heartbeats (wall-clock, so it means the same on every host).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
+    crate::clock::unix_now_ms()
 }
 
 fn micros(duration: Duration) -> u64 {

@@ -47,3 +47,30 @@ pub async fn nodes(link: &Link) -> Result<Vec<NodeStatus>, FleetError> {
         })
         .collect())
 }
+
+/// How many entries each shared set holds now.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SetSizes {
+    pub blocks: u64,
+    pub revocations: u64,
+}
+
+/// The sizes of the shared sets (`HLEN` of each hash).
+pub async fn set_sizes(link: &Link) -> Result<SetSizes, FleetError> {
+    let (blocks, revocations) = (link.key("blocks"), link.key("revocations"));
+    let (blocks, revocations): (u64, u64) = link
+        .within(link.background_timeout(), |mut conn| async move {
+            redis::pipe()
+                .cmd("HLEN")
+                .arg(&blocks)
+                .cmd("HLEN")
+                .arg(&revocations)
+                .query_async(&mut conn)
+                .await
+        })
+        .await?;
+    Ok(SetSizes {
+        blocks,
+        revocations,
+    })
+}

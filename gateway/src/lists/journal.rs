@@ -256,6 +256,7 @@ mod tests {
                 source: Source::Cli,
                 added_at: 1,
                 expires_at,
+                fleet: None,
             },
         }
     }

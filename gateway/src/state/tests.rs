@@ -10,6 +10,7 @@ fn record(reason: &str) -> Record {
         source: Source::Cli,
         added_at: 10,
         expires_at: Some(20),
+        fleet: None,
     }
 }
 
