@@ -22,6 +22,8 @@ pub struct Report {
     pub open_loop: Option<OpenLoop>,
     /// Memory with idle keep-alive connections.
     pub idle_memory: Vec<super::idle::IdleRow>,
+    /// Instructions per request under callgrind (`--callgrind` runs only).
+    pub profile: Vec<super::profile::ProfileRow>,
     /// Scenarios of the issue this run could not measure, and why.
     pub not_measured: Vec<NotMeasured>,
     pub idle: Vec<Idle>,
@@ -408,6 +410,12 @@ impl Report {
             ));
         }
         out.push_str(&jwt_goals(&self.keep_alive));
+        out.push_str(&super::profile::markdown(&self.profile));
+        out.push_str(&super::verdicts::markdown(
+            &self.keep_alive,
+            &self.handshakes,
+            &self.idle_memory,
+        ));
         if !self.not_measured.is_empty() {
             out.push_str("### Not measured yet\n\n");
             for missing in &self.not_measured {
