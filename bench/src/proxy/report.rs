@@ -117,6 +117,27 @@ pub struct HandshakeRow {
     pub resumed_share: Summary,
 }
 
+#[cfg(test)]
+impl KeepAliveRow {
+    /// One run's HTTP/1.1 row at 16 connections without CPU figures or ratios, for
+    /// the tests of what reads rows.
+    pub(super) fn one_run(target: Target, requests_per_s: f64, p99_ms: f64) -> Self {
+        let summary = |value| Summary::of(vec![value]).expect("one value");
+        Self {
+            target: target.label(),
+            protocol: Protocol::Http1.label(),
+            connections: 16,
+            requests_per_s: summary(requests_per_s),
+            p50_ms: summary(1.0),
+            p99_ms: summary(p99_ms),
+            proxy_cpu_us_per_request: None,
+            fleet_cpu_us_per_request: None,
+            vs_haproxy: None,
+            vs_haproxy_jwt: None,
+        }
+    }
+}
+
 pub(super) fn keep_alive_rows(
     samples: Samples<Key>,
     targets: &[Target],
@@ -432,18 +453,9 @@ mod tests {
     use super::*;
 
     fn row(target: Target, requests_per_s: f64, p99_ms: f64, vs_jwt: f64) -> KeepAliveRow {
-        let summary = |value| Summary::of(vec![value]).expect("one value");
         KeepAliveRow {
-            target: target.label(),
-            protocol: Protocol::Http1.label(),
-            connections: 16,
-            requests_per_s: summary(requests_per_s),
-            p50_ms: summary(1.0),
-            p99_ms: summary(p99_ms),
-            proxy_cpu_us_per_request: None,
-            fleet_cpu_us_per_request: None,
-            vs_haproxy: None,
-            vs_haproxy_jwt: Some(summary(vs_jwt)),
+            vs_haproxy_jwt: Summary::of(vec![vs_jwt]),
+            ..KeepAliveRow::one_run(target, requests_per_s, p99_ms)
         }
     }
 

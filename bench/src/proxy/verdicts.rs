@@ -264,21 +264,12 @@ pub fn markdown(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{proxy::Protocol, stats::Summary};
+    use crate::stats::Summary;
 
     fn row(target: Target, requests_per_s: f64, p99_ms: f64, cpu_us: f64) -> KeepAliveRow {
-        let summary = |value| Summary::of(vec![value]).expect("one value");
         KeepAliveRow {
-            target: target.label(),
-            protocol: Protocol::Http1.label(),
-            connections: 16,
-            requests_per_s: summary(requests_per_s),
-            p50_ms: summary(1.0),
-            p99_ms: summary(p99_ms),
-            proxy_cpu_us_per_request: Some(summary(cpu_us)),
-            fleet_cpu_us_per_request: None,
-            vs_haproxy: None,
-            vs_haproxy_jwt: None,
+            proxy_cpu_us_per_request: Summary::of(vec![cpu_us]),
+            ..KeepAliveRow::one_run(target, requests_per_s, p99_ms)
         }
     }
 
