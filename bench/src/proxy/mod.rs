@@ -552,6 +552,12 @@ impl Rig {
         listener.address = gateway_addr;
         // The idle-connection run holds connections for longer than the default.
         listener.timeouts.idle = idle::IDLE_TIMEOUT;
+        // Every load tool connects from 127.0.0.1, one client address: the idle run
+        // holds more connections than its default cap (256), which HAProxy has not.
+        listener.limits.max_connections_per_client = listener
+            .limits
+            .max_connections_per_client
+            .max(u64::from(options.idle_connections) + 64);
         listener.certificates = vec![
             CertificateConfig {
                 cert: edge.0.clone(),
