@@ -169,6 +169,14 @@ struct ProxyArgs {
     /// ...and no longer than this many seconds over the whole benchmark.
     #[arg(long, default_value_t = 60.0)]
     idle_budget: f64,
+    /// Instead of the scenarios, count instructions per request with callgrind:
+    /// the gateway, the reference forwarder and HAProxy each under valgrind, their
+    /// dumps (for `callgrind_annotate`) in this directory.
+    #[arg(long)]
+    callgrind: Option<PathBuf>,
+    /// Requests per target and protocol under --callgrind (h2load -n).
+    #[arg(long, default_value_t = 2000)]
+    callgrind_requests: u32,
     /// Directory for proxy.json and proxy.md.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -357,6 +365,17 @@ fn proxy(args: &ProxyArgs) -> anyhow::Result<()> {
     unsafe {
         std::env::set_var("TOKIO_WORKER_THREADS", args.threads.to_string());
     }
+    let callgrind = match &args.callgrind {
+        Some(dir) => {
+            fs::create_dir_all(dir)?;
+            let dir = fs::canonicalize(dir)?;
+            let wrapper = proxy::profile::gateway_wrapper(&dir, &gateway_tests::gateway::binary())?;
+            // SAFETY: as above, still single-threaded.
+            unsafe { std::env::set_var("GATEWAY_BIN", wrapper) };
+            Some(dir)
+        }
+        None => None,
+    };
     // 10,000 idle connections need more descriptors than the usual soft limit, in the
     // runner (their client side) and in the proxies (their server side).
     let open_file_limit = proxy::idle::raise_open_file_limit()?;
@@ -386,6 +405,8 @@ fn proxy(args: &ProxyArgs) -> anyhow::Result<()> {
             oha: args.oha.clone(),
             idle_connections: args.idle_connections,
             open_file_limit,
+            callgrind,
+            callgrind_requests: args.callgrind_requests,
         },
         &mut waiter,
     )?;
@@ -410,6 +431,7 @@ fn proxy(args: &ProxyArgs) -> anyhow::Result<()> {
         handshakes: results.handshakes,
         open_loop: results.open_loop,
         idle_memory: results.idle_memory,
+        profile: results.profile,
         not_measured: proxy::NOT_MEASURED.to_vec(),
         idle: waiter.history,
     };

@@ -185,7 +185,7 @@ pub fn oha(run: &OhaRun) -> anyhow::Result<OpenLoop> {
 /// Runs a load tool and returns what it printed on standard output; when it fails,
 /// the error holds both of its outputs. `hint` follows the tool's name when it cannot
 /// start at all (how to install it).
-fn stdout_of(command: &mut Command, tool: &str, hint: &str) -> anyhow::Result<String> {
+pub(super) fn stdout_of(command: &mut Command, tool: &str, hint: &str) -> anyhow::Result<String> {
     let output = command
         .output()
         .with_context(|| format!("running {tool}{hint}"))?;
@@ -330,7 +330,7 @@ pub fn tls13_client(ca_pem: &str) -> anyhow::Result<ClientConfig> {
 }
 
 /// `taskset -c <cpu> <program>`.
-fn pinned(cpu: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+pub(super) fn pinned(cpu: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut command = Command::new("taskset");
     command.args(["-c", &cpu.to_string()]).arg(program);
     command
@@ -380,7 +380,7 @@ fn wrk_duration_ms(text: &str) -> anyhow::Result<f64> {
 
 /// `finished in 5.00s, 1234.56 req/s, ...` and `requests: N total, N started, N done,
 /// N succeeded, N failed, ...`: (req/s, done, failed).
-fn parse_h2load(text: &str) -> anyhow::Result<(f64, u64, u64)> {
+pub(super) fn parse_h2load(text: &str) -> anyhow::Result<(f64, u64, u64)> {
     let rate = text
         .lines()
         .find_map(|l| l.strip_prefix("finished in "))

@@ -10,7 +10,9 @@ pub mod idle;
 mod jwt;
 pub mod load;
 mod peers;
+pub mod profile;
 pub mod report;
+pub mod verdicts;
 
 use std::{
     fs,
@@ -21,7 +23,7 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
-use gateway::config::{AuthMode, CertificateConfig, HealthConfig, LogOutput, RouteAuth};
+use gateway::config::{AuthMode, CertificateConfig, HealthConfig, LogOutput, RouteAuth, WafMode};
 use gateway_tests::{
     fleet::{EDGE_NAME, FLEET_NAME, Fleet, free_port, route},
     http::Protocol as ClientProtocol,
@@ -41,6 +43,10 @@ pub const RSA_NAME: &str = "rsa.api.test";
 /// open. One listener and one process serve both, as one HAProxy serves both of its
 /// frontends.
 const JWT_PATH: &str = "/jwt/";
+
+/// The path prefix of the gateway's route without auth and with the WAF off
+/// (`[route.waf] mode = "off"`): next to `/` (the WAF on) it prices the WAF.
+const NO_WAF_PATH: &str = "/nowaf/";
 
 /// The issue's scenarios this suite cannot measure yet.
 pub const NOT_MEASURED: [report::NotMeasured; 1] = [report::NotMeasured {
@@ -76,13 +82,22 @@ pub struct Options {
     pub idle_connections: u32,
     /// The open-file limit the runner and its children have.
     pub open_file_limit: u64,
+    /// Instead of the scenarios: the proxies under callgrind, their dumps here
+    /// (the gateway's through `GATEWAY_BIN`, see [`profile::gateway_wrapper`]).
+    pub callgrind: Option<PathBuf>,
+    /// Requests per target and protocol under callgrind.
+    pub callgrind_requests: u32,
 }
 
 /// The parts of the suite, selectable with `--only`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
-    /// Keep-alive runs without auth: the gateway, HAProxy and the upstreams directly.
+    /// Keep-alive runs without auth: the gateway, the reference forwarder, HAProxy
+    /// and the upstreams directly.
     NoAuth,
+    /// Keep-alive runs of the gateway without auth on a route with the WAF off, next
+    /// to the same gateway with it on (and the reference forwarder).
+    Waf,
     /// Keep-alive runs with an ES256 JWT and a scope: the gateway with one token
     /// reused and with a fresh token per request, HAProxy.
     Jwt,
@@ -98,12 +113,17 @@ pub enum Scenario {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     Gateway,
+    /// The gateway's route without auth and with the WAF off.
+    GatewayNoWaf,
     /// The gateway's route with a required ES256 JWT and a scope, one token on every
     /// request: after the first, each is a verified-token cache hit.
     GatewayJwt,
     /// The same route, a token no request has sent before on every request: each one a
     /// full signature and claims check. HTTP/1.1 only (see [`NOT_MEASURED`]).
     GatewayJwtFresh,
+    /// The smallest hyper + tokio-rustls forwarder (`reference-proxy`): the floor of
+    /// the gateway's stack.
+    Reference,
     Haproxy,
     /// HAProxy with `jwt_verify` of an ES256 token, iss/aud/exp and the scope.
     HaproxyJwt,
@@ -114,8 +134,10 @@ impl Target {
     pub fn label(self) -> &'static str {
         match self {
             Self::Gateway => "gateway, no auth",
+            Self::GatewayNoWaf => "gateway, no auth, WAF off",
             Self::GatewayJwt => "gateway, ES256 JWT + scope, one token reused",
             Self::GatewayJwtFresh => "gateway, ES256 JWT + scope, fresh token per request",
+            Self::Reference => "reference forwarder (hyper + tokio-rustls)",
             Self::Haproxy => "HAProxy 2.6, no auth",
             Self::HaproxyJwt => "HAProxy 2.6, ES256 JWT + scope",
             Self::Direct => "upstreams directly (ceiling)",
@@ -175,6 +197,7 @@ pub struct Results {
     pub handshakes: Vec<HandshakeRow>,
     pub open_loop: Option<report::OpenLoop>,
     pub idle_memory: Vec<idle::IdleRow>,
+    pub profile: Vec<profile::ProfileRow>,
 }
 
 /// Everything that runs during the suite; dropping it stops the processes.
@@ -184,6 +207,9 @@ struct Rig {
     gateway_pid: u32,
     _haproxy: Process,
     haproxy_pid: u32,
+    _reference: Process,
+    reference_pid: u32,
+    reference_addr: SocketAddr,
     nginx: Process,
     gateway_addr: SocketAddr,
     haproxy_addr: SocketAddr,
@@ -208,11 +234,25 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Results
         load::oha_version(&options.oha)?;
     }
     let mut rig = Rig::start(options)?;
-    let keep_alive = if selected(Scenario::NoAuth) || selected(Scenario::Jwt) {
-        keep_alive(&mut rig, options, waiter)?
-    } else {
-        Vec::new()
-    };
+    if let Some(dir) = &options.callgrind {
+        let profile = rig.profile(options, dir);
+        let rig_dir = rig.dir.clone();
+        drop(rig);
+        let _ = fs::remove_dir_all(rig_dir);
+        return Ok(Results {
+            keep_alive: Vec::new(),
+            handshakes: Vec::new(),
+            open_loop: None,
+            idle_memory: Vec::new(),
+            profile: profile?,
+        });
+    }
+    let keep_alive =
+        if selected(Scenario::NoAuth) || selected(Scenario::Jwt) || selected(Scenario::Waf) {
+            keep_alive(&mut rig, options, waiter)?
+        } else {
+            Vec::new()
+        };
     let handshakes = if selected(Scenario::Handshakes) {
         handshakes(&rig, options, waiter)?
     } else {
@@ -236,6 +276,7 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Results
         handshakes,
         open_loop,
         idle_memory,
+        profile: Vec::new(),
     })
 }
 
@@ -245,8 +286,11 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Results
 fn keep_alive_targets(options: &Options) -> Vec<Target> {
     let no_auth = options.scenarios.contains(&Scenario::NoAuth);
     let jwt = options.scenarios.contains(&Scenario::Jwt);
+    let waf = options.scenarios.contains(&Scenario::Waf);
     [
-        (Target::Gateway, no_auth),
+        (Target::Gateway, no_auth || waf),
+        (Target::GatewayNoWaf, waf),
+        (Target::Reference, no_auth || waf),
         (Target::GatewayJwt, jwt),
         (Target::GatewayJwtFresh, jwt),
         (Target::Haproxy, no_auth),
@@ -508,6 +552,12 @@ impl Rig {
         listener.address = gateway_addr;
         // The idle-connection run holds connections for longer than the default.
         listener.timeouts.idle = idle::IDLE_TIMEOUT;
+        // Every load tool connects from 127.0.0.1, one client address: the idle run
+        // holds more connections than its default cap (256), which HAProxy has not.
+        listener.limits.max_connections_per_client = listener
+            .limits
+            .max_connections_per_client
+            .max(u64::from(options.idle_connections) + 64);
         listener.certificates = vec![
             CertificateConfig {
                 cert: edge.0.clone(),
@@ -544,6 +594,9 @@ impl Rig {
             ..RouteAuth::default()
         };
         config.routes.push(jwt_route);
+        let mut no_waf_route = route("nowaf", NO_WAF_PATH);
+        no_waf_route.waf.mode = WafMode::Off;
+        config.routes.push(no_waf_route);
         // HAProxy and nginx log nothing per request here; neither does the gateway.
         config.log.access = LogOutput::Off;
         let gateway = fleet.start(&config);
@@ -580,7 +633,7 @@ impl Rig {
                 Some((haproxy_jwt_addr, &jwt_rules)),
             ),
         )?;
-        let mut haproxy = Command::new("haproxy");
+        let mut haproxy = launcher(options, "haproxy", Path::new("haproxy"));
         haproxy.arg("-db").arg("-f").arg(&haproxy_conf);
         let haproxy = Process::start(
             "haproxy",
@@ -588,6 +641,18 @@ impl Rig {
             &dir.join("haproxy.log"),
             &options.server_cpus,
             &[haproxy_addr, haproxy_jwt_addr],
+        )?;
+        let reference_addr = free_port();
+        let reference = reference(
+            &ReferenceFiles {
+                edge: &edge,
+                fleet_ca: &fleet.fleet_ca.write(&dir, "reference-fleet-ca"),
+                client: &write(&fleet.fleet_ca.issue_client("reference"), "reference"),
+            },
+            reference_addr,
+            &upstreams,
+            &dir,
+            options,
         )?;
         let token = issuer.token("bench-client")?;
         let tokens = JwtChecks {
@@ -597,6 +662,31 @@ impl Rig {
         };
         tokens.check(&fleet, "HAProxy's JWT frontend", haproxy_jwt_addr, "/")?;
         tokens.check(&fleet, "the gateway's JWT route", gateway_addr, JWT_PATH)?;
+        // The WAF rows differ in the WAF alone: it refuses an attack on `/` and lets
+        // the same request through on the route without it.
+        let attack = "?q=%3Cscript%3Ealert(1)%3C/script%3E";
+        for (what, addr, path, expected) in [
+            (
+                "the reference forwarder",
+                reference_addr,
+                "/".to_owned(),
+                200,
+            ),
+            (
+                "the gateway's route without the WAF",
+                gateway_addr,
+                format!("{NO_WAF_PATH}{attack}"),
+                200,
+            ),
+            (
+                "the gateway's route with the WAF",
+                gateway_addr,
+                format!("/{attack}"),
+                403,
+            ),
+        ] {
+            expect_status(&fleet, what, addr, &path, expected)?;
+        }
         Ok(Self {
             edge_ca_pem: fleet.edge_ca.cert_pem().to_owned(),
             _fleet: fleet,
@@ -604,6 +694,9 @@ impl Rig {
             gateway_pid,
             haproxy_pid: haproxy.pid(),
             _haproxy: haproxy,
+            reference_pid: reference.pid(),
+            _reference: reference,
+            reference_addr,
             nginx,
             gateway_addr,
             haproxy_addr,
@@ -629,9 +722,11 @@ impl Rig {
     ) -> anyhow::Result<(load::Throughput, Option<u64>, u64)> {
         let (addr, path) = self.endpoint(target);
         let proxy = match target {
-            Target::Gateway | Target::GatewayJwt | Target::GatewayJwtFresh => {
-                Some(self.gateway_pid)
-            }
+            Target::Gateway
+            | Target::GatewayNoWaf
+            | Target::GatewayJwt
+            | Target::GatewayJwtFresh => Some(self.gateway_pid),
+            Target::Reference => Some(self.reference_pid),
             Target::Haproxy | Target::HaproxyJwt => Some(self.haproxy_pid),
             Target::Direct => None,
         };
@@ -698,6 +793,8 @@ impl Rig {
     fn endpoint(&self, target: Target) -> (SocketAddr, &'static str) {
         match target {
             Target::Gateway => (self.gateway_addr, "/"),
+            Target::GatewayNoWaf => (self.gateway_addr, NO_WAF_PATH),
+            Target::Reference => (self.reference_addr, "/"),
             Target::GatewayJwt | Target::GatewayJwtFresh => (self.gateway_addr, JWT_PATH),
             Target::Haproxy => (self.haproxy_addr, "/"),
             Target::HaproxyJwt => (self.haproxy_jwt_addr, "/"),
@@ -768,6 +865,50 @@ impl Rig {
         )
     }
 
+    /// Instructions per request of every proxy under callgrind, each target without
+    /// auth, the gateway's also with the WAF off, the gateway and HAProxy also with
+    /// the reused JWT, over
+    /// HTTP/1.1 and HTTP/2 at the first connection count.
+    fn profile(&self, options: &Options, dir: &Path) -> anyhow::Result<Vec<profile::ProfileRow>> {
+        let connections = options.connections.first().copied().unwrap_or(16);
+        let mut rows = Vec::new();
+        for protocol in [Protocol::Http1, Protocol::Http2] {
+            for target in [
+                Target::Reference,
+                Target::Gateway,
+                Target::GatewayNoWaf,
+                Target::GatewayJwt,
+                Target::Haproxy,
+                Target::HaproxyJwt,
+            ] {
+                let (addr, path) = self.endpoint(target);
+                let pid = match target {
+                    Target::Reference => self.reference_pid,
+                    Target::Haproxy | Target::HaproxyJwt => self.haproxy_pid,
+                    _ => self.gateway_pid,
+                };
+                let row = profile::measure(&profile::Run {
+                    target,
+                    protocol,
+                    pid,
+                    url: &format!("https://{addr}{path}"),
+                    headers: &self.headers(target),
+                    connections,
+                    requests: options.callgrind_requests,
+                    cpu: options.load_cpu,
+                    dir,
+                })
+                .with_context(|| format!("{} under callgrind", target.label()))?;
+                println!(
+                    "{} × {connections}, {}: {:.0} instructions per request",
+                    row.protocol, row.target, row.instructions_per_request
+                );
+                rows.push(row);
+            }
+        }
+        Ok(rows)
+    }
+
     /// Memory with idle keep-alive connections, the gateway's and HAProxy's, once each.
     fn idle_memory(
         &self,
@@ -829,6 +970,64 @@ impl Rig {
     }
 }
 
+/// `program`, under callgrind when the run profiles (`name` names its dumps).
+fn launcher(options: &Options, name: &str, program: &Path) -> Command {
+    match &options.callgrind {
+        Some(dir) => {
+            let mut command = profile::valgrind(dir, name);
+            command.arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// The certificate and key pairs the reference forwarder presents.
+struct ReferenceFiles<'a> {
+    edge: &'a (PathBuf, PathBuf),
+    fleet_ca: &'a Path,
+    client: &'a (PathBuf, PathBuf),
+}
+
+/// Starts `reference-proxy` (built next to this runner) on `addr` in front of
+/// `upstreams`, pinned to `cpus`.
+fn reference(
+    files: &ReferenceFiles<'_>,
+    addr: SocketAddr,
+    upstreams: &[SocketAddr],
+    dir: &Path,
+    options: &Options,
+) -> anyhow::Result<Process> {
+    let binary = std::env::current_exe()?.with_file_name("reference-proxy");
+    let mut command = launcher(options, "reference", &binary);
+    command
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--cert")
+        .arg(&files.edge.0)
+        .arg("--key")
+        .arg(&files.edge.1)
+        .arg("--upstream-ca")
+        .arg(files.fleet_ca)
+        .arg("--client-cert")
+        .arg(&files.client.0)
+        .arg("--client-key")
+        .arg(&files.client.1)
+        .arg("--server-name")
+        .arg(FLEET_NAME);
+    for upstream in upstreams {
+        command.arg("--upstream").arg(upstream.to_string());
+    }
+    Process::start(
+        "reference-proxy",
+        command,
+        &dir.join("reference.log"),
+        &options.server_cpus,
+        &[addr],
+    )
+    .with_context(|| format!("{} (built with gateway-bench)", binary.display()))
+}
+
 /// The tokens that show a JWT check really checks before it is measured.
 struct JwtChecks<'a> {
     /// The bench's token: 200.
@@ -875,6 +1074,39 @@ impl JwtChecks<'_> {
             Ok(())
         })
     }
+}
+
+/// Sends `GET path` to `addr` (which `what` serves) and fails unless it answers
+/// `expected`.
+fn expect_status(
+    fleet: &Fleet,
+    what: &str,
+    addr: SocketAddr,
+    path: &str,
+    expected: u16,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = fleet.client(ClientProtocol::Http1);
+    let request = http::Request::get(path).body(Bytes::new())?;
+    let response = runtime
+        .block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                client.send(addr, request),
+            )
+            .await
+        })
+        .with_context(|| format!("{what} did not answer within 5 s"))?
+        .with_context(|| format!("GET {path} from {what}"))?;
+    if response.status() != expected {
+        bail!(
+            "{what} answered {} to GET {path} where {expected} was due",
+            response.status()
+        );
+    }
+    Ok(())
 }
 
 /// utime + stime of every thread of `pid`, in clock ticks (`/proc/<pid>/stat`).

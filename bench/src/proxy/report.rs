@@ -22,6 +22,8 @@ pub struct Report {
     pub open_loop: Option<OpenLoop>,
     /// Memory with idle keep-alive connections.
     pub idle_memory: Vec<super::idle::IdleRow>,
+    /// Instructions per request under callgrind (`--callgrind` runs only).
+    pub profile: Vec<super::profile::ProfileRow>,
     /// Scenarios of the issue this run could not measure, and why.
     pub not_measured: Vec<NotMeasured>,
     pub idle: Vec<Idle>,
@@ -113,6 +115,27 @@ pub struct HandshakeRow {
     /// Share of the connections the server resumed (0 for full, 1 for resumed when
     /// resumption works).
     pub resumed_share: Summary,
+}
+
+#[cfg(test)]
+impl KeepAliveRow {
+    /// One run's HTTP/1.1 row at 16 connections without CPU figures or ratios, for
+    /// the tests of what reads rows.
+    pub(super) fn one_run(target: Target, requests_per_s: f64, p99_ms: f64) -> Self {
+        let summary = |value| Summary::of(vec![value]).expect("one value");
+        Self {
+            target: target.label(),
+            protocol: Protocol::Http1.label(),
+            connections: 16,
+            requests_per_s: summary(requests_per_s),
+            p50_ms: summary(1.0),
+            p99_ms: summary(p99_ms),
+            proxy_cpu_us_per_request: None,
+            fleet_cpu_us_per_request: None,
+            vs_haproxy: None,
+            vs_haproxy_jwt: None,
+        }
+    }
 }
 
 pub(super) fn keep_alive_rows(
@@ -408,6 +431,12 @@ impl Report {
             ));
         }
         out.push_str(&jwt_goals(&self.keep_alive));
+        out.push_str(&super::profile::markdown(&self.profile));
+        out.push_str(&super::verdicts::markdown(
+            &self.keep_alive,
+            &self.handshakes,
+            &self.idle_memory,
+        ));
         if !self.not_measured.is_empty() {
             out.push_str("### Not measured yet\n\n");
             for missing in &self.not_measured {
@@ -424,18 +453,9 @@ mod tests {
     use super::*;
 
     fn row(target: Target, requests_per_s: f64, p99_ms: f64, vs_jwt: f64) -> KeepAliveRow {
-        let summary = |value| Summary::of(vec![value]).expect("one value");
         KeepAliveRow {
-            target: target.label(),
-            protocol: Protocol::Http1.label(),
-            connections: 16,
-            requests_per_s: summary(requests_per_s),
-            p50_ms: summary(1.0),
-            p99_ms: summary(p99_ms),
-            proxy_cpu_us_per_request: None,
-            fleet_cpu_us_per_request: None,
-            vs_haproxy: None,
-            vs_haproxy_jwt: Some(summary(vs_jwt)),
+            vs_haproxy_jwt: Summary::of(vec![vs_jwt]),
+            ..KeepAliveRow::one_run(target, requests_per_s, p99_ms)
         }
     }
 

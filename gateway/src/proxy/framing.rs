@@ -214,14 +214,32 @@ impl Scanner {
         take
     }
 
+    /// Collects head bytes. Only an LF can end a line, a head or an empty line
+    /// before it, so the bytes up to the next LF (most of a long header value) are
+    /// copied at once; the head limit is checked at the exact byte either way.
     fn head_bytes(&mut self, input: &[u8]) -> usize {
-        for (i, &byte) in input.iter().enumerate() {
-            // Empty lines before a request line are skipped (RFC 9112 §2.2).
-            if self.pending.is_empty() && byte == b'\n' {
-                self.fail(FramingError::BareLineEnding);
-                return i + 1;
+        let mut at = 0;
+        while let Some(rest) = input.get(at..).filter(|rest| !rest.is_empty()) {
+            let run = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+            // Bytes the head may still take: one more is hyper's limit.
+            let room = (self.max_head + 1).saturating_sub(self.pending.len());
+            if run >= room {
+                self.pending.extend_from_slice(&rest[..room]);
+                self.overflow();
+                return at + room;
             }
-            self.pending.push(byte);
+            self.pending.extend_from_slice(&rest[..run]);
+            at += run;
+            if at == input.len() {
+                break;
+            }
+            // The LF. Empty lines before a request line are skipped (RFC 9112 §2.2).
+            at += 1;
+            if self.pending.is_empty() {
+                self.fail(FramingError::BareLineEnding);
+                return at;
+            }
+            self.pending.push(b'\n');
             if self.pending == b"\r\n" {
                 self.out.extend_from_slice(b"\r\n");
                 self.pending.clear();
@@ -229,17 +247,21 @@ impl Scanner {
             }
             if section_end(&self.pending) {
                 self.head_complete();
-                return i + 1;
+                return at;
             }
             if self.pending.len() > self.max_head {
-                // hyper's own limit: it answers 431 and closes.
-                self.out.extend_from_slice(&self.pending);
-                self.pending.clear();
-                self.end = Some(End::Eof);
-                return i + 1;
+                self.overflow();
+                return at;
             }
         }
         input.len()
+    }
+
+    /// A head over hyper's limit: hyper gets it to answer 431 and close.
+    fn overflow(&mut self) {
+        self.out.extend_from_slice(&self.pending);
+        self.pending.clear();
+        self.end = Some(End::Eof);
     }
 
     fn head_complete(&mut self) {
@@ -368,10 +390,9 @@ fn section_end(pending: &[u8]) -> bool {
 
 /// Whether every CR is followed by LF and every LF follows a CR.
 fn crlf_only(bytes: &[u8]) -> bool {
-    bytes.iter().enumerate().all(|(i, &b)| match b {
-        b'\r' => bytes.get(i + 1) == Some(&b'\n'),
-        b'\n' => i > 0 && bytes.get(i - 1) == Some(&b'\r'),
-        _ => true,
+    memchr::memchr2_iter(b'\r', b'\n', bytes).all(|i| match bytes.get(i) {
+        Some(b'\r') => bytes.get(i + 1) == Some(&b'\n'),
+        _ => i > 0 && bytes.get(i - 1) == Some(&b'\r'),
     })
 }
 

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     abuse::{Evidence, Signal},
-    auth::Identity,
+    auth::Verified,
     config::{Balance, ListenerConfig, Oversize},
     observe,
     policy::{
@@ -62,8 +62,9 @@ struct Outcome<'a> {
     error: Option<String>,
     /// The error's stable code (`no_route`, …) when the gateway answered itself.
     code: Option<&'static str>,
-    /// The verified caller, once authentication accepted a token.
-    identity: Option<Identity>,
+    /// The verified caller, once authentication accepted a token (shared with
+    /// the token cache, not copied).
+    verified: Option<Arc<Verified>>,
     /// The route's tightest quota: what the request was charged, or what is
     /// left when it was not (every answer on a quota route says).
     quota: Option<Remaining>,
@@ -99,14 +100,10 @@ pub async fn handle(
         conn.client.ip(),
         request.headers(),
     );
-    let method = request.method().clone();
     let version = request.version();
-    let host = request_host(&request).map(str::to_owned);
-    let user_agent = request
-        .headers()
-        .get(header::USER_AGENT)
-        .map(|ua| String::from_utf8_lossy(ua.as_bytes()).into_owned());
-    let raw_path = request.uri().path().to_owned();
+    // Copied for the access log only when it is on (tracing caches the answer).
+    let logged =
+        tracing::enabled!(target: "access", tracing::Level::INFO).then(|| Logged::of(&request));
     // Declared sizes (Content-Length): a streamed body of unknown length counts 0.
     let bytes_in = request.body().size_hint().exact().unwrap_or(0);
     let mut outcome = Outcome::default();
@@ -166,7 +163,17 @@ pub async fn handle(
         bytes_out,
     });
 
+    let Some(Logged {
+        method,
+        host,
+        user_agent,
+        raw_path,
+    }) = logged
+    else {
+        return response;
+    };
     let status = response.status().as_u16();
+    let identity = outcome.verified.as_ref().map(|v| &v.identity);
     let (server_address, server_port) = split_host(host.as_deref());
     // Field names follow OpenTelemetry's semantic conventions where they have
     // one (docs/operations.md has the table).
@@ -194,8 +201,8 @@ pub async fn handle(
         http.response.status_code = status,
         decision = outcome.decision(status),
         error.type = outcome.code,
-        user.id = outcome.identity.as_ref().map(|i| i.subject.as_str()),
-        jti_hash = outcome.identity.as_ref().and_then(|i| i.token_id.as_deref()),
+        user.id = identity.map(|i| i.subject.as_str()),
+        jti_hash = identity.and_then(|i| i.token_id.as_deref()),
         http.request.body.size = bytes_in,
         http.response.body.size = bytes_out,
         retries = outcome.retries,
@@ -204,6 +211,28 @@ pub async fn handle(
         error.message = outcome.error.as_deref(),
     );
     response
+}
+
+/// What the access line needs from the request that the pipeline consumes.
+struct Logged {
+    method: http::Method,
+    host: Option<String>,
+    user_agent: Option<String>,
+    raw_path: String,
+}
+
+impl Logged {
+    fn of(request: &Request<Incoming>) -> Self {
+        Self {
+            method: request.method().clone(),
+            host: request_host(request).map(str::to_owned),
+            user_agent: request
+                .headers()
+                .get(header::USER_AGENT)
+                .map(|ua| String::from_utf8_lossy(ua.as_bytes()).into_owned()),
+            raw_path: request.uri().path().to_owned(),
+        }
+    }
 }
 
 /// The one place where a request's outcome becomes an abuse signal: the
@@ -225,7 +254,10 @@ fn report_abuse(
             code: Some(err.code().to_owned()),
             route: outcome.route.map(|r| r.name.clone()),
             rule: err.rule_id().map(str::to_owned),
-            token_id: outcome.identity.as_ref().and_then(|i| i.token_id.clone()),
+            token_id: outcome
+                .verified
+                .as_ref()
+                .and_then(|v| v.identity.token_id.clone()),
             request_id: request_id.to_str().ok().map(str::to_owned),
             forwarded_by: client.forwarded_by,
             ..Evidence::new(signal)
@@ -297,7 +329,7 @@ async fn proxy<'a>(
         }
     };
     let identity = verified.as_ref().map(|v| &v.identity);
-    outcome.identity = identity.cloned();
+    outcome.verified = verified.clone();
     outcome.quota = snapshot
         .quotas
         .peek(&route.name, client_ip, identity, &parts.headers);

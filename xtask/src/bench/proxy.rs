@@ -25,11 +25,33 @@ const TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 pub fn run(ws: &Workspace, runner_args: &[String]) -> anyhow::Result<()> {
     let mut command = super::runner(ws, "proxy", PACKAGES, runner_args)?;
-    let oha = install_oha(ws, &ws.target_dir()?.join("bench-tools"))?;
-    command.arg("--oha").arg(oha);
+    if needs_oha(runner_args) {
+        let oha = install_oha(ws, &ws.target_dir()?.join("bench-tools"))?;
+        command.arg("--oha").arg(oha);
+    }
     // The runner's processes die with it (each is killed when its handle drops) and
     // it makes no namespaces or pins: nothing to clean up after it.
     run_bounded(&mut command, TIMEOUT)?.1
+}
+
+/// Whether the runner's arguments select the open loop, the one part that needs oha
+/// (a first install takes many minutes): it runs unless `--only` leaves it out or
+/// `--callgrind` replaces every part.
+fn needs_oha(runner_args: &[String]) -> bool {
+    let mut only: Vec<&str> = Vec::new();
+    let mut args = runner_args.iter().map(String::as_str);
+    while let Some(arg) = args.next() {
+        if arg == "--callgrind" || arg.starts_with("--callgrind=") {
+            return false;
+        }
+        let value = match arg.strip_prefix("--only") {
+            Some("") => args.next(),
+            Some(rest) => rest.strip_prefix('='),
+            None => None,
+        };
+        only.extend(value.into_iter().flat_map(|value| value.split(',')));
+    }
+    only.is_empty() || only.contains(&"open-loop")
 }
 
 /// `<root>/bin/oha` at [`OHA_VERSION`], built with `cargo install --locked` unless it
@@ -61,4 +83,26 @@ fn install_oha(ws: &Workspace, root: &Path) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(oha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn oha_is_needed_only_when_the_open_loop_runs() {
+        assert!(needs_oha(&[]));
+        assert!(needs_oha(&args("--runs 1")));
+        assert!(needs_oha(&args("--only jwt,open-loop")));
+        assert!(needs_oha(&args("--only=open-loop")));
+        assert!(needs_oha(&args("--only no-auth --only open-loop")));
+        assert!(!needs_oha(&args("--only no-auth,waf")));
+        assert!(!needs_oha(&args("--only=waf --runs 1")));
+        assert!(!needs_oha(&args("--callgrind target/callgrind")));
+        assert!(!needs_oha(&args("--callgrind=target/callgrind")));
+    }
 }

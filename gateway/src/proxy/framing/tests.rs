@@ -291,6 +291,51 @@ fn oversized_and_crowded_heads_are_left_to_hyper() {
 }
 
 #[test]
+fn the_head_limit_holds_at_the_exact_byte_however_the_bytes_are_split() {
+    // A long value (a bearer token) ending exactly at the limit, one byte
+    // under it and one over it; fed at once, one byte at a time and split at
+    // every offset.
+    let start = format!("GET / HTTP/1.1\r\n{HOST}Authorization: Bearer ");
+    let max_head = 256;
+    for fill in [
+        max_head - start.len() - 5,
+        max_head - start.len() - 4,
+        max_head,
+    ] {
+        let head = format!("{start}{}\r\n\r\n", "t".repeat(fill));
+        let mut whole = Scanner::new(max_head, 100);
+        whole.feed(head.as_bytes());
+        for split in 0..head.len() {
+            let mut parts = Scanner::new(max_head, 100);
+            parts.feed(&head.as_bytes()[..split]);
+            parts.feed(&head.as_bytes()[split..]);
+            assert_eq!(
+                (&parts.out, parts.end),
+                (&whole.out, whole.end),
+                "split at {split}"
+            );
+        }
+        let mut bytewise = Scanner::new(max_head, 100);
+        for byte in head.as_bytes() {
+            bytewise.feed(std::slice::from_ref(byte));
+        }
+        assert_eq!((&bytewise.out, bytewise.end), (&whole.out, whole.end));
+        if head.len() <= max_head {
+            assert_eq!(
+                &whole.out[..],
+                head.as_bytes(),
+                "a head within the limit passes"
+            );
+            assert_eq!(whole.end, None);
+        } else {
+            // hyper gets one byte over its limit, and nothing after it.
+            assert_eq!(whole.out.len(), max_head + 1);
+            assert_eq!(whole.end, Some(End::Eof));
+        }
+    }
+}
+
+#[test]
 fn hosts() {
     for good in [
         "api.test",
