@@ -110,19 +110,6 @@ pub fn accept(wire: &Wire, bounds: &Bounds, now_ms: u64) -> Result<(Cidr, Record
             "{cidr} is wider than /{widest} (fleet.widest_block_v4 / widest_block_v6)"
         )));
     }
-    if let std::net::IpAddr::V6(addr) = cidr.addr() {
-        // The kernel keeps IPv4 as IPv4-mapped IPv6: an IPv6 entry overlapping
-        // ::ffff:0:0/96 would block IPv4 sources, past the IPv4 bound.
-        let (net, mapped) = (u128::from(addr), u128::from(0xffff_u64) << 32);
-        let bits = u32::from(cidr.prefix_len());
-        let covers = bits <= 96 && (bits == 0 || (mapped ^ net) >> (128 - bits) == 0);
-        let inside = cidr.prefix_len() >= 96 && (net >> 32) == 0xffff;
-        if covers || inside {
-            return Err(Refused::Invalid(format!(
-                "{cidr} lies in the IPv4-mapped range; IPv4 blocks are shared as IPv4"
-            )));
-        }
-    }
     check_common(wire, now_ms)?;
     Ok((
         cidr,
@@ -248,21 +235,18 @@ mod tests {
 
     #[test]
     fn entries_that_would_block_everyone_are_refused() {
-        for key in [
-            "0.0.0.0/0",
-            "198.0.0.0/8",
-            "::/0",
-            "2001::/16",
-            "::/32",
-            "::ffff:198.18.0.7",
-            "::ffff:0:0/96",
-        ] {
+        for key in ["0.0.0.0/0", "198.0.0.0/8", "::/0", "2001::/16"] {
             let why = invalid(&entry(key));
             assert!(
-                why.contains(key.split('/').next().unwrap_or(key)) || why.contains("mapped"),
+                why.contains(key.split('/').next().unwrap_or(key)),
                 "{key}: {why}"
             );
         }
+        // An IPv4-mapped entry is the IPv4 entry it stands for (the kernel looks
+        // mapped sources up in the IPv4 maps), under the IPv4 bound.
+        assert!(invalid(&entry("::ffff:0:0/96")).contains("0.0.0.0/0 is wider"));
+        let (cidr, _) = accept(&entry("::ffff:198.18.0.7"), &bounds(), NOW).expect("a host");
+        assert_eq!(cidr.to_string(), "198.18.0.7");
         assert!(invalid(&entry("198.18.0.7/24")).contains("host bits"));
         assert!(invalid(&entry("not-an-address")).contains("not an IP"));
     }

@@ -373,6 +373,11 @@ impl Mirror {
             return;
         };
         let (puts, removed) = revocations::changes(&seen, &current, &self.bounds.node);
+        self.publish_revocations(puts, removed);
+    }
+
+    /// Sends revocations made here, and removals, to the fleet in the background.
+    fn publish_revocations(&self, puts: Vec<Wire>, removed: Vec<String>) {
         if puts.is_empty() && removed.is_empty() {
             return;
         }
@@ -393,13 +398,23 @@ impl Mirror {
 
     /// Takes the denylist as it is after the fleet changed it, so those
     /// changes are not taken for the CLI's and published back.
+    /// A revocation the CLI wrote just before the fleet's change is in the file
+    /// too: it is published now rather than taken as seen (a revocation must not
+    /// wait for the next reconnect; an unrevoke racing the fleet does, which
+    /// errs on the side of refusing).
     fn saw_revocations(&mut self) {
         let path = self.state.revocations_path();
         if let Ok(current) = Denylist::load(&path) {
             self.seen_modified = std::fs::metadata(&path)
                 .and_then(|meta| meta.modified())
                 .ok();
-            self.seen = Some(current);
+            if let Some(seen) = self.seen.replace(current.clone()) {
+                let (puts, _) = revocations::changes(&seen, &current, &self.bounds.node);
+                let local = puts
+                    .into_iter()
+                    .filter(|wire| wire.origin == self.bounds.node);
+                self.publish_revocations(local.collect(), Vec::new());
+            }
         }
     }
 }
