@@ -558,6 +558,9 @@ impl Rig {
             .limits
             .max_connections_per_client
             .max(u64::from(options.idle_connections) + 64);
+        // Nor may the listener's own cap (half of what RLIMIT_NOFILE leaves) close
+        // the oldest idle connections to make room, as it did at 9,872 of 10,000.
+        listener.limits.max_connections = Some(u64::from(options.idle_connections) + 64);
         listener.certificates = vec![
             CertificateConfig {
                 cert: edge.0.clone(),
