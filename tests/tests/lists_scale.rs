@@ -259,10 +259,10 @@ fn an_add_past_capacity_is_refused_and_changes_nothing() {
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(75), "{err}");
     assert!(
-        err.contains("CIDR_BLOCKLIST4 is full") && err.contains("room for 20"),
+        err.contains("CIDR4 is full") && err.contains("room for 20"),
         "{err}"
     );
-    assert_eq!(rig.map_entries("CIDR_BLOCKLIST"), 0);
+    assert_eq!(rig.map_entries("CIDR"), 0);
     assert_eq!(
         rig.map_entries("BLOCKLIST"),
         99,

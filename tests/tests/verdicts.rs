@@ -11,7 +11,7 @@ use gateway::{
     xdp::RateLimit,
 };
 use gateway_common::{
-    consts::{NO_EXPIRY, Reason, event_kind, map_names, monitor, parse_limits},
+    consts::{NO_EXPIRY, Reason, cidr_flags, event_kind, monitor, parse_limits},
     maps::{Addr4, BlockEntry, CidrRule, RateEvent, addr4},
 };
 use gateway_tests::{
@@ -611,13 +611,15 @@ fn expired_entries_no_longer_drop() {
     }
     program
         .maps
-        .trie_v4(map_names::CIDR_BLOCKLIST_V4)
+        .cidr_v4()
         .expect("trie")
         .insert(
             24,
             v4("198.18.9.0"),
             &CidrRule {
-                expires_at_ns: past,
+                block_expires_at_ns: past,
+                own_block_expires_at_ns: past,
+                flags: cidr_flags::BLOCK | cidr_flags::BLOCKLISTED,
                 ..CidrRule::default()
             },
         )
