@@ -139,6 +139,18 @@ pub fn derive(parent: Option<&CidrRule>, own: Own) -> CidrRule {
     value
 }
 
+/// Roughly what re-deriving from one root costs beyond the prefixes it covers, in
+/// entries an ordered pass would visit instead: its ancestor lookups.
+const ANCESTOR_LOOKUPS: usize = 64;
+
+/// The prefixes that cover everything: `0.0.0.0/0` and `::/0`.
+fn tops() -> Vec<Cidr> {
+    ["0.0.0.0/0", "::/0"]
+        .iter()
+        .filter_map(|top| top.parse().ok())
+        .collect()
+}
+
 /// A change to one list's rule on one prefix: `Some` puts (or replaces) it, `None`
 /// removes it.
 pub type Change = (Cidr, ListKind, Option<Rule>);
@@ -213,6 +225,11 @@ impl Union {
                 roots.push(*cidr);
             }
         }
+        // A root first looks up each of its up to 128 possible ancestors; past a
+        // point one ordered pass over everything is cheaper (a bulk add).
+        if roots.len().saturating_mul(ANCESTOR_LOOKUPS) > self.entries.len() {
+            roots = tops();
+        }
         for root in roots {
             self.rederive(root, &mut writes);
         }
@@ -229,11 +246,7 @@ impl Union {
             }
             !own.is_empty()
         });
-        let tops: Vec<Cidr> = ["0.0.0.0/0", "::/0"]
-            .iter()
-            .filter_map(|top| top.parse().ok())
-            .collect();
-        for top in tops {
+        for top in tops() {
             self.rederive(top, &mut writes);
         }
         writes

@@ -335,3 +335,57 @@ fn a_rederivation_repairs_values_another_tool_wrote() {
     assert_eq!(kernel.verdict("198.18.1.1", 1), Pass);
     assert_eq!(kernel.trie.len(), 2, "the empty entry is gone");
 }
+
+#[test]
+fn one_change_among_many_entries_re_derives_what_it_covers_and_nothing_else() {
+    let mut rig = Rig::default();
+    // Enough entries that a single change re-derives from its own ancestors rather
+    // than in one pass over everything.
+    let hosts: Vec<String> = (0..200)
+        .map(|i| format!("198.18.{}.{}", 200 + i / 100, i % 100))
+        .collect();
+    let puts: Vec<(&str, ListKind, Option<u64>)> = hosts
+        .iter()
+        .map(|host| (host.as_str(), Allow, Some(NEVER)))
+        .collect();
+    rig.change(&puts);
+    assert!(rig.union.entries.len() > ANCESTOR_LOOKUPS);
+    let apply = |rig: &mut Rig, cidr: &str, kind, rule: Option<u64>| {
+        let rule = rule.map(|expires_at_ns| Rule {
+            expires_at_ns,
+            reason: 1,
+        });
+        let (writes, _) = rig
+            .union
+            .apply(&[(cidr.parse().expect("cidr"), kind, rule)]);
+        rig.kernel.write(&writes);
+        rig.check_against_fresh_derivation();
+        writes
+    };
+    // A block around 100 of the hosts rewrites it and them, nothing else.
+    let writes = apply(&mut rig, "198.18.200.0/24", Block, Some(NEVER));
+    assert_eq!((writes.put.len(), writes.delete.len()), (101, 0));
+    // Beside them: one write.
+    assert_eq!(
+        apply(&mut rig, "198.18.5.0/24", Allow, Some(NEVER))
+            .put
+            .len(),
+        1
+    );
+    // Around everything: what gains a block (the /16, the other 100 hosts, the
+    // allowed /24); the hosts blocked already keep their value.
+    assert_eq!(
+        apply(&mut rig, "198.18.0.0/16", Block, Some(NEVER))
+            .put
+            .len(),
+        102
+    );
+    assert_eq!(rig.verdict("198.18.201.5"), Pass);
+    assert_eq!(rig.verdict("198.18.202.5"), Drop);
+    // And back.
+    let writes = apply(&mut rig, "198.18.0.0/16", Block, None);
+    assert_eq!((writes.put.len(), writes.delete.len()), (101, 1));
+    assert_eq!(rig.verdict("198.18.200.5"), Pass);
+    assert_eq!(rig.verdict("198.18.200.150"), Drop);
+    assert_eq!(rig.verdict("198.18.202.5"), Neither);
+}
