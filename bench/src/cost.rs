@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use gateway::xdp::{Capacity, RateLimit};
 use gateway_common::{
-    consts::{NO_EXPIRY, Reason, block_reason, capacity, map_names},
+    consts::{NO_EXPIRY, Reason, block_reason, capacity, cidr_flags},
     maps::{Addr4, BlockEntry, CidrRule, addr4},
 };
 use gateway_tests::{
@@ -240,7 +240,7 @@ pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Vec<Cos
     let mut wide = LoadedProgram::load_with(&Capacity {
         rate_limit_entries: capacity::RATE_LIMIT,
         blocklist_entries: capacity::BLOCKLIST,
-        cidr_entries: 1 << 17,
+        cidr_entries: 1 << 18,
     });
     seed_blocked(&wide)?;
     seed_tries(&wide)?;
@@ -354,11 +354,25 @@ fn v4(addr: Ipv4Addr) -> Addr4 {
     addr4(addr.octets())
 }
 
-const FOREVER: CidrRule = CidrRule {
-    expires_at_ns: NO_EXPIRY,
-    reason: block_reason::MANUAL,
-    reserved: 0,
-};
+/// The trie value of a permanent prefix on one list with no listed prefix around
+/// it (`flags`: that list's pair of [`cidr_flags`]).
+const fn forever(flags: u32) -> CidrRule {
+    CidrRule {
+        allow_expires_at_ns: NO_EXPIRY,
+        block_expires_at_ns: NO_EXPIRY,
+        own_allow_expires_at_ns: NO_EXPIRY,
+        own_block_expires_at_ns: NO_EXPIRY,
+        flags,
+        own_allow_reason: block_reason::MANUAL,
+        own_block_reason: block_reason::MANUAL,
+        reserved: 0,
+    }
+}
+
+/// An allowlisted prefix.
+const ALLOWED_FOREVER: CidrRule = forever(cidr_flags::ALLOW | cidr_flags::ALLOWLISTED);
+/// A CIDR-blocked prefix.
+const BLOCKED_FOREVER: CidrRule = forever(cidr_flags::BLOCK | cidr_flags::BLOCKLISTED);
 
 /// The dynamically blocked source.
 fn seed_blocked(program: &LoadedProgram) -> anyhow::Result<()> {
@@ -373,14 +387,9 @@ fn seed_blocked(program: &LoadedProgram) -> anyhow::Result<()> {
 fn seed_tries(program: &LoadedProgram) -> anyhow::Result<()> {
     let (allow, allow_len) = ALLOW_CIDR;
     let (block, block_len) = BLOCK_CIDR;
-    program
-        .maps
-        .trie_v4(map_names::ALLOWLIST_V4)?
-        .insert(allow_len, v4(allow), &FOREVER)?;
-    program
-        .maps
-        .trie_v4(map_names::CIDR_BLOCKLIST_V4)?
-        .insert(block_len, v4(block), &FOREVER)?;
+    let mut trie = program.maps.cidr_v4()?;
+    trie.insert(allow_len, v4(allow), &ALLOWED_FOREVER)?;
+    trie.insert(block_len, v4(block), &BLOCKED_FOREVER)?;
     Ok(())
 }
 
@@ -413,19 +422,20 @@ fn fill_blocklist(program: &LoadedProgram, from: usize, to: usize) -> anyhow::Re
     Ok(())
 }
 
-/// Fills each IPv4 trie (allowlist, CIDR blocklist) to `to` prefixes: /32s from
-/// 198.18.128.0 up (as the 16-byte layout's bench did, into 198.20.0.0/16 past
-/// 100k: map keys only, never a packet's source), clear of every test source and in
-/// the same half of the address space as they are, so the trie walk for a measured
-/// source goes as deep as it did then.
+/// Fills each list to `to` prefixes in the IPv4 CIDR trie, which both share: /32s
+/// from 198.18.128.0 up, first the allowlist's then the CIDR blocklist's (up to
+/// 198.21.141.64 at 100k each: map keys only, never a packet's source), clear of
+/// every test source and in the same half of the address space as they are, so the
+/// trie walk for a measured source goes as deep as it did with a trie per list.
 fn fill_tries(program: &LoadedProgram, to: usize) -> anyhow::Result<()> {
     let base = u32::from(Ipv4Addr::new(198, 18, 128, 0));
-    for name in [map_names::ALLOWLIST_V4, map_names::CIDR_BLOCKLIST_V4] {
-        let mut trie = program.maps.trie_v4(name)?;
+    let mut trie = program.maps.cidr_v4()?;
+    for (list, value) in [ALLOWED_FOREVER, BLOCKED_FOREVER].iter().enumerate() {
         for index in 1..to {
-            let addr = v4(Ipv4Addr::from(base + u32::try_from(index)?));
-            trie.insert(32, addr, &FOREVER)
-                .with_context(|| format!("filling {name} to {to} prefixes"))?;
+            let offset = u32::try_from(list * to + index)?;
+            let addr = v4(Ipv4Addr::from(base + offset));
+            trie.insert(32, addr, value)
+                .with_context(|| format!("filling the CIDR trie to {to} prefixes per list"))?;
         }
     }
     Ok(())

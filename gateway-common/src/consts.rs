@@ -6,14 +6,13 @@
 /// bytes, IPv6 sources by sixteen, so an IPv4 packet hashes and compares a quarter
 /// of the bytes. (Names stay within the kernel's 15 characters.)
 pub mod map_names {
-    /// LPM trie of IPv4 CIDRs whose traffic always passes and is never rate limited.
-    pub const ALLOWLIST_V4: &str = "ALLOWLIST4";
+    /// LPM trie of the IPv4 CIDRs of both the allowlist and the CIDR blocklist: one
+    /// walk per packet for both lists. Each entry's value
+    /// ([`crate::maps::CidrRule`]) says what the two lists decide for the sources
+    /// under its prefix.
+    pub const CIDR_V4: &str = "CIDR4";
     /// The same for IPv6 CIDRs.
-    pub const ALLOWLIST_V6: &str = "ALLOWLIST6";
-    /// LPM trie of IPv4 CIDRs whose traffic is dropped.
-    pub const CIDR_BLOCKLIST_V4: &str = "CIDR_BLOCKLIST4";
-    /// The same for IPv6 CIDRs.
-    pub const CIDR_BLOCKLIST_V6: &str = "CIDR_BLOCKLIST6";
+    pub const CIDR_V6: &str = "CIDR6";
     /// Hash of exact IPv4 source addresses blocked until an expiry time.
     pub const BLOCKLIST_V4: &str = "BLOCKLIST4";
     /// The same for IPv6 source addresses.
@@ -31,11 +30,9 @@ pub mod map_names {
     pub const FILLED: &str = "FILLED";
 
     /// Every map, in the order `gateway xdp status` shows them.
-    pub const ALL: [&str; 11] = [
-        ALLOWLIST_V4,
-        ALLOWLIST_V6,
-        CIDR_BLOCKLIST_V4,
-        CIDR_BLOCKLIST_V6,
+    pub const ALL: [&str; 9] = [
+        CIDR_V4,
+        CIDR_V6,
         BLOCKLIST_V4,
         BLOCKLIST_V6,
         RATE_LIMIT,
@@ -50,23 +47,35 @@ pub mod map_names {
 /// entry: userspace sets it after every insert, and clears it only after seeing the
 /// map empty (then looks again, and sets it back if an insert raced the clear). A
 /// lookup in an empty LPM trie still costs a helper call and a walk; most
-/// deployments leave the allowlist empty, many the CIDR blocklist too, and many
-/// have no IPv6 entries at all.
+/// deployments have no CIDR rules, and many have no IPv6 entries at all.
 pub mod filled {
-    /// The `ALLOWLIST4` trie.
-    pub const ALLOWLIST_V4: u32 = 0;
-    /// The `CIDR_BLOCKLIST4` trie.
-    pub const CIDR_BLOCKLIST_V4: u32 = 1;
+    /// The `CIDR4` trie.
+    pub const CIDR_V4: u32 = 0;
     /// The exact-address `BLOCKLIST4` hash.
-    pub const BLOCKLIST_V4: u32 = 2;
-    /// The `ALLOWLIST6` trie.
-    pub const ALLOWLIST_V6: u32 = 3;
-    /// The `CIDR_BLOCKLIST6` trie.
-    pub const CIDR_BLOCKLIST_V6: u32 = 4;
+    pub const BLOCKLIST_V4: u32 = 1;
+    /// The `CIDR6` trie.
+    pub const CIDR_V6: u32 = 2;
     /// The exact-address `BLOCKLIST6` hash.
-    pub const BLOCKLIST_V6: u32 = 5;
+    pub const BLOCKLIST_V6: u32 = 3;
     /// Number of slots.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 4;
+}
+
+/// Bits of [`crate::maps::CidrRule::flags`]. `ALLOW` and `BLOCK` are what the
+/// program reads: the prefix or one of the shorter prefixes containing it is on
+/// that list. `ALLOWLISTED` and `BLOCKLISTED` say the prefix itself is, for
+/// userspace (which derives the first two from them).
+pub mod cidr_flags {
+    /// Sources under the prefix are allowlisted until
+    /// [`crate::maps::CidrRule::allow_expires_at_ns`].
+    pub const ALLOW: u32 = 1 << 0;
+    /// Sources under the prefix are CIDR-blocked until
+    /// [`crate::maps::CidrRule::block_expires_at_ns`].
+    pub const BLOCK: u32 = 1 << 1;
+    /// The prefix itself is on the allowlist.
+    pub const ALLOWLISTED: u32 = 1 << 2;
+    /// The prefix itself is on the CIDR blocklist.
+    pub const BLOCKLISTED: u32 = 1 << 3;
 }
 
 /// Version of the maps' layout and meaning, stamped into
@@ -75,8 +84,10 @@ pub mod filled {
 /// lists come back from the state directory. 0: expiries on `CLOCK_BOOTTIME`, no
 /// `FILLED`; 1: expiries on the coarse `CLOCK_MONOTONIC`, `FILLED`; 2: one map per
 /// address family for each list, IPv4 keyed by 4 bytes (before: IPv4 mapped into
-/// 16-byte IPv6 keys).
-pub const LAYOUT_VERSION: u32 = 2;
+/// 16-byte IPv6 keys); 3: one trie per family for both CIDR lists (`CIDR4`,
+/// `CIDR6`, values derived by userspace), instead of an allowlist and a CIDR
+/// blocklist trie each.
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "gateway_xdp";
@@ -87,8 +98,10 @@ pub mod capacity {
     pub const RATE_LIMIT: u32 = 1 << 20;
     /// Exact-address blocks, in each of the IPv4 and the IPv6 map.
     pub const BLOCKLIST: u32 = 131_072;
-    /// CIDR entries in each trie (allowlist and CIDR blocklist, each family).
-    pub const CIDR: u32 = 65_536;
+    /// Prefixes in each family's CIDR trie, of the allowlist and the CIDR blocklist
+    /// together (a prefix on both lists is one entry). An LPM trie allocates its
+    /// entries as they come, so room costs nothing until used.
+    pub const CIDR: u32 = 131_072;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 18;
 }

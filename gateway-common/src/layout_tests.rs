@@ -18,10 +18,27 @@ fn address_keys() {
 
 #[test]
 fn cidr_rule() {
-    assert_eq!(size_of::<CidrRule>(), 16);
-    assert_eq!(offset_of!(CidrRule, expires_at_ns), 0);
-    assert_eq!(offset_of!(CidrRule, reason), 8);
-    assert_eq!(offset_of!(CidrRule, reserved), 12);
+    assert_eq!(size_of::<CidrRule>(), 48);
+    assert_eq!(offset_of!(CidrRule, allow_expires_at_ns), 0);
+    assert_eq!(offset_of!(CidrRule, block_expires_at_ns), 8);
+    assert_eq!(offset_of!(CidrRule, own_allow_expires_at_ns), 16);
+    assert_eq!(offset_of!(CidrRule, own_block_expires_at_ns), 24);
+    assert_eq!(offset_of!(CidrRule, flags), 32);
+    assert_eq!(offset_of!(CidrRule, own_allow_reason), 36);
+    assert_eq!(offset_of!(CidrRule, own_block_reason), 40);
+    assert_eq!(offset_of!(CidrRule, reserved), 44);
+}
+
+#[test]
+fn cidr_flags_are_distinct_bits() {
+    use crate::consts::cidr_flags::{ALLOW, ALLOWLISTED, BLOCK, BLOCKLISTED};
+    let all = [ALLOW, BLOCK, ALLOWLISTED, BLOCKLISTED];
+    for (i, a) in all.iter().enumerate() {
+        assert_eq!(a.count_ones(), 1);
+        for b in &all[i + 1..] {
+            assert_eq!(a & b, 0);
+        }
+    }
 }
 
 #[test]

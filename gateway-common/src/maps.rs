@@ -34,14 +34,38 @@ pub const fn addr4(octets: [u8; 4]) -> Addr4 {
 /// The prefix every IPv4-mapped IPv6 address starts with.
 pub const IPV4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 
-/// Value of the allowlist and CIDR blocklist tries.
+/// Value of the CIDR tries (`CIDR4`, `CIDR6`), which hold the prefixes of both the
+/// allowlist and the CIDR blocklist.
+///
+/// An LPM lookup returns the longest prefix containing the source, and every listed
+/// prefix that contains the source is that prefix or a shorter one containing it. So
+/// userspace writes into each entry what all of those decide together: the
+/// allowlist covers the source when any of them is allowlisted (until the latest of
+/// their expiries), the blocklist likewise. The program then needs one walk for both
+/// lists and keeps the documented precedence exactly: the allowlist wins whatever the
+/// prefix lengths, and an expired longer prefix never hides a live shorter one.
+/// Every change re-derives the entries at and below the changed prefix.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CidrRule {
-    /// When the rule stops matching; [`crate::consts::NO_EXPIRY`] for never.
-    pub expires_at_ns: u64,
-    /// One of [`crate::consts::block_reason`].
-    pub reason: u32,
+    /// With [`crate::consts::cidr_flags::ALLOW`]: when the allowlist stops covering
+    /// these sources; [`crate::consts::NO_EXPIRY`] for never.
+    pub allow_expires_at_ns: u64,
+    /// With [`crate::consts::cidr_flags::BLOCK`]: when the CIDR blocklist stops
+    /// covering them.
+    pub block_expires_at_ns: u64,
+    /// With [`crate::consts::cidr_flags::ALLOWLISTED`]: this prefix's own allowlist
+    /// expiry (userspace re-derives and lists entries from the own fields).
+    pub own_allow_expires_at_ns: u64,
+    /// With [`crate::consts::cidr_flags::BLOCKLISTED`]: its own blocklist expiry.
+    pub own_block_expires_at_ns: u64,
+    /// Bit set of [`crate::consts::cidr_flags`]. Presence needs its own bits: an
+    /// expiry of [`crate::consts::NO_EXPIRY`] means "never", not "absent".
+    pub flags: u32,
+    /// One of [`crate::consts::block_reason`], for the own allowlist entry.
+    pub own_allow_reason: u32,
+    /// One of [`crate::consts::block_reason`], for the own blocklist entry.
+    pub own_block_reason: u32,
     /// Zero; keeps the size a multiple of 8 without implicit padding.
     pub reserved: u32,
 }

@@ -1,7 +1,9 @@
 //! The verdict pipeline for IP packets, in order: allowlist, CIDR blocklist, dynamic
 //! blocklist, per-source rate limit. The lists are looked up in the maps of the
-//! source's address family ([`V4`] or [`V6`]). A rule class in monitor mode counts
-//! what it would drop and lets the packet go on to the next check.
+//! source's address family ([`V4`] or [`V6`]); one trie walk answers for both the
+//! allowlist and the CIDR blocklist (see `gateway_common::maps::CidrRule`). A rule
+//! class in monitor mode counts what it would drop and lets the packet go on to the
+//! next check.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -11,16 +13,13 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie},
 };
 use gateway_common::{
-    consts::{EVENT_INTERVAL_NS, NO_EXPIRY, Reason, event_kind, filled, monitor},
+    consts::{EVENT_INTERVAL_NS, NO_EXPIRY, Reason, cidr_flags, event_kind, filled, monitor},
     maps::{Addr6, BlockEntry, CidrRule, IPV4_MAPPED_PREFIX, RateBucket, RateEvent, XdpConfig},
 };
 
 use crate::{
     counters,
-    maps::{
-        ALLOWLIST_V4, ALLOWLIST_V6, BLOCKLIST_V4, BLOCKLIST_V6, CIDR_BLOCKLIST_V4,
-        CIDR_BLOCKLIST_V6, CONFIG, EVENTS, FILLED, RATE_LIMIT,
-    },
+    maps::{BLOCKLIST_V4, BLOCKLIST_V6, CIDR_V4, CIDR_V6, CONFIG, EVENTS, FILLED, RATE_LIMIT},
     parse::{Packet, Src},
 };
 
@@ -45,10 +44,8 @@ impl Clock {
     }
 }
 
-/// The three list maps of one address family and their `FILLED` slots.
+/// The two list maps of one address family and their `FILLED` slots.
 struct Lists<K: 'static> {
-    allow: &'static LpmTrie<K, CidrRule>,
-    allow_slot: u32,
     cidr: &'static LpmTrie<K, CidrRule>,
     cidr_slot: u32,
     hosts: &'static HashMap<K, BlockEntry>,
@@ -58,20 +55,16 @@ struct Lists<K: 'static> {
 }
 
 static V4: Lists<u32> = Lists {
-    allow: &ALLOWLIST_V4,
-    allow_slot: filled::ALLOWLIST_V4,
-    cidr: &CIDR_BLOCKLIST_V4,
-    cidr_slot: filled::CIDR_BLOCKLIST_V4,
+    cidr: &CIDR_V4,
+    cidr_slot: filled::CIDR_V4,
     hosts: &BLOCKLIST_V4,
     hosts_slot: filled::BLOCKLIST_V4,
     bits: 32,
 };
 
 static V6: Lists<Addr6> = Lists {
-    allow: &ALLOWLIST_V6,
-    allow_slot: filled::ALLOWLIST_V6,
-    cidr: &CIDR_BLOCKLIST_V6,
-    cidr_slot: filled::CIDR_BLOCKLIST_V6,
+    cidr: &CIDR_V6,
+    cidr_slot: filled::CIDR_V6,
     hosts: &BLOCKLIST_V6,
     hosts_slot: filled::BLOCKLIST_V6,
     bits: 128,
@@ -117,14 +110,14 @@ pub fn verdict(packet: &Packet, bytes: u64) -> Reason {
 #[inline(always)]
 fn lists<K: Copy>(maps: &Lists<K>, addr: K, config: &XdpConfig, bytes: u64) -> Option<Reason> {
     let clock = &mut Clock(None);
-    if filled(maps.allow_slot) && cidr_match(maps.allow, maps.bits, addr, clock) {
-        return Some(Reason::PassAllowlist);
-    }
-    if filled(maps.cidr_slot)
-        && cidr_match(maps.cidr, maps.bits, addr, clock)
-        && enforced(config, monitor::CIDR, Reason::MonitorCidr, bytes)
-    {
-        return Some(Reason::DropCidr);
+    if filled(maps.cidr_slot) {
+        let listed = cidr_match(maps.cidr, maps.bits, addr, clock);
+        if listed.allow {
+            return Some(Reason::PassAllowlist);
+        }
+        if listed.block && enforced(config, monitor::CIDR, Reason::MonitorCidr, bytes) {
+            return Some(Reason::DropCidr);
+        }
     }
     if filled(maps.hosts_slot)
         && blocked(maps.hosts, &addr, clock, bytes)
@@ -159,14 +152,50 @@ fn expired(expires_at_ns: u64, clock: &mut Clock) -> bool {
     expires_at_ns != NO_EXPIRY && clock.now() >= expires_at_ns
 }
 
-/// Longest-prefix match of `addr` (`bits` long) in `trie`, ignoring an expired rule
-/// (the daemon's sweeper deletes expired rules within a second).
+/// What the CIDR lists say about a source: allowlisted, CIDR-blocked (both can hold;
+/// the allowlist wins).
+struct Listed {
+    allow: bool,
+    block: bool,
+}
+
+/// Longest-prefix match of `addr` (`bits` long) in the CIDR trie. The entry found
+/// already carries the rules of every shorter listed prefix containing it (userspace
+/// derives them), so this one walk decides both lists.
 #[inline(always)]
-fn cidr_match<K: Copy>(trie: &LpmTrie<K, CidrRule>, bits: u32, addr: K, clock: &mut Clock) -> bool {
+fn cidr_match<K: Copy>(
+    trie: &LpmTrie<K, CidrRule>,
+    bits: u32,
+    addr: K,
+    clock: &mut Clock,
+) -> Listed {
     match trie.get(&Key::new(bits, addr)) {
-        Some(rule) => !expired(rule.expires_at_ns, clock),
-        None => false,
+        Some(rule) => Listed {
+            allow: live(
+                rule.flags,
+                cidr_flags::ALLOW,
+                rule.allow_expires_at_ns,
+                clock,
+            ),
+            block: live(
+                rule.flags,
+                cidr_flags::BLOCK,
+                rule.block_expires_at_ns,
+                clock,
+            ),
+        },
+        None => Listed {
+            allow: false,
+            block: false,
+        },
     }
+}
+
+/// True when `flags` has `flag` and its expiry has not passed (an expired rule is
+/// ignored; the daemon's sweeper removes it within a second).
+#[inline(always)]
+fn live(flags: u32, flag: u32, expires_at_ns: u64, clock: &mut Clock) -> bool {
+    flags & flag != 0 && !expired(expires_at_ns, clock)
 }
 
 /// True when `addr` has an unexpired dynamic block; records the hit on the entry.

@@ -1,8 +1,8 @@
 //! The gateway's XDP program.
 //!
 //! Every frame walks the same short pipeline, each step in its own helper:
-//! parse ([`parse`]) → allowlist → CIDR blocklist → dynamic blocklist → per-source
-//! rate limit ([`filter`]) → pass. Every verdict is counted per reason ([`counters`]).
+//! parse ([`parse`]) → allowlist and CIDR blocklist (one trie walk) → dynamic
+//! blocklist → per-source rate limit ([`filter`]) → pass. Every verdict is counted per reason ([`counters`]).
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]

@@ -1,6 +1,7 @@
 //! The program's maps. Sizes here are defaults: the loader overrides them from the
 //! configuration, and pins every map so the CLI and a restarted daemon share them.
-//! Each list has one map per address family (see `gateway_common::maps`).
+//! Each list has one map per address family (see `gateway_common::maps`); the
+//! allowlist and the CIDR blocklist share one trie per family.
 
 use aya_ebpf::{
     macros::map,
@@ -11,19 +12,11 @@ use gateway_common::{
     maps::{Addr4, Addr6, BlockEntry, CidrRule, Counter, RateBucket, XdpConfig},
 };
 
-#[map(name = "ALLOWLIST4")]
-pub static ALLOWLIST_V4: LpmTrie<Addr4, CidrRule> = LpmTrie::with_max_entries(capacity::CIDR, 0);
+#[map(name = "CIDR4")]
+pub static CIDR_V4: LpmTrie<Addr4, CidrRule> = LpmTrie::with_max_entries(capacity::CIDR, 0);
 
-#[map(name = "ALLOWLIST6")]
-pub static ALLOWLIST_V6: LpmTrie<Addr6, CidrRule> = LpmTrie::with_max_entries(capacity::CIDR, 0);
-
-#[map(name = "CIDR_BLOCKLIST4")]
-pub static CIDR_BLOCKLIST_V4: LpmTrie<Addr4, CidrRule> =
-    LpmTrie::with_max_entries(capacity::CIDR, 0);
-
-#[map(name = "CIDR_BLOCKLIST6")]
-pub static CIDR_BLOCKLIST_V6: LpmTrie<Addr6, CidrRule> =
-    LpmTrie::with_max_entries(capacity::CIDR, 0);
+#[map(name = "CIDR6")]
+pub static CIDR_V6: LpmTrie<Addr6, CidrRule> = LpmTrie::with_max_entries(capacity::CIDR, 0);
 
 #[map(name = "BLOCKLIST4")]
 pub static BLOCKLIST_V4: HashMap<Addr4, BlockEntry> =

@@ -81,6 +81,26 @@ impl Cidr {
         self.0.contains(&ip.to_canonical())
     }
 
+    /// Whether `other` is this network or a longer prefix inside it (same family).
+    pub fn covers(&self, other: &Cidr) -> bool {
+        self.0.contains(&other.0)
+    }
+
+    /// The next shorter prefix containing this one; `None` for /0.
+    pub fn parent(&self) -> Option<Cidr> {
+        let len = self.0.prefix_len().checked_sub(1)?;
+        IpNet::new(self.0.addr(), len)
+            .ok()
+            .map(|net| Self(net.trunc()))
+    }
+
+    /// The last network in `Ord` order that this one covers: its highest address as a
+    /// host. With [`Cidr`]'s order (address, then prefix length) a network and
+    /// everything inside it are exactly the range from the network to this.
+    pub fn last_covered(&self) -> Cidr {
+        Self(IpNet::from(self.0.broadcast()))
+    }
+
     /// True for a single address (/32 or /128).
     pub fn is_host(&self) -> bool {
         self.0.prefix_len() == self.0.max_prefix_len()

@@ -3,16 +3,19 @@
 //! same lists.
 //!
 //! A single address on the blocklist goes to the exact-address blocklist hash,
-//! which counts its hits; a wider CIDR goes to the CIDR-blocklist trie. Allowlist
-//! entries all live in the allowlist trie. Each of these is two maps, one per
-//! address family (`BLOCKLIST4` and `BLOCKLIST6`, ...); an entry goes to the map of
-//! its family, an IPv4-mapped IPv6 one (`::ffff:a.b.c.d`) to the IPv4 map.
+//! which counts its hits; a wider CIDR, and every allowlist entry, goes to the CIDR
+//! trie, which holds the prefixes of both lists ([`cidr`]: each entry carries what it
+//! and the shorter listed prefixes around it decide, so one lookup answers for both).
+//! Each of these is two maps, one per address family (`BLOCKLIST4` and `BLOCKLIST6`,
+//! `CIDR4` and `CIDR6`); an entry goes to the map of its family, an IPv4-mapped IPv6
+//! one (`::ffff:a.b.c.d`) to the IPv4 map.
 //!
 //! Built for a million entries: kernel maps are read and written in batches, a
 //! change appends to `lists.journal` instead of rewriting `lists.json` (see
 //! [`journal`]), and the daemon's [`Sweeper`] keeps an [`ExpiryIndex`] so that its
 //! per-second sweep costs what expires, not what exists.
 
+mod cidr;
 mod expiry;
 mod journal;
 
@@ -26,11 +29,12 @@ use std::{
 
 use aya::maps::lpm_trie::Key;
 use gateway_common::{
-    consts::{NO_EXPIRY, block_reason, map_names},
+    consts::{NO_EXPIRY, block_reason},
     maps::{Addr4, Addr6, BlockEntry, CidrRule},
 };
 use serde::{Deserialize, Serialize};
 
+use self::cidr::{Change, Rule, Union, Writes};
 pub use self::expiry::ExpiryIndex;
 use self::journal::Op;
 use crate::{
@@ -72,12 +76,9 @@ impl ListKind {
         }
     }
 
-    /// The tries holding this list's IPv4 and IPv6 prefixes.
-    fn tries(self) -> (&'static str, &'static str) {
-        match self {
-            ListKind::Allow => (map_names::ALLOWLIST_V4, map_names::ALLOWLIST_V6),
-            ListKind::Block => (map_names::CIDR_BLOCKLIST_V4, map_names::CIDR_BLOCKLIST_V6),
-        }
+    /// Whether `cidr` goes to the CIDR trie on this list (else to the host hash).
+    fn in_trie(self, cidr: &Cidr) -> bool {
+        self == ListKind::Allow || !cidr.is_host()
     }
 }
 
@@ -222,8 +223,14 @@ struct Put {
 struct Applied {
     hosts_v4: Option<Undo<Addr4, BlockEntry>>,
     hosts_v6: Option<Undo<Addr6, BlockEntry>>,
-    prefixes_v4: Option<(&'static str, Undo<Key<Addr4>, CidrRule>)>,
-    prefixes_v6: Option<(&'static str, Undo<Key<Addr6>, CidrRule>)>,
+    tries: TrieUndo,
+}
+
+/// What a change of the CIDR tries wrote, so it can be undone.
+#[derive(Default)]
+struct TrieUndo {
+    v4: Option<Undo<Key<Addr4>, CidrRule>>,
+    v6: Option<Undo<Key<Addr6>, CidrRule>>,
 }
 
 /// Keys and values bound for one map.
@@ -486,8 +493,13 @@ impl<'a> Lists<'a> {
     /// Removes every entry of `kind`; returns how many there were.
     pub fn flush(&self, kind: ListKind) -> Result<usize, ListError> {
         let lock = self.state.lock_lists()?;
-        let (v4, v6) = kind.tries();
-        let mut removed = self.maps.trie_v4(v4)?.clear()? + self.maps.trie_v6(v6)?.clear()?;
+        let union = Union::of(self.trie_entries(true, true)?);
+        let changes: Vec<Change> = union
+            .listed(kind)
+            .map(|(cidr, _)| (cidr, kind, None))
+            .collect();
+        let mut removed = changes.len();
+        let _done = self.change_tries(&changes)?;
         if kind == ListKind::Block {
             removed += self.maps.blocklist_v4()?.clear()? + self.maps.blocklist_v6()?.clear()?;
         }
@@ -649,33 +661,27 @@ impl<'a> Lists<'a> {
     fn put_all(&self, kind: ListKind, puts: &[Put]) -> Result<Applied, ListError> {
         let mut hosts_v4 = Batch::default();
         let mut hosts_v6 = Batch::default();
-        let mut prefixes_v4 = Batch::default();
-        let mut prefixes_v6 = Batch::default();
+        let mut prefixes: Vec<Change> = Vec::new();
         for put in puts {
+            if kind.in_trie(&put.cidr) {
+                let rule = Rule {
+                    expires_at_ns: put.expires_at_ns,
+                    reason: put.reason,
+                };
+                prefixes.push((put.cidr, kind, Some(rule)));
+                continue;
+            }
             let block = BlockEntry {
                 expires_at_ns: put.expires_at_ns,
                 reason: put.reason,
                 ..BlockEntry::default()
             };
-            let rule = CidrRule {
-                expires_at_ns: put.expires_at_ns,
-                reason: put.reason,
-                reserved: 0,
-            };
-            let host = kind == ListKind::Block && put.cidr.is_host();
             match put.cidr.key() {
-                MapKey::V4 { addr, .. } if host => hosts_v4.push(addr, block),
-                MapKey::V6 { addr, .. } if host => hosts_v6.push(addr, block),
-                MapKey::V4 { prefix_len, addr } => {
-                    prefixes_v4.push(Key::new(prefix_len, addr), rule)
-                }
-                MapKey::V6 { prefix_len, addr } => {
-                    prefixes_v6.push(Key::new(prefix_len, addr), rule)
-                }
+                MapKey::V4 { addr, .. } => hosts_v4.push(addr, block),
+                MapKey::V6 { addr, .. } => hosts_v6.push(addr, block),
             }
         }
         let mut applied = Applied::default();
-        let (trie_v4, trie_v6) = kind.tries();
         let result = (|| {
             if !hosts_v4.keys.is_empty() {
                 applied.hosts_v4 = Some(insert(self.maps.blocklist_v4()?, &hosts_v4)?);
@@ -683,14 +689,7 @@ impl<'a> Lists<'a> {
             if !hosts_v6.keys.is_empty() {
                 applied.hosts_v6 = Some(insert(self.maps.blocklist_v6()?, &hosts_v6)?);
             }
-            if !prefixes_v4.keys.is_empty() {
-                let undo = insert(self.maps.trie_v4(trie_v4)?, &prefixes_v4)?;
-                applied.prefixes_v4 = Some((trie_v4, undo));
-            }
-            if !prefixes_v6.keys.is_empty() {
-                let undo = insert(self.maps.trie_v6(trie_v6)?, &prefixes_v6)?;
-                applied.prefixes_v6 = Some((trie_v6, undo));
-            }
+            applied.tries = self.change_tries(&prefixes)?.0;
             Ok::<_, XdpError>(())
         })();
         if let Err(err) = result {
@@ -701,17 +700,22 @@ impl<'a> Lists<'a> {
     }
 
     fn undo(&self, applied: Applied) -> Result<(), XdpError> {
-        if let Some((name, undo)) = applied.prefixes_v6 {
-            self.maps.trie_v6(name)?.undo(undo)?;
-        }
-        if let Some((name, undo)) = applied.prefixes_v4 {
-            self.maps.trie_v4(name)?.undo(undo)?;
-        }
+        self.undo_tries(applied.tries)?;
         if let Some(undo) = applied.hosts_v6 {
             self.maps.blocklist_v6()?.undo(undo)?;
         }
         if let Some(undo) = applied.hosts_v4 {
             self.maps.blocklist_v4()?.undo(undo)?;
+        }
+        Ok(())
+    }
+
+    fn undo_tries(&self, undo: TrieUndo) -> Result<(), XdpError> {
+        if let Some(undo) = undo.v6 {
+            self.maps.cidr_v6()?.undo(undo)?;
+        }
+        if let Some(undo) = undo.v4 {
+            self.maps.cidr_v4()?.undo(undo)?;
         }
         Ok(())
     }
@@ -722,15 +726,15 @@ impl<'a> Lists<'a> {
         // Each batch keeps the positions of its keys in `cidrs`.
         let mut hosts_v4 = Batch::default();
         let mut hosts_v6 = Batch::default();
-        let mut prefixes_v4 = Batch::default();
-        let mut prefixes_v6 = Batch::default();
+        let mut prefixes = Batch::default();
         for (i, cidr) in cidrs.iter().enumerate() {
-            let host = kind == ListKind::Block && cidr.is_host();
+            if kind.in_trie(cidr) {
+                prefixes.push((*cidr, kind, None), i);
+                continue;
+            }
             match cidr.key() {
-                MapKey::V4 { addr, .. } if host => hosts_v4.push(addr, i),
-                MapKey::V6 { addr, .. } if host => hosts_v6.push(addr, i),
-                MapKey::V4 { prefix_len, addr } => prefixes_v4.push(Key::new(prefix_len, addr), i),
-                MapKey::V6 { prefix_len, addr } => prefixes_v6.push(Key::new(prefix_len, addr), i),
+                MapKey::V4 { addr, .. } => hosts_v4.push(addr, i),
+                MapKey::V6 { addr, .. } => hosts_v6.push(addr, i),
             }
         }
         let mut mark = |positions: &[usize], was: Vec<bool>| {
@@ -738,7 +742,6 @@ impl<'a> Lists<'a> {
                 found[*i] = was;
             }
         };
-        let (trie_v4, trie_v6) = kind.tries();
         if !hosts_v4.keys.is_empty() {
             mark(
                 &hosts_v4.values,
@@ -751,41 +754,103 @@ impl<'a> Lists<'a> {
                 self.maps.blocklist_v6()?.remove_all(&hosts_v6.keys)?,
             );
         }
-        if !prefixes_v4.keys.is_empty() {
-            let was = self.maps.trie_v4(trie_v4)?.remove_all(&prefixes_v4.keys)?;
-            mark(&prefixes_v4.values, was);
-        }
-        if !prefixes_v6.keys.is_empty() {
-            let was = self.maps.trie_v6(trie_v6)?.remove_all(&prefixes_v6.keys)?;
-            mark(&prefixes_v6.values, was);
-        }
+        let (_done, was) = self.change_tries(&prefixes.keys)?;
+        mark(&prefixes.values, was);
         Ok(found)
     }
 
+    /// Applies `changes` to the CIDR tries of the families they touch: reads those
+    /// tries, re-derives the changed prefixes and everything inside them
+    /// ([`Union::apply`]) and writes what differs, all or nothing. Returns what it
+    /// wrote and, for each change, whether its prefix was on its list before. Callers
+    /// hold the lists lock, so nothing else changes the tries in between.
+    fn change_tries(&self, changes: &[Change]) -> Result<(TrieUndo, Vec<bool>), XdpError> {
+        if changes.is_empty() {
+            return Ok((TrieUndo::default(), Vec::new()));
+        }
+        let is_v4 = |cidr: &Cidr| matches!(cidr.key(), MapKey::V4 { .. });
+        let v4 = changes.iter().any(|(cidr, ..)| is_v4(cidr));
+        let v6 = changes.iter().any(|(cidr, ..)| !is_v4(cidr));
+        let mut union = Union::of(self.trie_entries(v4, v6)?);
+        let (writes, found) = union.apply(changes);
+        Ok((self.write_tries(writes)?, found))
+    }
+
+    /// Re-derives every entry of the CIDR tries from the own rules they hold, for
+    /// entries another tool wrote or deleted.
+    fn rederive_tries(&self) -> Result<(), XdpError> {
+        let mut union = Union::of(self.trie_entries(true, true)?);
+        let _done = self.write_tries(union.rederive_all())?;
+        Ok(())
+    }
+
+    /// Every entry of the CIDR tries of the families asked for.
+    fn trie_entries(&self, v4: bool, v6: bool) -> Result<Vec<(Cidr, CidrRule)>, XdpError> {
+        let mut entries = Vec::new();
+        if v4 {
+            for (len, addr, rule) in self.maps.cidr_v4()?.entries()? {
+                entries.extend(Cidr::from_v4_key(len, addr).map(|cidr| (cidr, rule)));
+            }
+        }
+        if v6 {
+            for (len, addr, rule) in self.maps.cidr_v6()?.entries()? {
+                entries.extend(Cidr::from_v6_key(len, addr).map(|cidr| (cidr, rule)));
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Writes `writes` into the tries, all or nothing.
+    fn write_tries(&self, writes: Writes) -> Result<TrieUndo, XdpError> {
+        let mut put_v4 = Batch::default();
+        let mut put_v6 = Batch::default();
+        let (mut gone_v4, mut gone_v6) = (Vec::new(), Vec::new());
+        for (cidr, value) in writes.put {
+            match cidr.key() {
+                MapKey::V4 { prefix_len, addr } => put_v4.push(Key::new(prefix_len, addr), value),
+                MapKey::V6 { prefix_len, addr } => put_v6.push(Key::new(prefix_len, addr), value),
+            }
+        }
+        for (cidr, old) in writes.delete {
+            match cidr.key() {
+                MapKey::V4 { prefix_len, addr } => gone_v4.push((Key::new(prefix_len, addr), old)),
+                MapKey::V6 { prefix_len, addr } => gone_v6.push((Key::new(prefix_len, addr), old)),
+            }
+        }
+        let mut undo = TrieUndo::default();
+        if !put_v4.keys.is_empty() || !gone_v4.is_empty() {
+            undo.v4 = Some(
+                self.maps
+                    .cidr_v4()?
+                    .rewrite(&put_v4.keys, &put_v4.values, gone_v4)?,
+            );
+        }
+        if !put_v6.keys.is_empty() || !gone_v6.is_empty() {
+            let written = self
+                .maps
+                .cidr_v6()
+                .and_then(|mut trie| trie.rewrite(&put_v6.keys, &put_v6.values, gone_v6));
+            match written {
+                Ok(written) => undo.v6 = Some(written),
+                Err(err) => {
+                    self.undo_tries(undo)?;
+                    return Err(err);
+                }
+            }
+        }
+        Ok(undo)
+    }
+
     fn kernel_entries(&self, kind: ListKind) -> Result<Vec<KernelEntry>, XdpError> {
-        let (trie_v4, trie_v6) = kind.tries();
-        let prefix = |cidr: Option<Cidr>, rule: CidrRule| {
-            Some(KernelEntry {
-                cidr: cidr?,
+        let mut entries: Vec<KernelEntry> = Union::of(self.trie_entries(true, true)?)
+            .listed(kind)
+            .map(|(cidr, rule)| KernelEntry {
+                cidr,
                 expires_at_ns: rule.expires_at_ns,
                 reason: rule.reason,
                 hits: None,
             })
-        };
-        let mut entries: Vec<KernelEntry> = self
-            .maps
-            .trie_v4(trie_v4)?
-            .entries()?
-            .into_iter()
-            .filter_map(|(len, addr, rule)| prefix(Cidr::from_v4_key(len, addr), rule))
             .collect();
-        entries.extend(
-            self.maps
-                .trie_v6(trie_v6)?
-                .entries()?
-                .into_iter()
-                .filter_map(|(len, addr, rule)| prefix(Cidr::from_v6_key(len, addr), rule)),
-        );
         if kind == ListKind::Block {
             let host = |cidr: Option<Cidr>, block: BlockEntry| {
                 Some(KernelEntry {
@@ -1026,6 +1091,15 @@ impl Sweeper {
                 lists.delete_all(*list, &[*cidr])?;
             }
             self.index.apply(op);
+        }
+        // Another tool wrote or deleted trie entries without re-deriving the prefixes
+        // inside them.
+        let in_trie = |op: &Op| match op {
+            Op::Put { list, cidr, .. } | Op::Remove { list, cidr } => list.in_trie(cidr),
+            Op::Flush { .. } => true,
+        };
+        if ops.iter().any(in_trie) {
+            lists.rederive_tries()?;
         }
         journal::append(&journal::path(lists.state), &ops)?;
         Ok(())

@@ -177,6 +177,45 @@ fn blocklisted_sources_cannot_connect_and_cli_changes_apply_at_once() {
     assert!(rig.reachable(BAD_V6), "flush lifts every block");
 }
 
+/// The allowlist wins over CIDR blocks whatever the prefix lengths, taking a prefix
+/// off a list hands its sources to the rules around it, and a rule's expiry hands
+/// over to the live rules around it with no daemon running: through the CLI, with
+/// real connections.
+#[test]
+fn nested_cidr_rules_keep_the_allowlist_first_through_the_cli() {
+    let rig = Rig::new();
+    rig.attach();
+    rig.gateway
+        .ok(&["blocklist", "add", "198.18.0.0/16", "2001:2::/48"]);
+    assert!(!rig.reachable(GOOD_V4) && !rig.reachable(GOOD_V6));
+    // An allow inside the block, and a block inside that allow.
+    rig.gateway
+        .ok(&["allowlist", "add", "198.18.0.0/24", "2001:2::/64"]);
+    rig.gateway
+        .ok(&["blocklist", "add", "198.18.0.8/30", "2001:2::/120"]);
+    for source in CLIENTS {
+        assert!(rig.reachable(source), "{source}: the allowlist wins");
+    }
+    // Off the allowlist: the blocks inside and around it drop again.
+    rig.gateway
+        .ok(&["allowlist", "remove", "198.18.0.0/24", "2001:2::/64"]);
+    for source in CLIENTS {
+        assert!(!rig.reachable(source), "{source}: blocked again");
+    }
+    rig.gateway.ok(&["blocklist", "remove", "198.18.0.0/16"]);
+    assert!(!rig.reachable(GOOD_V4), "the /30 inside still drops");
+    assert!(rig.reachable(POLITE_V4), "outside the /30 nothing drops");
+
+    // A shorter allow that expires, around a longer permanent block: the block
+    // takes over when the allow ends, before any sweep.
+    rig.gateway
+        .ok(&["allowlist", "add", "198.18.0.0/28", "--ttl", "2s"]);
+    assert!(rig.reachable(GOOD_V4), "allowlisted for now");
+    thread::sleep(Duration::from_millis(2500));
+    assert!(!rig.reachable(GOOD_V4), "the block outlives the allow");
+    assert!(rig.reachable(POLITE_V4));
+}
+
 /// A way of framing a raw SYN.
 type Framing = fn(Frame) -> Frame;
 

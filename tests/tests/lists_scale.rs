@@ -259,10 +259,10 @@ fn an_add_past_capacity_is_refused_and_changes_nothing() {
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(75), "{err}");
     assert!(
-        err.contains("CIDR_BLOCKLIST4 is full") && err.contains("room for 20"),
+        err.contains("CIDR4 is full") && err.contains("room for 20"),
         "{err}"
     );
-    assert_eq!(rig.map_entries("CIDR_BLOCKLIST"), 0);
+    assert_eq!(rig.map_entries("CIDR"), 0);
     assert_eq!(
         rig.map_entries("BLOCKLIST"),
         99,
@@ -273,6 +273,26 @@ fn an_add_past_capacity_is_refused_and_changes_nothing() {
         !rig.listed("blocklist").contains(CLIENT),
         "the state file did not record the refused add"
     );
+
+    // Both CIDR lists share the trie: allowlisted prefixes take room from the CIDR
+    // blocklist, a prefix on both lists takes one entry.
+    let (allowed, blocked) = cidrs.split_at(12);
+    let add = |list: &'static str, items: &[String]| {
+        let mut args = vec![list, "add"];
+        args.extend(items.iter().map(String::as_str));
+        let output = rig.gateway.output(&args);
+        (output.status.success(), stderr(&output))
+    };
+    assert!(add("allowlist", allowed).0);
+    assert!(add("blocklist", &allowed[..4]).0);
+    assert_eq!(rig.map_entries("CIDR"), 12);
+    let (added, err) = add("blocklist", blocked);
+    assert!(
+        !added && err.contains("CIDR4 is full") && err.contains("room for 8"),
+        "{err}"
+    );
+    assert!(add("blocklist", &blocked[..8]).0);
+    assert_eq!(rig.map_entries("CIDR"), 20);
 }
 
 #[test]

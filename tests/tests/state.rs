@@ -670,12 +670,18 @@ fn the_daemon_enters_the_network_namespace_its_config_names() {
     assert!(err.contains("xdp.netns"), "{err}");
 }
 
-/// The list maps of map layout 1, one per list for both address families.
-const LAYOUT_1_LISTS: [&str; 3] = ["ALLOWLIST", "CIDR_BLOCKLIST", "BLOCKLIST"];
+/// The CIDR tries of map layout 2, one per list and family (layout 3 has one per
+/// family for both lists).
+const LAYOUT_2_TRIES: [&str; 4] = [
+    "ALLOWLIST4",
+    "ALLOWLIST6",
+    "CIDR_BLOCKLIST4",
+    "CIDR_BLOCKLIST6",
+];
 
 /// Makes the maps pinned under `pin_dir` look like the previous gateway's (map
-/// layout 1): a config stamped 1 (and no limits), the lists pinned under that
-/// layout's names, and no per-family maps.
+/// layout 2): a config stamped 2 (and no limits), and the CIDR lists pinned under
+/// that layout's names instead of the shared tries.
 fn pin_as_older_gateway(pin_dir: &str) {
     let mut update = Command::new("bpftool");
     update.args([
@@ -687,14 +693,17 @@ fn pin_as_older_gateway(pin_dir: &str) {
     ]);
     update.args(["0", "0", "0", "0", "value"]);
     let mut value = vec!["0"; size_of::<gateway_common::maps::XdpConfig>()];
-    value[std::mem::offset_of!(gateway_common::maps::XdpConfig, layout)] = "1";
+    value[std::mem::offset_of!(gateway_common::maps::XdpConfig, layout)] = "2";
     update.args(value);
     let output = update.output().expect("bpftool (apt-get install bpftool)");
     assert!(output.status.success(), "bpftool: {}", stderr(&output));
-    for old in LAYOUT_1_LISTS {
-        fs::rename(format!("{pin_dir}/{old}4"), format!("{pin_dir}/{old}"))
-            .expect("renaming a pin");
-        fs::remove_file(format!("{pin_dir}/{old}6")).expect("removing a pin");
+    for (new, old) in [
+        ("CIDR4", "ALLOWLIST4"),
+        ("CIDR6", "ALLOWLIST6"),
+        ("BLOCKLIST4", "CIDR_BLOCKLIST4"),
+        ("BLOCKLIST6", "CIDR_BLOCKLIST6"),
+    ] {
+        fs::rename(format!("{pin_dir}/{new}"), format!("{pin_dir}/{old}")).expect("renaming a pin");
     }
 }
 
@@ -736,7 +745,7 @@ fn a_daemon_replaces_an_older_gateways_maps_and_restores_every_entry() {
     );
     assert!(reachable(&topology, GOOD), "others still pass");
     gateway.ok(&["blocklist", "add", "198.18.99.1"]);
-    for old in LAYOUT_1_LISTS {
+    for old in LAYOUT_2_TRIES {
         let pin = format!("{}/{old}", gateway.pin_dir);
         assert!(!Path::new(&pin).exists(), "{pin} removed");
     }

@@ -11,7 +11,7 @@ use gateway::{
     xdp::RateLimit,
 };
 use gateway_common::{
-    consts::{NO_EXPIRY, Reason, event_kind, map_names, monitor, parse_limits},
+    consts::{NO_EXPIRY, Reason, cidr_flags, event_kind, monitor, parse_limits},
     maps::{Addr4, BlockEntry, CidrRule, RateEvent, addr4},
 };
 use gateway_tests::{
@@ -533,6 +533,159 @@ fn allowlist_wins_over_both_blocklists_and_the_rate_limit() {
     );
 }
 
+fn allow(program: &LoadedProgram, entries: &[&str], ttl: Option<Duration>) {
+    program
+        .lists()
+        .add(ListKind::Allow, &cidrs(entries), ttl, "test", Source::Cli)
+        .expect("allowlisting");
+}
+
+/// Both CIDR lists share one trie, whose entries carry what the shorter listed
+/// prefixes around them decide: the allowlist still wins whatever the prefix
+/// lengths and whichever was added first, and taking a prefix off a list re-derives
+/// everything inside it.
+#[test]
+fn nested_prefixes_keep_the_allowlist_first_whatever_their_lengths() {
+    let mut program = LoadedProgram::load();
+    block(&program, &["198.18.0.0/16", "2001:2:0:5::/64"]);
+    allow(
+        &program,
+        &["198.18.1.0/24", "198.18.2.7", "2001:2::/48"],
+        None,
+    );
+    // A block inside the allow inside the block, and an exact block inside the allow.
+    block(
+        &program,
+        &["198.18.1.128/25", "198.18.1.200", "198.18.3.0/24"],
+    );
+    allow(&program, &["198.18.3.0/24"], None);
+    passes(&mut program, "198.18.1.5", Reason::PassAllowlist);
+    passes(&mut program, "198.18.1.130", Reason::PassAllowlist);
+    passes(&mut program, "198.18.1.200", Reason::PassAllowlist);
+    passes(&mut program, "198.18.2.7", Reason::PassAllowlist);
+    passes(&mut program, "198.18.3.3", Reason::PassAllowlist);
+    passes(&mut program, "2001:2:0:5::1", Reason::PassAllowlist);
+    drops(&mut program, "198.18.2.8", Reason::DropCidr);
+    drops(&mut program, "198.18.4.1", Reason::DropCidr);
+    passes(&mut program, "198.19.0.1", Reason::Pass);
+
+    // Off the allowlist: what is inside falls back to the blocks around it.
+    program
+        .lists()
+        .remove(ListKind::Allow, &cidrs(&["198.18.1.0/24", "2001:2::/48"]))
+        .expect("unallowing");
+    drops(&mut program, "198.18.1.5", Reason::DropCidr);
+    drops(&mut program, "198.18.1.130", Reason::DropCidr);
+    drops(&mut program, "2001:2:0:5::1", Reason::DropCidr);
+    passes(&mut program, "2001:2:0:6::1", Reason::Pass);
+    passes(&mut program, "198.18.2.7", Reason::PassAllowlist);
+    // Off the blocklist: the exact block inside is all that is left there.
+    program
+        .lists()
+        .remove(
+            ListKind::Block,
+            &cidrs(&["198.18.0.0/16", "198.18.1.128/25"]),
+        )
+        .expect("unblocking");
+    drops(&mut program, "198.18.1.200", Reason::DropBlocked);
+    passes(&mut program, "198.18.1.5", Reason::Pass);
+    // A prefix on both lists passes until it leaves the allowlist.
+    passes(&mut program, "198.18.3.3", Reason::PassAllowlist);
+    program
+        .lists()
+        .remove(ListKind::Allow, &cidrs(&["198.18.3.0/24"]))
+        .expect("unallowing");
+    drops(&mut program, "198.18.3.3", Reason::DropCidr);
+
+    // Each list lists exactly its own entries, whatever the trie shares.
+    let listed = |kind| -> Vec<String> {
+        program
+            .lists()
+            .list(kind)
+            .expect("listing")
+            .iter()
+            .map(|entry| entry.cidr.to_string())
+            .collect()
+    };
+    assert_eq!(listed(ListKind::Allow), ["198.18.2.7"]);
+    assert_eq!(
+        listed(ListKind::Block),
+        ["198.18.1.200", "198.18.3.0/24", "2001:2:0:5::/64"]
+    );
+}
+
+/// Expiries are per rule: a longer prefix that expires never hides a shorter one that
+/// has not, in the kernel itself, before the daemon's sweep comes by.
+#[test]
+fn an_expired_prefix_hands_over_to_the_live_ones_around_it() {
+    let mut program = LoadedProgram::load();
+    let ttl = Some(Duration::from_millis(300));
+    // A longer block that expires inside a permanent one.
+    block(&program, &["198.18.7.0/24"]);
+    program
+        .lists()
+        .add(
+            ListKind::Block,
+            &cidrs(&["198.18.7.0/25"]),
+            ttl,
+            "t",
+            Source::Cli,
+        )
+        .expect("blocking with a TTL");
+    // A shorter allow that expires around a permanent block.
+    block(&program, &["198.18.8.0/24"]);
+    allow(&program, &["198.18.8.0/23"], ttl);
+    // A longer allow that expires inside a permanent block.
+    block(&program, &["198.18.10.0/23"]);
+    allow(&program, &["198.18.10.0/24"], ttl);
+    // A shorter allow that outlives the longer block inside it.
+    allow(&program, &["198.18.12.0/23"], None);
+    program
+        .lists()
+        .add(
+            ListKind::Block,
+            &cidrs(&["198.18.12.0/24"]),
+            ttl,
+            "t",
+            Source::Cli,
+        )
+        .expect("blocking with a TTL");
+    drops(&mut program, "198.18.7.1", Reason::DropCidr);
+    passes(&mut program, "198.18.8.1", Reason::PassAllowlist);
+    passes(&mut program, "198.18.10.1", Reason::PassAllowlist);
+    passes(&mut program, "198.18.12.1", Reason::PassAllowlist);
+    std::thread::sleep(Duration::from_millis(400));
+    drops(&mut program, "198.18.7.1", Reason::DropCidr);
+    drops(&mut program, "198.18.8.1", Reason::DropCidr);
+    drops(&mut program, "198.18.10.1", Reason::DropCidr);
+    passes(&mut program, "198.18.12.1", Reason::PassAllowlist);
+    // The sweep removes the expired rules and changes no verdict.
+    let expiring = [
+        (ListKind::Block, "198.18.7.0/25"),
+        (ListKind::Allow, "198.18.8.0/23"),
+        (ListKind::Allow, "198.18.10.0/24"),
+        (ListKind::Block, "198.18.12.0/24"),
+    ];
+    let (mut sweeper, _) = Sweeper::start(&program.lists()).expect("sweeper");
+    let listed = |sweeper: &Sweeper| {
+        expiring
+            .iter()
+            .any(|(kind, cidr)| sweeper.contains(*kind, &cidrs(&[cidr])[0]))
+    };
+    for _ in 0..30 {
+        sweeper.sweep(&program.lists()).expect("sweep");
+        if !listed(&sweeper) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!listed(&sweeper), "the sweep removed every expired rule");
+    drops(&mut program, "198.18.7.1", Reason::DropCidr);
+    drops(&mut program, "198.18.8.1", Reason::DropCidr);
+    drops(&mut program, "198.18.10.1", Reason::DropCidr);
+    passes(&mut program, "198.18.12.1", Reason::PassAllowlist);
+}
+
 #[test]
 fn cidr_and_exact_matches_drop_only_what_they_cover() {
     let mut program = LoadedProgram::load();
@@ -611,13 +764,15 @@ fn expired_entries_no_longer_drop() {
     }
     program
         .maps
-        .trie_v4(map_names::CIDR_BLOCKLIST_V4)
+        .cidr_v4()
         .expect("trie")
         .insert(
             24,
             v4("198.18.9.0"),
             &CidrRule {
-                expires_at_ns: past,
+                block_expires_at_ns: past,
+                own_block_expires_at_ns: past,
+                flags: cidr_flags::BLOCK | cidr_flags::BLOCKLISTED,
                 ..CidrRule::default()
             },
         )

@@ -216,7 +216,7 @@ enum XdpCommand {
         /// Capacity of each exact-address blocklist map (IPv4, IPv6).
         #[arg(long)]
         blocklist_entries: Option<u32>,
-        /// Capacity of each CIDR trie.
+        /// Capacity of each family's CIDR trie (allowlist and CIDR blocklist together).
         #[arg(long)]
         cidr_entries: Option<u32>,
     },

@@ -156,10 +156,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 const FILLED_MAPS: &[&str] = &[
     map_names::BLOCKLIST_V4,
     map_names::BLOCKLIST_V6,
-    map_names::CIDR_BLOCKLIST_V4,
-    map_names::CIDR_BLOCKLIST_V6,
-    map_names::ALLOWLIST_V4,
-    map_names::ALLOWLIST_V6,
+    map_names::CIDR_V4,
+    map_names::CIDR_V6,
     map_names::RATE_LIMIT,
 ];
 

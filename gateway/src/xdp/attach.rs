@@ -38,7 +38,8 @@ pub struct Capacity {
     pub rate_limit_entries: u32,
     /// Exact-address blocks, in each of the IPv4 and the IPv6 map.
     pub blocklist_entries: u32,
-    /// CIDRs in each trie: allowlist and CIDR blocklist, IPv4 and IPv6.
+    /// CIDRs in each family's trie, of the allowlist and the CIDR blocklist
+    /// together (a prefix on both is one entry).
     pub cidr_entries: u32,
 }
 
@@ -133,12 +134,7 @@ pub fn load(pins: &PinDir, capacity: &Capacity) -> Result<Ebpf, XdpError> {
     for name in [map_names::BLOCKLIST_V4, map_names::BLOCKLIST_V6] {
         loader.map_max_entries(name, capacity.blocklist_entries);
     }
-    for name in [
-        map_names::ALLOWLIST_V4,
-        map_names::ALLOWLIST_V6,
-        map_names::CIDR_BLOCKLIST_V4,
-        map_names::CIDR_BLOCKLIST_V6,
-    ] {
+    for name in [map_names::CIDR_V4, map_names::CIDR_V6] {
         loader.map_max_entries(name, capacity.cidr_entries);
     }
     let mut ebpf = loader.load(OBJECT).map_err(|err| match err {
@@ -347,10 +343,7 @@ pub fn status(pins: &PinDir) -> Result<Status, XdpError> {
 
 fn map_status(maps: &KernelMaps, name: &'static str) -> Result<MapStatus, XdpError> {
     let kind = match name {
-        map_names::ALLOWLIST_V4
-        | map_names::ALLOWLIST_V6
-        | map_names::CIDR_BLOCKLIST_V4
-        | map_names::CIDR_BLOCKLIST_V6 => "lpm_trie",
+        map_names::CIDR_V4 | map_names::CIDR_V6 => "lpm_trie",
         map_names::BLOCKLIST_V4 | map_names::BLOCKLIST_V6 => "hash",
         map_names::RATE_LIMIT => "lru_hash",
         map_names::CONFIG | map_names::FILLED => "array",

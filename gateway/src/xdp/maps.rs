@@ -150,14 +150,14 @@ impl KernelMaps {
         self.list_map(map_names::BLOCKLIST_V6)
     }
 
-    /// An IPv4 trie: [`map_names::ALLOWLIST_V4`] or [`map_names::CIDR_BLOCKLIST_V4`].
-    pub fn trie_v4(&self, name: &'static str) -> Result<TrieTable<Addr4>, XdpError> {
-        self.list_map(name)
+    /// The IPv4 CIDR trie, holding the allowlist's and the CIDR blocklist's prefixes.
+    pub fn cidr_v4(&self) -> Result<TrieTable<Addr4>, XdpError> {
+        self.list_map(map_names::CIDR_V4)
     }
 
-    /// An IPv6 trie: [`map_names::ALLOWLIST_V6`] or [`map_names::CIDR_BLOCKLIST_V6`].
-    pub fn trie_v6(&self, name: &'static str) -> Result<TrieTable<Addr6>, XdpError> {
-        self.list_map(name)
+    /// The IPv6 CIDR trie.
+    pub fn cidr_v6(&self) -> Result<TrieTable<Addr6>, XdpError> {
+        self.list_map(map_names::CIDR_V6)
     }
 
     /// A list map with its `FILLED` flag. A key type that does not fit the map
@@ -167,10 +167,8 @@ impl KernelMaps {
         M: TryFrom<Map, Error = MapError>,
     {
         let slot = match name {
-            map_names::ALLOWLIST_V4 => filled::ALLOWLIST_V4,
-            map_names::ALLOWLIST_V6 => filled::ALLOWLIST_V6,
-            map_names::CIDR_BLOCKLIST_V4 => filled::CIDR_BLOCKLIST_V4,
-            map_names::CIDR_BLOCKLIST_V6 => filled::CIDR_BLOCKLIST_V6,
+            map_names::CIDR_V4 => filled::CIDR_V4,
+            map_names::CIDR_V6 => filled::CIDR_V6,
             map_names::BLOCKLIST_V4 => filled::BLOCKLIST_V4,
             _ => filled::BLOCKLIST_V6,
         };
@@ -183,13 +181,8 @@ impl KernelMaps {
     pub fn refresh_filled(&self) -> Result<(), XdpError> {
         self.blocklist_v4()?.refresh_filled()?;
         self.blocklist_v6()?.refresh_filled()?;
-        for name in [map_names::ALLOWLIST_V4, map_names::CIDR_BLOCKLIST_V4] {
-            self.trie_v4(name)?.refresh_filled()?;
-        }
-        for name in [map_names::ALLOWLIST_V6, map_names::CIDR_BLOCKLIST_V6] {
-            self.trie_v6(name)?.refresh_filled()?;
-        }
-        Ok(())
+        self.cidr_v4()?.refresh_filled()?;
+        self.cidr_v6()?.refresh_filled()
     }
 
     /// The per-source rate-limit buckets.
@@ -273,12 +266,8 @@ impl KernelMaps {
             map_names::BLOCKLIST_V4 => Some(self.blocklist_v4()?.count()?),
             map_names::BLOCKLIST_V6 => Some(self.blocklist_v6()?.count()?),
             map_names::RATE_LIMIT => Some(self.rate_limit()?.count()?),
-            map_names::ALLOWLIST_V4 | map_names::CIDR_BLOCKLIST_V4 => {
-                Some(self.trie_v4(name)?.count()?)
-            }
-            map_names::ALLOWLIST_V6 | map_names::CIDR_BLOCKLIST_V6 => {
-                Some(self.trie_v6(name)?.count()?)
-            }
+            map_names::CIDR_V4 => Some(self.cidr_v4()?.count()?),
+            map_names::CIDR_V6 => Some(self.cidr_v6()?.count()?),
             _ => None,
         })
     }
@@ -298,7 +287,7 @@ impl KernelMaps {
 /// An exact-address blocklist keyed by `K` ([`Addr4`] or [`Addr6`]).
 pub type HostTable<K> = Table<HashMap<MapData, K, BlockEntry>>;
 
-/// An allowlist or CIDR-blocklist trie keyed by `K` ([`Addr4`] or [`Addr6`]).
+/// A CIDR trie keyed by `K` ([`Addr4`] or [`Addr6`]).
 pub type TrieTable<K> = Table<LpmTrie<MapData, K, CidrRule>>;
 
 /// A hash or trie map with the name and path its errors need, and the `FILLED` flag
@@ -548,15 +537,41 @@ impl<M: KeyOps> Table<M> {
         Ok(undo)
     }
 
-    /// Puts back what an [`insert_all`](Self::insert_all) changed.
+    /// Puts back what an [`insert_all`](Self::insert_all) or a
+    /// [`rewrite`](Self::rewrite) changed. New keys go first, so that a full map has
+    /// room for the ones a rewrite deleted.
     pub fn undo(&mut self, undo: Undo<M::Key, M::Value>) -> Result<(), XdpError> {
+        self.remove_all(&undo.created)?;
         for (key, old) in undo.replaced.iter().rev() {
             self.map
                 .insert_one(key, old, ANY)
                 .map_err(|source| self.error("restoring", source))?;
         }
-        self.remove_all(&undo.created)?;
+        if !undo.replaced.is_empty()
+            && let Some(filled) = &mut self.filled
+        {
+            filled.set(true)?;
+        }
         Ok(())
+    }
+
+    /// Inserts (or replaces) every `keys[i] = values[i]`, then removes each key of
+    /// `gone` (given with the value it holds, for the undo). All or nothing, as
+    /// [`insert_all`](Self::insert_all).
+    pub fn rewrite(
+        &mut self,
+        keys: &[M::Key],
+        values: &[M::Value],
+        gone: Vec<(M::Key, M::Value)>,
+    ) -> Result<Undo<M::Key, M::Value>, XdpError> {
+        let mut undo = self.insert_all(keys, values)?;
+        let gone_keys: Vec<M::Key> = gone.iter().map(|(key, _)| *key).collect();
+        if let Err(err) = self.remove_all(&gone_keys) {
+            self.undo(undo)?;
+            return Err(err);
+        }
+        undo.replaced.extend(gone);
+        Ok(undo)
     }
 
     /// Sets the `FILLED` flag when the map holds an entry; clears it when it holds
