@@ -15,6 +15,8 @@ use http::{
     },
 };
 
+use smallvec::SmallVec;
+
 use crate::config::proxy::ForwardedStyle;
 
 /// `X-Request-Id`: the client's if it looks like an id, else one we generate.
@@ -26,6 +28,15 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// The forwarding headers an untrusted client's request loses.
+const FORWARDING: [HeaderName; 5] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_REAL_IP,
+    FORWARDED,
+];
 
 /// The gateway always terminates TLS.
 const PROTO: &str = "https";
@@ -48,14 +59,28 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// names, from a request before it goes upstream or a response before it goes
 /// back to the client.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    // On the stack: a `Connection` value names one or two options.
+    let named: SmallVec<[HeaderName; 4]> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(&HOP_BY_HOP) {
+    remove_all(headers, named.iter().chain(&HOP_BY_HOP));
+}
+
+/// Removes every header called one of `names`, in that order. A map that has
+/// none of them (the usual message) is only read: comparing its few names is
+/// cheaper than hashing each of `names` for a lookup.
+fn remove_all<'a>(headers: &mut HeaderMap, names: impl Iterator<Item = &'a HeaderName> + Clone) {
+    if !headers
+        .keys()
+        .any(|present| names.clone().any(|name| name == present))
+    {
+        return;
+    }
+    for name in names {
         headers.remove(name);
     }
 }
@@ -79,15 +104,7 @@ pub fn set_forwarded(
     let client = client.to_canonical();
     let host = host.filter(|h| !h.is_empty());
     if !trusted {
-        for name in [
-            X_FORWARDED_FOR,
-            X_FORWARDED_PROTO,
-            X_FORWARDED_HOST,
-            X_REAL_IP,
-            FORWARDED,
-        ] {
-            headers.remove(name);
-        }
+        remove_all(headers, FORWARDING.iter());
     }
     match style {
         ForwardedStyle::XForwarded => {
