@@ -229,8 +229,9 @@ struct Rig {
 
 pub fn run(options: &Options, waiter: &mut IdleWaiter) -> anyhow::Result<Results> {
     let selected = |scenario| options.scenarios.contains(&scenario);
-    if selected(Scenario::OpenLoop) {
-        // Before minutes of other runs, not after.
+    // Before minutes of other runs, not after; a callgrind run has no open loop
+    // (and `cargo xtask bench proxy` installs no oha for it).
+    if selected(Scenario::OpenLoop) && options.callgrind.is_none() {
         load::oha_version(&options.oha)?;
     }
     let mut rig = Rig::start(options)?;

@@ -151,6 +151,7 @@ mod tests {
             jti: None,
             key,
             forwarded: Vec::new(),
+            identity_values: Default::default(),
         })
     }
 

@@ -63,6 +63,27 @@ pub struct Verified {
     pub key: Option<Fingerprint>,
     /// Claim values for `[auth.claim_headers]`.
     forwarded: Vec<(HeaderName, HeaderValue)>,
+    /// The identity as header values (subject, issuer, scopes, roles), made
+    /// once per token so a cache hit forwards them without formatting; `None`
+    /// when empty or not a valid header value (not forwarded).
+    identity_values: [Option<HeaderValue>; 4],
+}
+
+/// [`Verified::identity_values`] of `identity`.
+fn identity_values(identity: &Identity) -> [Option<HeaderValue>; 4] {
+    [
+        identity.subject.clone(),
+        identity.issuer.clone(),
+        identity.scopes.join(" "),
+        identity.roles.join(","),
+    ]
+    .map(|value| {
+        if value.is_empty() {
+            None
+        } else {
+            HeaderValue::from_str(&value).ok()
+        }
+    })
 }
 
 /// Why a request was refused; becomes 401, 403 or 503 in `proxy::error`.
@@ -166,6 +187,9 @@ pub struct Auth {
     revocations: Arc<Revocations>,
     /// Every header name that carries identity upstream, stripped from clients.
     identity_names: Vec<HeaderName>,
+    /// The identity headers' names (subject, issuer, scopes, roles), parsed
+    /// once; `None` for a name that is not a valid header name.
+    identity_headers: [Option<HeaderName>; 4],
 }
 
 impl Auth {
@@ -235,12 +259,20 @@ impl Auth {
         .chain(section.claim_headers.values())
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
+        let identity_headers = [
+            &headers.subject,
+            &headers.issuer,
+            &headers.scopes,
+            &headers.roles,
+        ]
+        .map(|name| HeaderName::from_bytes(name.as_bytes()).ok());
         Ok(Self {
             section: section.clone(),
             issuers,
             cache,
             revocations,
             identity_names,
+            identity_headers,
         })
     }
 
@@ -450,6 +482,7 @@ impl Auth {
             })
             .collect();
         Verified {
+            identity_values: identity_values(&identity),
             identity,
             issuer: issuer.name.clone(),
             claims,
@@ -478,22 +511,9 @@ impl Auth {
             }
         }
         let Some(verified) = verified else { return };
-        let names = &self.section.identity_headers;
-        let identity = &verified.identity;
-        for (name, value) in [
-            (&names.subject, identity.subject.clone()),
-            (&names.issuer, identity.issuer.clone()),
-            (&names.scopes, identity.scopes.join(" ")),
-            (&names.roles, identity.roles.join(",")),
-        ] {
-            if value.is_empty() {
-                continue;
-            }
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(&value),
-            ) {
-                headers.insert(name, value);
+        for (name, value) in self.identity_headers.iter().zip(&verified.identity_values) {
+            if let (Some(name), Some(value)) = (name, value) {
+                headers.insert(name.clone(), value.clone());
             }
         }
         for (name, value) in &verified.forwarded {

@@ -122,12 +122,12 @@ impl Route {
     /// `/api/x` to `/x`; `/api` → `/v1` maps `/api/x` to `/v1/x` and `/api` to
     /// `/v1`). Without a rewrite, or for a path this route did not match, the
     /// path is returned as it is. The query is the caller's to append.
-    pub fn rewrite(&self, path: &str) -> String {
+    pub fn rewrite<'a>(&self, path: &'a str) -> Cow<'a, str> {
         let Some(rewrite) = &self.rewrite_prefix else {
-            return path.to_owned();
+            return Cow::Borrowed(path);
         };
         let Some(rest) = path.strip_prefix(self.path_prefix.as_str()) else {
-            return path.to_owned();
+            return Cow::Borrowed(path);
         };
         let mut out = String::with_capacity(rewrite.len() + rest.len() + 1);
         if rest.is_empty() {
@@ -145,7 +145,7 @@ impl Route {
         if out.is_empty() {
             out.push('/');
         }
-        out
+        Cow::Owned(out)
     }
 }
 
@@ -643,7 +643,7 @@ mod tests {
     fn rewrite(prefix: &str, rewrite: Option<&str>, path: &str) -> String {
         let mut config = route("r", &[], prefix);
         config.rewrite_prefix = rewrite.map(str::to_owned);
-        Route::from_config(&config).rewrite(path)
+        Route::from_config(&config).rewrite(path).into_owned()
     }
 
     #[test]

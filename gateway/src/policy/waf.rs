@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, header};
+use http::{HeaderMap, HeaderName, Method, header};
 use regex::Regex;
 use tracing::warn;
 
@@ -253,7 +253,7 @@ impl RouteWafPolicy {
             self.hit(route, "protocol-001", "protocol")?;
         }
         // More than a few ranges: the overlapping-ranges denial of service.
-        for name in ["range", "request-range"] {
+        for name in [header::RANGE, REQUEST_RANGE] {
             if let Some(range) = head.headers.get(name)
                 && range.as_bytes().iter().filter(|b| **b == b',').count() >= MAX_RANGES
             {
@@ -261,14 +261,17 @@ impl RouteWafPolicy {
             }
         }
         // httpoxy: CGI turns `Proxy` into `HTTP_PROXY`.
-        if head.headers.contains_key("proxy") {
+        if head.headers.contains_key(PROXY) {
             self.hit(route, "protocol-003", "protocol")?;
         }
-        let path = head.path.to_ascii_lowercase();
-        if path.ends_with('~')
-            || path
-                .rsplit_once('.')
-                .is_some_and(|(stem, ext)| !stem.ends_with('/') && BACKUP_EXTENSIONS.contains(&ext))
+        // Case-insensitive without a lower-cased copy: folding moves no '.' or '/'.
+        if head.path.ends_with('~')
+            || head.path.rsplit_once('.').is_some_and(|(stem, ext)| {
+                !stem.ends_with('/')
+                    && BACKUP_EXTENSIONS
+                        .iter()
+                        .any(|backup| backup.eq_ignore_ascii_case(ext))
+            })
         {
             self.hit(route, "protocol-004", "protocol")?;
         }
@@ -405,6 +408,10 @@ const ALLOWED_CHARSETS: &[&str] = &[
 const MAX_RANGES: usize = 5;
 
 /// Backup and dump files left next to the real ones (protocol-004).
+/// Headers the protocol rules read, parsed once rather than per request.
+const REQUEST_RANGE: HeaderName = HeaderName::from_static("request-range");
+const PROXY: HeaderName = HeaderName::from_static("proxy");
+
 const BACKUP_EXTENSIONS: &[&str] = &[
     "bak", "backup", "old", "orig", "swp", "swo", "sav", "save", "tmp", "sql", "sqlite", "mdb",
     "dist",

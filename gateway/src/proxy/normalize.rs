@@ -2,6 +2,8 @@
 //! later policy stages see the same path the upstream will act on, and encoded
 //! tricks (`%2e%2e`, `%2f`, `\`) cannot slip past a prefix match.
 
+use std::borrow::Cow;
+
 /// Why a request path was refused (the proxy answers 400).
 ///
 /// The variants carry no input on purpose: the message goes back to an untrusted
@@ -37,13 +39,38 @@ pub enum PathError {
 ///    and non-ASCII bytes are refused rather than guessed at.
 /// 3. Repeated slashes collapse and dot segments are removed (RFC 3986 §5.2.4);
 ///    `..` never climbs above `/`. A trailing slash is kept.
-pub fn normalize_path(path: &str) -> Result<String, PathError> {
+///
+/// A path already in that form (the usual request) is returned borrowed.
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
+    if is_normal(bytes) {
+        return Ok(Cow::Borrowed(path));
+    }
     let decoded = decode_unreserved(bytes)?;
-    Ok(remove_dot_segments(&decoded))
+    Ok(Cow::Owned(remove_dot_segments(&decoded)))
+}
+
+/// Whether the three steps of [`normalize_path`] would give `path` back
+/// unchanged and accept it: no escape, backslash, control or non-ASCII byte,
+/// and no empty, `.` or `..` segment (a trailing '/' is one empty segment
+/// that stays). `path` starts with '/'.
+fn is_normal(path: &[u8]) -> bool {
+    if path
+        .iter()
+        .any(|&b| b == b'%' || b == b'\\' || b.is_ascii_control() || !b.is_ascii())
+    {
+        return false;
+    }
+    let segments = path[1..].split(|&b| b == b'/');
+    let last = path[1..].iter().filter(|&&b| b == b'/').count();
+    segments.enumerate().all(|(index, segment)| match segment {
+        b"" => index == last,
+        b"." | b".." => false,
+        _ => true,
+    })
 }
 
 /// Step 1 and 2 of [`normalize_path`]: the path with only unreserved escapes
@@ -143,7 +170,12 @@ mod tests {
     use super::*;
 
     fn ok(path: &str) -> String {
-        normalize_path(path).unwrap_or_else(|e| panic!("{path:?} was refused: {e}"))
+        let normalized =
+            normalize_path(path).unwrap_or_else(|e| panic!("{path:?} was refused: {e}"));
+        // The shortcut for paths already normal agrees with the full steps.
+        let full = decode_unreserved(path.as_bytes()).map(|d| remove_dot_segments(&d));
+        assert_eq!(Ok(&*normalized), full.as_deref(), "{path:?}");
+        normalized.into_owned()
     }
 
     fn err(path: &str) -> PathError {
@@ -157,6 +189,21 @@ mod tests {
     fn plain_paths_are_unchanged() {
         for path in ["/", "/a", "/a/b", "/a/b/", "/a-b_c~d.e", "/a;b=c", "/x:y@z"] {
             assert_eq!(ok(path), path);
+        }
+    }
+
+    #[test]
+    fn only_paths_already_normal_are_borrowed() {
+        for path in ["/", "/a", "/a/b/", "/a..b/c.", "/.../a", "/a;b=c"] {
+            assert!(
+                matches!(normalize_path(path), Ok(Cow::Borrowed(_))),
+                "{path:?}"
+            );
+        }
+        for path in [
+            "//", "/a//b", "//a", "/a/.", "/a/..", "/./a", "/../a", "/a/./", "/%41", "/a/.%2e",
+        ] {
+            assert!(!is_normal(path.as_bytes()), "{path:?}");
         }
     }
 

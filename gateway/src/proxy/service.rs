@@ -8,7 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http::{HeaderValue, Request, Response, Version, header, request::Parts};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, Version, header, request::Parts, uri::PathAndQuery};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -52,7 +53,9 @@ pub struct ConnInfo {
 /// What one request did, for the access log.
 #[derive(Default)]
 struct Outcome<'a> {
-    /// The normalized path, once it is known to be valid.
+    /// The access log is on: copy what only its line needs.
+    logging: bool,
+    /// The normalized path, once it is known to be valid (only when logging).
     path: Option<String>,
     /// The matched route (its upstream is the pool the request went to).
     route: Option<&'a Route>,
@@ -106,7 +109,10 @@ pub async fn handle(
         tracing::enabled!(target: "access", tracing::Level::INFO).then(|| Logged::of(&request));
     // Declared sizes (Content-Length): a streamed body of unknown length counts 0.
     let bytes_in = request.body().size_hint().exact().unwrap_or(0);
-    let mut outcome = Outcome::default();
+    let mut outcome = Outcome {
+        logging: logged.is_some(),
+        ..Outcome::default()
+    };
 
     let mut response = match proxy(
         &snapshot,
@@ -295,9 +301,13 @@ async fn proxy<'a>(
         .ok_or(ProxyError::ClientBusy { limit })?;
     check_head_limits(&request, listener)?;
     waf::check_protocol(request.headers())?;
-    let path = normalize_path(request.uri().path())?;
-    outcome.path = Some(path.clone());
-    let host = request_host(&request);
+    let (mut parts, body) = request.into_parts();
+    // Borrowed from the URI when it is already normal (the usual request).
+    let path = normalize_path(parts.uri.path())?;
+    if outcome.logging {
+        outcome.path = Some(path.clone().into_owned());
+    }
+    let host = host_of(&parts.uri, &parts.headers);
     if listener.checks_sni_host()
         && !host.is_some_and(|host| authority::covers(listener, conn.sni.as_deref(), host))
     {
@@ -305,7 +315,7 @@ async fn proxy<'a>(
     }
     let route = snapshot
         .routes
-        .find(host, &path, request.method(), &conn.listener)
+        .find(host, &path, &parts.method, &conn.listener)
         .map_err(|err| match err {
             RouteError::NotFound => ProxyError::NoRoute,
             RouteError::Misdirected => ProxyError::Misdirected,
@@ -313,7 +323,6 @@ async fn proxy<'a>(
         })?;
     outcome.route = Some(route);
 
-    let (mut parts, body) = request.into_parts();
     let client_ip = client.ip;
     let verified = match snapshot
         .auth
@@ -386,16 +395,23 @@ async fn proxy<'a>(
         .auth
         .forward(&route.auth, verified.as_deref(), &mut parts.headers);
 
-    let upstream_parts = upstream_request(snapshot, conn, parts, route, request_id, trace);
-    let path_and_query = match upstream_parts.uri.query() {
-        Some(query) => format!("{}?{query}", route.rewrite(&path)),
-        None => route.rewrite(&path),
-    };
+    upstream_request(
+        snapshot,
+        conn,
+        &mut parts.headers,
+        &parts.uri,
+        route,
+        request_id,
+        trace,
+    );
+    parts.version = Version::HTTP_11;
+    let upstream_parts = &parts;
+    let path_and_query = upstream_path_and_query(route, &path, &upstream_parts.uri);
     let key = affinity_key(
         pool.config().balance,
         pool.config().hash_header.as_deref(),
         conn,
-        &upstream_parts,
+        upstream_parts,
     );
 
     let fault = match &prepared.body {
@@ -405,7 +421,7 @@ async fn proxy<'a>(
     let sent = Instant::now();
     let forwarded = tokio::time::timeout(
         route.timeout,
-        pool.send(&upstream_parts, &path_and_query, prepared.body, key),
+        pool.send(upstream_parts, &path_and_query, prepared.body, key),
     )
     .await
     .map_err(|_| match fault.as_ref().and_then(|f| f.get()) {
@@ -529,11 +545,15 @@ fn split_host(host: Option<&str>) -> (Option<&str>, Option<u16>) {
 
 /// The `Host` header (HTTP/1.1) or the `:authority` (HTTP/2).
 fn request_host<B>(request: &Request<B>) -> Option<&str> {
-    request
-        .headers()
+    host_of(request.uri(), request.headers())
+}
+
+/// [`request_host`] of a request taken apart.
+fn host_of<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> Option<&'a str> {
+    headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .or_else(|| uri.authority().map(|a| a.as_str()))
 }
 
 /// URI length, header count and header bytes; HTTP/1.1 heads over the buffer
@@ -570,23 +590,21 @@ fn check_head_limits<B>(request: &Request<B>, listener: &ListenerConfig) -> Resu
     Ok(())
 }
 
-/// The request as the fleet sees it: HTTP/1.1 semantics, no hop-by-hop
-/// headers, forwarding headers set by the gateway, the route's `Host`.
+/// The request as the fleet sees it: no hop-by-hop headers, forwarding
+/// headers set by the gateway, the route's `Host` (the caller sets HTTP/1.1).
 fn upstream_request(
     snapshot: &Snapshot,
     conn: &ConnInfo,
-    mut parts: Parts,
+    headers: &mut http::HeaderMap,
+    uri: &http::Uri,
     route: &Route,
     request_id: &HeaderValue,
     trace: &TraceContext,
-) -> Parts {
-    let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
+) {
+    let client_host = headers.get(header::HOST).cloned().or_else(|| {
+        uri.authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let headers = &mut parts.headers;
     headers::remove_hop_by_hop(headers);
     let trusted = snapshot
         .proxy
@@ -607,8 +625,30 @@ fn upstream_request(
     headers.remove(header::CONTENT_LENGTH);
     headers.insert(REQUEST_ID, request_id.clone());
     trace.apply(headers);
-    parts.version = Version::HTTP_11;
-    parts
+}
+
+/// The path and query the upstream gets: the route's rewrite of the normalized
+/// path, and the client's query. When neither changed the path, the client's
+/// own (already parsed) path and query is shared rather than copied.
+fn upstream_path_and_query(
+    route: &Route,
+    path: &str,
+    uri: &http::Uri,
+) -> Result<PathAndQuery, String> {
+    let rewritten = route.rewrite(path);
+    if let Some(original) = uri.path_and_query()
+        && original
+            .as_str()
+            .strip_prefix(&*rewritten)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('?'))
+    {
+        return Ok(original.clone());
+    }
+    let joined = match uri.query() {
+        Some(query) => format!("{rewritten}?{query}"),
+        None => rewritten.into_owned(),
+    };
+    PathAndQuery::from_maybe_shared(Bytes::from(joined)).map_err(|err| err.to_string())
 }
 
 /// The consistent-hashing key: the configured header, or the client address.

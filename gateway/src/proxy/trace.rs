@@ -10,8 +10,6 @@
 //! sampled, so a fleet whose tracers follow their parent's decision (the
 //! usual default) keeps recording what enters through the gateway.
 
-use std::fmt::Write as _;
-
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -73,19 +71,30 @@ impl TraceContext {
     /// Sets the upstream request's `traceparent`, replacing the client's, and
     /// keeps the client's `tracestate` only when its `traceparent` was valid.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        let mut value = String::with_capacity(55);
-        let _ = write!(
-            value,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        );
+        // Written into a buffer on the stack: the header value is the one copy.
+        let mut value = [0u8; 55];
+        value[..3].copy_from_slice(b"00-");
+        write_hex(&mut value[3..35], self.trace_id);
+        value[35] = b'-';
+        write_hex(&mut value[36..52], u128::from(self.span_id));
+        value[52] = b'-';
+        write_hex(&mut value[53..55], u128::from(self.flags));
         headers.insert(
             TRACEPARENT,
-            HeaderValue::from_str(&value).expect("hex digits and '-' are a valid header value"),
+            HeaderValue::from_bytes(&value).expect("hex digits and '-' are a valid header value"),
         );
         if !self.continued {
             headers.remove(TRACESTATE);
         }
+    }
+}
+
+/// `value` as lowercase hex, zero-padded to fill `out`.
+fn write_hex(out: &mut [u8], mut value: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for digit in out.iter_mut().rev() {
+        *digit = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
     }
 }
 

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http::{
     Request, Response, StatusCode, Uri,
     request::Parts,
-    uri::{Authority, Scheme},
+    uri::{Authority, PathAndQuery, Scheme},
 };
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt as _, Empty, Full};
@@ -28,6 +28,7 @@ use hyper_util::{
     client::legacy::Client,
     rt::{TokioExecutor, TokioTimer},
 };
+use smallvec::SmallVec;
 use tracing::{debug, warn};
 
 use super::{
@@ -134,7 +135,11 @@ impl Endpoint {
         }
     }
 
-    fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+    fn uri<P>(&self, path_and_query: P) -> Result<Uri, http::Error>
+    where
+        PathAndQuery: TryFrom<P>,
+        <PathAndQuery as TryFrom<P>>::Error: Into<http::Error>,
+    {
         Uri::builder()
             .scheme(Scheme::HTTPS)
             .authority(self.authority.clone())
@@ -277,7 +282,8 @@ impl Pool {
             .count();
         let threshold = self.config.outlier.panic_threshold_percent as usize;
         let panic = available * 100 < healthy * threshold;
-        let candidates = |skip_tried: bool| -> Vec<Candidate> {
+        // On the stack for pools of up to 16 endpoints.
+        let candidates = |skip_tried: bool| -> SmallVec<[Candidate; 16]> {
             endpoints
                 .iter()
                 .enumerate()
@@ -303,11 +309,13 @@ impl Pool {
 
     /// Sends `parts` + `body` to the pool: past the circuit and one slot of the
     /// breaker, retries where safe (on an endpoint not tried before while there
-    /// is one), each attempt within `retry.per_try_timeout`.
+    /// is one), each attempt within `retry.per_try_timeout`. `path_and_query`
+    /// is parsed by the caller (shared by every attempt); a value that did not
+    /// parse fails the request here, as any URI the pool cannot build.
     pub async fn send(
         &self,
         parts: &Parts,
-        path_and_query: &str,
+        path_and_query: &Result<PathAndQuery, String>,
         mut body: RequestBody,
         key: Option<u64>,
     ) -> Result<Forwarded, UpstreamError> {
@@ -319,7 +327,7 @@ impl Pool {
             .map_err(UpstreamError::BreakerOpen)?;
         self.budget.record_request(Instant::now());
         let idempotent = is_idempotent(&parts.method);
-        let mut tried = Vec::new();
+        let mut tried: SmallVec<[u64; 4]> = SmallVec::new();
         let mut retries = 0;
         // The outcome of the last attempt that was worth retrying: it is the
         // answer when no endpoint is left.
@@ -343,7 +351,13 @@ impl Pool {
                 ));
             };
             let mut request = Request::from_parts(parts.clone(), attempt_body);
-            match endpoint.uri(path_and_query) {
+            let uri = match path_and_query {
+                Ok(path_and_query) => endpoint
+                    .uri(path_and_query.clone())
+                    .map_err(|err| err.to_string()),
+                Err(err) => Err(err.clone()),
+            };
+            match uri {
                 Ok(uri) => *request.uri_mut() = uri,
                 Err(err) => break Err(UpstreamError::Internal(format!("upstream URI: {err}"))),
             }

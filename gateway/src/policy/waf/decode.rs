@@ -22,46 +22,77 @@
 //!      browsers do, so `java⇥script:` reads `javascript:` (only when the text
 //!      has a control character).
 
+use std::borrow::Cow;
+
 use crate::proxy::normalize::hex_value;
 
 /// Bound of the unescape loop: five layers of encoding are already more than
 /// any upstream decodes, and the bound keeps a hostile value's cost linear.
 pub(super) const MAX_ROUNDS: usize = 5;
 
-/// A value after the decode chain.
-pub(super) struct Decoded {
+/// A value after the decode chain. It borrows the raw value when the chain
+/// leaves it as it is (no escapes, ASCII lower case: most header values), so
+/// a clean value costs no allocation.
+pub(super) struct Decoded<'a> {
     /// The unescaped bytes before folding (for NUL and overlong UTF-8).
-    pub bytes: Vec<u8>,
-    /// The folded text and its SQL and scheme views (see the module doc).
-    pub views: Vec<String>,
+    pub bytes: Cow<'a, [u8]>,
+    /// The folded text.
+    text: Cow<'a, str>,
+    /// The SQL view, with comments read as a space.
+    sql: Option<String>,
+    /// The SQL view with comments deleted (only when the text has `/*`).
+    joined: Option<String>,
+    /// The scheme view.
+    scheme: Option<String>,
+}
+
+impl Decoded<'_> {
+    /// The folded text, then its SQL and scheme views that differ from it.
+    pub fn views(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(&*self.text)
+            .chain(self.sql.as_deref())
+            .chain(self.joined.as_deref())
+            .chain(self.scheme.as_deref())
+    }
+
+    /// The folded text (the first view).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
 }
 
 /// Runs the whole chain on one value; `form` makes `+` a space.
-pub(super) fn decode(input: &[u8], form: bool) -> Decoded {
+pub(super) fn decode(input: &[u8], form: bool) -> Decoded<'_> {
     let bytes = unescape(input, form);
-    let text = fold(&String::from_utf8_lossy(&bytes));
-    let mut views = Vec::with_capacity(1);
-    if let Some(sql) = sql_view(&text, " ") {
-        views.push(sql);
-    }
+    let text = match &bytes {
+        Cow::Borrowed(raw) => match std::str::from_utf8(raw) {
+            Ok(text) => fold(text),
+            Err(_) => Cow::Owned(fold(&String::from_utf8_lossy(raw)).into_owned()),
+        },
+        Cow::Owned(unescaped) => Cow::Owned(fold(&String::from_utf8_lossy(unescaped)).into_owned()),
+    };
+    let sql = sql_view(&text, " ");
     // `UN/**/ION`: some filters delete comments rather than read them as
     // space, so the keywords they split are also read joined.
-    if text.contains("/*")
-        && let Some(joined) = sql_view(&text, "")
-    {
-        views.push(joined);
+    let joined = if contains(text.as_bytes(), b"/*") {
+        sql_view(&text, "")
+    } else {
+        None
+    };
+    let scheme = scheme_view(&text);
+    Decoded {
+        bytes,
+        text,
+        sql,
+        joined,
+        scheme,
     }
-    if let Some(scheme) = scheme_view(&text) {
-        views.push(scheme);
-    }
-    views.insert(0, text);
-    Decoded { bytes, views }
 }
 
 /// Step 1: unescape until stable. Values without any escape character (most
-/// header values) are copied once and not scanned again.
-pub(super) fn unescape(input: &[u8], form: bool) -> Vec<u8> {
-    let mut current = input.to_vec();
+/// header values) are borrowed as they are and not scanned again.
+pub(super) fn unescape(input: &[u8], form: bool) -> Cow<'_, [u8]> {
+    let mut current = Cow::Borrowed(input);
     for round in 0..MAX_ROUNDS {
         if !current
             .iter()
@@ -70,10 +101,10 @@ pub(super) fn unescape(input: &[u8], form: bool) -> Vec<u8> {
             break;
         }
         let next = unescape_once(&current, form && round == 0);
-        if next == current {
+        if next == *current {
             break;
         }
-        current = next;
+        current = Cow::Owned(next);
     }
     current
 }
@@ -244,23 +275,30 @@ fn hex_char(digits: &[u8]) -> Option<char> {
 }
 
 /// Step 2: fullwidth ASCII and no-break space folded, then lower case.
-pub(super) fn fold(text: &str) -> String {
+pub(super) fn fold(text: &str) -> Cow<'_, str> {
     // The usual value: none of the mapped characters, and ASCII's lowercase is
-    // Unicode's for it, without the char-by-char walk (see BENCHMARKS.md).
+    // Unicode's for it, without the char-by-char walk (see BENCHMARKS.md);
+    // already lower case, it is the text itself.
     if text.is_ascii() {
-        return text.to_ascii_lowercase();
+        return if text.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(text.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(text)
+        };
     }
-    text.chars()
-        .map(|c| match u32::from(c) {
-            0xFF01..=0xFF5E => char::from_u32(u32::from(c) - 0xFEE0).unwrap_or(c),
-            0xA0 => ' ',
-            // Slashes Windows' "best fit" mapping turns into `/` and `\`.
-            0x2215 | 0x2044 => '/',
-            0x2216 | 0x29F5 | 0xFE68 => '\\',
-            _ => c,
-        })
-        .flat_map(char::to_lowercase)
-        .collect()
+    Cow::Owned(
+        text.chars()
+            .map(|c| match u32::from(c) {
+                0xFF01..=0xFF5E => char::from_u32(u32::from(c) - 0xFEE0).unwrap_or(c),
+                0xA0 => ' ',
+                // Slashes Windows' "best fit" mapping turns into `/` and `\`.
+                0x2215 | 0x2044 => '/',
+                0x2216 | 0x29F5 | 0xFE68 => '\\',
+                _ => c,
+            })
+            .flat_map(char::to_lowercase)
+            .collect(),
+    )
 }
 
 /// The SQL view: comments out, whitespace runs collapsed; `None` when that
@@ -364,7 +402,9 @@ fn scheme_view(text: &str) -> Option<String> {
     (out != text).then_some(out)
 }
 
-/// Whether `needle` occurs in `haystack` (for the cheap prefilters).
+/// Whether `needle` occurs in `haystack` (for the cheap prefilters): for
+/// needles of two or three bytes in values of a few dozen, cheaper than
+/// `str::contains`, whose searcher is set up anew on each call.
 pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }

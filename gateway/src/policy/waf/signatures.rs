@@ -82,7 +82,7 @@ enum Check {
     /// A regex on the decoded views (an index into [`PATTERNS`]).
     Pattern(&'static str),
     /// Code that a regex cannot express.
-    Code(fn(&Decoded, Place) -> bool),
+    Code(fn(&Decoded<'_>, Place) -> bool),
 }
 
 const NOWHERE: Place = Place(0);
@@ -394,10 +394,18 @@ static PATTERNS: LazyLock<(RegexSet, Vec<usize>)> = LazyLock::new(|| {
 });
 
 /// The rules that match `decoded` in `place`, in table order.
-pub(super) fn matches(decoded: &Decoded, place: Place) -> Vec<&'static Builtin> {
+///
+/// A view that matches no pattern (nearly every value) is answered by
+/// `is_match` alone: the overlapping search for which patterns matched, and
+/// its allocations, only run on a view that has a match.
+pub(super) fn matches(decoded: &Decoded<'_>, place: Place) -> Vec<&'static Builtin> {
     let (set, pattern_rules) = &*PATTERNS;
-    let mut hit = vec![false; BUILTINS.len()];
-    for view in &decoded.views {
+    let mut hit: Option<Vec<bool>> = None;
+    for view in decoded.views() {
+        if !set.is_match(view.as_bytes()) {
+            continue;
+        }
+        let hit = hit.get_or_insert_with(|| vec![false; BUILTINS.len()]);
         for index in set.matches(view.as_bytes()) {
             if let Some(rule) = pattern_rules.get(index).and_then(|r| hit.get_mut(*r)) {
                 *rule = true;
@@ -406,13 +414,15 @@ pub(super) fn matches(decoded: &Decoded, place: Place) -> Vec<&'static Builtin> 
     }
     BUILTINS
         .iter()
-        .zip(hit)
-        .filter(|(rule, _)| rule.places.0 & place.0 != 0 && rule.except.0 & place.0 == 0)
-        .filter(|(rule, hit)| match rule.check {
-            Check::Pattern(_) => *hit,
+        .enumerate()
+        .filter(|(_, rule)| rule.places.0 & place.0 != 0 && rule.except.0 & place.0 == 0)
+        .filter(|(index, rule)| match rule.check {
+            Check::Pattern(_) => hit
+                .as_ref()
+                .is_some_and(|hit| hit.get(*index).copied().unwrap_or(false)),
             Check::Code(check) => check(decoded, place),
         })
-        .map(|(rule, _)| rule)
+        .map(|(_, rule)| rule)
         .collect()
 }
 
@@ -430,11 +440,11 @@ const OVERLONG: &[&[u8]] = &[
     &[0xE0, 0x80, 0xAF],
 ];
 
-fn overlong(decoded: &Decoded, _: Place) -> bool {
+fn overlong(decoded: &Decoded<'_>, _: Place) -> bool {
     OVERLONG.iter().any(|seq| contains(&decoded.bytes, seq))
 }
 
-fn nul(decoded: &Decoded, _: Place) -> bool {
+fn nul(decoded: &Decoded<'_>, _: Place) -> bool {
     decoded.bytes.contains(&0)
 }
 
@@ -457,9 +467,11 @@ static AUTHORITY: LazyLock<Regex> = LazyLock::new(|| {
 /// A URL whose host is loopback, private, link-local or a metadata service,
 /// however the address is spelled (`http://2852039166/`, `http://0x7f.1/`,
 /// `http://[::ffff:a9fe:a9fe]/`, `http://user@127.0.0.1/`).
-fn internal_url(decoded: &Decoded, _: Place) -> bool {
-    decoded.views.iter().any(|view| {
-        (view.contains("//") || view.contains("\\\\") || view.contains(':'))
+fn internal_url(decoded: &Decoded<'_>, _: Place) -> bool {
+    decoded.views().any(|view| {
+        (contains(view.as_bytes(), b"//")
+            || contains(view.as_bytes(), b"\\\\")
+            || view.contains(':'))
             && AUTHORITY.captures_iter(view.as_bytes()).any(|captures| {
                 captures.get(1).is_some_and(|authority| {
                     let authority = String::from_utf8_lossy(authority.as_bytes());
@@ -473,11 +485,8 @@ fn internal_url(decoded: &Decoded, _: Place) -> bool {
 
 /// A value that is a host (with optional port and path) and internal:
 /// `host=10.0.0.5`, `target=localhost:6379`, `ip=[::1]`.
-fn internal_host_value(decoded: &Decoded, _: Place) -> bool {
-    let Some(text) = decoded.views.first() else {
-        return false;
-    };
-    let value = text.trim();
+fn internal_host_value(decoded: &Decoded<'_>, _: Place) -> bool {
+    let value = decoded.text().trim();
     if value.is_empty() || value.len() > 255 || value.contains(char::is_whitespace) {
         return false;
     }
@@ -643,9 +652,9 @@ fn internal_name(host: &str, spelling: Spelling) -> bool {
 /// the way Log4j would (a default after `:-`, `lower:`/`upper:` the argument,
 /// `date:'x'` the quoted text, anything else to nothing) until the outer one
 /// shows its name.
-fn jndi(decoded: &Decoded, _: Place) -> bool {
-    decoded.views.iter().any(|view| {
-        if !view.contains("${") {
+fn jndi(decoded: &Decoded<'_>, _: Place) -> bool {
+    decoded.views().any(|view| {
+        if !contains(view.as_bytes(), b"${") {
             return false;
         }
         let mut text: String = view.chars().filter(|c| !c.is_whitespace()).collect();
