@@ -220,10 +220,14 @@ async fn balances_as_each_algorithm_promises() {
     let mut config = fleet.config();
     config.upstreams.get_mut("fleet").expect("pool").balance = Balance::LeastRequest;
     let daemon = start(&fleet, &config);
-    let slow: Vec<_> = (0..2)
-        .map(|_| spawn_get(&client, fleet.listen, "/slow?ms=4000"))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // One after the other: two requests that arrive together can both read the
+    // loads before either counts itself (the choice is lock-free, as Envoy's is),
+    // and this part is about a busy pair, not that race.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        slow.push(spawn_get(&client, fleet.listen, "/slow?ms=4000"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let mut quick = std::collections::BTreeMap::<String, u32>::new();
     for _ in 0..30 {
         *quick

@@ -311,8 +311,14 @@ impl Connection {
         let snapshot = self.shared.snapshot.load_full();
         // The handshake completed: the address is the peer's own.
         snapshot.abuse.connected(client.ip());
-        let listener = snapshot.listener(&self.name).clone();
-        let timeouts = listener.timeouts;
+        // Copies of the two small settings the connection needs, not of the listener's
+        // config, and no hold on the snapshot past the handshake: an idle connection
+        // keeps neither alive (memory per idle connection, and old configs after a
+        // reload).
+        let (timeouts, limits) = {
+            let listener = snapshot.listener(&self.name);
+            (listener.timeouts, listener.limits)
+        };
         let close = self.guard.close.clone();
         let handshake = tokio::select! {
             handshake = tokio::time::timeout(timeouts.tls_handshake, self.tls.acceptor().accept(tcp)) => handshake,
@@ -331,6 +337,7 @@ impl Connection {
                 return;
             }
         };
+        drop(snapshot);
         let session = stream.get_ref().1;
         let conn = Arc::new(ConnInfo {
             listener: self.name.clone(),
@@ -362,7 +369,6 @@ impl Connection {
             }
         });
 
-        let limits = listener.limits;
         // Room for a request line up to the URI limit and the header bytes, so
         // the service can answer those limits precisely (414, 431).
         let max_head = (limits.max_uri_bytes + limits.max_header_bytes + 4096).max(8192);
