@@ -626,6 +626,10 @@ impl<'a> Lists<'a> {
             let _kept = self.put_all(kind, &puts)?;
             restored += puts.len();
         }
+        // A writer killed between its trie batches leaves derived values that no
+        // longer follow the own rules around them, which the own-entry comparison
+        // of the sweep cannot see: every (re)start derives them afresh.
+        self.rederive_tries()?;
         let journal = journal::path(self.state);
         if dropped || std::fs::metadata(&journal).is_ok_and(|meta| meta.len() > 0) {
             compact(lock, &journal, &lists)?;

@@ -617,6 +617,28 @@ fn nested_prefixes_keep_the_allowlist_first_whatever_their_lengths() {
 /// Expiries are per rule: a longer prefix that expires never hides a shorter one that
 /// has not, in the kernel itself, before the daemon's sweep comes by.
 #[test]
+fn a_restart_rederives_what_a_killed_writer_left_half_written() {
+    let mut program = LoadedProgram::load();
+    block(&program, &["198.18.0.0/16"]);
+    allow(&program, &["198.18.1.0/24"], None);
+    // As a writer killed between its batches could leave it: the allowlisted /24's
+    // value derived without its own allow rule (ALLOW missing).
+    let mut trie = program.maps.cidr_v4().expect("trie");
+    let (len, addr, mut stale) = trie
+        .entries()
+        .expect("entries")
+        .into_iter()
+        .find(|(len, addr, _)| *len == 24 && *addr == v4("198.18.1.0"))
+        .expect("the /24");
+    stale.flags &= !cidr_flags::ALLOW;
+    trie.insert(len, addr, &stale).expect("stale value");
+    drops(&mut program, "198.18.1.5", Reason::DropCidr);
+    program.lists().restore().expect("restore");
+    passes(&mut program, "198.18.1.5", Reason::PassAllowlist);
+    drops(&mut program, "198.18.2.5", Reason::DropCidr);
+}
+
+#[test]
 fn an_expired_prefix_hands_over_to_the_live_ones_around_it() {
     let mut program = LoadedProgram::load();
     let ttl = Some(Duration::from_millis(300));
