@@ -64,12 +64,15 @@ impl Decoded<'_> {
 /// Runs the whole chain on one value; `form` makes `+` a space.
 pub(super) fn decode(input: &[u8], form: bool) -> Decoded<'_> {
     let bytes = unescape(input, form);
-    let text = match &bytes {
-        Cow::Borrowed(raw) => match std::str::from_utf8(raw) {
-            Ok(text) => fold(text),
-            Err(_) => Cow::Owned(fold(&String::from_utf8_lossy(raw)).into_owned()),
-        },
-        Cow::Owned(unescaped) => Cow::Owned(fold(&String::from_utf8_lossy(unescaped)).into_owned()),
+    // Only text borrowed from the input can stay borrowed: `bytes` moves into the
+    // result beside it.
+    let borrowed = match bytes {
+        Cow::Borrowed(raw) => std::str::from_utf8(raw).ok(),
+        Cow::Owned(_) => None,
+    };
+    let text = match borrowed {
+        Some(text) => fold(text),
+        None => Cow::Owned(fold(&String::from_utf8_lossy(&bytes)).into_owned()),
     };
     let sql = sql_view(&text, " ");
     // `UN/**/ION`: some filters delete comments rather than read them as
