@@ -510,14 +510,22 @@ impl<'a> Lists<'a> {
     /// The live (unexpired) entries of `kind`, with their provenance.
     pub fn list(&self, kind: ListKind) -> Result<Vec<Entry>, ListError> {
         let mut lists = load(&self.state.lock_lists()?, self.state)?;
-        let records = kind.records(&mut lists);
         let now = clock::kernel_ns();
-        let mut entries: Vec<Entry> = self
-            .kernel_entries(kind)?
+        let mut kernel = self.kernel_entries(kind)?;
+        kernel.retain(|entry| !expired(entry.expires_at_ns, now));
+        kernel.sort_unstable_by_key(|entry| entry.cidr);
+        // Both ascend by prefix: one merge pass pairs each kernel entry with its
+        // record (a lookup per entry costs seconds at a million).
+        let mut records = std::mem::take(kind.records(&mut lists))
             .into_iter()
-            .filter(|entry| !expired(entry.expires_at_ns, now))
+            .peekable();
+        let entries = kernel
+            .into_iter()
             .map(|entry| {
-                let record = records.remove(&entry.cidr);
+                while records.next_if(|(cidr, _)| *cidr < entry.cidr).is_some() {}
+                let record = records
+                    .next_if(|(cidr, _)| *cidr == entry.cidr)
+                    .map(|(_, record)| record);
                 let expires_at = match &record {
                     // The record's Unix time is exact; converting the kernel's clock
                     // time back would jitter by a second from one listing to the next.
@@ -541,7 +549,6 @@ impl<'a> Lists<'a> {
                 }
             })
             .collect();
-        entries.sort_unstable_by_key(|entry| entry.cidr);
         Ok(entries)
     }
 

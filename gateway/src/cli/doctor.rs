@@ -80,7 +80,7 @@ pub fn run(ctx: &Context, path: &Path, netns: Option<&str>) -> anyhow::Result<()
                 ]
             })
             .collect();
-        table::print(&["CHECK", "STATUS", "DETAIL"], &rows);
+        table::print(&["CHECK", "STATUS", "DETAIL"], &rows)?;
     }
     if failed.is_empty() {
         Ok(())

@@ -65,7 +65,7 @@ pub fn status(ctx: &Context, path: &Path) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    table::print(&["node", "version", "last heartbeat", "rtt"], &rows);
+    table::print(&["node", "version", "last heartbeat", "rtt"], &rows)?;
     Ok(())
 }
 

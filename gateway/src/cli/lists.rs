@@ -14,7 +14,7 @@ use gateway::{
 
 use super::{
     AddArgs, Context, EntryArg, EntryArgs, ListCommand, RemoveArgs, exit::UsageError, fleet,
-    format_unix, print_json, table,
+    print_json, table::Table, unix_time,
 };
 
 /// Up to this many entries, `add` and `remove` print one line per entry and the
@@ -142,24 +142,26 @@ pub fn run(ctx: &Context, kind: ListKind, command: ListCommand) -> anyhow::Resul
                 println!("the {} is empty", kind.name());
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = entries
-                .iter()
-                .map(|entry| {
-                    vec![
-                        entry.cidr.to_string(),
-                        entry
-                            .expires_at
-                            .map_or_else(|| "never".to_owned(), format_unix),
-                        entry.hits.map_or_else(|| "-".to_owned(), |n| n.to_string()),
-                        match &entry.origin {
-                            Some(origin) => format!("{} ({origin})", entry.source.as_str()),
-                            None => entry.source.as_str().to_owned(),
-                        },
-                        entry.reason.clone(),
-                    ]
-                })
-                .collect();
-            table::print(&["entry", "expires", "hits", "source", "reason"], &rows);
+            let mut table = Table::new(&["entry", "expires", "hits", "source", "reason"]);
+            for entry in &entries {
+                table.cell(entry.cidr);
+                match entry.expires_at {
+                    Some(secs) => table.cell(unix_time(secs)),
+                    None => table.cell("never"),
+                }
+                match entry.hits {
+                    Some(hits) => table.cell(hits),
+                    None => table.cell("-"),
+                }
+                match &entry.origin {
+                    Some(origin) => {
+                        table.cell(format_args!("{} ({origin})", entry.source.as_str()))
+                    }
+                    None => table.cell(entry.source.as_str()),
+                }
+                table.cell(&entry.reason);
+            }
+            table.print()?;
             Ok(())
         }
         ListCommand::Flush => {

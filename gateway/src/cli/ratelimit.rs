@@ -106,6 +106,6 @@ fn show(ctx: &Context, maps: &KernelMaps, top: usize) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    table::print(&["source", "passed", "dropped"], &rows);
+    table::print(&["source", "passed", "dropped"], &rows)?;
     Ok(())
 }

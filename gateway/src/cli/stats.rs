@@ -102,6 +102,6 @@ fn print(
             humantime::format_rfc3339_seconds(std::time::SystemTime::now())
         );
     }
-    table::print(&header, &table_rows);
+    table::print(&header, &table_rows)?;
     Ok(())
 }

@@ -2,41 +2,112 @@
 //! and [`escape`], which every table cell and every other printed piece of
 //! operator- or client-supplied text goes through.
 
-use std::{borrow::Cow, fmt::Write as _};
+use std::{
+    borrow::Cow,
+    fmt::{self, Write as _},
+    io::{self, Write as _},
+};
 
-/// Prints `rows` under `header`, each column as wide as its widest cell. Cells
-/// are [`escape`]d.
-pub fn print(header: &[&str], rows: &[Vec<String>]) {
-    let rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|row| row.iter().map(|cell| escape(cell).into_owned()).collect())
-        .collect();
-    let columns = header.len();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    let mut numeric = vec![true; columns];
-    for row in &rows {
-        for (column, cell) in row.iter().enumerate().take(columns) {
-            widths[column] = widths[column].max(cell.len());
-            numeric[column] &= cell == "-" || cell.chars().all(|c| c.is_ascii_digit());
+/// Prints `rows` under `header` (see [`Table`]).
+pub fn print(header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+    let mut table = Table::new(header);
+    for row in rows {
+        for column in 0..header.len() {
+            table.cell(row.get(column).map_or("", String::as_str));
         }
     }
-    let line = |cells: &mut dyn Iterator<Item = &str>| {
-        let text: Vec<String> = cells
-            .enumerate()
-            .map(|(column, cell)| {
-                let width = widths[column];
-                if numeric[column] {
-                    format!("{cell:>width$}")
-                } else {
-                    format!("{cell:<width$}")
-                }
-            })
-            .collect();
-        println!("{}", text.join("  ").trim_end());
-    };
-    line(&mut header.iter().copied());
-    for row in &rows {
-        line(&mut row.iter().map(String::as_str));
+    table.print()
+}
+
+/// A table filled cell by cell, row after row, into one buffer (a list of a million
+/// entries is not five million strings), then printed with each column as wide as
+/// its widest cell in characters. Cells are [`escape`]d.
+pub struct Table<'h> {
+    header: &'h [&'h str],
+    /// The escaped cells back to back.
+    text: String,
+    /// Where each cell ends in `text`, and its width.
+    cells: Vec<(usize, usize)>,
+    widths: Vec<usize>,
+    numeric: Vec<bool>,
+    scratch: String,
+}
+
+impl<'h> Table<'h> {
+    pub fn new(header: &'h [&'h str]) -> Self {
+        Self {
+            header,
+            text: String::new(),
+            cells: Vec::new(),
+            widths: header.iter().map(|h| h.chars().count()).collect(),
+            numeric: vec![true; header.len()],
+            scratch: String::new(),
+        }
+    }
+
+    /// Appends the next cell; a row ends after as many cells as the header has.
+    pub fn cell(&mut self, value: impl fmt::Display) {
+        self.scratch.clear();
+        let _ = write!(self.scratch, "{value}");
+        let cell = escape(&self.scratch);
+        let width = cell.chars().count();
+        let column = self.cells.len() % self.header.len().max(1);
+        if let Some(widest) = self.widths.get_mut(column) {
+            *widest = (*widest).max(width);
+        }
+        if let Some(numeric) = self.numeric.get_mut(column) {
+            *numeric &= cell == "-" || cell.bytes().all(|b| b.is_ascii_digit());
+        }
+        self.text.push_str(&cell);
+        self.cells.push((self.text.len(), width));
+    }
+
+    /// Writes the table to stdout, through one buffer.
+    pub fn print(&self) -> io::Result<()> {
+        let mut out = io::BufWriter::with_capacity(64 << 10, io::stdout().lock());
+        self.write_to(&mut out)?;
+        out.flush()
+    }
+
+    fn write_to(&self, out: &mut impl io::Write) -> io::Result<()> {
+        let mut line = String::new();
+        let header = self.header.iter().map(|h| (*h, h.chars().count()));
+        self.write_row(out, &mut line, header)?;
+        let mut start = 0;
+        let cells = self.cells.iter().map(|&(end, width)| {
+            let cell = &self.text[start..end];
+            start = end;
+            (cell, width)
+        });
+        let columns = self.header.len().max(1);
+        let mut cells = cells.peekable();
+        while cells.peek().is_some() {
+            self.write_row(out, &mut line, cells.by_ref().take(columns))?;
+        }
+        Ok(())
+    }
+
+    fn write_row<'c>(
+        &self,
+        out: &mut impl io::Write,
+        line: &mut String,
+        cells: impl Iterator<Item = (&'c str, usize)>,
+    ) -> io::Result<()> {
+        line.clear();
+        for (column, (cell, width)) in cells.enumerate() {
+            if column > 0 {
+                line.push_str("  ");
+            }
+            let pad = self.widths[column].saturating_sub(width);
+            if self.numeric[column] {
+                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())
     }
 }
 
@@ -88,7 +159,30 @@ fn needs_escape(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{escape, escape_lines};
+    use super::{Table, escape, escape_lines};
+
+    #[test]
+    fn columns_line_up_by_characters_and_numbers_align_right() {
+        let mut table = Table::new(&["entry", "hits", "reason"]);
+        for cell in [
+            "198.18.0.1",
+            "7",
+            "café",
+            "2001:db8::/32",
+            "-",
+            "a\u{1b}[2Jb",
+        ] {
+            table.cell(cell);
+        }
+        let mut out = Vec::new();
+        table.write_to(&mut out).expect("writes to memory");
+        assert_eq!(
+            String::from_utf8(out).expect("UTF-8"),
+            "entry          hits  reason\n\
+             198.18.0.1        7  café\n\
+             2001:db8::/32     -  a\\x1b[2Jb\n"
+        );
+    }
 
     #[test]
     fn terminal_controls_are_shown_not_obeyed() {

@@ -87,7 +87,7 @@ pub fn run(ctx: &Context, command: TokenCommand) -> anyhow::Result<()> {
             if rows.is_empty() {
                 println!("no token is revoked");
             } else {
-                table::print(&["kind", "id", "added", "until", "reason"], &rows);
+                table::print(&["kind", "id", "added", "until", "reason"], &rows)?;
             }
         }
     }

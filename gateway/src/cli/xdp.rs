@@ -159,6 +159,6 @@ fn status(ctx: &Context) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    table::print(&["map", "kind", "capacity", "entries"], &rows);
+    table::print(&["map", "kind", "capacity", "entries"], &rows)?;
     Ok(())
 }
