@@ -795,6 +795,13 @@ impl<'a> Lists<'a> {
         Ok(())
     }
 
+    /// True when some trie value is not what the own rules in the tries derive.
+    fn tries_stale(&self) -> Result<bool, XdpError> {
+        Ok(!Union::of(self.trie_entries(true, true)?)
+            .rederive_all()
+            .is_empty())
+    }
+
     /// Every entry of the CIDR tries of the families asked for.
     fn trie_entries(&self, v4: bool, v6: bool) -> Result<Vec<(Cidr, CidrRule)>, XdpError> {
         let mut entries = Vec::new();
@@ -1088,6 +1095,13 @@ impl Sweeper {
         // Another tool's inserts set no `FILLED` flag; the program skips their map
         // until this sets it.
         lists.maps.refresh_filled()?;
+        // A writer killed between its trie batches leaves derived values that its
+        // own rules no longer explain. Writers hold the lock, so what still differs
+        // under it is such a leftover.
+        if lists.tries_stale()? {
+            let _lock = lists.state.lock_lists()?;
+            lists.rederive_tries()?;
+        }
         if self.differences(lists)?.is_empty() {
             return Ok(());
         }

@@ -165,6 +165,12 @@ pub struct Writes {
     pub delete: Vec<(Cidr, CidrRule)>,
 }
 
+impl Writes {
+    pub fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.delete.is_empty()
+    }
+}
+
 /// The listed prefixes (both families) with their own rules and their values as the
 /// trie holds them (`None`: not in the trie yet).
 #[derive(Debug, Default)]
