@@ -16,7 +16,7 @@
 //!   service as a body error of the client (`400 bad_body`) and closes the
 //!   connection after the answer.
 
-use std::fmt;
+use std::{fmt, mem::MaybeUninit};
 
 use bytes::BytesMut;
 use http::{HeaderMap, Uri, header};
@@ -265,10 +265,9 @@ impl Scanner {
     }
 
     fn head_complete(&mut self) {
-        let head = std::mem::take(&mut self.pending);
-        match check_head(&head, self.max_headers) {
+        match check_head(&self.pending, self.max_headers) {
             Verdict::Framing(framing) => {
-                self.out.extend_from_slice(&head);
+                self.out.extend_from_slice(&self.pending);
                 self.state = match framing {
                     Framing::Empty | Framing::Length(0) => State::Head,
                     Framing::Length(n) => State::Length(n),
@@ -279,10 +278,17 @@ impl Scanner {
                 };
             }
             Verdict::TooManyHeaders => {
-                self.out.extend_from_slice(&head);
+                self.out.extend_from_slice(&self.pending);
                 self.end = Some(End::Eof);
             }
             Verdict::Refuse(err) => self.fail(err),
+        }
+        // The next head of a keep-alive connection reuses a small buffer; a large
+        // one is not held while the connection idles.
+        if self.pending.capacity() > KEPT_HEAD_CAPACITY {
+            self.pending = Vec::new();
+        } else {
+            self.pending.clear();
         }
     }
 
@@ -382,6 +388,12 @@ impl Scanner {
     }
 }
 
+/// Header slots [`check_head`] keeps on the stack: hyper's default limit is 100.
+const STACK_FIELDS: usize = 128;
+
+/// A head buffer up to this capacity stays with the connection for its next head.
+const KEPT_HEAD_CAPACITY: usize = 1024;
+
 /// Whether a head or trailer section is complete where any parser would end
 /// it, bare LFs included (they are refused once it is).
 fn section_end(pending: &[u8]) -> bool {
@@ -401,9 +413,19 @@ fn check_head(head: &[u8], max_headers: usize) -> Verdict {
     if !crlf_only(head) {
         return Verdict::Refuse(FramingError::BareLineEnding);
     }
-    let mut fields = vec![httparse::EMPTY_HEADER; max_headers];
-    let mut request = httparse::Request::new(&mut fields);
-    match request.parse(head) {
+    // Uninitialised slots, on the stack up to the usual limits: no allocation
+    // and no zeroing per request.
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
+    let mut heap = Vec::new();
+    let fields = match stack.get_mut(..max_headers) {
+        Some(fields) => fields,
+        None => {
+            heap.resize_with(max_headers, MaybeUninit::uninit);
+            heap.as_mut_slice()
+        }
+    };
+    let mut request = httparse::Request::new(&mut []);
+    match request.parse_with_uninit_headers(head, fields) {
         Ok(httparse::Status::Complete(len)) if len == head.len() => {}
         Err(httparse::Error::TooManyHeaders) => return Verdict::TooManyHeaders,
         _ => return Verdict::Refuse(FramingError::MalformedHead),

@@ -9,10 +9,7 @@ use std::{fmt::Write as _, net::IpAddr};
 
 use http::{
     HeaderMap, HeaderName, HeaderValue,
-    header::{
-        CONNECTION, FORWARDED, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
-        TRANSFER_ENCODING, UPGRADE,
-    },
+    header::{CONNECTION, FORWARDED},
 };
 
 use smallvec::SmallVec;
@@ -22,15 +19,14 @@ use crate::config::proxy::ForwardedStyle;
 /// `X-Request-Id`: the client's if it looks like an id, else one we generate.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// The forwarding headers an untrusted client's request loses.
-const FORWARDING: [HeaderName; 5] = [
+/// The forwarding headers an untrusted client's request loses. (Statics, not
+/// constants: a constant array of names is built and dropped at every use.)
+static FORWARDING: [HeaderName; 5] = [
     X_FORWARDED_FOR,
     X_FORWARDED_PROTO,
     X_FORWARDED_HOST,
@@ -41,41 +37,55 @@ const FORWARDING: [HeaderName; 5] = [
 /// The gateway always terminates TLS.
 const PROTO: &str = "https";
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
-/// plus the older `Keep-Alive`/`Proxy-Connection` that some clients still send.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    CONNECTION,
-    KEEP_ALIVE,
-    PROXY_CONNECTION,
-    TE,
-    TRAILER,
-    TRANSFER_ENCODING,
-    UPGRADE,
-    PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION,
-];
-
 /// Removes hop-by-hop headers, including every header a `Connection` header
 /// names, from a request before it goes upstream or a response before it goes
 /// back to the client.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let mut connection = headers.get_all(CONNECTION).iter().peekable();
-    // Without `Connection`, a map that has none of the fixed names (the usual
-    // request) is only read: comparing its few names is cheaper than a hashed
-    // lookup per name.
-    if connection.peek().is_none() && !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
-    }
-    // On the stack: a `Connection` value names one or two options.
-    let named: SmallVec<[HeaderName; 4]> = connection
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(&HOP_BY_HOP) {
+    for name in &hop_by_hop_names(headers) {
         headers.remove(name);
     }
 }
+
+/// The hop-by-hop names present in `headers`, found in one read of the names: an
+/// upstream's response usually carries `Connection: keep-alive` and nothing else
+/// of the kind, a client's request nothing at all, so only those present pay for
+/// a hashed removal.
+fn hop_by_hop_names(headers: &HeaderMap) -> SmallVec<[HeaderName; 4]> {
+    // The options `Connection` lists beyond the fixed names (`keep-alive` is one).
+    let named: SmallVec<[&[u8]; 4]> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|option| {
+            !option.is_empty() && !HOP_BY_HOP.iter().any(|n| n.eq_ignore_ascii_case(option))
+        })
+        .collect();
+    headers
+        .keys()
+        .filter(|name| {
+            // Names in a map are lower case; an option may not be.
+            let name = name.as_str().as_bytes();
+            HOP_BY_HOP.contains(&name)
+                || named.iter().any(|option| option.eq_ignore_ascii_case(name))
+        })
+        .cloned()
+        .collect()
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus
+/// the older `Keep-Alive`/`Proxy-Connection` that some clients still send.
+const HOP_BY_HOP: [&[u8]; 9] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+];
 
 /// Sets the forwarding headers for the upstream.
 ///
@@ -95,20 +105,29 @@ pub fn set_forwarded(
     // A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d.
     let client = client.to_canonical();
     let host = host.filter(|h| !h.is_empty());
-    // Only read when none is there (the usual request), as in `remove_hop_by_hop`.
-    if !trusted && headers.keys().any(|name| FORWARDING.contains(name)) {
-        for name in FORWARDING {
+    // One read of the names; a hashed removal only when some are there.
+    let present = headers.keys().any(|name| FORWARDING.contains(name));
+    if present && !trusted {
+        for name in &FORWARDING {
             headers.remove(name);
         }
     }
+    // None is in the map now (the usual request): nothing to look up or join.
+    let absent =
+        |headers: &HeaderMap, name: HeaderName| !present || !trusted || !headers.contains_key(name);
     match style {
         ForwardedStyle::XForwarded => {
-            append_to_list(headers, X_FORWARDED_FOR, IpText::of(client).as_str());
-            if !headers.contains_key(X_FORWARDED_PROTO) {
+            let client = IpText::of(client);
+            if absent(headers, X_FORWARDED_FOR) {
+                headers.insert(X_FORWARDED_FOR, value_or_unknown(client.as_str()));
+            } else {
+                append_to_list(headers, X_FORWARDED_FOR, client.as_str());
+            }
+            if absent(headers, X_FORWARDED_PROTO) {
                 headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(PROTO));
             }
             if let Some(host) = host
-                && !headers.contains_key(X_FORWARDED_HOST)
+                && absent(headers, X_FORWARDED_HOST)
             {
                 headers.insert(X_FORWARDED_HOST, host.clone());
             }
@@ -116,7 +135,7 @@ pub fn set_forwarded(
         ForwardedStyle::Forwarded => {
             let mut element = String::new();
             write_forwarded_node(&mut element, client);
-            if !headers.contains_key(FORWARDED) {
+            if absent(headers, FORWARDED) {
                 // Only the first element needs proto and host: they describe
                 // the client's own request, which a trusted proxy already did.
                 let _ = write!(element, ";proto={PROTO}");
@@ -155,10 +174,13 @@ fn append_to_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
     };
     // Joining valid field values with ", " is a valid field value; should that
     // ever fail, the upstream still gets the address we know.
-    let value = HeaderValue::from_bytes(list)
-        .or_else(|_| HeaderValue::from_str(item))
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    let value = HeaderValue::from_bytes(list).unwrap_or_else(|_| value_or_unknown(item));
     headers.insert(name, value);
+}
+
+/// `item` as a field value, or `unknown` should it not be one.
+fn value_or_unknown(item: &str) -> HeaderValue {
+    HeaderValue::from_str(item).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// An address as text, an IPv4 one written without the formatter (which
@@ -339,8 +361,10 @@ mod tests {
             ("authorization", "Bearer x"),
         ]);
         remove_hop_by_hop(&mut headers);
-        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        assert_eq!(left, ["content-type", "authorization"]);
+        // The order of different names carries no meaning (RFC 9110 §5.3).
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["authorization", "content-type"]);
     }
 
     #[test]

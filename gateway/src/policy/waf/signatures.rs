@@ -412,19 +412,52 @@ pub(super) fn matches(decoded: &Decoded<'_>, place: Place) -> Vec<&'static Built
             }
         }
     }
-    BUILTINS
+    // Without a pattern hit only the code rules can match.
+    let in_place = BY_PLACE
+        .get(usize::from(place.0))
+        .map_or(&[][..], |rules| match hit {
+            Some(_) => &rules.all,
+            None => &rules.code,
+        });
+    in_place
         .iter()
-        .enumerate()
-        .filter(|(_, rule)| rule.places.0 & place.0 != 0 && rule.except.0 & place.0 == 0)
         .filter(|(index, rule)| match rule.check {
             Check::Pattern(_) => hit
                 .as_ref()
                 .is_some_and(|hit| hit.get(*index).copied().unwrap_or(false)),
             Check::Code(check) => check(decoded, place),
         })
-        .map(|(_, rule)| rule)
+        .map(|(_, rule)| *rule)
         .collect()
 }
+
+/// The rules that look at one place, with their indices in the table, in table
+/// order: all of them, and the code rules alone.
+struct InPlace {
+    all: Vec<(usize, &'static Builtin)>,
+    code: Vec<(usize, &'static Builtin)>,
+}
+
+/// [`InPlace`] for every place (every combination of the place bits, all of
+/// them within `EVERYWHERE`): a value is checked against its place's rules alone.
+static BY_PLACE: LazyLock<Vec<InPlace>> = LazyLock::new(|| {
+    let builtins: &'static [Builtin] = &BUILTINS;
+    (0..=EVERYWHERE.0)
+        .map(|place| {
+            let all: Vec<(usize, &'static Builtin)> = builtins
+                .iter()
+                .enumerate()
+                .filter(|(_, rule)| rule.places.0 & place != 0 && rule.except.0 & place == 0)
+                .collect();
+            let code = all
+                .iter()
+                .filter(|(_, rule)| matches!(rule.check, Check::Code(_)))
+                .copied()
+                .collect();
+            InPlace { all, code }
+        })
+        .collect()
+});
 
 /// Whether `id` names a built-in rule (for config validation).
 pub(super) fn is_builtin(id: &str) -> bool {
