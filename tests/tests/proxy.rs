@@ -257,6 +257,61 @@ async fn balances_as_each_algorithm_promises() {
     daemon.stop();
 }
 
+/// The gateway keeps its connections to an endpoint for the next request, and one
+/// the endpoint dropped (a restart) costs no request an error: a POST, which is
+/// never retried once sent, still gets its 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_and_a_dropped_one_costs_nothing() {
+    let mut fleet = Fleet::new(1);
+    let _daemon = start(&fleet, &fleet.config());
+    let client = fleet.client(Protocol::Http1);
+    let peer = |response: &Response<Bytes>| {
+        assert_eq!(response.status(), StatusCode::OK);
+        json(response)["peer"]
+            .as_str()
+            .expect("echo names its peer")
+            .to_owned()
+    };
+    let mut peers = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        peers.insert(peer(&get(&fleet, &client, &format!("/kept/{i}")).await));
+    }
+    // One at a time: one connection (two if a health check held the first).
+    assert!(
+        peers.len() <= 2,
+        "20 sequential requests came on {} connections: {peers:?}",
+        peers.len()
+    );
+
+    fleet.upstreams[0].restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = send(
+            &fleet,
+            &client,
+            request(Method::POST, "/after-restart"),
+            b"x",
+        )
+        .await;
+        if response.status() == StatusCode::OK {
+            assert!(
+                !peers.contains(&peer(&response)),
+                "a dropped connection was used"
+            );
+            break;
+        }
+        // Only the restart's own window (health check not passed yet) may refuse.
+        assert_eq!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a POST after the endpoint dropped its connections failed: {}",
+            String::from_utf8_lossy(response.body())
+        );
+        assert!(Instant::now() < deadline, "the endpoint never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_endpoint_leaves_rotation_and_comes_back() {
     let mut fleet = Fleet::new(3);

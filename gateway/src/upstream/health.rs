@@ -1,5 +1,6 @@
 //! The pool's background duties: active health checks over the same mutual TLS
-//! as real requests, and re-resolving DNS names. One task per pool; it holds only
+//! as real requests, re-resolving DNS names, and closing connections idle past
+//! `pool_idle_timeout`. One task per pool; it holds only
 //! a weak reference, so dropping the pool (after a reload) ends it.
 
 use std::{
@@ -40,6 +41,9 @@ pub fn spawn(pool: &Arc<Pool>) {
         loop {
             ticker.tick().await;
             let Some(pool) = weak.upgrade() else { return };
+            for endpoint in pool.endpoints().iter() {
+                endpoint.reap_idle(pool.config.pool_idle_timeout);
+            }
             if Instant::now() >= next_resolve {
                 refresh_addresses(&pool).await;
                 next_resolve = Instant::now() + pool.config.resolve_interval;

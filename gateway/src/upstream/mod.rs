@@ -2,6 +2,7 @@
 //! balancing, health checks, outlier ejection, a circuit breaker and retries.
 //!
 //! - [`pool`]: choosing an endpoint and sending a request, retries included.
+//! - [`conn`]: the connections to one endpoint, kept for reuse.
 //! - [`health`]: active health checks and DNS re-resolution.
 //! - [`tls`]: the gateway's client certificate and the fleet's CA.
 //! - [`balance`], [`outlier`], [`breaker`], [`circuit`], [`retry`]: the policies,
@@ -10,6 +11,7 @@
 pub mod balance;
 pub mod breaker;
 pub mod circuit;
+pub mod conn;
 pub mod health;
 pub mod outlier;
 pub mod pool;

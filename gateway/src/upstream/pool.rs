@@ -24,10 +24,6 @@ use http::{
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::{
-    client::legacy::Client,
-    rt::{TokioExecutor, TokioTimer},
-};
 use smallvec::SmallVec;
 use tracing::{debug, warn};
 
@@ -36,13 +32,12 @@ use super::{
     balance::{Balancer, Candidate, endpoint_id},
     breaker::Breaker,
     circuit::Circuit,
+    conn::{Busy, Connections, SendError},
     outlier::Outlier,
     retry::{RetryBudget, is_idempotent},
     tls::{self, TimedConnector},
 };
 use crate::{config::UpstreamConfig, tls::TlsFileError};
-
-pub(super) type HttpsClient = Client<TimedConnector, BoxBody>;
 
 /// How long an answer's first body bytes may lag behind its head and still be
 /// read before the head goes to the client. A body that breaks within it (an
@@ -61,6 +56,7 @@ pub struct Endpoint {
     streak: Mutex<(u32, u32)>,
     in_flight: AtomicUsize,
     outlier: Outlier,
+    connections: Connections,
 }
 
 impl Endpoint {
@@ -78,6 +74,7 @@ impl Endpoint {
             streak: Mutex::new((0, 0)),
             in_flight: AtomicUsize::new(0),
             outlier: Outlier::new(config.outlier),
+            connections: Connections::default(),
         }
     }
 
@@ -88,6 +85,11 @@ impl Endpoint {
     /// Whether outlier detection has taken it out of rotation now.
     pub fn is_ejected(&self) -> bool {
         self.outlier.is_ejected(Instant::now())
+    }
+
+    /// Closes the connections kept idle longer than `idle_timeout`.
+    pub(super) fn reap_idle(&self, idle_timeout: Duration) {
+        self.connections.reap(idle_timeout);
     }
 
     /// Requests this endpoint is serving now (for metrics).
@@ -193,7 +195,7 @@ pub struct Pool {
     label: Arc<str>,
     pub(super) config: UpstreamConfig,
     pub(super) tls_fingerprint: Vec<Option<(SystemTime, u64)>>,
-    pub(super) client: HttpsClient,
+    connector: TimedConnector,
     pub(super) endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     balancer: Balancer,
     breaker: Breaker,
@@ -210,18 +212,12 @@ impl Pool {
         addrs: &[SocketAddr],
     ) -> Result<Self, TlsFileError> {
         let connector = tls::connector(config)?;
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .set_host(false)
-            .build(connector);
         Ok(Self {
             name: name.to_owned(),
             label: name.into(),
             config: config.clone(),
             tls_fingerprint: tls::fingerprint(config),
-            client,
+            connector,
             endpoints: ArcSwap::from_pointee(
                 addrs
                     .iter()
@@ -465,19 +461,21 @@ impl Pool {
         request: Request<BoxBody>,
     ) -> Result<Response<UpstreamBody>, Attempt> {
         let _in_flight = InFlight::start(endpoint);
-        let response = self
-            .client
-            .request(request)
+        let (response, busy) = endpoint
+            .connections
+            .send(&self.connector, self.config.pool_idle_timeout, request)
             .await
             .map_err(Attempt::Client)?;
         let (parts, mut body) = response.into_parts();
-        let first = if body.is_end_stream() {
-            None
+        // `ended`: the body is known to be over (a connection under it can be kept).
+        let (first, ended) = if body.is_end_stream() {
+            (None, true)
         } else {
             match tokio::time::timeout(FIRST_FRAME_GRACE, body.frame()).await {
-                Ok(Some(Ok(frame))) => Some(frame),
+                Ok(Some(Ok(frame))) => (Some(frame), false),
                 Ok(Some(Err(err))) => return Err(Attempt::BrokenBody(err)),
-                Ok(None) | Err(_) => None,
+                Ok(None) => (None, true),
+                Err(_) => (None, false),
             }
         };
         Ok(Response::from_parts(
@@ -488,6 +486,9 @@ impl Pool {
                 endpoint: Arc::clone(endpoint),
                 pool: self.label.clone(),
                 relayed: 0,
+                busy,
+                idle_timeout: self.config.pool_idle_timeout,
+                ended,
             },
         ))
     }
@@ -512,11 +513,14 @@ impl Pool {
             .header(http::header::HOST, &self.config.server_name)
             .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
             .map_err(|err| err.to_string())?;
-        let response =
-            tokio::time::timeout(self.config.health.timeout, self.client.request(request))
-                .await
-                .map_err(|_| "timed out".to_owned())?
-                .map_err(|err| error_chain(&err))?;
+        let idle_timeout = self.config.pool_idle_timeout;
+        let sent = endpoint
+            .connections
+            .send(&self.connector, idle_timeout, request);
+        let (response, busy) = tokio::time::timeout(self.config.health.timeout, sent)
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|err| error_chain(&err))?;
         let status = response.status();
         // The whole body, within the same timeout: an endpoint whose answers
         // break after the head is not healthy.
@@ -524,6 +528,9 @@ impl Pool {
             .await
             .map_err(|_| "body timed out".to_owned())?
             .map_err(|err| format!("body: {}", error_chain(&err)))?;
+        if let Some(busy) = busy {
+            endpoint.connections.checkin(busy, idle_timeout);
+        }
         if status.is_success() || status.is_redirection() {
             Ok(())
         } else {
@@ -535,7 +542,7 @@ impl Pool {
 /// How one attempt failed.
 enum Attempt {
     /// No answer: connect, TLS, reset, or the request's own body failed.
-    Client(hyper_util::client::legacy::Error),
+    Client(SendError),
     /// The head arrived, then the body failed before its first byte.
     BrokenBody(hyper::Error),
     /// `retry.per_try_timeout` passed.
@@ -572,6 +579,21 @@ pub struct UpstreamBody {
     endpoint: Arc<Endpoint>,
     pool: Arc<str>,
     relayed: u64,
+    /// The HTTP/1.1 connection this body comes on: kept for the next request if
+    /// the body is read to its end, closed with it otherwise.
+    busy: Option<Busy>,
+    idle_timeout: Duration,
+    ended: bool,
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some(busy) = self.busy.take()
+            && (self.ended || (self.first.is_none() && self.rest.is_end_stream()))
+        {
+            self.endpoint.connections.checkin(busy, self.idle_timeout);
+        }
+    }
 }
 
 impl Body for UpstreamBody {
@@ -607,7 +629,11 @@ impl Body for UpstreamBody {
                 this.endpoint.record_failure(&this.pool, "response body");
                 Poll::Ready(Some(Err(err.into())))
             }
-            other => other.map_err(Into::into),
+            Poll::Ready(None) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 

@@ -10,7 +10,8 @@
 //! - `/status/CODE`: that status, with a body that looks like a leaked stack trace;
 //! - `/stream?bytes=N`: N bytes of response body in 16 KiB chunks;
 //! - any other path: 200 with JSON describing the request as received (method, path
-//!   and query, headers, body byte count, client certificate CN, HTTP version).
+//!   and query, headers, body byte count, client certificate CN, HTTP version, and
+//!   the peer address of the connection it came on).
 //!
 //! With `--mode-file PATH`, the host misbehaves as the file's first line says, read
 //! again for every connection and request, so a test switches it live (`/count` is
@@ -330,7 +331,7 @@ async fn handle(
             return Ok(broken(announced, sent));
         }
     }
-    let response = route(&state, &client_cn, request, counted).await;
+    let response = route(&state, &client_cn, peer, request, counted).await;
     eprintln!(
         "{}: {peer} {method} {target} -> {}",
         state.name,
@@ -342,6 +343,7 @@ async fn handle(
 async fn route(
     state: &State,
     client_cn: &str,
+    peer: SocketAddr,
     request: Request<Incoming>,
     counted: bool,
 ) -> Response<ResponseBody> {
@@ -370,7 +372,7 @@ async fn route(
             if !counted {
                 state.served.fetch_add(1, Ordering::Relaxed);
             }
-            served(state, client_cn, request).await
+            served(state, client_cn, peer, request).await
         }
     }
 }
@@ -379,6 +381,7 @@ async fn route(
 async fn served(
     state: &State,
     client_cn: &str,
+    peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let (parts, body) = request.into_parts();
@@ -446,6 +449,7 @@ async fn served(
             "headers": headers,
             "body_bytes": body_bytes,
             "client_cert_cn": client_cn,
+            "peer": peer.to_string(),
         }),
     )
 }
