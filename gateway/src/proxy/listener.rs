@@ -362,11 +362,15 @@ impl Connection {
             let activity = service_activity.clone();
             let snapshot = shared.snapshot.load_full();
             let conn = conn.clone();
-            async move {
+            // Boxed: hyper's HTTP/1.1 dispatcher allocates a slot the size of
+            // this future once per connection and keeps it while the connection
+            // idles; boxed, the slot is a pointer and the request's state (about
+            // 4.8 KiB) lives only while the request does (BENCHMARKS.md).
+            Box::pin(async move {
                 let response = service::handle(snapshot, conn, request).await;
                 activity.end();
                 Ok::<_, Infallible>(response)
-            }
+            })
         });
 
         // Room for a request line up to the URI limit and the header bytes, so
