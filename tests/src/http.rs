@@ -241,7 +241,18 @@ pub fn json(response: &Response<Bytes>) -> serde_json::Value {
 /// malformed request lines): no client certificate, ALPN `http/1.1`. Panics if the
 /// connection or handshake fails.
 pub async fn raw_tls(addr: SocketAddr, server_name: &str, ca_pem: &str) -> TlsStream<TcpStream> {
-    raw_tls_from(None, addr, server_name, ca_pem)
+    raw_tls_alpn(addr, server_name, ca_pem, Protocol::Http1).await
+}
+
+/// Like [`raw_tls`] with ALPN `protocol`: bytes of another protocol than the
+/// one the client chose.
+pub async fn raw_tls_alpn(
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+    protocol: Protocol,
+) -> TlsStream<TcpStream> {
+    tls_connect(None, addr, server_name, ca_pem, protocol)
         .await
         .unwrap_or_else(|err| panic!("TLS connection to {addr} as {server_name}: {err}"))
 }
@@ -254,9 +265,19 @@ pub async fn raw_tls_from(
     server_name: &str,
     ca_pem: &str,
 ) -> io::Result<TlsStream<TcpStream>> {
+    tls_connect(source, addr, server_name, ca_pem, Protocol::Http1).await
+}
+
+async fn tls_connect(
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+    protocol: Protocol,
+) -> io::Result<TlsStream<TcpStream>> {
     let name = ServerName::try_from(server_name.to_owned())
         .unwrap_or_else(|err| panic!("invalid server name {server_name:?}: {err}"));
-    let connector = TlsConnector::from(Arc::new(tls_config(ca_pem, None, Protocol::Http1)));
+    let connector = TlsConnector::from(Arc::new(tls_config(ca_pem, None, protocol)));
     let tcp = tcp_from(addr, source).await?;
     tcp.set_nodelay(true)?;
     connector.connect(name, tcp).await

@@ -13,10 +13,10 @@ use gateway::config::{LimitKey, Oversize, Period, QuotaConfig, WafMode};
 use gateway_tests::{
     fleet::{EDGE_NAME, FLEET_NAME, Fleet, route},
     gateway::Daemon,
-    http::{Body, Client, Protocol, json, pieces, raw_tls},
+    http::{Body, Client, Protocol, json, pieces, raw_tls, raw_tls_alpn},
 };
 use http::{Request, Response, StatusCode};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 /// A request that must never arrive: it follows every refused one on the
 /// same connection.
@@ -36,7 +36,15 @@ async fn within<T>(seconds: u64, what: &str, future: impl Future<Output = T>) ->
 /// Writes `bytes` in one go on a new TLS connection and reads until the
 /// gateway closes it (a hang fails: the connection must close).
 async fn exchange(fleet: &Fleet, bytes: &[u8]) -> String {
-    let mut tls = raw_tls(fleet.listen, EDGE_NAME, fleet.edge_ca.cert_pem()).await;
+    exchange_on(
+        raw_tls(fleet.listen, EDGE_NAME, fleet.edge_ca.cert_pem()).await,
+        bytes,
+    )
+    .await
+}
+
+/// [`exchange`] on the connection `tls`.
+async fn exchange_on(mut tls: impl AsyncRead + AsyncWrite + Unpin, bytes: &[u8]) -> String {
     within(10, "writing", tls.write_all(bytes))
         .await
         .expect("write");
@@ -336,6 +344,42 @@ async fn smuggling_shapes_get_400_on_a_closed_connection_and_nothing_is_forwarde
     assert!(
         log.contains("malformed_request"),
         "refused heads are logged: {log}"
+    );
+    daemon.stop();
+}
+
+/// A connection speaks the protocol ALPN chose. A client that chose `h2` and
+/// then speaks HTTP/1.1 is not served: its bytes would reach hyper without the
+/// framing scanner (HTTP/2 frames its own messages), so a smuggling shape would
+/// pass. The other way round, an HTTP/2 preface on an HTTP/1.1 connection is a
+/// bad head.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_connection_speaks_only_the_protocol_alpn_chose() {
+    let fleet = Fleet::new(1);
+    let daemon = started(&fleet, &fleet.config()).await;
+    let before = fleet.upstream_count().await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: api.test\r\n\r\n";
+    let request = format!(
+        "POST /orders HTTP/1.1\r\nHost: api.test\r\nContent-Length: {}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}{CANARY}",
+        5 + smuggled.len()
+    );
+    let tls = raw_tls_alpn(
+        fleet.listen,
+        EDGE_NAME,
+        fleet.edge_ca.cert_pem(),
+        Protocol::Http2,
+    )
+    .await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+    let answer = exchange_on(tls, request.as_bytes()).await;
+    assert!(!answer.contains("HTTP/1"), "answered in HTTP/1: {answer:?}");
+    let answer = exchange(&fleet, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    assert_eq!(
+        fleet.upstream_count().await,
+        before,
+        "nothing of either reached the upstream"
     );
     daemon.stop();
 }
