@@ -14,7 +14,7 @@
 //!
 //! Expiries and the rate limiter's times are `CLOCK_MONOTONIC` nanoseconds, read
 //! coarse (`bpf_ktime_get_coarse_ns`: the time of the last scheduler tick, no TSC
-//! read). An entry therefore lifts up to one tick (1–10 ms) after its expiry, and
+//! read; the rate limiter's reading is cached per CPU until `jiffies` moves). An entry therefore lifts up to one tick (1–10 ms) after its expiry, and
 //! the kernel's expiry does not advance during suspend (the daemon's sweep, on wall
 //! time, removes such entries within a second of their TTL).
 

@@ -8,7 +8,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     maps::lpm_trie::Key,
     maps::{HashMap, LpmTrie, LruHashMap},
 };
@@ -22,7 +22,7 @@ use gateway_common::{
 use crate::{
     counters,
     maps::{
-        BLOCKLIST_V4, BLOCKLIST_V6, CIDR_V4, CIDR_V6, CONFIG, EVENTS, FILLED, RATE_LIMIT_V4,
+        BLOCKLIST_V4, BLOCKLIST_V6, CIDR_V4, CIDR_V6, CLOCK, CONFIG, EVENTS, FILLED, RATE_LIMIT_V4,
         RATE_LIMIT_V6,
     },
     parse::{Packet, Src},
@@ -31,7 +31,10 @@ use crate::{
 /// The coarse `CLOCK_MONOTONIC` (the clock userspace writes expiries on), read at
 /// most once per packet and only for an entry with an expiry. The precise clock
 /// costs as much as a map lookup on a VM (`read_tsc`); the coarse one is the time of
-/// the last scheduler tick, so an entry lifts up to one tick (1–10 ms) late.
+/// the last scheduler tick, so an entry lifts up to one tick (1–10 ms) late. Read
+/// from the helper, not through [`coarse_now`]: with that cache inlined at the three
+/// expiry checks too, LLVM's output read an uninitialised register and the verifier
+/// refused the program.
 struct Clock(Option<u64>);
 
 impl Clock {
@@ -47,6 +50,38 @@ impl Clock {
             }
         }
     }
+}
+
+/// The coarse `CLOCK_MONOTONIC`: the time of the last scheduler tick, as
+/// `bpf_ktime_get_coarse_ns` reads it, but read through a per-CPU cache ([`CLOCK`])
+/// that is refreshed only when `jiffies` moved. The helper call cost about 20 ns a
+/// packet here (on this VM a helper call and its return are dear), `bpf_jiffies64`
+/// the verifier inlines into one load. The coarse time moves a moment after
+/// `jiffies` on each tick (`tick_do_update_jiffies64`, then `update_wall_time`), so
+/// the cache takes the new `jiffies` only once the time it reads has moved too: until
+/// then every packet reads the helper, and a cached time is never a tick older than
+/// the helper's.
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: a helper without arguments or side effects.
+    let jiffies = unsafe { bpf_jiffies64() };
+    // SAFETY: as above.
+    let read = || unsafe { bpf_ktime_get_coarse_ns() };
+    let Some(cache) = CLOCK.get_ptr_mut(0) else {
+        return read();
+    };
+    // SAFETY: this CPU's slot; XDP runs with preemption disabled, so nothing else
+    // touches it meanwhile.
+    let cache = unsafe { &mut *cache };
+    if cache.jiffies != jiffies {
+        let now = read();
+        if now != cache.now_ns {
+            cache.jiffies = jiffies;
+            cache.now_ns = now;
+        }
+        return now;
+    }
+    cache.now_ns
 }
 
 /// The two list maps of one address family and their `FILLED` slots.
@@ -321,11 +356,11 @@ fn rate_limit(config: &XdpConfig, packet: &Packet) -> RateOutcome {
 const COARSE_TICK_NS: u64 = 10_000_000;
 
 /// The rate limiter's time, `CLOCK_MONOTONIC`. Every packet reads it, so it is read
-/// coarse (`bpf_ktime_get_coarse_ns`: the time of the last tick, no TSC read, which on
-/// a VM costs as much as a map lookup). Every packet of one tick then sees the same
-/// time, which is exact enough while each burst window spans a tick; a shorter window
-/// would let only `burst` packets through per tick, so such a limit reads the precise
-/// clock (`bpf_ktime_get_ns`, the same clock at full resolution).
+/// coarse ([`coarse_now`]: the time of the last tick, no TSC read, which on a VM
+/// costs as much as a map lookup). Every packet of one tick then sees the same time,
+/// which is exact enough while each burst window spans a tick; a shorter window would
+/// let only `burst` packets through per tick, so such a limit reads the precise clock
+/// (`bpf_ktime_get_ns`, the same clock at full resolution).
 #[inline(always)]
 fn rate_now(config: &XdpConfig) -> u64 {
     let short = |interval_ns: u64, burst_ns: u64| interval_ns != 0 && burst_ns < COARSE_TICK_NS;
@@ -335,8 +370,7 @@ fn rate_now(config: &XdpConfig) -> u64 {
         // SAFETY: a helper without arguments or side effects.
         unsafe { bpf_ktime_get_ns() }
     } else {
-        // SAFETY: as above.
-        unsafe { bpf_ktime_get_coarse_ns() }
+        coarse_now()
     }
 }
 

@@ -46,3 +46,18 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 
 #[map]
 pub static FILLED: Array<u32> = Array::with_max_entries(filled::COUNT, 0);
+
+/// The program's own per-CPU cache of the coarse clock (see `filter::coarse_now`).
+/// Not pinned: nothing outside the program reads it, and a new program starts it
+/// afresh.
+#[map]
+pub static CLOCK: PerCpuArray<CoarseClock> = PerCpuArray::with_max_entries(1, 0);
+
+/// One CPU's last reading of the coarse clock.
+#[repr(C)]
+pub struct CoarseClock {
+    /// `jiffies` when it was read.
+    pub jiffies: u64,
+    /// `bpf_ktime_get_coarse_ns` then.
+    pub now_ns: u64,
+}
