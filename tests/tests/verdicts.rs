@@ -922,6 +922,31 @@ fn exhausted_burst_drops_and_reports_once() {
     assert_eq!(seen[0].kind, event_kind::RATE_LIMIT);
 }
 
+/// The rate limiter's clock is the coarse time cached per CPU: a cache that stopped
+/// following the kernel's time would never hand an exhausted source a token again.
+#[test]
+fn an_exhausted_source_gets_a_token_back_as_time_passes() {
+    let mut program = LoadedProgram::load();
+    set_limits(
+        &program,
+        RateLimit {
+            pps: 1,
+            burst: 1,
+            ..RateLimit::default()
+        },
+        0,
+    );
+    let frame = Frame::udp(ip("198.18.0.33")).build().bytes;
+    program.expect(&frame, XDP_PASS, Reason::Pass, &[]);
+    program.expect(&frame, XDP_DROP, Reason::DropRateLimit, &[]);
+    // One token a second: within five, one packet must pass again.
+    let passed = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        program.run(&frame) == XDP_PASS
+    });
+    assert!(passed, "no token came back within five seconds");
+}
+
 #[test]
 fn syn_bucket_limits_new_connections_only() {
     let mut program = LoadedProgram::load();
