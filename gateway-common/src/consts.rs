@@ -17,8 +17,13 @@ pub mod map_names {
     pub const BLOCKLIST_V4: &str = "BLOCKLIST4";
     /// The same for IPv6 source addresses.
     pub const BLOCKLIST_V6: &str = "BLOCKLIST6";
-    /// LRU hash of per-source token buckets.
-    pub const RATE_LIMIT: &str = "RATE_LIMIT";
+    /// LRU hash of the token buckets of IPv4 sources, keyed by
+    /// [`crate::maps::Addr4`] (IPv4-mapped IPv6 sources included while the IPv6
+    /// rate mask keeps their whole address, see `RATE_LIMIT6`).
+    pub const RATE_LIMIT_V4: &str = "RATE_LIMIT4";
+    /// LRU hash of the token buckets of IPv6 sources, keyed by
+    /// [`crate::maps::Addr6`] masked to the configured prefix.
+    pub const RATE_LIMIT_V6: &str = "RATE_LIMIT6";
     /// Single-entry array holding [`crate::maps::XdpConfig`].
     pub const CONFIG: &str = "CONFIG";
     /// Per-CPU array of [`crate::maps::Counter`], indexed by [`crate::consts::Reason`].
@@ -30,12 +35,13 @@ pub mod map_names {
     pub const FILLED: &str = "FILLED";
 
     /// Every map, in the order `gateway xdp status` shows them.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         CIDR_V4,
         CIDR_V6,
         BLOCKLIST_V4,
         BLOCKLIST_V6,
-        RATE_LIMIT,
+        RATE_LIMIT_V4,
+        RATE_LIMIT_V6,
         CONFIG,
         COUNTERS,
         EVENTS,
@@ -86,15 +92,20 @@ pub mod cidr_flags {
 /// address family for each list, IPv4 keyed by 4 bytes (before: IPv4 mapped into
 /// 16-byte IPv6 keys); 3: one trie per family for both CIDR lists (`CIDR4`,
 /// `CIDR6`, values derived by userspace), instead of an allowlist and a CIDR
-/// blocklist trie each.
-pub const LAYOUT_VERSION: u32 = 3;
+/// blocklist trie each; 4: one rate-limit map per family (`RATE_LIMIT4` keyed by 4
+/// bytes, `RATE_LIMIT6`), instead of one `RATE_LIMIT` keyed by 16.
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "gateway_xdp";
 
 /// Default map capacities; userspace may override them at load time.
 pub mod capacity {
-    /// Per-source token buckets (LRU: the least recently seen sources are evicted).
+    /// Per-source token buckets, in each of the IPv4 and the IPv6 map (LRU: the least
+    /// recently seen sources of that family are evicted, so a flood from one family
+    /// cannot evict the other's buckets). An LRU hash allocates all of its entries
+    /// when it is created: 112 bytes of locked memory an entry for IPv4, 120 for
+    /// IPv6 (at the default, 117 MB and 126 MB).
     pub const RATE_LIMIT: u32 = 1 << 20;
     /// Exact-address blocks, in each of the IPv4 and the IPv6 map.
     pub const BLOCKLIST: u32 = 131_072;

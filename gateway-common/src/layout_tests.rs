@@ -90,6 +90,18 @@ fn rate_event() {
 }
 
 #[test]
+fn map_names_fit_the_kernel_and_are_distinct() {
+    use crate::consts::map_names::{ALL, RATE_LIMIT_V4, RATE_LIMIT_V6};
+    for (i, name) in ALL.iter().enumerate() {
+        // BPF_OBJ_NAME_LEN is 16 with the terminating NUL; a longer name is cut, and
+        // the pins and the object would disagree.
+        assert!(name.len() <= 15, "{name}");
+        assert!(!ALL[i + 1..].contains(name), "{name} twice");
+    }
+    assert!(ALL.contains(&RATE_LIMIT_V4) && ALL.contains(&RATE_LIMIT_V6));
+}
+
+#[test]
 fn reasons_are_dense_and_named() {
     for (index, reason) in crate::consts::Reason::ALL.iter().enumerate() {
         assert_eq!(*reason as usize, index);

@@ -6,13 +6,15 @@
 //! source (`::ffff:a.b.c.d`) is looked up as the IPv4 address, so a block of
 //! `a.b.c.d` covers it too.
 //!
-//! The rate limiter keeps one map for both families, keyed by [`Addr6`] with IPv4
-//! mapped into IPv6 (`::ffff:a.b.c.d`): splitting it would split its capacity (an
-//! LRU hash allocates all of it up front) or double its memory.
+//! The rate limiter has one map per family too: IPv4 sources keyed by [`Addr4`],
+//! IPv6 sources by their [`Addr6`] masked to the configured prefix. An IPv4-mapped
+//! IPv6 source is an IPv6 source to the rate limiter (masked like any other); while
+//! the mask keeps all of the mapped prefix (/96 or longer) its masked key is an IPv4
+//! address, and it shares that address's IPv4 bucket.
 //!
 //! Expiries and the rate limiter's times are `CLOCK_MONOTONIC` nanoseconds, read
 //! coarse (`bpf_ktime_get_coarse_ns`: the time of the last scheduler tick, no TSC
-//! read). An entry therefore lifts up to one tick (1–10 ms) after its expiry, and
+//! read; the rate limiter's reading is cached per CPU until `jiffies` moves). An entry therefore lifts up to one tick (1–10 ms) after its expiry, and
 //! the kernel's expiry does not advance during suspend (the daemon's sweep, on wall
 //! time, removes such entries within a second of their TTL).
 
@@ -22,7 +24,7 @@
 /// `a.b.0.0/16` a prefix.
 pub type Addr4 = u32;
 
-/// An IPv6 address as a map key (and the rate limiter's key for both families).
+/// An IPv6 address as a map key.
 pub type Addr6 = [u8; 16];
 
 /// The key of an IPv4 address given as its octets.

@@ -8,25 +8,33 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     maps::lpm_trie::Key,
-    maps::{HashMap, LpmTrie},
+    maps::{HashMap, LpmTrie, LruHashMap},
 };
 use gateway_common::{
     consts::{EVENT_INTERVAL_NS, NO_EXPIRY, Reason, cidr_flags, event_kind, filled, monitor},
-    maps::{Addr6, BlockEntry, CidrRule, IPV4_MAPPED_PREFIX, RateBucket, RateEvent, XdpConfig},
+    maps::{
+        Addr4, Addr6, BlockEntry, CidrRule, IPV4_MAPPED_PREFIX, RateBucket, RateEvent, XdpConfig,
+    },
 };
 
 use crate::{
     counters,
-    maps::{BLOCKLIST_V4, BLOCKLIST_V6, CIDR_V4, CIDR_V6, CONFIG, EVENTS, FILLED, RATE_LIMIT},
+    maps::{
+        BLOCKLIST_V4, BLOCKLIST_V6, CIDR_V4, CIDR_V6, CLOCK, CONFIG, EVENTS, FILLED, RATE_LIMIT_V4,
+        RATE_LIMIT_V6,
+    },
     parse::{Packet, Src},
 };
 
 /// The coarse `CLOCK_MONOTONIC` (the clock userspace writes expiries on), read at
 /// most once per packet and only for an entry with an expiry. The precise clock
 /// costs as much as a map lookup on a VM (`read_tsc`); the coarse one is the time of
-/// the last scheduler tick, so an entry lifts up to one tick (1–10 ms) late.
+/// the last scheduler tick, so an entry lifts up to one tick (1–10 ms) late. Read
+/// from the helper, not through [`coarse_now`]: with that cache inlined at the three
+/// expiry checks too, LLVM's output read an uninitialised register and the verifier
+/// refused the program.
 struct Clock(Option<u64>);
 
 impl Clock {
@@ -42,6 +50,38 @@ impl Clock {
             }
         }
     }
+}
+
+/// The coarse `CLOCK_MONOTONIC`: the time of the last scheduler tick, as
+/// `bpf_ktime_get_coarse_ns` reads it, but read through a per-CPU cache ([`CLOCK`])
+/// that is refreshed only when `jiffies` moved. The helper call cost about 20 ns a
+/// packet here (on this VM a helper call and its return are dear), `bpf_jiffies64`
+/// the verifier inlines into one load. The coarse time moves a moment after
+/// `jiffies` on each tick (`tick_do_update_jiffies64`, then `update_wall_time`), so
+/// the cache takes the new `jiffies` only once the time it reads has moved too: until
+/// then every packet reads the helper, and a cached time is never a tick older than
+/// the helper's.
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: a helper without arguments or side effects.
+    let jiffies = unsafe { bpf_jiffies64() };
+    // SAFETY: as above.
+    let read = || unsafe { bpf_ktime_get_coarse_ns() };
+    let Some(cache) = CLOCK.get_ptr_mut(0) else {
+        return read();
+    };
+    // SAFETY: this CPU's slot; XDP runs with preemption disabled, so nothing else
+    // touches it meanwhile.
+    let cache = unsafe { &mut *cache };
+    if cache.jiffies != jiffies {
+        let now = read();
+        if now != cache.now_ns {
+            cache.jiffies = jiffies;
+            cache.now_ns = now;
+        }
+        return now;
+    }
+    cache.now_ns
 }
 
 /// The two list maps of one address family and their `FILLED` slots.
@@ -220,6 +260,44 @@ enum RateOutcome {
     OverSyn,
 }
 
+/// A source's rate-limit key: IPv4 sources (and IPv4-mapped IPv6 ones whose masked
+/// key is still mapped, see [`rate_key`]) in `RATE_LIMIT4`, IPv6 prefixes in
+/// `RATE_LIMIT6`.
+#[derive(Clone, Copy)]
+enum RateKey {
+    V4(Addr4),
+    V6(Addr6),
+}
+
+impl RateKey {
+    /// The key as events name it: IPv4 mapped into IPv6.
+    #[inline(always)]
+    fn addr6(self) -> Addr6 {
+        match self {
+            RateKey::V4(addr) => {
+                let mut mapped = [0u8; 16];
+                mapped[..12].copy_from_slice(&IPV4_MAPPED_PREFIX);
+                mapped[12..].copy_from_slice(&addr.to_ne_bytes());
+                mapped
+            }
+            RateKey::V6(addr) => addr,
+        }
+    }
+}
+
+/// The bucket of `key` in `map`, made (full) for a new source. `None` when the insert
+/// failed: the packet then conforms, because the filter never fails closed on its own
+/// bookkeeping.
+#[inline(always)]
+fn bucket<K>(map: &LruHashMap<K, RateBucket>, key: &K) -> Option<*mut RateBucket> {
+    if let Some(bucket) = map.get_ptr_mut(key) {
+        return Some(bucket);
+    }
+    // A new source starts with full buckets (tat = 0 is in the past).
+    let _ = map.insert(key, &RateBucket::default(), 0);
+    map.get_ptr_mut(key)
+}
+
 /// Runs the packet (and, for a SYN, the SYN) bucket of the packet's source.
 ///
 /// The buckets are shared by all CPUs and updated without a lock: two CPUs racing on
@@ -232,18 +310,12 @@ fn rate_limit(config: &XdpConfig, packet: &Packet) -> RateOutcome {
     }
     let now = rate_now(config);
     let key = rate_key(config, packet);
-    let bucket = match RATE_LIMIT.get_ptr_mut(&key) {
-        Some(bucket) => bucket,
-        None => {
-            // A new source starts with full buckets (tat = 0 is in the past). If the
-            // insert fails the packet conforms: the filter never fails closed on
-            // its own bookkeeping.
-            let _ = RATE_LIMIT.insert(&key, &RateBucket::default(), 0);
-            match RATE_LIMIT.get_ptr_mut(&key) {
-                Some(bucket) => bucket,
-                None => return RateOutcome::Conform,
-            }
-        }
+    let bucket = match key {
+        RateKey::V4(addr) => bucket(&RATE_LIMIT_V4, &addr),
+        RateKey::V6(addr) => bucket(&RATE_LIMIT_V6, &addr),
+    };
+    let Some(bucket) = bucket else {
+        return RateOutcome::Conform;
     };
     // SAFETY: the pointer comes from a successful lookup and stays valid for this run.
     let bucket = unsafe { &mut *bucket };
@@ -270,11 +342,11 @@ fn rate_limit(config: &XdpConfig, packet: &Packet) -> RateOutcome {
         RateOutcome::Conform => add(&mut bucket.passed, 1),
         RateOutcome::OverPackets => {
             add(&mut bucket.dropped, 1);
-            report(bucket, &key, event_kind::RATE_LIMIT, now);
+            report(bucket, key, event_kind::RATE_LIMIT, now);
         }
         RateOutcome::OverSyn => {
             add(&mut bucket.dropped, 1);
-            report(bucket, &key, event_kind::SYN_RATE_LIMIT, now);
+            report(bucket, key, event_kind::SYN_RATE_LIMIT, now);
         }
     }
     outcome
@@ -284,11 +356,11 @@ fn rate_limit(config: &XdpConfig, packet: &Packet) -> RateOutcome {
 const COARSE_TICK_NS: u64 = 10_000_000;
 
 /// The rate limiter's time, `CLOCK_MONOTONIC`. Every packet reads it, so it is read
-/// coarse (`bpf_ktime_get_coarse_ns`: the time of the last tick, no TSC read, which on
-/// a VM costs as much as a map lookup). Every packet of one tick then sees the same
-/// time, which is exact enough while each burst window spans a tick; a shorter window
-/// would let only `burst` packets through per tick, so such a limit reads the precise
-/// clock (`bpf_ktime_get_ns`, the same clock at full resolution).
+/// coarse ([`coarse_now`]: the time of the last tick, no TSC read, which on a VM
+/// costs as much as a map lookup). Every packet of one tick then sees the same time,
+/// which is exact enough while each burst window spans a tick; a shorter window would
+/// let only `burst` packets through per tick, so such a limit reads the precise clock
+/// (`bpf_ktime_get_ns`, the same clock at full resolution).
 #[inline(always)]
 fn rate_now(config: &XdpConfig) -> u64 {
     let short = |interval_ns: u64, burst_ns: u64| interval_ns != 0 && burst_ns < COARSE_TICK_NS;
@@ -298,30 +370,35 @@ fn rate_now(config: &XdpConfig) -> u64 {
         // SAFETY: a helper without arguments or side effects.
         unsafe { bpf_ktime_get_ns() }
     } else {
-        // SAFETY: as above.
-        unsafe { bpf_ktime_get_coarse_ns() }
+        coarse_now()
     }
 }
 
-/// The rate-limit key: the IPv4 address mapped into IPv6, or the IPv6 address
-/// (mapped ones included) masked to its prefix.
+/// The rate-limit key. An IPv4 source is its address. An IPv6 source is its address
+/// masked to the configured prefix; for an IPv4-mapped one (`::ffff:a.b.c.d`) that is
+/// the mapped form masked, and while the mask keeps all 96 bits of the mapped prefix
+/// the result is the mapped IPv4 address `a.b.c.d & mask`, so it shares that IPv4
+/// key's bucket, exactly as when one 16-byte map held both families.
 #[inline(always)]
-fn rate_key(config: &XdpConfig, packet: &Packet) -> Addr6 {
-    let mut key = match packet.src {
-        Src::V4(addr) => {
-            let mut key = [0u8; 16];
-            key[..12].copy_from_slice(&IPV4_MAPPED_PREFIX);
-            key[12..].copy_from_slice(&addr.to_ne_bytes());
-            key
+fn rate_key(config: &XdpConfig, packet: &Packet) -> RateKey {
+    let mask = &config.ipv6_rate_mask;
+    match packet.src {
+        Src::V4(addr) if !packet.is_ipv6 => RateKey::V4(addr),
+        // A prefix mask covers bits 88..96 whole only when it is at least /96.
+        Src::V4(addr) if mask[11] == 0xff => {
+            RateKey::V4(addr & u32::from_ne_bytes([mask[12], mask[13], mask[14], mask[15]]))
         }
-        Src::V6(addr) => addr,
-    };
-    if packet.is_ipv6 {
-        for (byte, mask) in key.iter_mut().zip(config.ipv6_rate_mask.iter()) {
-            *byte &= *mask;
-        }
+        Src::V4(addr) => RateKey::V6(masked(RateKey::V4(addr).addr6(), mask)),
+        Src::V6(addr) => RateKey::V6(masked(addr, mask)),
     }
-    key
+}
+
+#[inline(always)]
+fn masked(mut addr: Addr6, mask: &Addr6) -> Addr6 {
+    for (byte, mask) in addr.iter_mut().zip(mask.iter()) {
+        *byte &= *mask;
+    }
+    addr
 }
 
 /// Generic cell rate algorithm: one packet conforms when the bucket's theoretical
@@ -351,13 +428,13 @@ fn add(counter: &mut u64, value: u64) {
 
 /// Tells userspace that a source ran out of tokens, at most once per second per source.
 #[inline(always)]
-fn report(bucket: &mut RateBucket, key: &Addr6, kind: u32, now: u64) {
+fn report(bucket: &mut RateBucket, key: RateKey, kind: u32, now: u64) {
     if bucket.last_event_ns != 0 && now.saturating_sub(bucket.last_event_ns) < EVENT_INTERVAL_NS {
         return;
     }
     bucket.last_event_ns = now;
     let event = RateEvent {
-        addr: *key,
+        addr: key.addr6(),
         timestamp_ns: now,
         kind,
         reserved: 0,

@@ -137,8 +137,8 @@ impl Cidr {
     }
 }
 
-/// Maps an IPv4 address into the 16-byte key space of the rate limiter
-/// (`::ffff:a.b.c.d`).
+/// Maps an IPv4 address into 16 bytes (`::ffff:a.b.c.d`), the form rate-limit
+/// events name IPv4 sources in.
 pub fn map_v4(octets: [u8; 4]) -> Addr6 {
     let mut addr = [0; 16];
     addr[..12].copy_from_slice(&IPV4_MAPPED_PREFIX);
@@ -146,7 +146,7 @@ pub fn map_v4(octets: [u8; 4]) -> Addr6 {
     addr
 }
 
-/// The address a 16-byte rate-limit key stands for (IPv4 for mapped keys).
+/// The address 16 bytes stand for (IPv4 for mapped ones), as in a rate-limit event.
 pub fn addr_to_ip(addr: Addr6) -> IpAddr {
     match Ipv6Addr::from(addr).to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
@@ -154,7 +154,7 @@ pub fn addr_to_ip(addr: Addr6) -> IpAddr {
     }
 }
 
-/// The 16-byte rate-limit key of an address.
+/// The 16 bytes of an address (IPv4 mapped), as a rate-limit event names it.
 pub fn ip_to_addr(ip: IpAddr) -> Addr6 {
     match ip {
         IpAddr::V4(v4) => map_v4(v4.octets()),

@@ -670,18 +670,13 @@ fn the_daemon_enters_the_network_namespace_its_config_names() {
     assert!(err.contains("xdp.netns"), "{err}");
 }
 
-/// The CIDR tries of map layout 2, one per list and family (layout 3 has one per
-/// family for both lists).
-const LAYOUT_2_TRIES: [&str; 4] = [
-    "ALLOWLIST4",
-    "ALLOWLIST6",
-    "CIDR_BLOCKLIST4",
-    "CIDR_BLOCKLIST6",
-];
+/// The rate-limit map of map layout 3, one for both families (layout 4 has one per
+/// family).
+const LAYOUT_3_RATE_LIMIT: &str = "RATE_LIMIT";
 
 /// Makes the maps pinned under `pin_dir` look like the previous gateway's (map
-/// layout 2): a config stamped 2 (and no limits), and the CIDR lists pinned under
-/// that layout's names instead of the shared tries.
+/// layout 3): a config stamped 3 (and no limits), and the rate-limit buckets pinned
+/// under that layout's one name instead of the per-family maps.
 fn pin_as_older_gateway(pin_dir: &str) {
     let mut update = Command::new("bpftool");
     update.args([
@@ -693,18 +688,16 @@ fn pin_as_older_gateway(pin_dir: &str) {
     ]);
     update.args(["0", "0", "0", "0", "value"]);
     let mut value = vec!["0"; size_of::<gateway_common::maps::XdpConfig>()];
-    value[std::mem::offset_of!(gateway_common::maps::XdpConfig, layout)] = "2";
+    value[std::mem::offset_of!(gateway_common::maps::XdpConfig, layout)] = "3";
     update.args(value);
     let output = update.output().expect("bpftool (apt-get install bpftool)");
     assert!(output.status.success(), "bpftool: {}", stderr(&output));
-    for (new, old) in [
-        ("CIDR4", "ALLOWLIST4"),
-        ("CIDR6", "ALLOWLIST6"),
-        ("BLOCKLIST4", "CIDR_BLOCKLIST4"),
-        ("BLOCKLIST6", "CIDR_BLOCKLIST6"),
-    ] {
-        fs::rename(format!("{pin_dir}/{new}"), format!("{pin_dir}/{old}")).expect("renaming a pin");
-    }
+    fs::rename(
+        format!("{pin_dir}/RATE_LIMIT4"),
+        format!("{pin_dir}/{LAYOUT_3_RATE_LIMIT}"),
+    )
+    .expect("renaming a pin");
+    fs::remove_file(format!("{pin_dir}/RATE_LIMIT6")).expect("removing a pin");
 }
 
 #[test]
@@ -745,9 +738,13 @@ fn a_daemon_replaces_an_older_gateways_maps_and_restores_every_entry() {
     );
     assert!(reachable(&topology, GOOD), "others still pass");
     gateway.ok(&["blocklist", "add", "198.18.99.1"]);
-    for old in LAYOUT_2_TRIES {
-        let pin = format!("{}/{old}", gateway.pin_dir);
-        assert!(!Path::new(&pin).exists(), "{pin} removed");
+    let pin = |name: &str| format!("{}/{name}", gateway.pin_dir);
+    assert!(
+        !Path::new(&pin(LAYOUT_3_RATE_LIMIT)).exists(),
+        "the old rate-limit map's pin removed"
+    );
+    for name in ["RATE_LIMIT4", "RATE_LIMIT6"] {
+        assert!(Path::new(&pin(name)).exists(), "{name} pinned");
     }
     daemon.stop();
 }

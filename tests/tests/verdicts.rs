@@ -926,9 +926,9 @@ fn exhausted_burst_drops_and_reports_once() {
 
     let bucket = program
         .maps
-        .rate_limit()
+        .rate_limit_v4()
         .expect("rate map")
-        .get(&gateway::addr::ip_to_addr(ip("198.18.0.30")))
+        .get(&v4("198.18.0.30"))
         .expect("lookup")
         .expect("bucket");
     assert_eq!((bucket.passed, bucket.dropped), (5, 3));
@@ -947,6 +947,31 @@ fn exhausted_burst_drops_and_reports_once() {
     );
     assert_eq!(seen[0].addr, gateway::addr::ip_to_addr(ip("198.18.0.30")));
     assert_eq!(seen[0].kind, event_kind::RATE_LIMIT);
+}
+
+/// The rate limiter's clock is the coarse time cached per CPU: a cache that stopped
+/// following the kernel's time would never hand an exhausted source a token again.
+#[test]
+fn an_exhausted_source_gets_a_token_back_as_time_passes() {
+    let mut program = LoadedProgram::load();
+    set_limits(
+        &program,
+        RateLimit {
+            pps: 1,
+            burst: 1,
+            ..RateLimit::default()
+        },
+        0,
+    );
+    let frame = Frame::udp(ip("198.18.0.33")).build().bytes;
+    program.expect(&frame, XDP_PASS, Reason::Pass, &[]);
+    program.expect(&frame, XDP_DROP, Reason::DropRateLimit, &[]);
+    // One token a second: within five, one packet must pass again.
+    let passed = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        program.run(&frame) == XDP_PASS
+    });
+    assert!(passed, "no token came back within five seconds");
 }
 
 #[test]
@@ -1004,6 +1029,58 @@ fn ipv6_sources_share_a_bucket_per_prefix() {
         Reason::Pass,
         &[],
     );
+}
+
+/// An IPv4-mapped IPv6 source is an IPv6 source to the rate limiter, masked like any
+/// other: under a /64 mask every mapped source shares the `::/64` bucket (it cannot
+/// dodge its limit by rotating through IPv4 addresses); under a mask that keeps the
+/// whole mapped prefix it shares its IPv4 address's bucket, so sending the same
+/// flood both ways does not double its allowance.
+#[test]
+fn ipv4_mapped_sources_are_limited_by_their_masked_key() {
+    let mut program = LoadedProgram::load();
+    set_limits(
+        &program,
+        RateLimit {
+            pps: 1,
+            burst: 2,
+            ..RateLimit::default()
+        },
+        0,
+    );
+    let udp = |source: &str| Frame::udp(ip(source)).build().bytes;
+    program.expect(&udp("::ffff:198.18.0.60"), XDP_PASS, Reason::Pass, &[]);
+    program.expect(&udp("::ffff:198.18.0.61"), XDP_PASS, Reason::Pass, &[]);
+    program.expect(
+        &udp("::ffff:198.18.0.62"),
+        XDP_DROP,
+        Reason::DropRateLimit,
+        &[],
+    );
+    // The IPv4 addresses themselves have buckets of their own.
+    program.expect(&udp("198.18.0.62"), XDP_PASS, Reason::Pass, &[]);
+    let shown = |program: &LoadedProgram, name: &str| {
+        let all = program.maps.top_rate_limited(10).expect("buckets");
+        all.iter()
+            .find(|(shown, _)| shown == name)
+            .map(|(_, bucket)| (bucket.passed, bucket.dropped))
+            .unwrap_or_else(|| panic!("no bucket {name} in {all:?}"))
+    };
+    assert_eq!(shown(&program, "::/64"), (2, 1));
+
+    let mut config = program.maps.config().expect("config");
+    config.ipv6_rate_mask = gateway::addr::ipv6_mask(128);
+    program.maps.set_config(&config).expect("config");
+    program.expect(&udp("198.18.1.70"), XDP_PASS, Reason::Pass, &[]);
+    program.expect(&udp("::ffff:198.18.1.70"), XDP_PASS, Reason::Pass, &[]);
+    program.expect(&udp("198.18.1.70"), XDP_DROP, Reason::DropRateLimit, &[]);
+    program.expect(
+        &udp("::ffff:198.18.1.70"),
+        XDP_DROP,
+        Reason::DropRateLimit,
+        &[],
+    );
+    assert_eq!(shown(&program, "198.18.1.70"), (2, 2));
 }
 
 #[test]

@@ -210,7 +210,7 @@ enum XdpCommand {
         iface: String,
         #[arg(long, value_enum, default_value_t = Mode::Auto)]
         mode: Mode,
-        /// Capacity of the per-source rate-limit map.
+        /// Capacity of each per-source rate-limit map (IPv4, IPv6).
         #[arg(long)]
         rate_limit_entries: Option<u32>,
         /// Capacity of each exact-address blocklist map (IPv4, IPv6).

@@ -60,7 +60,7 @@ pub fn run(ctx: &Context, command: RatelimitCommand) -> anyhow::Result<()> {
             }
         }
         RatelimitCommand::Flush => {
-            let removed = maps.rate_limit()?.clear()?;
+            let removed = maps.clear_rate_limits()?;
             tracing::info!(target: "audit", event = "ratelimit_flushed", removed);
             if ctx.json {
                 print_json(&serde_json::json!({ "removed": removed }))

@@ -158,7 +158,8 @@ const FILLED_MAPS: &[&str] = &[
     map_names::BLOCKLIST_V6,
     map_names::CIDR_V4,
     map_names::CIDR_V6,
-    map_names::RATE_LIMIT,
+    map_names::RATE_LIMIT_V4,
+    map_names::RATE_LIMIT_V6,
 ];
 
 /// How often histogram samples are folded into their buckets.

@@ -34,7 +34,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Capacity {
-    /// Per-source rate-limit buckets (LRU: the least recently seen sources are evicted).
+    /// Per-source rate-limit buckets, in each of the IPv4 and the IPv6 map (LRU: the
+    /// least recently seen sources of that family are evicted).
     pub rate_limit_entries: u32,
     /// Exact-address blocks, in each of the IPv4 and the IPv6 map.
     pub blocklist_entries: u32,
@@ -130,7 +131,9 @@ pub fn load(pins: &PinDir, capacity: &Capacity) -> Result<Ebpf, XdpError> {
     for name in map_names::ALL {
         loader.map_pin_path(name, pins.map(name));
     }
-    loader.map_max_entries(map_names::RATE_LIMIT, capacity.rate_limit_entries);
+    for name in [map_names::RATE_LIMIT_V4, map_names::RATE_LIMIT_V6] {
+        loader.map_max_entries(name, capacity.rate_limit_entries);
+    }
     for name in [map_names::BLOCKLIST_V4, map_names::BLOCKLIST_V6] {
         loader.map_max_entries(name, capacity.blocklist_entries);
     }
@@ -345,7 +348,7 @@ fn map_status(maps: &KernelMaps, name: &'static str) -> Result<MapStatus, XdpErr
     let kind = match name {
         map_names::CIDR_V4 | map_names::CIDR_V6 => "lpm_trie",
         map_names::BLOCKLIST_V4 | map_names::BLOCKLIST_V6 => "hash",
-        map_names::RATE_LIMIT => "lru_hash",
+        map_names::RATE_LIMIT_V4 | map_names::RATE_LIMIT_V6 => "lru_hash",
         map_names::CONFIG | map_names::FILLED => "array",
         map_names::COUNTERS => "percpu_array",
         _ => "ringbuf",

@@ -2,6 +2,7 @@
 
 use std::{
     io,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd as _, BorrowedFd},
     path::PathBuf,
 };
@@ -185,14 +186,26 @@ impl KernelMaps {
         self.cidr_v6()?.refresh_filled()
     }
 
-    /// The per-source rate-limit buckets.
-    pub fn rate_limit(&self) -> Result<Table<HashMap<MapData, Addr6, RateBucket>>, XdpError> {
-        self.typed(map_names::RATE_LIMIT)
-            .map(Table::new(map_names::RATE_LIMIT, None))
+    /// The rate-limit buckets of IPv4 sources.
+    pub fn rate_limit_v4(&self) -> Result<RateTable<Addr4>, XdpError> {
+        self.typed(map_names::RATE_LIMIT_V4)
+            .map(Table::new(map_names::RATE_LIMIT_V4, None))
     }
 
-    /// The `n` rate-limit buckets with the most drops (then the most passed
-    /// packets), each named by its address, or for IPv6 the prefix it covers.
+    /// The rate-limit buckets of IPv6 prefixes.
+    pub fn rate_limit_v6(&self) -> Result<RateTable<Addr6>, XdpError> {
+        self.typed(map_names::RATE_LIMIT_V6)
+            .map(Table::new(map_names::RATE_LIMIT_V6, None))
+    }
+
+    /// Forgets every rate-limit bucket of both families; the number forgotten.
+    pub fn clear_rate_limits(&self) -> Result<usize, XdpError> {
+        Ok(self.rate_limit_v4()?.clear()? + self.rate_limit_v6()?.clear()?)
+    }
+
+    /// The `n` rate-limit buckets of either family with the most drops (then the
+    /// most passed packets), each named by its address, or for IPv6 the prefix it
+    /// covers.
     pub fn top_rate_limited(&self, n: usize) -> Result<Vec<(String, RateBucket)>, XdpError> {
         let ipv6_prefix: u32 = self
             .config()?
@@ -200,25 +213,24 @@ impl KernelMaps {
             .iter()
             .map(|b| b.count_ones())
             .sum();
-        let mut buckets = self.rate_limit()?.entries()?;
+        let v4 = self
+            .rate_limit_v4()?
+            .entries()?
+            .into_iter()
+            .map(|(addr, bucket)| (Ipv4Addr::from(addr.to_ne_bytes()).to_string(), bucket));
+        let v6 = self
+            .rate_limit_v6()?
+            .entries()?
+            .into_iter()
+            .map(|(addr, bucket)| (format!("{}/{ipv6_prefix}", Ipv6Addr::from(addr)), bucket));
+        let mut buckets: Vec<_> = v4.chain(v6).collect();
         buckets.sort_by(|a, b| {
             b.1.dropped
                 .cmp(&a.1.dropped)
                 .then(b.1.passed.cmp(&a.1.passed))
         });
-        Ok(buckets
-            .into_iter()
-            .take(n)
-            .map(|(addr, bucket)| {
-                let ip = crate::addr::addr_to_ip(addr);
-                let name = if ip.is_ipv6() {
-                    format!("{ip}/{ipv6_prefix}")
-                } else {
-                    ip.to_string()
-                };
-                (name, bucket)
-            })
-            .collect())
+        buckets.truncate(n);
+        Ok(buckets)
     }
 
     /// The runtime settings.
@@ -265,7 +277,8 @@ impl KernelMaps {
         Ok(match name {
             map_names::BLOCKLIST_V4 => Some(self.blocklist_v4()?.count()?),
             map_names::BLOCKLIST_V6 => Some(self.blocklist_v6()?.count()?),
-            map_names::RATE_LIMIT => Some(self.rate_limit()?.count()?),
+            map_names::RATE_LIMIT_V4 => Some(self.rate_limit_v4()?.count()?),
+            map_names::RATE_LIMIT_V6 => Some(self.rate_limit_v6()?.count()?),
             map_names::CIDR_V4 => Some(self.cidr_v4()?.count()?),
             map_names::CIDR_V6 => Some(self.cidr_v6()?.count()?),
             _ => None,
@@ -286,6 +299,9 @@ impl KernelMaps {
 
 /// An exact-address blocklist keyed by `K` ([`Addr4`] or [`Addr6`]).
 pub type HostTable<K> = Table<HashMap<MapData, K, BlockEntry>>;
+
+/// A family's rate-limit buckets keyed by `K` ([`Addr4`] or [`Addr6`]).
+pub type RateTable<K> = Table<HashMap<MapData, K, RateBucket>>;
 
 /// A CIDR trie keyed by `K` ([`Addr4`] or [`Addr6`]).
 pub type TrieTable<K> = Table<LpmTrie<MapData, K, CidrRule>>;
