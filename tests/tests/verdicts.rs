@@ -1238,3 +1238,48 @@ fn ipv4_and_ipv4_mapped_ipv6_sources_are_the_same_source() {
         passes(&mut program, source, Reason::Pass);
     }
 }
+
+/// A load that fails (here: one map pinned at another size than asked for) takes back
+/// the maps it pinned itself and leaves the others alone, so a refused load never
+/// leaves fresh maps (a million entries each, at the defaults) pinned behind it.
+#[test]
+fn a_failed_load_unpins_the_maps_it_pinned() {
+    use gateway::xdp::{Capacity, PinDir, XdpError};
+    use gateway_common::consts::map_names;
+
+    gateway_tests::require_root();
+    let pins = PinDir::new(format!(
+        "/sys/fs/bpf/gateway-failed-load-{}",
+        gateway_tests::unique_suffix()
+    ));
+    let small = Capacity {
+        rate_limit_entries: 1024,
+        blocklist_entries: 1024,
+        cidr_entries: 1024,
+    };
+    drop(gateway::xdp::load(&pins, &small).expect("the first load"));
+    let kept = pins.map(map_names::BLOCKLIST_V6);
+    for name in map_names::ALL {
+        if pins.map(name) != kept {
+            let _ = std::fs::remove_file(pins.map(name));
+        }
+    }
+    let bigger = Capacity {
+        blocklist_entries: 2048,
+        ..small
+    };
+    let result = gateway::xdp::load(&pins, &bigger);
+    let pinned: Vec<&str> = map_names::ALL
+        .into_iter()
+        .filter(|name| pins.map(name).exists())
+        .collect();
+    for name in map_names::ALL {
+        let _ = std::fs::remove_file(pins.map(name));
+    }
+    let _ = std::fs::remove_dir(pins.path());
+    assert!(
+        matches!(result, Err(XdpError::Incompatible { .. })),
+        "a load over a map pinned at another size must fail as incompatible"
+    );
+    assert_eq!(pinned, [map_names::BLOCKLIST_V6]);
+}

@@ -127,6 +127,22 @@ pub fn load(pins: &PinDir, capacity: &Capacity) -> Result<Ebpf, XdpError> {
     if pinned_layout_is_old(pins)? {
         remove_map_pins(pins)?;
     }
+    // What this load pins it takes back if the load fails: a refused program must
+    // not leave fresh (and, sized for a million entries, large) maps pinned.
+    let new_pins: Vec<_> = map_names::ALL
+        .iter()
+        .map(|name| pins.map(name))
+        .filter(|path| !path.exists())
+        .collect();
+    load_pinned(pins, capacity).inspect_err(|_| {
+        for path in &new_pins {
+            let _ = remove_pin(path);
+        }
+    })
+}
+
+/// [`load`] once stale pins are gone.
+fn load_pinned(pins: &PinDir, capacity: &Capacity) -> Result<Ebpf, XdpError> {
     let mut loader = EbpfLoader::new();
     for name in map_names::ALL {
         loader.map_pin_path(name, pins.map(name));
