@@ -1061,4 +1061,16 @@ async fn clients_that_vanish_mid_response_do_not_hurt_the_gateway() {
         StatusCode::OK,
         "the gateway survived clients that went away"
     );
+    // An upstream connection whose answer was left half read is never kept: a
+    // request sent on it would read the rest of the old body as its answer.
+    for i in 0..20 {
+        let path = format!("/after-vanish/{i}");
+        let response = get(&fleet, &client, &path).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            json(&response)["path"],
+            path.as_str(),
+            "an answer for another request"
+        );
+    }
 }

@@ -505,15 +505,7 @@ fn allowlist_wins_over_both_blocklists_and_the_rate_limit() {
         )
         .expect("allowlisting");
     block(&program, &["198.18.1.5", "198.18.0.0/16", "2001:2:0:1::5"]);
-    set_limits(
-        &program,
-        RateLimit {
-            pps: 1,
-            burst: 1,
-            ..RateLimit::default()
-        },
-        0,
-    );
+    set_limits(&program, packet_limit(1, 1), 0);
     for _ in 0..5 {
         program.expect(
             &Frame::udp(ip("198.18.1.5")).build().bytes,
@@ -900,15 +892,7 @@ fn expired_entries_no_longer_drop() {
 #[test]
 fn exhausted_burst_drops_and_reports_once() {
     let mut program = LoadedProgram::load();
-    set_limits(
-        &program,
-        RateLimit {
-            pps: 1,
-            burst: 5,
-            ..RateLimit::default()
-        },
-        0,
-    );
+    set_limits(&program, packet_limit(1, 5), 0);
     let flood = Frame::udp(ip("198.18.0.30")).build().bytes;
     for _ in 0..5 {
         program.expect(&flood, XDP_PASS, Reason::Pass, &[]);
@@ -954,15 +938,7 @@ fn exhausted_burst_drops_and_reports_once() {
 #[test]
 fn an_exhausted_source_gets_a_token_back_as_time_passes() {
     let mut program = LoadedProgram::load();
-    set_limits(
-        &program,
-        RateLimit {
-            pps: 1,
-            burst: 1,
-            ..RateLimit::default()
-        },
-        0,
-    );
+    set_limits(&program, packet_limit(1, 1), 0);
     let frame = Frame::udp(ip("198.18.0.33")).build().bytes;
     program.expect(&frame, XDP_PASS, Reason::Pass, &[]);
     program.expect(&frame, XDP_DROP, Reason::DropRateLimit, &[]);
@@ -1000,15 +976,7 @@ fn syn_bucket_limits_new_connections_only() {
 #[test]
 fn ipv6_sources_share_a_bucket_per_prefix() {
     let mut program = LoadedProgram::load();
-    set_limits(
-        &program,
-        RateLimit {
-            pps: 1,
-            burst: 3,
-            ..RateLimit::default()
-        },
-        0,
-    );
+    set_limits(&program, packet_limit(1, 3), 0);
     for host in ["2001:2:0:1::1", "2001:2:0:1::2", "2001:2:0:1:ffff::3"] {
         program.expect(
             &Frame::udp(ip(host)).build().bytes,
@@ -1039,15 +1007,7 @@ fn ipv6_sources_share_a_bucket_per_prefix() {
 #[test]
 fn ipv4_mapped_sources_are_limited_by_their_masked_key() {
     let mut program = LoadedProgram::load();
-    set_limits(
-        &program,
-        RateLimit {
-            pps: 1,
-            burst: 2,
-            ..RateLimit::default()
-        },
-        0,
-    );
+    set_limits(&program, packet_limit(1, 2), 0);
     let udp = |source: &str| Frame::udp(ip(source)).build().bytes;
     program.expect(&udp("::ffff:198.18.0.60"), XDP_PASS, Reason::Pass, &[]);
     program.expect(&udp("::ffff:198.18.0.61"), XDP_PASS, Reason::Pass, &[]);

@@ -52,8 +52,9 @@ impl SendError {
 /// [`Connections::checkin`]); dropped earlier, it closes.
 pub type Busy = http1::SendRequest<BoxBody>;
 
-#[derive(Default)]
 pub struct Connections {
+    /// Kept connections idle longer are closed (`pool_idle_timeout`).
+    idle_timeout: Duration,
     /// Most recently used last: the warmest connection is taken first, and the
     /// coldest are the first to reach the idle timeout.
     idle: Mutex<Vec<(Busy, Instant)>>,
@@ -66,16 +67,23 @@ enum Sender {
 }
 
 impl Connections {
+    pub fn new(idle_timeout: Duration) -> Self {
+        Self {
+            idle_timeout,
+            idle: Mutex::default(),
+            shared: Mutex::default(),
+        }
+    }
+
     /// Sends `request` (its URI absolute) on a kept connection, or on a new one.
     /// Returns the answer's head and, over HTTP/1.1, the connection to check in
     /// when its body is done.
     pub async fn send(
         &self,
         connector: &TimedConnector,
-        idle_timeout: Duration,
         mut request: Request<BoxBody>,
     ) -> Result<(Response<Incoming>, Option<Busy>), SendError> {
-        while let Some(sender) = self.reuse(idle_timeout) {
+        while let Some(sender) = self.reuse() {
             let shared = matches!(sender, Sender::H2(_));
             request = match send_on(sender, request).await {
                 Ok(answer) => return Ok(answer),
@@ -105,19 +113,19 @@ impl Connections {
     }
 
     /// Keeps an HTTP/1.1 connection whose answer was read to its end.
-    pub fn checkin(&self, busy: Busy, idle_timeout: Duration) {
+    pub fn checkin(&self, busy: Busy) {
         if busy.is_closed() {
             return;
         }
         let now = Instant::now();
         let mut idle = lock(&self.idle);
-        expire(&mut idle, now, idle_timeout);
+        expire(&mut idle, now, self.idle_timeout);
         idle.push((busy, now));
     }
 
-    /// Closes the connections idle longer than `idle_timeout`.
-    pub fn reap(&self, idle_timeout: Duration) {
-        expire(&mut lock(&self.idle), Instant::now(), idle_timeout);
+    /// Closes the connections idle past the idle timeout.
+    pub fn reap(&self) {
+        expire(&mut lock(&self.idle), Instant::now(), self.idle_timeout);
         let mut shared = lock(&self.shared);
         if shared.as_ref().is_some_and(http2::SendRequest::is_closed) {
             *shared = None;
@@ -125,7 +133,7 @@ impl Connections {
     }
 
     /// The shared HTTP/2 connection, else the warmest idle HTTP/1.1 one.
-    fn reuse(&self, idle_timeout: Duration) -> Option<Sender> {
+    fn reuse(&self) -> Option<Sender> {
         {
             let mut shared = lock(&self.shared);
             match shared.as_ref() {
@@ -137,7 +145,7 @@ impl Connections {
         let now = Instant::now();
         let mut idle = lock(&self.idle);
         while let Some((sender, since)) = idle.pop() {
-            if !sender.is_closed() && now.duration_since(since) < idle_timeout {
+            if !sender.is_closed() && now.duration_since(since) < self.idle_timeout {
                 return Some(Sender::H1(sender));
             }
         }

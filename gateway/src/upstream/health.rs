@@ -42,7 +42,7 @@ pub fn spawn(pool: &Arc<Pool>) {
             ticker.tick().await;
             let Some(pool) = weak.upgrade() else { return };
             for endpoint in pool.endpoints().iter() {
-                endpoint.reap_idle(pool.config.pool_idle_timeout);
+                endpoint.reap_idle();
             }
             if Instant::now() >= next_resolve {
                 refresh_addresses(&pool).await;

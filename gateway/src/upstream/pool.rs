@@ -74,7 +74,7 @@ impl Endpoint {
             streak: Mutex::new((0, 0)),
             in_flight: AtomicUsize::new(0),
             outlier: Outlier::new(config.outlier),
-            connections: Connections::default(),
+            connections: Connections::new(config.pool_idle_timeout),
         }
     }
 
@@ -87,9 +87,9 @@ impl Endpoint {
         self.outlier.is_ejected(Instant::now())
     }
 
-    /// Closes the connections kept idle longer than `idle_timeout`.
-    pub(super) fn reap_idle(&self, idle_timeout: Duration) {
-        self.connections.reap(idle_timeout);
+    /// Closes the connections kept idle past `pool_idle_timeout`.
+    pub(super) fn reap_idle(&self) {
+        self.connections.reap();
     }
 
     /// Requests this endpoint is serving now (for metrics).
@@ -463,7 +463,7 @@ impl Pool {
         let _in_flight = InFlight::start(endpoint);
         let (response, busy) = endpoint
             .connections
-            .send(&self.connector, self.config.pool_idle_timeout, request)
+            .send(&self.connector, request)
             .await
             .map_err(Attempt::Client)?;
         let (parts, mut body) = response.into_parts();
@@ -487,7 +487,6 @@ impl Pool {
                 pool: self.label.clone(),
                 relayed: 0,
                 busy,
-                idle_timeout: self.config.pool_idle_timeout,
                 ended,
             },
         ))
@@ -513,10 +512,7 @@ impl Pool {
             .header(http::header::HOST, &self.config.server_name)
             .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
             .map_err(|err| err.to_string())?;
-        let idle_timeout = self.config.pool_idle_timeout;
-        let sent = endpoint
-            .connections
-            .send(&self.connector, idle_timeout, request);
+        let sent = endpoint.connections.send(&self.connector, request);
         let (response, busy) = tokio::time::timeout(self.config.health.timeout, sent)
             .await
             .map_err(|_| "timed out".to_owned())?
@@ -529,7 +525,7 @@ impl Pool {
             .map_err(|_| "body timed out".to_owned())?
             .map_err(|err| format!("body: {}", error_chain(&err)))?;
         if let Some(busy) = busy {
-            endpoint.connections.checkin(busy, idle_timeout);
+            endpoint.connections.checkin(busy);
         }
         if status.is_success() || status.is_redirection() {
             Ok(())
@@ -582,7 +578,6 @@ pub struct UpstreamBody {
     /// The HTTP/1.1 connection this body comes on: kept for the next request if
     /// the body is read to its end, closed with it otherwise.
     busy: Option<Busy>,
-    idle_timeout: Duration,
     ended: bool,
 }
 
@@ -591,7 +586,7 @@ impl Drop for UpstreamBody {
         if let Some(busy) = self.busy.take()
             && (self.ended || (self.first.is_none() && self.rest.is_end_stream()))
         {
-            self.endpoint.connections.checkin(busy, self.idle_timeout);
+            self.endpoint.connections.checkin(busy);
         }
     }
 }
